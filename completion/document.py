@@ -1,0 +1,272 @@
+"""Open documents: text, LSP positions and an incrementally maintained tree-sitter tree.
+
+This is the one place where the three coordinate systems meet:
+
+* LSP positions: 0-based line, `character` in UTF-16 code units; lines end at "\\r\\n", "\\r"
+  or "\\n" (the LSP rule, not `str.splitlines`, which also breaks at \\v, \\f, U+2028 …);
+* str offsets: what Python slices with (code points);
+* tree-sitter: byte offsets into the UTF-8 text, and points (row, byte column) whose rows
+  count "\\n" only.
+
+Notifications mutate a `Document` (`apply`), requests read immutable `Snapshot`s. A document
+publishes its text, version and tree together as one immutable `_State`, and never edits a
+published tree in place, so a worker thread may read them while the event loop applies changes.
+"""
+from __future__ import annotations
+
+import bisect
+import re
+import threading
+from typing import Callable, NamedTuple, Sequence
+
+import tree_sitter
+
+from completion.errors import InvalidPosition, UnknownDocument
+from completion.languages import LanguageSpec, language_for
+from completion.types import Position, Snapshot, TextChange
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def encode(text: str) -> bytes:
+    """The UTF-8 bytes tree-sitter parses (lone surrogates pass through rather than fail)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(encode(text))
+
+
+def utf16_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+class Lines:
+    """Where each line of a text starts, for converting between LSP positions and str offsets."""
+
+    __slots__ = ("text", "starts")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.starts = [0] + [m.end() for m in _LINE_BREAK.finditer(text)]
+
+    @property
+    def count(self) -> int:
+        return len(self.starts)
+
+    def line_end(self, line: int) -> int:
+        """Offset just past the last character of `line`, before its line break."""
+        if line + 1 < len(self.starts):
+            end = self.starts[line + 1] - 1
+            if self.text[end] == "\n" and end > self.starts[line] and self.text[end - 1] == "\r":
+                end -= 1
+            return end
+        return len(self.text)
+
+    def line_text(self, line: int) -> str:
+        return self.text[self.starts[line]:self.line_end(line)]
+
+    def offset(self, position: Position, *, strict: bool = True) -> int:
+        """The str offset of an LSP position.
+
+        strict (requests): a position outside the text raises InvalidPosition.
+        lenient (content changes): LSP's rule — a character past the line's end means the
+        line's end, a line past the last means the end of the text.
+        """
+        line, character = position.line, position.character
+        if line < 0 or character < 0:
+            if strict:
+                raise InvalidPosition(f"Position ({line}, {character}) has a negative coordinate.")
+            line, character = max(line, 0), max(character, 0)
+        if line >= self.count:
+            if strict:
+                raise InvalidPosition(
+                    f"Line {line} is past the end of the document, which has {self.count} lines.")
+            return len(self.text)
+        start = self.starts[line]
+        index = _utf16_to_index(self.line_text(line), character)
+        if index is _PAST_END:
+            if strict:
+                raise InvalidPosition(
+                    f"Character {character} is past the end of line {line}, which is "
+                    f"{utf16_length(self.line_text(line))} UTF-16 code units long.")
+            return self.line_end(line)
+        if index is _INSIDE_PAIR:
+            if strict:
+                raise InvalidPosition(
+                    f"Character {character} of line {line} falls inside a surrogate pair.")
+            return start + _utf16_to_index(self.line_text(line), character - 1)
+        return start + index
+
+    def position(self, offset: int) -> Position:
+        """The LSP position of a str offset."""
+        line = bisect.bisect_right(self.starts, offset) - 1
+        return Position(line, utf16_length(self.text[self.starts[line]:offset]))
+
+
+_PAST_END = object()
+_INSIDE_PAIR = object()
+
+
+def _utf16_to_index(line: str, units: int):
+    """The str index `units` UTF-16 code units into `line`, or a marker when there is none."""
+    if line.isascii():
+        return units if units <= len(line) else _PAST_END
+    count = 0
+    for index, char in enumerate(line):
+        if count == units:
+            return index
+        count += 2 if ord(char) > 0xFFFF else 1
+        if count > units:
+            return _INSIDE_PAIR
+    return len(line) if count == units else _PAST_END
+
+
+def ts_point(text: str, offset: int) -> tuple[int, int]:
+    """tree-sitter's point of a str offset: (rows counted by "\\n", UTF-8 byte column)."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    return text.count("\n", 0, offset), utf8_length(text[line_start:offset])
+
+
+def _point_after(start: tuple[int, int], inserted: str) -> tuple[int, int]:
+    newlines = inserted.count("\n")
+    if not newlines:
+        return start[0], start[1] + utf8_length(inserted)
+    return start[0] + newlines, utf8_length(inserted[inserted.rfind("\n") + 1:])
+
+
+def edit_tree(tree: tree_sitter.Tree, text: str, start: int, end: int, inserted: str) -> None:
+    """Tell `tree` (of `text`) that text[start:end] becomes `inserted` (str offsets)."""
+    start_byte = utf8_length(text[:start])
+    start_point = ts_point(text, start)
+    tree.edit(
+        start_byte=start_byte,
+        old_end_byte=start_byte + utf8_length(text[start:end]),
+        new_end_byte=start_byte + utf8_length(inserted),
+        start_point=start_point,
+        old_end_point=ts_point(text, end),
+        new_end_point=_point_after(start_point, inserted),
+    )
+
+
+def parse(language: LanguageSpec, text: str) -> tree_sitter.Tree:
+    """A fresh tree of `text` (used for snapshots whose document has moved on)."""
+    return language.parser().parse(encode(text))
+
+
+class _State(NamedTuple):
+    text: str
+    version: int
+    lines: Lines
+    tree: tree_sitter.Tree | None
+
+
+class Document:
+    """The text and incremental tree-sitter tree of one open document."""
+
+    def __init__(self, uri: str, language_id: str, text: str, version: int,
+                 path: str | None = None) -> None:
+        self.uri = uri
+        self.language_id = language_id
+        self.path = path
+        self.language = language_for(language_id, path or uri)
+        self._parser = self.language.parser() if self.language else None
+        self._state = self._parsed(text, version, None)
+
+    @property
+    def text(self) -> str:
+        return self._state.text
+
+    @property
+    def version(self) -> int:
+        return self._state.version
+
+    @property
+    def lines(self) -> Lines:
+        return self._state.lines
+
+    @property
+    def tree(self) -> tree_sitter.Tree | None:
+        return self._state.tree
+
+    def apply(self, changes: Sequence[TextChange], version: int) -> None:
+        """Apply LSP content changes in order (ranges of each relative to the text before it)."""
+        text = self._state.text
+        tree = self._state.tree.copy() if self._state.tree is not None else None
+        for change in changes:
+            if change.range is None:
+                text, tree = change.text, None
+                continue
+            lines = Lines(text)
+            start = lines.offset(change.range.start, strict=False)
+            end = lines.offset(change.range.end, strict=False)
+            start, end = min(start, end), max(start, end)
+            if tree is not None:
+                edit_tree(tree, text, start, end, change.text)
+            text = text[:start] + change.text + text[end:]
+        self._state = self._parsed(text, version, tree)
+
+    def snapshot(self) -> Snapshot:
+        state = self._state
+        return Snapshot(self.uri, self.language_id, state.text, state.version, self.path)
+
+    def tree_for(self, snapshot: Snapshot) -> tree_sitter.Tree | None:
+        """This document's tree when it is the tree of `snapshot` (same version and text)."""
+        state = self._state
+        if state.version == snapshot.version and state.text == snapshot.text:
+            return state.tree
+        return None
+
+    def _parsed(self, text: str, version: int, old_tree: tree_sitter.Tree | None) -> _State:
+        tree = None
+        if self._parser is not None:
+            tree = self._parser.parse(encode(text), old_tree) if old_tree else self._parser.parse(encode(text))
+        return _State(text, version, Lines(text), tree)
+
+
+class Workspace:
+    """The open documents. Mutated by notifications; read (briefly locked) by requests."""
+
+    def __init__(self, on_close: Callable[[str], None] | None = None) -> None:
+        self._documents: dict[str, Document] = {}
+        self._lock = threading.Lock()
+        self._on_close = on_close
+
+    def open(self, uri: str, language_id: str, text: str, version: int,
+             path: str | None = None) -> Document:
+        """Open (or re-open, replacing all state of) a document."""
+        if uri in self._documents:
+            self.close(uri)
+        document = Document(uri, language_id, text, version, path)
+        with self._lock:
+            self._documents[uri] = document
+        return document
+
+    def change(self, uri: str, version: int, changes: Sequence[TextChange]) -> None:
+        self._require(uri).apply(changes, version)
+
+    def close(self, uri: str) -> None:
+        """Forget a document and every piece of per-document state kept for it."""
+        with self._lock:
+            self._documents.pop(uri, None)
+        if self._on_close is not None:
+            self._on_close(uri)
+
+    def get(self, uri: str) -> Document | None:
+        return self._documents.get(uri)
+
+    def snapshot(self, uri: str) -> Snapshot:
+        return self._require(uri).snapshot()
+
+    def documents(self) -> list[Document]:
+        with self._lock:
+            return list(self._documents.values())
+
+    def __len__(self) -> int:
+        return len(self._documents)
+
+    def _require(self, uri: str) -> Document:
+        document = self._documents.get(uri)
+        if document is None:
+            raise UnknownDocument(f"The document {uri} is not open.")
+        return document

@@ -1,0 +1,56 @@
+"""Plain data exchanged between the language server and the completion pipeline.
+
+Positions follow LSP: 0-based line, and `character` counted in UTF-16 code units.
+The pipeline never sees LSP objects; the server converts at its edge.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Position:
+    line: int
+    character: int  # UTF-16 code units
+
+
+@dataclass(frozen=True)
+class Range:
+    start: Position
+    end: Position
+
+
+@dataclass(frozen=True)
+class TextChange:
+    """One LSP content change: `range` None means the whole text is replaced."""
+
+    text: str
+    range: Range | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable view of one open document at one version."""
+
+    uri: str
+    language_id: str
+    text: str
+    version: int
+    path: str | None = None  # path relative to the workspace root, for the prompt's header
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """Text to show at the cursor; `range` is the span it replaces (empty = pure insert)."""
+
+    text: str
+    range: Range
+
+
+@dataclass
+class CompletionResult:
+    suggestions: list[Suggestion] = field(default_factory=list)
+    mode: str = "none"                # "none" | "line" | "block"
+    source: str = "model"             # "model" | "typing-through" | "cache" | "skipped" | "cancelled"
+    timings_ms: dict[str, float] = field(default_factory=dict)  # context, prompt, engine, postprocess
+    engine_stats: dict = field(default_factory=dict)            # GenerationStats.as_dict()

@@ -1,0 +1,377 @@
+"""The in-process engine: load a checkpoint, generate with latent prefix reuse.
+
+    engine = Engine.load("path/to/DeepSeek-Coder-V2-Lite-Base")   # or Engine.load() for the bundled model
+    gen = engine.generate(prompt, max_new_tokens=32, stop=["\\n"])
+    print(gen.run(), gen.stats)
+
+One computation at a time. A request takes the longest prefix of its tokens whose latent rows
+are known — from the live buffer (the previous request's rows, still in place) or from the
+radix cache — prefills only the rest, decodes, and files its rows in the radix cache.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from .cache import LatentCache
+from .config import ModelArgs, RuntimeConfig
+from .loader import ModelLoadError, load_model, read_args, resolve_model_dir
+from .protocol import CancelToken, Generation, GenerationStats
+from .quant import quantize_int8, weight_bytes
+from .tokenizer import Tokenizer, TokenizerError
+from .transformer import Transformer
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+PREFILL_CHUNK = 512
+
+
+class PromptTooLong(ValueError):
+    pass
+
+
+class Engine:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, runtime: RuntimeConfig, name: str) -> None:
+        self.model = model
+        self.args: ModelArgs = model.args
+        self.tokenizer = tokenizer
+        self.runtime = runtime
+        self.model_name = name
+        self.cache = LatentCache(runtime.cache_bytes)
+        self._live = model.new_cache(runtime.max_context)   # (L, S, D) rows of _live_tokens
+        self._live_tokens: list[int] = []
+        self._lock = threading.Lock()
+        self.last_stats: GenerationStats | None = None
+        self.requests = 0
+
+    # -- loading ----------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path_or_id: str | os.PathLike | None = None,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        threads: int | None = None,
+        quantize: str | None = None,
+        cache_bytes: int = 1 << 30,
+        max_context: int = 4096,
+        attention: str = "auto",
+        warmup: bool = True,
+    ) -> "Engine":
+        """Load a local checkpoint folder or cached repo id (None: the bundled model)."""
+        runtime = RuntimeConfig(dtype=dtype, device=device, threads=threads, quantize=quantize,
+                                attention=attention, max_context=max_context, cache_bytes=cache_bytes)
+        if quantize not in (None, "int8"):
+            raise ModelLoadError(f"quantize must be None or 'int8', got {quantize!r}.")
+        if attention not in ("auto", "absorbed", "naive"):
+            raise ModelLoadError(f"attention must be auto, absorbed or naive, got {attention!r}.")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} was asked for but PyTorch sees no CUDA GPU.")
+        if threads:
+            torch.set_num_threads(threads)
+        model_dir = resolve_model_dir(path_or_id if path_or_id is not None else BUNDLED_DIR)
+        args = read_args(model_dir)
+        try:
+            tokenizer = Tokenizer.from_dir(model_dir)
+        except TokenizerError as e:
+            raise ModelLoadError(str(e)) from None
+        model = load_model(model_dir, args, dtype=dtype, device=device)
+        if quantize == "int8":
+            quantize_int8(model)
+        engine = cls(model, tokenizer, runtime, name=_display_name(path_or_id, model_dir))
+        if warmup:
+            engine.warmup()
+        return engine
+
+    def warmup(self) -> None:
+        """Run each path once so the first keystroke does not pay for lazy initialisation."""
+        scratch = self.model.new_cache(8)
+        tokens = torch.zeros(4, dtype=torch.long, device=scratch.device)
+        self.model(tokens, scratch, 0, absorbed=False)
+        self.model(tokens[:1], scratch, 4, absorbed=True)
+
+    # -- the protocol -----------------------------------------------------------------------
+    @property
+    def fim_format(self) -> str | None:
+        return self.tokenizer.fim.style if self.tokenizer.fim else None
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_new_tokens: int = 64,
+        stop: Sequence[str] = (),
+        stop_token_ids: Sequence[int] = (),
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Generation:
+        if isinstance(prompt, str):
+            tokens = self.tokenizer.encode(prompt, add_bos=self.tokenizer.add_bos)
+        else:
+            tokens = [int(t) for t in prompt]
+        if not tokens:
+            raise ValueError("The prompt is empty.")
+        bad = [t for t in tokens if not 0 <= t < self.args.vocab_size]
+        if bad:
+            raise ValueError(f"Token id {bad[0]} is outside the vocabulary of {self.args.vocab_size}.")
+        room = self.runtime.max_context - len(tokens)
+        if room < 1:
+            raise PromptTooLong(
+                f"The prompt has {len(tokens)} tokens but the context holds {self.runtime.max_context}."
+            )
+        stats = GenerationStats(prompt_tokens=len(tokens))
+        request = _Request(
+            tokens=tokens, max_new_tokens=max(0, min(max_new_tokens, room)), stop=tuple(s for s in stop if s),
+            stop_ids=frozenset(stop_token_ids) | ({self.tokenizer.eos_id} if self.tokenizer.eos_id is not None else set()),
+            sampler=_Sampler(temperature, top_p, top_k, seed), cancel=cancel or CancelToken(),
+        )
+        return Generation(self._run(request, stats), stats)
+
+    def logits(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """float32 logits (T, V) for every position of a prompt; the cache is not touched."""
+        tokens = torch.tensor(list(token_ids), dtype=torch.long, device=self._live.device)
+        scratch = self.model.new_cache(len(tokens))
+        with self._lock:
+            return self.model(tokens, scratch, 0, absorbed=self._absorbed(len(tokens)), all_logits=True).cpu()
+
+    def score(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """Last-position float32 logits computed the way generate() computes them: reusing
+        cached rows, prefilling the rest, filing the rows in the cache. Used to check reuse."""
+        tokens = [int(t) for t in token_ids]
+        with self._lock:
+            reused, match = self._reuse(tokens)
+            self.cache.pin(match)
+            try:
+                logits = self._prefill(tokens, reused, CancelToken())
+            finally:
+                self.cache.unpin(match)
+                self.cache.insert(self._live_tokens, self._live)
+            self.last_stats = GenerationStats(prompt_tokens=len(tokens), reused_tokens=reused,
+                                              prefilled_tokens=len(tokens) - reused)
+            return logits.cpu()
+
+    def stats(self) -> dict:
+        out = {
+            "model": self.model_name,
+            "model_type": self.args.model_type,
+            "parameters": self.model.parameter_count(),
+            "weight_bytes": weight_bytes(self.model),
+            "dtype": self.runtime.dtype,
+            "quantize": self.runtime.quantize,
+            "device": self.runtime.device,
+            "fim_format": self.fim_format,
+            "latent_bytes_per_token": self.latent_bytes_per_token(),
+            "max_context": self.runtime.max_context,
+            "requests": self.requests,
+            **self.cache.stats(),
+        }
+        if self.last_stats is not None:
+            out["last_request"] = self.last_stats.as_dict()
+        try:
+            import psutil
+
+            out["resident_bytes"] = psutil.Process().memory_info().rss
+        except ImportError:
+            pass
+        return out
+
+    def latent_bytes_per_token(self) -> int:
+        return self.args.latent_dim * self.args.n_layers * self._live.element_size()
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self.cache.clear()
+            self._live_tokens = []
+
+    # -- one request ------------------------------------------------------------------------
+    def _run(self, req: "_Request", stats: GenerationStats) -> Iterator[str]:
+        if req.cancel.cancelled:
+            stats.finish_reason = "cancelled"
+            return
+        with self._lock:
+            self.requests += 1
+            try:
+                yield from self._generate_locked(req, stats)
+            finally:
+                self.last_stats = stats
+
+    def _generate_locked(self, req: "_Request", stats: GenerationStats) -> Iterator[str]:
+        tokens = req.tokens
+        t0 = time.perf_counter()
+        reused, match = self._reuse(tokens)
+        self.cache.pin(match)
+        try:
+            stats.reused_tokens = reused
+            stats.prefilled_tokens = len(tokens) - reused
+            logits = self._prefill(tokens, reused, req.cancel)
+            stats.prefill_ms = (time.perf_counter() - t0) * 1e3
+            if logits is None:
+                stats.finish_reason = "cancelled"
+                return
+            yield from self._decode(req, logits, stats)
+        finally:
+            self.cache.unpin(match)
+            self.cache.insert(self._live_tokens, self._live)
+
+    def _reuse(self, tokens: list[int]):
+        """Rows already known for a prefix of tokens: in the live buffer, else in the tree."""
+        live = _common_prefix(self._live_tokens, tokens)
+        match = self.cache.match_prefix(tokens)
+        reused = max(live, match.length)
+        reused = min(reused, len(tokens) - 1)   # the last prompt token is always run: we need its logits
+        if match.length > live:
+            self.cache.gather(match, self._live, live, reused)
+        self._live_tokens = tokens[:reused]
+        return reused, match
+
+    def _prefill(self, tokens: list[int], start: int, cancel: CancelToken) -> torch.Tensor | None:
+        device = self._live.device
+        logits = None
+        for lo in range(start, len(tokens), PREFILL_CHUNK):
+            if cancel.cancelled:
+                return None
+            chunk = tokens[lo : lo + PREFILL_CHUNK]
+            ids = torch.tensor(chunk, dtype=torch.long, device=device)
+            logits = self.model(ids, self._live, lo, absorbed=self._absorbed(len(chunk)))
+            self._live_tokens.extend(chunk)
+        return logits[-1]
+
+    def _decode(self, req: "_Request", logits: torch.Tensor, stats: GenerationStats) -> Iterator[str]:
+        t0 = time.perf_counter()
+        out = _TextStream(self.tokenizer, req.stop)
+        generated = 0
+        device = self._live.device
+        stats.finish_reason = "length"
+        while generated < req.max_new_tokens:
+            token = req.sampler(logits)
+            generated += 1
+            if token in req.stop_ids:
+                stats.finish_reason = "eos" if token == self.tokenizer.eos_id else "stop"
+                break
+            piece, stopped = out.push(token)
+            if piece:
+                yield piece
+            if stopped:
+                stats.finish_reason = "stop"
+                break
+            if req.cancel.cancelled:
+                stats.finish_reason = "cancelled"
+                break
+            if generated == req.max_new_tokens:
+                break
+            pos = len(self._live_tokens)
+            ids = torch.tensor([token], dtype=torch.long, device=device)
+            logits = self.model(ids, self._live, pos, absorbed=self._absorbed(1))[-1]
+            self._live_tokens.append(token)
+        if stats.finish_reason in ("length", "eos", "cancelled"):
+            tail = out.flush()
+            if tail:
+                yield tail
+        stats.generated_tokens = generated
+        stats.decode_ms = (time.perf_counter() - t0) * 1e3
+
+    def _absorbed(self, new_tokens: int) -> bool:
+        mode = self.runtime.attention
+        if mode == "auto":
+            return new_tokens <= self.runtime.absorb_threshold
+        return mode == "absorbed"
+
+
+# ---------------------------------------------------------------------------------------------
+
+class _Request:
+    __slots__ = ("tokens", "max_new_tokens", "stop", "stop_ids", "sampler", "cancel")
+
+    def __init__(self, **kw) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class _Sampler:
+    """Greedy when temperature is 0, else temperature / top-k / top-p with a seeded generator."""
+
+    def __init__(self, temperature: float, top_p: float, top_k: int, seed: int | None) -> None:
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        self.generator = None
+        if temperature > 0:
+            self.generator = torch.Generator()
+            self.generator.manual_seed(seed if seed is not None else torch.seed())
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        if self.temperature <= 0:
+            return int(logits.argmax())
+        logits = logits.float().cpu() / self.temperature
+        if self.top_k > 0:
+            kth = logits.topk(min(self.top_k, logits.numel()))[0][-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = logits.softmax(-1)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > self.top_p   # keep the smallest set reaching top_p
+            sorted_p[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+        return int(torch.multinomial(probs / probs.sum(), 1, generator=self.generator))
+
+
+class _TextStream:
+    """Turns token ids into text pieces, holding back what may still become a stop string
+    (matched across token boundaries, never returned) or an incomplete UTF-8 character."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...]) -> None:
+        self.tokenizer, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.emitted = 0
+
+    def push(self, token: int) -> tuple[str, bool]:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            piece = text[self.emitted : cut] if cut > self.emitted else ""
+            self.emitted = max(self.emitted, cut)
+            return piece, True
+        safe = len(text) - _held_back(text, self.stop)
+        piece = text[self.emitted : safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return piece, False
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids).rstrip("\ufffd")
+        piece = text[self.emitted :]
+        self.emitted = len(text)
+        return piece
+
+
+def _held_back(text: str, stop: tuple[str, ...]) -> int:
+    """Characters at the end of text that could start a stop string or finish a character."""
+    hold = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                hold = max(hold, n)
+                break
+    if text.endswith("\ufffd"):
+        hold = max(hold, len(text) - len(text.rstrip("\ufffd")))
+    return hold
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _display_name(path_or_id, model_dir: Path) -> str:
+    if path_or_id is None:
+        return "bundled"
+    return str(path_or_id)

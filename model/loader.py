@@ -1,0 +1,276 @@
+"""Load a local Hugging Face DeepSeek-V2/V3 checkpoint into our Transformer.
+
+A model is a folder holding `config.json`, `model.safetensors` (or shards listed in
+`model.safetensors.index.json`) and tokenizer files, or a repo id already present in the
+local Hugging Face cache. Nothing is ever downloaded.
+
+The model is built on the meta device; checkpoint tensors are renamed once by the table
+below (per-expert tensors are stacked into w13 / w2) and assigned. Every problem — missing
+folder, unsupported model, missing / unexpected / mis-shaped tensor, truncated file — is one
+`ModelLoadError` whose message is a sentence a user can act on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, ModelArgs
+from .transformer import Transformer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(Exception):
+    """The model could not be loaded; str(error) is one readable sentence."""
+
+
+# ---------------------------------------------------------------------------------------------
+# where the model is
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local folder, or a repo id ("org/name") found in the local Hugging Face cache."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    text = str(name_or_path)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not path.exists():
+        found = _find_in_hf_cache(text)
+        if found is not None:
+            return found
+        raise ModelLoadError(
+            f"Model {text!r} is neither a folder nor in the local Hugging Face cache "
+            f"({_hf_hub_dir()}); Latent never downloads, so fetch it first "
+            f"(e.g. `huggingface-cli download {text}`) or give a folder path."
+        )
+    if path.exists():
+        raise ModelLoadError(f"Model path {path} is a file; give the folder that holds config.json.")
+    raise ModelLoadError(f"Model folder {path} does not exist.")
+
+
+def _hf_hub_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    return home / "hub"
+
+
+def _find_in_hf_cache(repo_id: str) -> Path | None:
+    repo = _hf_hub_dir() / ("models--" + repo_id.replace("/", "--"))
+    snapshots = repo / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        candidate = snapshots / ref.read_text().strip()
+        if (candidate / "config.json").is_file():
+            return candidate
+    for candidate in sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+def read_args(model_dir: Path) -> ModelArgs:
+    config = model_dir / "config.json"
+    if not config.is_file():
+        raise ModelLoadError(f"Model folder {model_dir} has no config.json.")
+    try:
+        return ModelArgs.from_json(config)
+    except ConfigError as e:
+        raise ModelLoadError(str(e)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint names -> our names (the one mapping table)
+
+_LAYER = r"^model\.layers\.(\d+)\."
+_RENAMES: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"^model\.embed_tokens\.weight$"), "embed.weight"),
+    (re.compile(r"^model\.norm\.weight$"), "norm.weight"),
+    (re.compile(r"^lm_head\.weight$"), "head.weight"),
+    (re.compile(_LAYER + r"input_layernorm\.weight$"), r"layers.\1.attn_norm.weight"),
+    (re.compile(_LAYER + r"post_attention_layernorm\.weight$"), r"layers.\1.ffn_norm.weight"),
+    (re.compile(_LAYER + r"self_attn\.(\w+)\.weight$"), r"layers.\1.attn.\2.weight"),
+    (re.compile(_LAYER + r"mlp\.gate\.weight$"), r"layers.\1.ffn.gate.weight"),
+    (re.compile(_LAYER + r"mlp\.gate\.e_score_correction_bias$"), r"layers.\1.ffn.gate.bias"),
+    (re.compile(_LAYER + r"mlp\.shared_experts\.(\w+)\.weight$"), r"layers.\1.ffn.shared.\2.weight"),
+    (re.compile(_LAYER + r"mlp\.(gate_proj|up_proj|down_proj)\.weight$"), r"layers.\1.ffn.\2.weight"),
+]
+# per-expert tensors, stacked: (target, expert index, row slice selector)
+_EXPERT = re.compile(_LAYER + r"mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
+# transformers-5 fused layout, should a checkpoint carry it
+_FUSED = re.compile(_LAYER + r"mlp\.experts\.(gate_up_proj|down_proj)(?:\.weight)?$")
+_IGNORED = re.compile(r"rotary_emb\.inv_freq$")
+
+
+def _layer_of(name: str) -> int | None:
+    m = re.match(_LAYER, name)
+    return int(m.group(1)) if m else None
+
+
+def map_name(name: str) -> str | None:
+    for pattern, target in _RENAMES:
+        if pattern.match(name):
+            return pattern.sub(target, name)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# reading tensors
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ModelLoadError(f"{index} is not a valid safetensors index ({e}).") from None
+        files = sorted({model_dir / f for f in weight_map.values()})
+        for f in files:
+            if not f.is_file():
+                raise ModelLoadError(f"Shard {f.name} listed in {index.name} is missing from {model_dir}.")
+        return files
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    files = sorted(model_dir.glob("*.safetensors"))
+    if files:
+        return files
+    if list(model_dir.glob("*.bin")) or list(model_dir.glob("*.pt")):
+        raise ModelLoadError(f"{model_dir} holds PyTorch pickle weights; Latent reads only .safetensors files.")
+    raise ModelLoadError(f"Model folder {model_dir} has no .safetensors weights.")
+
+
+def _iter_tensors(files: list[Path]):
+    from safetensors import SafetensorError, safe_open
+
+    for f in files:
+        try:
+            handle = safe_open(str(f), framework="pt")
+            keys = list(handle.keys())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelLoadError(f"Weights file {f.name} is truncated or corrupt ({_short(e)}).") from None
+        for key in keys:
+            try:
+                yield key, handle.get_tensor(key)
+            except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+                raise ModelLoadError(f"Tensor {key} in {f.name} cannot be read: the file is truncated or corrupt ({_short(e)}).") from None
+
+
+def _short(e: Exception) -> str:
+    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# building the model
+
+def load_model(model_dir: Path, args: ModelArgs, dtype: str = "float32", device: str = "cpu") -> Transformer:
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
+    torch_dtype = DTYPES[dtype]
+    with torch.device("meta"):
+        model = Transformer(args)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    state: dict[str, torch.Tensor] = {}
+    filled: dict[str, set] = {}
+    unexpected: list[str] = []
+
+    def put(target: str, source: str, tensor: torch.Tensor) -> None:
+        if target not in expected:
+            unexpected.append(source)
+            return
+        if tuple(tensor.shape) != tuple(expected[target]):
+            raise ModelLoadError(
+                f"Tensor {source} has shape {list(tensor.shape)} but config.json implies "
+                f"{list(expected[target])}; the weights do not match the config."
+            )
+        keep_fp32 = target.endswith("gate.bias")
+        state[target] = tensor.to(device=device, dtype=torch.float32 if keep_fp32 else torch_dtype)
+
+    for name, tensor in _iter_tensors(_weight_files(model_dir)):
+        layer = _layer_of(name)
+        if _IGNORED.search(name) or (layer is not None and layer >= args.n_layers):
+            continue  # rope buffers of old exports; multi-token-prediction layers
+        if m := _EXPERT.match(name):
+            _put_expert(m, name, tensor, args, expected, state, filled, torch_dtype, device, unexpected)
+        elif m := _FUSED.match(name):
+            target = f"layers.{m.group(1)}.ffn.experts.{'w13' if m.group(2) == 'gate_up_proj' else 'w2'}"
+            put(target, name, tensor)
+        elif (target := map_name(name)) is not None:
+            put(target, name, tensor)
+        else:
+            unexpected.append(name)
+
+    if args.tie_word_embeddings and "head.weight" not in state and "embed.weight" in state:
+        state["head.weight"] = state["embed.weight"]
+    _check_complete(expected, state, filled, unexpected, args)
+    model.load_state_dict(state, assign=True, strict=True)
+    model.init_rope(min(args.max_position_embeddings, 8192))
+    return model.eval()
+
+
+def _put_expert(m, name, tensor, args, expected, state, filled, dtype, device, unexpected) -> None:
+    layer, e, kind = int(m.group(1)), int(m.group(2)), m.group(3)
+    target = f"layers.{layer}.ffn.experts.{'w2' if kind == 'down' else 'w13'}"
+    if target not in expected or e >= args.n_routed_experts:
+        unexpected.append(name)
+        return
+    inter, dim = args.moe_inter_dim, args.dim
+    want = (dim, inter) if kind == "down" else (inter, dim)
+    if tuple(tensor.shape) != want:
+        raise ModelLoadError(
+            f"Tensor {name} has shape {list(tensor.shape)} but config.json implies {list(want)}; "
+            f"the weights do not match the config."
+        )
+    if target not in state:
+        state[target] = torch.empty(expected[target], dtype=dtype, device=device)
+    rows = {"gate": slice(0, inter), "up": slice(inter, 2 * inter), "down": slice(None)}[kind]
+    state[target][e, rows] = tensor.to(dtype)
+    filled.setdefault(target, set()).add((e, kind))
+
+
+def _check_complete(expected, state, filled, unexpected, args) -> None:
+    if unexpected:
+        more = f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""
+        raise ModelLoadError(
+            f"The checkpoint has tensors this {args.model_type} config does not use: "
+            f"{', '.join(unexpected[:3])}{more}."
+        )
+    missing = [_hf_name(k) for k in expected if k not in state]
+    for target, parts in filled.items():
+        kinds = ("down",) if target.endswith("w2") else ("gate", "up")
+        layer = target.split(".")[1]
+        missing += [
+            f"model.layers.{layer}.mlp.experts.{e}.{k}_proj.weight"
+            for e in range(args.n_routed_experts) for k in kinds if (e, k) not in parts
+        ]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ModelLoadError(f"The checkpoint is missing tensor {', '.join(missing[:3])}{more}.")
+
+
+_REVERSE = [
+    (r"^embed\.weight$", "model.embed_tokens.weight"),
+    (r"^norm\.weight$", "model.norm.weight"),
+    (r"^head\.weight$", "lm_head.weight"),
+    (r"^layers\.(\d+)\.attn_norm\.", r"model.layers.\1.input_layernorm."),
+    (r"^layers\.(\d+)\.ffn_norm\.", r"model.layers.\1.post_attention_layernorm."),
+    (r"^layers\.(\d+)\.attn\.", r"model.layers.\1.self_attn."),
+    (r"^layers\.(\d+)\.ffn\.gate\.bias$", r"model.layers.\1.mlp.gate.e_score_correction_bias"),
+    (r"^layers\.(\d+)\.ffn\.shared\.", r"model.layers.\1.mlp.shared_experts."),
+    (r"^layers\.(\d+)\.ffn\.experts\.w13$", r"model.layers.\1.mlp.experts.*.gate_proj.weight"),
+    (r"^layers\.(\d+)\.ffn\.experts\.w2$", r"model.layers.\1.mlp.experts.*.down_proj.weight"),
+    (r"^layers\.(\d+)\.ffn\.", r"model.layers.\1.mlp."),
+]
+
+
+def _hf_name(ours: str) -> str:
+    """Our parameter name as the checkpoint would spell it, for error messages."""
+    for pattern, repl in _REVERSE:
+        if re.match(pattern, ours):
+            return re.sub(pattern, repl, ours)
+    return ours

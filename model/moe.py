@@ -1,0 +1,133 @@
+"""DeepSeek Mixture-of-Experts feed-forward: router, routed experts, shared experts.
+
+Routed experts are stored stacked — w13 (E, 2I, D) with the gate rows first, w2 (E, D, I) —
+so one expert is one slice. Two dispatch paths, held equal by the tests:
+- grouped (prefill): tokens are sorted by expert and each chosen expert runs one matrix
+  product over all of its tokens;
+- gathered (decode, one token): only the k chosen experts are touched.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelArgs
+from .mla import linear
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward; the dense layers and the shared experts."""
+
+    def __init__(self, dim: int, inter_dim: int) -> None:
+        super().__init__()
+        self.gate_proj = linear(dim, inter_dim)
+        self.up_proj = linear(dim, inter_dim)
+        self.down_proj = linear(inter_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Router(nn.Module):
+    """Chooses k experts per token and their weights (computed in float32)."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.weight = nn.Parameter(torch.empty(args.n_routed_experts, args.dim))
+        if args.topk_method == "noaux_tc":
+            self.bias = nn.Parameter(torch.zeros(args.n_routed_experts), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.args
+        logits = F.linear(x.float(), self.weight.float())                # (T, E)
+        scores = logits.softmax(-1) if a.scoring_func == "softmax" else logits.sigmoid()
+        if a.topk_method == "greedy":
+            weights, idx = scores.topk(a.n_activated_experts, dim=-1)
+        elif a.topk_method == "group_limited_greedy":
+            group = scores.view(-1, a.n_group, a.n_routed_experts // a.n_group).amax(-1)   # (T, G)
+            masked = scores.masked_fill(~self._group_mask(group), 0.0)
+            weights, idx = masked.topk(a.n_activated_experts, dim=-1)
+        else:  # noaux_tc: choose on biased scores, weigh with unbiased ones
+            choice = scores + self.bias.float()
+            group = choice.view(-1, a.n_group, a.n_routed_experts // a.n_group).topk(2, dim=-1)[0].sum(-1)
+            choice = choice.masked_fill(~self._group_mask(group), float("-inf"))
+            idx = choice.topk(a.n_activated_experts, dim=-1)[1]
+            weights = scores.gather(1, idx)
+        if a.norm_topk_prob and a.n_activated_experts > 1:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        return weights * a.routed_scaling_factor, idx
+
+    def _group_mask(self, group_scores: torch.Tensor) -> torch.Tensor:
+        """(T, E) True for experts in the topk_group best groups."""
+        a = self.args
+        keep = group_scores.topk(a.topk_group, dim=-1)[1]
+        mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
+        return mask.repeat_interleave(a.n_routed_experts // a.n_group, dim=-1)
+
+
+class Experts(nn.Module):
+    def __init__(self, n: int, dim: int, inter_dim: int) -> None:
+        super().__init__()
+        self.inter_dim = inter_dim
+        self.w13 = nn.Parameter(torch.empty(n, 2 * inter_dim, dim))   # gate rows, then up rows
+        self.w2 = nn.Parameter(torch.empty(n, dim, inter_dim))
+
+    def expert_weights(self, e: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.w13[e], self.w2[e]
+
+    def run(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert e on tokens x (N, D) -> (N, D)."""
+        w13, w2 = self.expert_weights(e)
+        gate, up = F.linear(x, w13).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, w2)
+
+
+class MoE(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.n_experts = args.n_routed_experts
+        self.k = args.n_activated_experts
+        self.gate = Router(args)
+        self.experts = Experts(args.n_routed_experts, args.dim, args.moe_inter_dim)
+        self.shared = MLP(args.dim, args.moe_inter_dim * args.n_shared_experts) if args.n_shared_experts else None
+        self.grouped_min_tokens = 2   # runtime may set a higher value; tests force each path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, idx = self.gate(x)                                       # (T, k) each
+        weights = weights.to(x.dtype)
+        if x.shape[0] >= self.grouped_min_tokens:
+            y = self._grouped(x, weights, idx)
+        else:
+            y = self._gathered(x, weights, idx)
+        if self.shared is not None:
+            y = y + self.shared(x)
+        return y
+
+    def _gathered(self, x, weights, idx) -> torch.Tensor:
+        """Per token, only its k experts (decode)."""
+        y = torch.zeros_like(x)
+        for t, (experts, w) in enumerate(zip(idx.tolist(), weights)):
+            xt = x[t : t + 1]
+            for j, e in enumerate(experts):
+                y[t : t + 1] += w[j] * self.experts.run(e, xt)
+        return y
+
+    def _grouped(self, x, weights, idx) -> torch.Tensor:
+        """Sort (token, expert) pairs by expert; one matrix product per chosen expert."""
+        flat = idx.flatten()                                              # (T*k,)
+        order = flat.argsort(stable=True)
+        counts = torch.bincount(flat, minlength=self.n_experts).tolist()
+        token_of = order // self.k                                        # token of each sorted pair
+        w_sorted = weights.flatten()[order]
+        y = torch.zeros_like(x)
+        begin = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                continue
+            tokens = token_of[begin : begin + n]
+            out = self.experts.run(e, x[tokens]) * w_sorted[begin : begin + n, None]
+            y.index_add_(0, tokens, out)
+            begin += n
+        return y

@@ -1,0 +1,114 @@
+"""A checkpoint's tokenizer (tokenizer.json + tokenizer_config.json) and its FIM tokens.
+
+We read the files with the `tokenizers` library directly: encoding never applies the
+post-processor (the engine adds BOS itself when the configuration says so), and special-token
+strings in the text map to their single ids. The FIM format is found from the vocabulary by
+the tokens' strings, DeepSeek-Coder's first.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from .protocol import FimTokens
+
+
+class TokenizerError(Exception):
+    """The tokenizer files are missing or unusable; the message is one sentence."""
+
+
+# style -> (prefix, suffix, middle, end, file_sep, repo_name); the first whose three main
+# tokens all exist in the vocabulary wins.
+FIM_STYLES: dict[str, tuple[str, str, str | None, str | None, str | None, str | None]] = {
+    "deepseek": ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>", None, None),
+    "qwen": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|endoftext|>", "<|file_sep|>", "<|repo_name|>"),
+    "starcoder": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<|endoftext|>", "<file_sep>", "<reponame>"),
+    "codellama": ("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>", None, None),
+    "codestral": ("[PREFIX]", "[SUFFIX]", None, "</s>", None, None),
+}
+
+
+class Tokenizer:
+    def __init__(self, backend, bos: str | None, eos: str | None, add_bos: bool) -> None:
+        self._tok = backend
+        self.bos_id = backend.token_to_id(bos) if bos else None
+        self.eos_id = backend.token_to_id(eos) if eos else None
+        self.add_bos = add_bos and self.bos_id is not None
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        self.fim = find_fim_tokens(backend.token_to_id)
+        self.special_ids = frozenset(
+            i for i in (backend.token_to_id(t.content) for t in backend.get_added_tokens_decoder().values() if t.special)
+            if i is not None
+        ) if hasattr(backend, "get_added_tokens_decoder") else frozenset()
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> "Tokenizer":
+        from tokenizers import Tokenizer as Backend
+
+        model_dir = Path(model_dir)
+        path = model_dir / "tokenizer.json"
+        if not path.is_file():
+            raise TokenizerError(f"Model folder {model_dir} has no tokenizer.json (Latent needs the fast-tokenizer file).")
+        try:
+            backend = Backend.from_file(str(path))
+        except Exception as e:  # the library raises plain Exception on bad JSON
+            raise TokenizerError(f"{path} cannot be read: {str(e).splitlines()[0][:160]}.") from None
+        config = _read_json(model_dir / "tokenizer_config.json")
+        bos = _token_string(config.get("bos_token"))
+        eos = _token_string(config.get("eos_token"))
+        add_bos = bool(config.get("add_bos_token", bos is not None))
+        return cls(backend, bos, eos, add_bos)
+
+    # -- the protocol -----------------------------------------------------------------------
+    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        if add_bos and self.bos_id is not None:
+            return [self.bos_id, *ids]
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def count(self, text: str) -> int:
+        return len(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def token_bytes(self, token_id: int) -> str:
+        return self._tok.id_to_token(token_id) or ""
+
+    def require_fim(self) -> FimTokens:
+        if self.fim is None:
+            raise TokenizerError(
+                "This model's tokenizer has no fill-in-the-middle tokens (DeepSeek-Coder, StarCoder, "
+                "Qwen2.5-Coder, CodeLlama or Codestral style), so it cannot complete code in the middle of a file."
+            )
+        return self.fim
+
+
+def find_fim_tokens(token_to_id) -> FimTokens | None:
+    for style, (pre, suf, mid, end, sep, repo) in FIM_STYLES.items():
+        ids = [token_to_id(t) if t else None for t in (pre, suf, mid, end)]
+        if ids[0] is None or ids[1] is None or (mid is not None and ids[2] is None):
+            continue
+        return FimTokens(
+            style=style, prefix=pre, suffix=suf, middle=mid, end=end if ids[3] is not None else None,
+            prefix_id=ids[0], suffix_id=ids[1], middle_id=ids[2], end_id=ids[3],
+            file_sep=sep if sep and token_to_id(sep) is not None else None,
+            repo_name=repo if repo and token_to_id(repo) is not None else None,
+        )
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+
+
+def _token_string(value) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
