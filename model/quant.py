@@ -2,7 +2,9 @@
 
 Every linear layer (attention projections, dense and shared MLPs, the LM head) and every
 routed expert is stored as int8 plus a float scale per output row, a quarter of float32.
-Activations stay in the model's float dtype; weights are widened just before each product.
+On CPU the product runs in PyTorch's int8-weight kernel with bfloat16 activations
+(`_weight_int8pack_mm`), which reads the int8 bytes directly: for a matrix-vector product it
+is many times faster than widening the weight first. Elsewhere the weight is widened.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class Int8Linear(nn.Module):
         return cls(q, scale, layer.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype)) * self.scale
+        return int8_linear(x, self.weight, self.scale)
 
     def dequantized(self) -> torch.Tensor:
         return self.weight.to(self.scale.dtype) * self.scale[:, None]
@@ -57,9 +59,17 @@ class Int8Experts(Experts):
         w2, s2 = quantize_rows(experts.w2.data)
         return cls(w13, s13, w2, s2, dtype)
 
-    def expert_weights(self, e: int) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = self.s13.dtype
-        return self.w13[e].to(dtype) * self.s13[e, :, None], self.w2[e].to(dtype) * self.s2[e, :, None]
+    def run(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        gate, up = int8_linear(x, self.w13[e], self.s13[e]).chunk(2, dim=-1)
+        return int8_linear(F.silu(gate) * up, self.w2[e], self.s2[e])
+
+
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (N, in) @ (q * scale[:, None]).T for int8 q (out, in)."""
+    if x.device.type == "cpu" and x.dim() == 2:
+        y = torch._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), q, scale.to(torch.bfloat16))
+        return y.to(x.dtype)
+    return F.linear(x, q.to(x.dtype)) * scale
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:

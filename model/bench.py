@@ -1,0 +1,339 @@
+"""Engine benchmarks (`latent bench`, `make bench`): figures as ratios within one run.
+
+- decode: tokens/s of our engine against transformers' `generate` with its own cache, same
+  weights, same prompt, greedy;
+- typing replay: a ~1,500-token prompt grows by one character per keystroke, 16 new tokens
+  each; per-keystroke latency with prefix reuse against recomputing the whole prompt;
+- cache bytes per token against per-head K/V of the same shape;
+- with --lite: a DeepSeek-Coder-V2-Lite-shaped model (27 layers, 64 experts) with random int8
+  weights made without materialising float32: peak RSS and decode tokens/s.
+
+Results print as a Markdown section; --write appends/replaces it in docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .engine import BUNDLED_DIR, Engine
+
+SECTION = "## Engine (make bench)"
+
+# a 20-50M parameter V2-shaped model: Coder-V2-Lite's proportions, scaled down
+MEDIUM = dict(
+    hidden_size=512, intermediate_size=1536, moe_intermediate_size=256, num_hidden_layers=6,
+    num_attention_heads=8, num_key_value_heads=8, kv_lora_rank=128, qk_nope_head_dim=32, qk_rope_head_dim=16,
+    v_head_dim=32, n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=4, first_k_dense_replace=1,
+    q_lora_rank=None, max_position_embeddings=163840, initializer_range=0.02,
+    rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0, "mscale": 0.707,
+                     "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096,
+                     "beta_fast": 32, "beta_slow": 1},
+)
+
+LITE = dict(
+    vocab_size=102400, hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408, num_hidden_layers=27,
+    num_attention_heads=16, num_key_value_heads=16, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+    v_head_dim=128, n_routed_experts=64, n_shared_experts=2, num_experts_per_tok=6, first_k_dense_replace=1,
+    q_lora_rank=None, max_position_embeddings=163840, model_type="deepseek_v2", topk_method="greedy",
+    rope_scaling={"type": "yarn", "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+                  "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1},
+)
+
+
+def build_medium(folder: Path) -> tuple[object, Path]:
+    """Random V2-shaped checkpoint with the bundled tokenizer (so prompts are real text)."""
+    from transformers import DeepseekV2Config, DeepseekV2ForCausalLM
+
+    tok_dir = BUNDLED_DIR if (BUNDLED_DIR / "tokenizer.json").is_file() else None
+    vocab = _vocab_size(tok_dir) if tok_dir else 8192
+    torch.manual_seed(0)
+    config = DeepseekV2Config(vocab_size=vocab, bos_token_id=0, eos_token_id=1, **MEDIUM)
+    model = DeepseekV2ForCausalLM(config).float().eval()
+    model.save_pretrained(folder)
+    if tok_dir:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (tok_dir / name).is_file():
+                (folder / name).write_bytes((tok_dir / name).read_bytes())
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from tiny_models import write_tokenizer
+
+        write_tokenizer(folder)
+    return model, folder
+
+
+def _vocab_size(folder: Path) -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+
+
+def sample_source(min_chars: int = 8000) -> str:
+    """Real Python source to type: a standard-library module."""
+    import inspect
+    import json.decoder as module
+
+    text = inspect.getsource(module)
+    while len(text) < min_chars:
+        text += text
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+
+def bench_decode(engine: Engine, reference, prompt_ids: list[int], new_tokens: int = 64) -> dict:
+    """Decode tokens/s: time(prompt + N tokens) - time(prompt + 1 token), both sides."""
+    def ours(n):
+        engine.clear_cache()
+        gen = engine.generate(prompt_ids, max_new_tokens=n, stop_token_ids=())
+        gen.run()
+        return gen.stats.decode_ms / 1e3, gen.stats.generated_tokens
+
+    def theirs(n):
+        ids = torch.tensor([prompt_ids])
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = reference.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        return time.perf_counter() - t, out.shape[1] - len(prompt_ids)
+
+    ours(4), theirs(4)  # warm
+    o_time, o_tokens = min((ours(new_tokens) for _ in range(2)), key=lambda r: r[0])
+    t_full, t_tokens = min((theirs(new_tokens) for _ in range(2)), key=lambda r: r[0])
+    t_one, _ = min((theirs(1) for _ in range(2)), key=lambda r: r[0])
+    ours_tps = (o_tokens - 1) / o_time
+    theirs_tps = (t_tokens - 1) / (t_full - t_one)
+    return {"ours_tok_s": ours_tps, "transformers_tok_s": theirs_tps, "ratio": ours_tps / theirs_tps}
+
+
+def bench_typing(engine: Engine, text: str, prompt_tokens: int = 1500, keystrokes: int = 24,
+                 new_tokens: int = 16) -> dict:
+    """Grow a prompt one character per keystroke; latency with reuse vs recomputing."""
+    tok = engine.tokenizer
+    # find a prefix of about `prompt_tokens` tokens
+    cut = len(text)
+    while tok.count(text[:cut]) > prompt_tokens:
+        cut = int(cut * 0.9)
+    base, typed = text[:cut], text[cut : cut + keystrokes]
+    results = {}
+    for mode in ("reuse", "recompute"):
+        engine.clear_cache()
+        latencies, prefilled = [], []
+        engine.generate(base, max_new_tokens=new_tokens, stop_token_ids=()).run()  # file opened
+        for k in range(1, keystrokes + 1):
+            if mode == "recompute":
+                engine.clear_cache()
+            t = time.perf_counter()
+            gen = engine.generate(base + typed[:k], max_new_tokens=new_tokens, stop_token_ids=())
+            gen.run()
+            latencies.append((time.perf_counter() - t) * 1e3)
+            prefilled.append(gen.stats.prefilled_tokens)
+        results[mode] = {
+            "p50_ms": statistics.median(latencies),
+            "p95_ms": _p95(latencies),
+            "prefilled_per_key": statistics.mean(prefilled),
+        }
+    results["prompt_tokens"] = tok.count(base) + 1
+    results["ratio_p50"] = results["reuse"]["p50_ms"] / results["recompute"]["p50_ms"]
+    return results
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+
+
+def cache_bytes(engine: Engine) -> dict:
+    a = engine.args
+    element = engine._live.element_size()
+    latent = engine.latent_bytes_per_token()
+    per_head = a.n_layers * a.n_heads * (a.qk_head_dim + a.v_head_dim) * element
+    return {"latent_bytes_per_token": latent, "per_head_kv_bytes_per_token": per_head, "ratio": per_head / latent}
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepSeek-Coder-V2-Lite shape, int8, random
+
+def lite_int8_engine(layers: int | None = None) -> Engine:
+    """A Lite-shaped engine whose weights are random int8 + per-row scales, made directly in
+    int8: a 15.7B-parameter float32 model would need 63 GB, more than this machine has."""
+    from .config import ModelArgs, RuntimeConfig
+    from .moe import Experts
+    from .quant import Int8Experts, Int8Linear
+    from .transformer import Transformer
+
+    cfg = dict(LITE, bos_token_id=100000, eos_token_id=100001)
+    if layers:
+        cfg["num_hidden_layers"] = layers
+    args = ModelArgs.from_dict(cfg)
+    with torch.device("meta"):
+        model = Transformer(args)
+    g = torch.Generator().manual_seed(0)
+
+    def rand_int8(shape):
+        q = torch.randint(-127, 128, tuple(shape), dtype=torch.int8, generator=g)
+        return q, torch.full(tuple(shape[:-1]), 1.0 / (127 * shape[-1] ** 0.5))
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                q, s = rand_int8(child.weight.shape)
+                setattr(module, name, Int8Linear(q, s, torch.float32))
+            elif isinstance(child, Experts):
+                (a, sa), (b, sb) = rand_int8(child.w13.shape), rand_int8(child.w2.shape)
+                setattr(module, name, Int8Experts(a, sa, b, sb, torch.float32))
+    model.embed = _Int8Embedding(*rand_int8((args.vocab_size, args.dim)))
+    for name, p in list(model.named_parameters()):
+        if p.device.type == "meta":   # norms (ones) and routers (small, float)
+            value = torch.ones(p.shape) if p.dim() == 1 else torch.randn(p.shape, generator=g) * p.shape[-1] ** -0.5
+            _assign(model, name, value)
+    model.init_rope(8192)
+    runtime = RuntimeConfig(quantize="int8", max_context=2048)
+    return Engine(model.eval(), _ByteTokenizer(), runtime, name="random Coder-V2-Lite shape (int8)")
+
+
+class _Int8Embedding(torch.nn.Module):
+    def __init__(self, q, scale):
+        super().__init__()
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+        self.weight = torch.empty(0)  # device / dtype probe for Transformer.new_cache
+
+    def forward(self, ids):
+        return self.q[ids].float() * self.scale[ids, None]
+
+
+def _assign(model, name, value):
+    *path, leaf = name.split(".")
+    module = model
+    for p in path:
+        module = getattr(module, p)
+    setattr(module, leaf, torch.nn.Parameter(value, requires_grad=False))
+
+
+class _ByteTokenizer:
+    """Stands in for the 100k-entry tokenizer: the benchmark feeds token ids directly."""
+
+    bos_id, eos_id, fim, add_bos = 100000, 100001, None, False
+
+    def encode(self, text, *, add_bos=False):
+        return list(text.encode())
+
+    def decode(self, ids):
+        return bytes(i for i in ids if i < 256).decode(errors="replace")
+
+    def count(self, text):
+        return len(text.encode())
+
+
+def bench_lite(layers: int | None, new_tokens: int = 16) -> dict:
+    import psutil
+
+    engine = lite_int8_engine(layers)
+    params = sum(v.numel() for v in engine.model.state_dict().values() if v.dtype == torch.int8)
+    prompt = list(range(100, 612))
+    gen = engine.generate(prompt, max_new_tokens=new_tokens, stop_token_ids=())
+    gen.run()
+    rss = psutil.Process().memory_info().rss
+    return {
+        "layers": engine.args.n_layers,
+        "int8_parameters": params,
+        "resident_bytes": rss,
+        "prefill_tok_s": gen.stats.prefilled_tokens / (gen.stats.prefill_ms / 1e3),
+        "decode_tok_s": (gen.stats.generated_tokens - 1) / (gen.stats.decode_ms / 1e3),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+
+def run(lite: bool, lite_layers: int | None) -> str:
+    lines = [SECTION, ""]
+    cmd = "make bench" + (" (latent bench --lite)" if lite else "")
+    lines.append(f"Command: `{cmd}`. One run on this machine ({torch.get_num_threads()} threads), float32; "
+                 "ratios are within the run.")
+    lines.append("")
+    with tempfile.TemporaryDirectory() as d:
+        reference, folder = build_medium(Path(d))
+        engine = Engine.load(folder)
+    n_params = engine.model.parameter_count()
+    text = sample_source()
+    prompt_ids = engine.tokenizer.encode(text, add_bos=True)[:1024]
+    decode = bench_decode(engine, reference, prompt_ids)
+    lines += [
+        f"Model: random DeepSeek-V2-shaped, {n_params / 1e6:.1f}M parameters "
+        f"({engine.args.n_layers} layers, {engine.args.n_routed_experts} experts top-{engine.args.n_activated_experts}, "
+        f"kv_lora_rank {engine.args.kv_lora_rank}).",
+        "",
+        "| figure | ours | transformers | ratio |",
+        "|---|---|---|---|",
+        f"| decode tokens/s after a 1,024-token prompt | {decode['ours_tok_s']:.1f} | "
+        f"{decode['transformers_tok_s']:.1f} | {decode['ratio']:.2f}× (goal ≥ 2×) |",
+    ]
+    del reference
+    gc.collect()
+    typing = bench_typing(engine, text)
+    r, c = typing["reuse"], typing["recompute"]
+    lines += [
+        "",
+        f"Typing replay: a {typing['prompt_tokens']}-token prompt grows by one character per keystroke, "
+        "16 new tokens each.",
+        "",
+        "| per keystroke | with prefix reuse | recomputing the prompt |",
+        "|---|---|---|",
+        f"| p50 latency | {r['p50_ms']:.1f} ms | {c['p50_ms']:.1f} ms |",
+        f"| p95 latency | {r['p95_ms']:.1f} ms | {c['p95_ms']:.1f} ms |",
+        f"| tokens prefilled | {r['prefilled_per_key']:.1f} | {c['prefilled_per_key']:.1f} |",
+        "",
+        f"Latency ratio (reuse / recompute, p50): **{typing['ratio_p50']:.3f}** (goal ≤ 0.25).",
+    ]
+    cb = cache_bytes(engine)
+    lines += [
+        "",
+        f"Cache bytes per token: latent {cb['latent_bytes_per_token']} B "
+        f"(= (kv_lora_rank + qk_rope_head_dim) × layers × 4 B) against {cb['per_head_kv_bytes_per_token']} B "
+        f"for per-head K/V of the same shape: {cb['ratio']:.1f}× smaller.",
+    ]
+    if lite:
+        res = bench_lite(lite_layers)
+        lines += [
+            "",
+            f"DeepSeek-Coder-V2-Lite shape, random int8 weights ({res['layers']} layers, "
+            f"{res['int8_parameters'] / 1e9:.2f}B int8 parameters): peak RSS {res['resident_bytes'] / 2**30:.1f} GiB, "
+            f"prefill {res['prefill_tok_s']:.1f} tokens/s, decode {res['decode_tok_s']:.2f} tokens/s.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(section: str, path: Path) -> None:
+    text = path.read_text() if path.is_file() else "# Benchmarks\n\n"
+    start = text.find(SECTION)
+    if start >= 0:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="latent bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lite", action="store_true", help="also run the Coder-V2-Lite-shaped int8 model")
+    parser.add_argument("--lite-layers", type=int, default=None, help="layers of the Lite-shaped model (default 27)")
+    parser.add_argument("--write", type=Path, default=None, help="replace this section in a Markdown file")
+    args = parser.parse_args(argv)
+    section = run(args.lite, args.lite_layers)
+    print(section)
+    if args.write:
+        write_section(section, args.write)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
