@@ -37,10 +37,6 @@ class Tokenizer:
         self.add_bos = add_bos and self.bos_id is not None
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         self.fim = find_fim_tokens(backend.token_to_id)
-        self.special_ids = frozenset(
-            i for i in (backend.token_to_id(t.content) for t in backend.get_added_tokens_decoder().values() if t.special)
-            if i is not None
-        ) if hasattr(backend, "get_added_tokens_decoder") else frozenset()
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "Tokenizer":
@@ -72,9 +68,6 @@ class Tokenizer:
 
     def count(self, text: str) -> int:
         return len(self._tok.encode(text, add_special_tokens=False).ids)
-
-    def token_bytes(self, token_id: int) -> str:
-        return self._tok.id_to_token(token_id) or ""
 
     def require_fim(self) -> FimTokens:
         if self.fim is None:
