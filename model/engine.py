@@ -35,8 +35,10 @@ class PromptTooLong(ValueError):
 
 
 class Engine:
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, runtime: RuntimeConfig, name: str) -> None:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, runtime: RuntimeConfig, name: str,
+                 model_dir: Path | None = None) -> None:
         self.model = model
+        self.model_dir = model_dir
         self.args: ModelArgs = model.args
         self.tokenizer = tokenizer
         self.runtime = runtime
@@ -83,7 +85,7 @@ class Engine:
         model = load_model(model_dir, args, dtype=dtype, device=device)
         if quantize == "int8":
             quantize_int8(model)
-        engine = cls(model, tokenizer, runtime, name=_display_name(path_or_id, model_dir))
+        engine = cls(model, tokenizer, runtime, name=_display_name(path_or_id, model_dir), model_dir=model_dir)
         if warmup:
             engine.warmup()
         return engine

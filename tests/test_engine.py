@@ -1,6 +1,8 @@
 """The engine against the transformers reference, and its own invariants."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -9,13 +11,14 @@ from model.protocol import CancelToken
 from tiny_models import VARIANTS, save_checkpoint
 
 TOL = 1e-4
+DEVICE = os.environ.get("LATENT_TEST_DEVICE", "cpu")   # the GPU machine runs these with "cuda"
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def pair(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     reference = save_checkpoint(request.param, folder)
-    return reference, Engine.load(folder), folder
+    return reference, Engine.load(folder, device=DEVICE), folder
 
 
 def _prompt(n: int, seed: int = 1) -> list[int]:
@@ -118,7 +121,7 @@ def test_reuse_is_exact(pair):
 
 def test_reuse_stays_exact_after_evictions(pair):
     _, engine, folder = pair
-    small = Engine.load(folder, cache_bytes=engine.latent_bytes_per_token() * 50)
+    small = Engine.load(folder, device=DEVICE, cache_bytes=engine.latent_bytes_per_token() * 50)
     docs = [_prompt(40, seed=s) for s in range(10, 16)]
     for d in docs:
         small.score(d)

@@ -1,0 +1,212 @@
+"""The engine protocol over an OpenAI-compatible `/v1/completions` server.
+
+For teams that run the model on a serving engine — vLLM or SGLang across GPUs, llama.cpp's
+server, or Latent's own daemon with `--http`. FIM prompts are built locally with the family's
+special tokens in the prompt text (servers' `suffix` support varies), so the remote server
+only ever sees a plain completion request. Cancellation closes the stream.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import urllib.parse
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .protocol import CancelToken, FimTokens, Generation, GenerationStats
+from .tokenizer import FIM_STYLES, Tokenizer
+
+
+class RemoteError(Exception):
+    """The remote server could not be reached or refused the request; one sentence."""
+
+
+class ApproxTokenizer:
+    """Token counts estimated from bytes, for budgets when no tokenizer files are at hand.
+
+    Special-token strings of the chosen FIM family count as one token each.
+    """
+
+    def __init__(self, style: str = "deepseek", bytes_per_token: float = 3.6) -> None:
+        pre, suf, mid, end, sep, repo = FIM_STYLES[style]
+        self.fim = FimTokens(style=style, prefix=pre, suffix=suf, middle=mid, end=end, prefix_id=-1,
+                             suffix_id=-2, middle_id=-3 if mid else None, end_id=-4 if end else None,
+                             file_sep=sep, repo_name=repo)
+        self.bos_id = self.eos_id = None
+        self.add_bos = False
+        self.bytes_per_token = bytes_per_token
+        self._specials = [t for t in (pre, suf, mid, end, sep, repo) if t]
+
+    def count(self, text: str) -> int:
+        specials = 0
+        for s in self._specials:
+            n = text.count(s)
+            if n:
+                specials += n
+                text = text.replace(s, "")
+        return specials + int(len(text.encode()) / self.bytes_per_token + 0.999)
+
+    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+        return list(range(self.count(text)))   # only the length is meaningful
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise RemoteError("An estimated tokenizer cannot decode; configure `tokenizer` with a folder.")
+
+
+class RemoteEngine:
+    def __init__(self, url: str, *, model: str | None = None, api_key_env: str | None = None,
+                 tokenizer_dir: str | None = None, fim_style: str = "deepseek", timeout: float = 30.0) -> None:
+        parsed = urllib.parse.urlparse(url if "://" in url else f"http://{url}")
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise RemoteError(f"Remote engine URL {url!r} is not an http(s) address.")
+        self.url, self.parsed = url, parsed
+        self.base_path = parsed.path.rstrip("/")
+        if not self.base_path.endswith("/v1"):
+            self.base_path += "/v1"
+        self.timeout = timeout
+        self.api_key = None
+        if api_key_env:
+            self.api_key = os.environ.get(api_key_env)
+            if not self.api_key:
+                raise RemoteError(f"The API key variable {api_key_env} named in the configuration is not set.")
+        if tokenizer_dir:
+            self.tokenizer = Tokenizer.from_dir(Path(tokenizer_dir).expanduser())
+        else:
+            self.tokenizer = ApproxTokenizer(fim_style)
+        self.model = model or self._first_model()
+        self.model_name = f"{self.model} @ {parsed.netloc}"
+
+    @property
+    def fim_format(self) -> str | None:
+        return self.tokenizer.fim.style if self.tokenizer.fim else None
+
+    # -- http -------------------------------------------------------------------------------
+    def _connection(self) -> http.client.HTTPConnection:
+        cls = http.client.HTTPSConnection if self.parsed.scheme == "https" else http.client.HTTPConnection
+        return cls(self.parsed.hostname, self.parsed.port, timeout=self.timeout)
+
+    def _headers(self) -> dict:
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _request(self, method: str, route: str, body: dict | None = None):
+        conn = self._connection()
+        try:
+            conn.request(method, self.base_path + route, body=json.dumps(body) if body is not None else None,
+                         headers=self._headers())
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise RemoteError(f"The remote engine at {self.parsed.netloc} cannot be reached ({_reason(e)}).") from None
+        if response.status >= 400:
+            detail = _error_detail(response.read())
+            conn.close()
+            raise RemoteError(f"The remote engine answered {response.status}: {detail}")
+        return conn, response
+
+    def _first_model(self) -> str:
+        conn, response = self._request("GET", "/models")
+        try:
+            data = json.loads(response.read() or b"{}").get("data") or []
+        except json.JSONDecodeError:
+            data = []
+        finally:
+            conn.close()
+        if not data:
+            raise RemoteError(f"The remote engine at {self.parsed.netloc} lists no models; set `model`.")
+        return data[0]["id"]
+
+    # -- the protocol -----------------------------------------------------------------------
+    def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 64, stop: Sequence[str] = (),
+                 stop_token_ids: Sequence[int] = (), temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, seed: int | None = None, cancel: CancelToken | None = None) -> Generation:
+        body = {"model": self.model, "prompt": prompt if isinstance(prompt, str) else list(prompt),
+                "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "stream": True}
+        if stop:
+            body["stop"] = list(stop)[:4]   # OpenAI's limit; most servers accept it
+        if seed is not None:
+            body["seed"] = seed
+        if top_k:
+            body["top_k"] = top_k           # vLLM / SGLang / llama.cpp extension
+        stats = GenerationStats()
+        return Generation(self._stream(body, stats, cancel or CancelToken(), tuple(stop)), stats)
+
+    def _stream(self, body: dict, stats: GenerationStats, cancel: CancelToken, stop: tuple[str, ...]) -> Iterator[str]:
+        import time
+
+        if cancel.cancelled:
+            stats.finish_reason = "cancelled"
+            return
+        t0 = time.perf_counter()
+        conn, response = self._request("POST", "/completions", body)
+        text, first = "", None
+        try:
+            for event in _sse_events(response):
+                if cancel.cancelled:
+                    stats.finish_reason = "cancelled"
+                    return
+                choice = (event.get("choices") or [{}])[0]
+                piece = choice.get("text") or ""
+                if piece:
+                    first = first or time.perf_counter()
+                    text += piece
+                    stats.generated_tokens += 1
+                    yield piece
+                if choice.get("finish_reason"):
+                    stats.finish_reason = "length" if choice["finish_reason"] == "length" else "stop"
+                usage = event.get("usage") or {}
+                if usage:
+                    stats.prompt_tokens = usage.get("prompt_tokens", stats.prompt_tokens)
+                    stats.generated_tokens = usage.get("completion_tokens", stats.generated_tokens)
+        except (OSError, http.client.HTTPException) as e:
+            raise RemoteError(f"The remote engine's stream broke off ({_reason(e)}).") from None
+        finally:
+            conn.close()
+            now = time.perf_counter()
+            stats.prefill_ms = ((first or now) - t0) * 1e3
+            stats.decode_ms = (now - (first or now)) * 1e3
+            stats.finish_reason = stats.finish_reason or "stop"
+
+    def stats(self) -> dict:
+        return {"model": self.model_name, "engine": "remote", "url": self.url, "fim_format": self.fim_format}
+
+
+def _sse_events(response) -> Iterator[dict]:
+    """`data: {...}` lines of a server-sent event stream (or one plain JSON body)."""
+    content_type = response.getheader("Content-Type", "")
+    if "event-stream" not in content_type:
+        yield json.loads(response.read() or b"{}")
+        return
+    for raw in response:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            yield json.loads(data)
+        except json.JSONDecodeError:
+            raise RemoteError("The remote engine sent an event that is not JSON.") from None
+
+
+def _error_detail(raw: bytes) -> str:
+    try:
+        message = json.loads(raw).get("error")
+        if isinstance(message, dict):
+            message = message.get("message")
+        if message:
+            return str(message)
+    except (json.JSONDecodeError, AttributeError):
+        pass
+    return raw.decode("utf-8", "replace")[:200] or "no details"
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, socket.timeout):
+        return "timed out"
+    return str(e) or type(e).__name__

@@ -1,0 +1,239 @@
+"""The shared engine daemon, its client, its HTTP face and the remote backend."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import msgpack
+import pytest
+
+from model.engine import Engine
+from model.protocol import CancelToken
+from model.remote import RemoteEngine, RemoteError
+from model.rpc import EngineClient, EngineDaemon, RPCError, daemon_argv, recv_frame, send_frame
+from tiny_models import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint("v2-greedy-yarn", folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint):
+    return Engine.load(checkpoint)
+
+
+@pytest.fixture
+def daemon(engine, tmp_path):
+    d = EngineDaemon(engine, tmp_path / "engine.sock")
+    d.bind()
+    thread = threading.Thread(target=d.serve_forever, daemon=True)
+    thread.start()
+    yield d
+    d.stop()
+    thread.join(timeout=5)
+
+
+PROMPT = "<｜fim▁begin｜>def add(a, b):\n    <｜fim▁hole｜>\n<｜fim▁end｜>"
+
+
+def test_socket_is_private(daemon):
+    assert stat.S_IMODE(os.stat(daemon.socket_path).st_mode) == 0o600
+
+
+def test_default_socket_lives_in_a_private_runtime_dir(tmp_path, monkeypatch):
+    from model.rpc import default_socket_path
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    path = default_socket_path()
+    assert path.parent == tmp_path / "latent"
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+
+
+def test_client_generates_the_same_text_as_the_engine(daemon, engine):
+    expected = engine.generate(PROMPT, max_new_tokens=12).run()
+    client = EngineClient(daemon.socket_path)
+    gen = client.generate(PROMPT, max_new_tokens=12)
+    assert gen.run() == expected
+    assert gen.stats.prompt_tokens > 0 and gen.stats.finish_reason in ("length", "eos", "stop")
+    assert client.fim_format == "deepseek"
+    assert client.tokenizer.count("def") == engine.tokenizer.count("def")
+
+
+def test_two_clients_stream_at_once_and_each_gets_its_own_text(daemon, engine):
+    prompts = [PROMPT, "for i in range(10):\n    "]
+    expected = [engine.generate(p, max_new_tokens=16).run() for p in prompts]
+    results = [None, None]
+
+    def run(i):
+        results[i] = EngineClient(daemon.socket_path).generate(prompts[i], max_new_tokens=16).run()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == expected
+
+
+def test_cancel_across_the_socket(daemon):
+    client = EngineClient(daemon.socket_path)
+    token = CancelToken()
+    gen = client.generate("x = ", max_new_tokens=400, temperature=1.0, seed=1, stop_token_ids=[], cancel=token)
+    token.cancel()
+    gen.run()
+    assert gen.stats.finish_reason == "cancelled"
+    assert gen.stats.generated_tokens < 400
+    assert client.generate("y = ", max_new_tokens=2).run() is not None   # the connection still works
+
+
+def _raw(daemon) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(daemon.socket_path))
+    s.settimeout(10)
+    send_frame(s, {"type": "hello", "version": 1})
+    assert recv_frame(s)["type"] == "hello"
+    return s
+
+
+@pytest.mark.parametrize("payload", [
+    struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1",            # not msgpack
+    struct.pack(">I", 3) + msgpack.packb([1, 2]),               # not a map
+    struct.pack(">I", 1 << 30),                                 # oversized
+])
+def test_bad_frames_get_an_error_and_that_connection_closes(daemon, payload):
+    bad = _raw(daemon)
+    other = EngineClient(daemon.socket_path)
+    bad.sendall(payload)
+    reply = recv_frame(bad)
+    assert "error" in reply
+    assert recv_frame(bad) is None                               # closed by the daemon
+    assert other.generate("z = ", max_new_tokens=2).run() is not None   # others keep being served
+
+
+def test_truncated_frame_closes_only_that_connection(daemon):
+    bad = _raw(daemon)
+    bad.sendall(struct.pack(">I", 100) + b"\x80")
+    bad.shutdown(socket.SHUT_WR)
+    time.sleep(0.2)
+    assert EngineClient(daemon.socket_path).call("info")["fim_format"] == "deepseek"
+
+
+def test_wrong_protocol_version_is_refused(daemon):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(daemon.socket_path))
+    send_frame(s, {"type": "hello", "version": 99})
+    assert "version" in recv_frame(s)["error"]
+
+
+def test_unknown_method_is_an_error_not_a_crash(daemon):
+    client = EngineClient(daemon.socket_path)
+    with pytest.raises(RPCError, match="Unknown method"):
+        client.call("explode")
+    assert client.call("info")["version"] == 1
+
+
+def test_no_daemon_is_a_clear_error(tmp_path):
+    with pytest.raises(RPCError, match="No engine daemon answers"):
+        EngineClient(tmp_path / "none.sock")
+
+
+@pytest.mark.slow
+def test_killed_daemon_is_restarted_and_the_next_completion_works(checkpoint, tmp_path):
+    sock = tmp_path / "d.sock"
+    client = EngineClient(sock, spawn=daemon_argv(str(checkpoint), sock), connect_timeout=120)
+    first = client.generate(PROMPT, max_new_tokens=6).run()
+    pid = client.info["pid"]
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    assert sock.exists()                                         # the stale socket is left behind
+    again = client.generate(PROMPT, max_new_tokens=6).run()      # reconnects, restarts, retries once
+    assert again == first
+    assert client.info["pid"] != pid
+    os.kill(client.info["pid"], signal.SIGTERM)
+
+
+def test_stale_socket_file_is_replaced(engine, tmp_path):
+    path = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()                                                    # a socket file nobody listens on
+    d = EngineDaemon(engine, path)
+    d.bind()
+    d.close()
+
+
+def test_idle_daemon_exits(engine, tmp_path):
+    d = EngineDaemon(engine, tmp_path / "idle.sock", idle_exit_s=0.3)
+    t = threading.Thread(target=d.serve_forever, daemon=True)
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive()
+    assert not (tmp_path / "idle.sock").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP face and the remote backend
+
+@pytest.fixture
+def http_url(engine):
+    from model.openai_http import serve_http
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = serve_http(engine, "127.0.0.1", port)
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+
+
+def test_remote_backend_streams_from_the_http_face(http_url, engine, checkpoint):
+    expected = engine.generate(PROMPT, max_new_tokens=10).run()
+    remote = RemoteEngine(http_url, tokenizer_dir=str(checkpoint))
+    gen = remote.generate(PROMPT, max_new_tokens=10)
+    assert gen.run() == expected
+    assert remote.fim_format == "deepseek"
+    assert remote.model == engine.model_name
+
+
+def test_http_face_non_streaming_and_suffix(http_url, engine):
+    import json
+    import urllib.request
+
+    body = {"prompt": "def add(a, b):\n    ", "suffix": "\n", "max_tokens": 8, "temperature": 0}
+    req = urllib.request.Request(f"{http_url}/v1/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    reply = json.loads(urllib.request.urlopen(req, timeout=30).read())
+    expected = engine.generate(PROMPT, max_new_tokens=8).run()
+    assert reply["choices"][0]["text"] == expected
+    assert reply["usage"]["completion_tokens"] >= 1
+
+
+def test_http_face_rejects_bad_requests(http_url):
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"{http_url}/v1/completions", data=b"{broken",
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=10)
+    assert info.value.code == 400 and "JSON" in json.loads(info.value.read())["error"]["message"]
+
+
+def test_remote_errors_are_one_sentence(tmp_path, monkeypatch):
+    with pytest.raises(RemoteError, match="cannot be reached"):
+        RemoteEngine("http://127.0.0.1:9", model="x").generate("a").run()
+    monkeypatch.delenv("LATENT_TEST_KEY", raising=False)
+    with pytest.raises(RemoteError, match="LATENT_TEST_KEY"):
+        RemoteEngine("http://127.0.0.1:9", model="x", api_key_env="LATENT_TEST_KEY")
