@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m benchmarks.demo
+	$(PY) benchmarks/demo.py
 
 test: install
 	$(PY) -m pytest -q
@@ -27,7 +27,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install
-	$(PY) -m benchmarks.engine_bench
+	$(PY) -m model.bench --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
