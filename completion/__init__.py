@@ -7,7 +7,8 @@
 Modules, in the order a request meets them: `document` (text, UTF-16 positions, incremental
 tree-sitter trees), `languages` (grammars and per-language rules as data), `context` (mode,
 token-budgeted windows, related snippets), `prompt` (FIM formats), `postprocess` (what to keep
-of the model's answer) and `service` (the wiring). Nothing here knows about LSP or torch.
+of the model's answer), `cache` (the LRU of recent answers) and `service` (the wiring).
+Nothing here knows about LSP or torch; the model is reached through `model.protocol` only.
 """
 from completion.document import Document, Workspace
 from completion.errors import InvalidPosition, UnknownDocument

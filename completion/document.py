@@ -9,7 +9,7 @@ This is the one place where the three coordinate systems meet:
   count "\\n" only.
 
 Notifications mutate a `Document` (`apply`), requests read immutable `Snapshot`s. A document
-publishes its text, version and tree together as one immutable `_State`, and never edits a
+publishes its text, version and tree together as one immutable `DocumentState`, and never edits a
 published tree in place, so a worker thread may read them while the event loop applies changes.
 """
 from __future__ import annotations
@@ -35,6 +35,12 @@ def encode(text: str) -> bytes:
 
 def utf8_length(text: str) -> int:
     return len(text) if text.isascii() else len(encode(text))
+
+
+def line_ending(text: str) -> str:
+    """The text's first line break ("\n" when it has none): what suggestions should use."""
+    match = _LINE_BREAK.search(text)
+    return match.group() if match else "\n"
 
 
 def utf16_length(text: str) -> int:
@@ -154,7 +160,9 @@ def parse(language: LanguageSpec, text: str) -> tree_sitter.Tree:
     return language.parser().parse(encode(text))
 
 
-class _State(NamedTuple):
+class DocumentState(NamedTuple):
+    """What a document publishes at once: text, version, line starts and tree."""
+
     text: str
     version: int
     lines: Lines
@@ -197,7 +205,7 @@ class Document:
             if change.range is None:
                 text, tree = change.text, None
                 continue
-            lines = Lines(text)
+            lines = self._state.lines if text is self._state.text else Lines(text)
             start = lines.offset(change.range.start, strict=False)
             end = lines.offset(change.range.end, strict=False)
             start, end = min(start, end), max(start, end)
@@ -210,18 +218,22 @@ class Document:
         state = self._state
         return Snapshot(self.uri, self.language_id, state.text, state.version, self.path)
 
-    def tree_for(self, snapshot: Snapshot) -> tree_sitter.Tree | None:
-        """This document's tree when it is the tree of `snapshot` (same version and text)."""
+    @property
+    def state(self) -> DocumentState:
+        return self._state
+
+    def state_for(self, snapshot: Snapshot) -> DocumentState | None:
+        """This document's state when it is the state of `snapshot` (same version and text)."""
         state = self._state
         if state.version == snapshot.version and state.text == snapshot.text:
-            return state.tree
+            return state
         return None
 
-    def _parsed(self, text: str, version: int, old_tree: tree_sitter.Tree | None) -> _State:
+    def _parsed(self, text: str, version: int, old_tree: tree_sitter.Tree | None) -> DocumentState:
         tree = None
         if self._parser is not None:
             tree = self._parser.parse(encode(text), old_tree) if old_tree else self._parser.parse(encode(text))
-        return _State(text, version, Lines(text), tree)
+        return DocumentState(text, version, Lines(text), tree)
 
 
 class Workspace:

@@ -138,6 +138,13 @@ class Generation:
             pass
         return self.text
 
+    def close(self) -> None:
+        """Stop early: the backend releases what it holds (locks, sockets) right away."""
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+        self.done = True
+
 
 @runtime_checkable
 class EngineProtocol(Protocol):

@@ -1,0 +1,316 @@
+"""What to keep of the model's answer.
+
+`clean` runs the text steps in order, on "\\n" line ends:
+
+1. cut at the first special token (the model ran past the middle);
+2. cut to the mode: *line* keeps the first line (at the end of a written line, when the model
+   starts a new one, that next line); *block* keeps lines while they are indented deeper than
+   the block's opener, plus a closing line the cursor's line already ends with;
+3. cut where the model starts repeating the suffix's next non-blank line;
+4. cut repetition loops (a block of lines three times in a row; when the model ran out of
+   tokens, a short unit repeated at the end);
+5. trim trailing whitespace; empty or whitespace-only answers become "".
+
+`covered_length` is the range rule: how many characters right of the cursor the suggestion
+replaces (see its docstring). `adds_errors` rejects a suggestion that gives the document
+tree-sitter ERROR or MISSING nodes it did not have. `finished` tells the streaming loop in the
+service that enough text has arrived for `clean` to cut it, so decoding can stop early.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import tree_sitter
+
+from completion.context import indent_width
+from completion.document import edit_tree, encode
+from completion.languages import LanguageSpec
+
+_WORD = re.compile(r"\w")
+MAX_LOOP_PERIOD = 8        # lines in a repeated block
+LOOP_COPIES = 3            # copies in a row that make a loop
+MIN_CHAR_LOOP = 12         # characters a repeated unit must cover at the end of a truncated answer
+STUCK_CHARS = 32           # … and covering this many, decoding stops
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What postprocessing needs to know about the request, worked out before the model runs."""
+
+    mode: str                      # "line" | "block"
+    head: str                      # the cursor's line before the cursor
+    tail: str                      # the cursor's line after the cursor
+    before: str = ""               # the lines before the cursor, "\n" ends (for the bracket scan)
+    next_line: str | None = None   # the first non-blank line after the cursor's line
+    opener_indent: str = ""        # leading whitespace of the line that opens the block
+    specials: tuple[str, ...] = ()  # special-token strings that end a middle
+
+    @property
+    def next_line_allowed(self) -> bool:
+        """*line* mode at the end of a written line may offer the next line instead (after an
+        accept the cursor sits there, and the next suggestion starts with a line break)."""
+        return self.mode == "line" and bool(self.head.strip()) and not self.tail.strip()
+
+
+def clean(raw: str, plan: Plan, *, hit_limit: bool = False) -> str:
+    """The suggestion text to keep of the model's answer `raw` ("" to show nothing)."""
+    text = _before_special(raw, plan.specials).replace("\r\n", "\n")
+    text = _cut_to_mode(text, plan)
+    text = _cut_suffix_repeat(text, plan)
+    text = _cut_loops(text, plan, hit_limit)
+    text = text.rstrip() if plan.mode == "block" or not plan.tail.strip() else text
+    if not text.strip():
+        return ""
+    return _close_block(text, plan)
+
+
+def finished(text: str, plan: Plan) -> bool:
+    """Whether `clean` would already cut `text`, so no further token can change the answer
+    (or the model is stuck repeating itself and more tokens are only time lost)."""
+    if any(special in text for special in plan.specials):
+        return True
+    size, copies = _end_loop(text)
+    if copies * size >= STUCK_CHARS:
+        return True
+    if "\n" not in text:
+        return False
+    if plan.mode == "line":
+        first, _, rest = text.partition("\n")
+        return bool(first.strip()) or not plan.next_line_allowed or "\n" in rest
+    lines = text.split("\n")[:-1]  # complete lines only
+    _, ended = _block_lines(lines, plan)
+    if ended or _suffix_repeat_at(lines, plan) is not None:
+        return True
+    complete = "\n".join(lines)
+    return _cut_loops(complete, plan, hit_limit=False) != complete
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps
+
+def _before_special(text: str, specials: tuple[str, ...]) -> str:
+    cut = min((text.find(s) for s in specials if s in text), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def _cut_to_mode(text: str, plan: Plan) -> str:
+    lines = text.split("\n")
+    if plan.mode == "line":
+        if lines[0].strip() or len(lines) == 1 or not plan.next_line_allowed:
+            return lines[0]
+        return "\n" + lines[1]  # the cursor ends a written line: the model wrote the next one
+    kept, _ = _block_lines(lines, plan)
+    return "\n".join(lines[:kept])
+
+
+def _block_lines(lines: list[str], plan: Plan) -> tuple[int, bool]:
+    """How many of `lines` belong to the block body, and whether the block's end was seen.
+
+    The block ends at the first non-blank line indented less than the body (the first body
+    line sets the body's indentation, which must exceed the opener's). A line that closes
+    what the cursor's line ends with (`}` before `}`) is kept, ending the block.
+    """
+    opener = indent_width(plan.opener_indent)
+    body = None
+    for index, line in enumerate(lines):
+        full = plan.head + line if index == 0 else line
+        if (index == 0 and plan.head.strip()) or not full.strip():
+            continue  # the rest of the opener's line, or a blank line
+        width = indent_width(full)
+        if body is None and width <= opener:
+            return index, True  # dedented before any body: nothing to keep
+        if body is None:
+            body = width
+        elif width < body:
+            return (index + 1 if _closes_tail(full, plan) else index), True
+    return len(lines), False
+
+
+def _closes_tail(line: str, plan: Plan) -> bool:
+    closing, tail = line.strip(), plan.tail.strip()
+    return bool(closing and tail) and not _WORD.search(closing) and (
+        tail.startswith(closing) or closing.startswith(tail))
+
+
+def _cut_suffix_repeat(text: str, plan: Plan) -> str:
+    lines = text.split("\n")
+    index = _suffix_repeat_at(lines, plan)
+    return text if index is None else "\n".join(lines[:index])
+
+
+def _suffix_repeat_at(lines: list[str], plan: Plan) -> int | None:
+    """The first of `lines` (as it would read in the document) repeating the suffix's next line."""
+    if not plan.next_line:
+        return None
+    for index, line in enumerate(lines):
+        if repeats(plan.head + line if index == 0 else line, plan.next_line):
+            return index
+    return None
+
+
+def repeats(line: str, target: str) -> bool:
+    """Whether `line` is `target` again: same words; punctuation-only lines also same indentation
+    (a nested `}` is not the block's own closing `}`)."""
+    if not target.strip():
+        return False
+    if _WORD.search(target):
+        return line.strip() == target.strip()
+    return line.rstrip() == target.rstrip()
+
+
+def _cut_loops(text: str, plan: Plan, hit_limit: bool) -> str:
+    lines = text.split("\n")
+    lines[0] = plan.head + lines[0]  # compare lines as they would read in the document
+    for start in range(len(lines)):
+        for period in range(1, MAX_LOOP_PERIOD + 1):
+            end = start + LOOP_COPIES * period
+            if end > len(lines):
+                break
+            block = lines[start:start + period]
+            if not any(_WORD.search(line) for line in block):
+                continue
+            if all(lines[start + k * period:start + (k + 1) * period] == block
+                   for k in range(1, LOOP_COPIES)):
+                return "\n".join(lines[:start + period])[len(plan.head):]
+    return _cut_char_loop(text) if hit_limit else text
+
+
+def _cut_char_loop(text: str) -> str:
+    """Keep one copy of a short unit repeated at the very end of a truncated answer."""
+    size, copies = _end_loop(text)
+    if copies >= 4 and copies * size >= MIN_CHAR_LOOP:
+        return text[:len(text) - (copies - 1) * size]
+    return text
+
+
+def _end_loop(text: str) -> tuple[int, int]:
+    """(unit length, copies) of the unit of up to 16 characters repeated at the end of the
+    text over the most characters; (0, 0) when nothing repeats."""
+    best = (0, 0)
+    for size in range(1, min(16, len(text) // 2) + 1):
+        unit = text[-size:]
+        copies = 1
+        while text.endswith(unit * (copies + 1)):
+            copies += 1
+        if copies >= 2 and size * copies > best[0] * best[1]:
+            best = (size, copies)
+    return best
+
+
+def _close_block(text: str, plan: Plan) -> str:
+    """A multi-line body typed between `{` and `}` of one line ends on a line of its own, so the
+    `}` left right of the cursor lands under its opener."""
+    if plan.mode == "block" and plan.tail.strip() and "\n" in text and not covered_length(text, plan):
+        return text + "\n" + plan.opener_indent
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# The range rule
+
+_OPENERS = {"(": ")", "[": "]", "{": "}"}
+_CLOSERS = {")": "(", "]": "[", "}": "{"}
+_QUOTES = "\"'`"
+
+
+def covered_length(text: str, plan: Plan) -> int:
+    """How many characters right of the cursor the suggestion replaces.
+
+    A suggestion is an insertion, except when it closes a bracket or quote opened before the
+    cursor and the cursor's line already continues with that closing text (typically an
+    auto-inserted `)`, `"` or `}`): then it replaces the longest common prefix of the cursor's
+    tail and the suggestion from that closing character on, so the document never ends up
+    with the closing text twice.
+    """
+    if not plan.tail.strip():
+        return 0
+    stack: list[str] = []
+    _scan(plan.before + plan.head, stack)
+    first = _scan(text, stack, floor=len(stack))
+    if first is None:
+        return 0
+    closing, tail = text[first:], plan.tail
+    length = 0
+    while length < min(len(closing), len(tail)) and closing[length] == tail[length]:
+        length += 1
+    return length
+
+
+def _scan(text: str, stack: list[str], floor: int | None = None) -> int | None:
+    """Track brackets and quotes through `text` on `stack`; return the index of the first
+    character closing one of the bottom `floor` entries (those opened before the cursor).
+
+    Strings do not span lines here (an apostrophe in a comment must not swallow the code after
+    it), so quotes still open at a line break are dropped.
+    """
+    escaped = False
+    for index, char in enumerate(text):
+        top = stack[-1] if stack else None
+        if char == "\n":
+            while stack and stack[-1] in _QUOTES:
+                stack.pop()
+            escaped = False
+        elif top is not None and top in _QUOTES:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == top:
+                if floor is not None and len(stack) <= floor:
+                    return index
+                stack.pop()
+        elif char in _OPENERS or char in _QUOTES:
+            stack.append(char)
+        elif char in _CLOSERS and top == _CLOSERS[char]:
+            if floor is not None and len(stack) <= floor:
+                return index
+            stack.pop()
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Syntax
+
+def adds_errors(language: LanguageSpec, tree: tree_sitter.Tree, text: str, start: int, end: int,
+                inserted: str) -> bool:
+    """Whether replacing text[start:end] by `inserted` gives the document a tree-sitter error
+    it did not have.
+
+    Errors (ERROR nodes and MISSING tokens) are told apart by kind and start, mapped through
+    the edit: an error of the edited tree that starts inside the inserted text, or that has no
+    error of the same kind at the same place in the old tree, is new. An error the document
+    already had at the cursor may grow over the suggestion (`x = foo(` completed with `a, b`
+    stays as incomplete as it was) — so a suggestion that only continues an incomplete
+    statement wrongly is not caught here.
+    """
+    edited = tree.copy()
+    edit_tree(edited, text, start, end, inserted)
+    new_tree = language.parser().parse(encode(text[:start] + inserted + text[end:]), edited)
+    if not new_tree.root_node.has_error:
+        return False
+    start_byte = len(encode(text[:start]))
+    old_end = start_byte + len(encode(text[start:end]))
+    new_end = start_byte + len(encode(inserted))
+    old_errors = set(errors(tree.root_node))
+    for kind, byte in errors(new_tree.root_node):
+        if start_byte < byte < new_end:
+            return True
+        old_byte = byte if byte <= start_byte else byte - new_end + old_end
+        if (kind, old_byte) not in old_errors:
+            return True
+    return False
+
+
+def errors(node: tree_sitter.Node) -> list[tuple[str, int]]:
+    """(kind, start byte) of the ERROR and MISSING nodes under `node`; only subtrees flagged
+    has_error are visited."""
+    found, pending = [], [node]
+    while pending:
+        node = pending.pop()
+        if not node.has_error:
+            continue
+        if node.is_error or node.is_missing:
+            found.append(("MISSING " + node.type if node.is_missing else "ERROR", node.start_byte))
+        pending.extend(node.children)
+    return found

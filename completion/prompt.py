@@ -1,0 +1,188 @@
+"""Fill-in-the-middle prompts, one layout per model family, within a token budget.
+
+    fmt = resolve_format(config.fim_format, engine)      # configured, or read off the tokenizer
+    prompt = build_prompt(fmt, context, count, max_tokens=2048, bos=1)
+
+Families (the strings are the tokenizer's when it names them, these otherwise):
+
+    deepseek   <｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>
+    starcoder  <fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>
+    qwen       <|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>
+    codellama  <PRE> {prefix} <SUF>{suffix} <MID>
+    codestral  [SUFFIX]{suffix}[PREFIX]{prefix}
+    plain      {prefix}                     (no FIM tokens: a left-to-right completion)
+
+Repository context: families with a file-separator token (StarCoder2, Qwen2.5-Coder) get
+`<file_sep>{path}\\n{text}\\n` per related snippet and `<file_sep>{path}\\n` for the file, before
+the FIM prefix token; the others (DeepSeek-Coder's repository format) get each snippet as
+`{comment} {path}\\n{text}\\n\\n` and the file's `{comment} {path}\\n` header at the start of the
+prefix. Prompts are in "\\n" line ends whatever the document uses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from completion.context import Context, Count, Snippet
+from model.protocol import EngineProtocol, FimTokens
+
+
+@dataclass(frozen=True)
+class FimFormat:
+    name: str
+    prefix: str | None        # token opening the prefix (None: plain)
+    suffix: str | None
+    middle: str | None        # Codestral has none: the middle follows the prefix
+    end: str | None           # token ending a middle
+    file_sep: str | None = None
+    end_id: int | None = None
+
+    def fill(self, prefix: str, suffix: str) -> str:
+        """The FIM part of a prompt."""
+        if self.name == "plain":
+            return prefix
+        if self.name == "codestral":
+            return f"{self.suffix}{suffix}{self.prefix}{prefix}"
+        if self.name == "codellama":  # spaces as in "<PRE> {prefix} <SUF>{suffix} <MID>", unless
+            space = "" if self.prefix.startswith("\u2581") else " "  # the tokens carry SentencePiece's ▁
+            return f"{self.prefix}{space}{prefix}{space}{self.suffix}{suffix}{space}{self.middle}"
+        return f"{self.prefix}{prefix}{self.suffix}{suffix}{self.middle}"
+
+    @property
+    def special_strings(self) -> tuple[str, ...]:
+        """Strings that must never appear in a suggestion (the model ran past the middle)."""
+        tokens = (self.end, self.prefix, self.suffix, self.middle, self.file_sep)
+        return tuple(token for token in tokens if token)
+
+
+FORMATS: dict[str, FimFormat] = {fmt.name: fmt for fmt in (
+    FimFormat("deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>"),
+    FimFormat("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<|endoftext|>",
+              file_sep="<file_sep>"),
+    FimFormat("qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|endoftext|>",
+              file_sep="<|file_sep|>"),
+    FimFormat("codellama", "<PRE>", "<SUF>", "<MID>", "<EOT>"),
+    FimFormat("codestral", "[PREFIX]", "[SUFFIX]", None, "</s>"),
+    FimFormat("plain", None, None, None, None),
+)}
+
+
+def resolve_format(configured: str | None, engine: EngineProtocol) -> FimFormat:
+    """The configured format, else the tokenizer's FIM tokens, else the engine's word, else a
+    probe of the tokenizer for each family's prefix/suffix tokens, else plain."""
+    tokenizer = engine.tokenizer
+    if configured:
+        if configured not in FORMATS:
+            raise ValueError(f"Unknown FIM format {configured!r}; known: {', '.join(FORMATS)}.")
+        fmt = FORMATS[configured]
+        fim = getattr(tokenizer, "fim", None)
+        return _with_tokens(fmt, fim) if fim is not None and fim.style == configured else fmt
+    fim = getattr(tokenizer, "fim", None)
+    if fim is not None and fim.style in FORMATS:
+        return _with_tokens(FORMATS[fim.style], fim)
+    style = getattr(engine, "fim_format", None)
+    if style in FORMATS:
+        return FORMATS[style]
+    for fmt in FORMATS.values():
+        if fmt.prefix and _single_token(tokenizer, fmt.prefix) and _single_token(tokenizer, fmt.suffix):
+            return fmt
+    return FORMATS["plain"]
+
+
+def _with_tokens(fmt: FimFormat, fim: FimTokens) -> FimFormat:
+    return replace(fmt, prefix=fim.prefix, suffix=fim.suffix, middle=fim.middle,
+                   end=fim.end or fmt.end, file_sep=fim.file_sep, end_id=fim.end_id)
+
+
+def _single_token(tokenizer, text: str) -> bool:
+    try:
+        return len(tokenizer.encode(text)) == 1
+    except Exception:  # a backend tokenizer that cannot encode offline counts as "no"
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering and the budget
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    tokens: int            # tokens of `text`, the BOS the engine adds included
+    prefix: str            # the prefix and suffix windows actually used ("\n" line ends)
+    suffix: str
+    snippets: tuple[Snippet, ...]
+
+
+def render(fmt: FimFormat, *, prefix: str, suffix: str, snippets: tuple[Snippet, ...] = (),
+           path: str | None = None, comment: str = "#") -> str:
+    """The prompt text: related snippets, the file's header, then the FIM part."""
+    prefix, suffix = _lf(prefix), _lf(suffix)
+    if fmt.file_sep:
+        files = "".join(f"{fmt.file_sep}{s.path}\n{_lf(s.text)}\n" for s in snippets)
+        current = f"{fmt.file_sep}{path}\n" if path else ""
+        return files + current + fmt.fill(prefix, suffix)
+    files = "".join(f"{s.comment} {s.path}\n{_lf(s.text)}\n\n" for s in snippets)
+    current = f"{comment} {path}\n" if path else ""
+    return fmt.fill(files + current + prefix, suffix)
+
+
+def overhead(fmt: FimFormat, path: str | None, comment: str, count: Count, bos: int) -> int:
+    """Tokens of a prompt with empty windows and no snippets: what the windows cannot use."""
+    return count(render(fmt, prefix="", suffix="", path=path, comment=comment)) + bos
+
+
+def build_prompt(fmt: FimFormat, context: Context, count: Count, *, max_tokens: int,
+                 bos: int) -> Prompt:
+    """Render `context`, trimming until the whole prompt fits in `max_tokens`.
+
+    The context's windows were sized by summing per-line counts, which can differ a little from
+    the count of the joined text; here the real tokenizer has the last word. Trimming drops the
+    least relevant snippet first, then the farthest line of the larger window, then characters.
+    """
+    prefix, suffix, snippets = context.prefix, context.suffix, context.snippets
+    header = True
+    while True:
+        text = render(fmt, prefix=prefix, suffix=suffix, snippets=snippets,
+                      path=context.path if header else None, comment=context.comment)
+        tokens = count(text) + bos
+        excess = tokens - max_tokens
+        if excess <= 0:
+            return Prompt(text, tokens, _lf(prefix), _lf(suffix), snippets)
+        if snippets:
+            snippets = snippets[1:]
+        elif prefix or suffix:
+            prefix, suffix = _trim(prefix, suffix, excess, count)
+        elif header and context.path:
+            header = False
+        else:
+            raise ValueError(f"The FIM tokens alone take {tokens} tokens, over the budget of {max_tokens}.")
+
+
+def _trim(prefix: str, suffix: str, excess: int, count: Count) -> tuple[str, str]:
+    """Drop about `excess` tokens from the larger window, farthest from the cursor first."""
+    if count(prefix) >= count(suffix):
+        return _drop_leading(prefix, excess, count), suffix
+    return prefix, _drop_trailing(suffix, excess, count)
+
+
+def _drop_leading(text: str, excess: int, count: Count) -> str:
+    lines = text.splitlines(keepends=True)
+    if len(lines) <= 1:
+        return text[max(1, len(text) // 8):] if len(text) > 1 else ""
+    dropped = 0
+    while len(lines) > 1 and dropped < excess:
+        dropped += max(count(lines.pop(0)), 1)
+    return "".join(lines)
+
+
+def _drop_trailing(text: str, excess: int, count: Count) -> str:
+    lines = text.splitlines(keepends=True)
+    if len(lines) <= 1:
+        return text[:len(text) - max(1, len(text) // 8)] if len(text) > 1 else ""
+    dropped = 0
+    while len(lines) > 1 and dropped < excess:
+        dropped += max(count(lines.pop()), 1)
+    return "".join(lines).rstrip("\r\n") if lines else ""
+
+
+def _lf(text: str) -> str:
+    return text.replace("\r\n", "\n")

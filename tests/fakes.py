@@ -1,0 +1,188 @@
+"""Test doubles for the engine protocol: a scripted engine and a deterministic tokenizer.
+
+    engine = FakeEngine("return a + b")                 # always answers this
+    engine = FakeEngine(lambda prompt: "...")           # answers from the prompt
+    engine = FakeEngine(["first", "second"])            # answers in turn (the last one repeats)
+    service = CompletionService(engine)
+    ...
+    engine.requests[-1]["prompt"], engine.requests[-1]["stop"]
+
+The engine behaves like a real one where the pipeline can tell: it streams the answer token by
+token (as the tokenizer splits it), honours `max_new_tokens` ("length"), stop strings ("stop",
+the stop string excluded), end-of-sequence / `stop_token_ids` ("eos") and cancellation checked
+before prefill and between decode steps ("cancelled"), and fills GenerationStats.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from typing import Callable, Sequence
+
+from completion.types import Position
+from model.protocol import CancelToken, FimTokens, Generation, GenerationStats
+
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+
+# style -> (prefix, suffix, middle, end, file_sep)
+FIM_STRINGS = {
+    "deepseek": ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", EOS, None),
+    "starcoder": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<|endoftext|>", "<file_sep>"),
+    "qwen": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|endoftext|>", "<|file_sep|>"),
+    "codellama": ("<PRE>", "<SUF>", "<MID>", "<EOT>", None),
+    "codestral": ("[PREFIX]", "[SUFFIX]", None, "</s>", None),
+}
+
+
+class FakeTokenizer:
+    """Word-level and deterministic: each special string, run of word characters, and other
+    single character is one token. Ids are handed out in order of first sight."""
+
+    def __init__(self, style: str | None = "deepseek", *, bos: bool = True,
+                 declare_fim: bool = True) -> None:
+        strings = FIM_STRINGS.get(style, ()) if style else ()
+        self._specials = [s for s in (BOS, EOS, *strings) if s]
+        self._lock = threading.Lock()
+        self._ids: dict[str, int] = {}
+        self._strings: list[str] = []
+        for special in self._specials:
+            self._id(special)
+        self.bos_id = self._ids[BOS] if bos else None
+        self.eos_id = self._ids[EOS]
+        self.fim = self._fim_tokens(style, strings) if (style and declare_fim) else None
+        alternatives = [re.escape(s) for s in sorted(self._specials, key=len, reverse=True)]
+        self._pattern = re.compile("|".join(alternatives + [r"\w+", r"\s", r"[^\w\s]"]))
+
+    def split(self, text: str) -> list[str]:
+        """The token strings of `text`."""
+        return self._pattern.findall(text)
+
+    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+        ids = [self._id(piece) for piece in self.split(text)]
+        return ([self.bos_id] if add_bos and self.bos_id is not None else []) + ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self._strings[i] for i in ids)
+
+    def count(self, text: str) -> int:
+        return len(self.split(text))
+
+    def _id(self, piece: str) -> int:
+        with self._lock:
+            if piece not in self._ids:
+                self._ids[piece] = len(self._strings)
+                self._strings.append(piece)
+            return self._ids[piece]
+
+    def _fim_tokens(self, style: str, strings: tuple) -> FimTokens:
+        prefix, suffix, middle, end, file_sep = strings
+        return FimTokens(
+            style=style, prefix=prefix, suffix=suffix, middle=middle, end=end,
+            prefix_id=self._ids[prefix], suffix_id=self._ids[suffix],
+            middle_id=self._ids[middle] if middle else None,
+            end_id=self._ids[end] if end else None, file_sep=file_sep)
+
+
+Reply = str | Callable[[str], str] | Sequence[str]
+
+
+class FakeEngine:
+    """A scripted engine implementing EngineProtocol."""
+
+    model_name = "fake"
+
+    def __init__(self, reply: Reply = "", *, tokenizer=None,
+                 on_token: Callable[[int], None] | None = None) -> None:
+        self.tokenizer = tokenizer if tokenizer is not None else FakeTokenizer()
+        self.requests: list[dict] = []
+        self.on_token = on_token   # called before decode step i (tests cancel or block in it)
+        self._reply = list(reply) if isinstance(reply, (list, tuple)) else reply
+        self._lock = threading.Lock()
+
+    @property
+    def fim_format(self) -> str | None:
+        return self.tokenizer.fim.style if self.tokenizer.fim else None
+
+    @property
+    def calls(self) -> int:
+        return len(self.requests)
+
+    def stats(self) -> dict:
+        return {"model": self.model_name, "calls": self.calls}
+
+    def generate(self, prompt, *, max_new_tokens: int = 64, stop: Sequence[str] = (),
+                 stop_token_ids: Sequence[int] = (), temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, seed: int | None = None,
+                 cancel: CancelToken | None = None) -> Generation:
+        if not isinstance(prompt, str):
+            prompt = self.tokenizer.decode(prompt)
+        with self._lock:
+            self.requests.append(dict(
+                prompt=prompt, max_new_tokens=max_new_tokens, stop=tuple(stop),
+                stop_token_ids=tuple(stop_token_ids), temperature=temperature, top_p=top_p,
+                cancel=cancel))
+        stats = GenerationStats()
+        pieces = self._decode(prompt, self._answer(prompt), max_new_tokens, stop,
+                              stop_token_ids, cancel, stats)
+        return Generation(pieces, stats)
+
+    def _answer(self, prompt: str) -> str:
+        with self._lock:
+            if callable(self._reply):
+                return self._reply(prompt)
+            if isinstance(self._reply, list):
+                return self._reply.pop(0) if len(self._reply) > 1 else (self._reply or [""])[0]
+            return self._reply
+
+    def _decode(self, prompt, answer, max_new_tokens, stop, stop_token_ids, cancel, stats):
+        stats.prompt_tokens = stats.prefilled_tokens = self.tokenizer.count(prompt) + (
+            self.tokenizer.bos_id is not None)
+        if cancel is not None and cancel.cancelled:  # checked before prefill
+            stats.finish_reason = "cancelled"
+            return
+        text, stats.finish_reason = self._truncate(answer, max_new_tokens, stop, stop_token_ids)
+        for step, token in enumerate(self._split(text)):
+            if self.on_token is not None:
+                self.on_token(step)
+            if cancel is not None and cancel.cancelled:  # checked between decode steps
+                stats.finish_reason = "cancelled"
+                return
+            stats.generated_tokens += 1
+            yield token
+        stats.generated_tokens += stats.finish_reason in ("stop", "eos")
+
+    def _split(self, text: str) -> list[str]:
+        """Token strings of `text` (any TokenizerProtocol tokenizer will do)."""
+        split = getattr(self.tokenizer, "split", None)
+        if split is not None:
+            return split(text)
+        return [self.tokenizer.decode([token]) for token in self.tokenizer.encode(text)]
+
+    def _truncate(self, answer: str, max_new_tokens: int, stop: Sequence[str],
+                  stop_token_ids: Sequence[int]) -> tuple[str, str]:
+        """What a real engine would emit of `answer`, and why it would stop."""
+        tokens = self._split(answer)
+        reason = "eos"
+        if len(tokens) > max_new_tokens:
+            tokens, reason = tokens[:max_new_tokens], "length"
+        enders = {self.tokenizer.eos_id, *stop_token_ids}
+        for index, token in enumerate(tokens):
+            if self.tokenizer.encode(token) and self.tokenizer.encode(token)[0] in enders:
+                tokens, reason = tokens[:index], "eos"
+                break
+        text = "".join(tokens)
+        hits = [text.find(s) for s in stop if s and s in text]
+        if hits:
+            return text[:min(hits)], "stop"
+        return text, reason
+
+
+CURSOR = "█"
+
+
+def cursor_at(marked: str) -> tuple[str, Position]:
+    """Split a text with one █ marking the cursor into (text, LSP position in UTF-16 units)."""
+    offset = marked.index(CURSOR)
+    text = marked[:offset] + marked[offset + 1:]
+    before = re.split(r"\r\n|\r|\n", marked[:offset])
+    return text, Position(len(before) - 1, len(before[-1].encode("utf-16-le")) // 2)
