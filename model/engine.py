@@ -28,6 +28,7 @@ from .transformer import Transformer
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 PREFILL_CHUNK = 512
+SMALL_MODEL_PARAMETERS = 100_000_000
 
 
 class PromptTooLong(ValueError):
@@ -74,8 +75,6 @@ class Engine:
             raise ModelLoadError(f"attention must be auto, absorbed or naive, got {attention!r}.")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ModelLoadError(f"device {device!r} was asked for but PyTorch sees no CUDA GPU.")
-        if threads:
-            torch.set_num_threads(threads)
         model_dir = resolve_model_dir(path_or_id if path_or_id is not None else BUNDLED_DIR)
         args = read_args(model_dir)
         try:
@@ -83,6 +82,7 @@ class Engine:
         except TokenizerError as e:
             raise ModelLoadError(str(e)) from None
         model = load_model(model_dir, args, dtype=dtype, device=device)
+        torch.set_num_threads(threads or _auto_threads(model))
         if quantize == "int8":
             quantize_int8(model)
         engine = cls(model, tokenizer, runtime, name=_display_name(path_or_id, model_dir), model_dir=model_dir)
@@ -249,36 +249,35 @@ class Engine:
     def _decode(self, req: "_Request", logits: torch.Tensor, stats: GenerationStats) -> Iterator[str]:
         t0 = time.perf_counter()
         out = _TextStream(self.tokenizer, req.stop)
-        generated = 0
         device = self._live.device
         stats.finish_reason = "length"
-        while generated < req.max_new_tokens:
-            token = req.sampler(logits)
-            generated += 1
-            if token in req.stop_ids:
-                stats.finish_reason = "eos" if token == self.tokenizer.eos_id else "stop"
-                break
-            piece, stopped = out.push(token)
-            if piece:
-                yield piece
-            if stopped:
-                stats.finish_reason = "stop"
-                break
-            if req.cancel.cancelled:
-                stats.finish_reason = "cancelled"
-                break
-            if generated == req.max_new_tokens:
-                break
-            pos = len(self._live_tokens)
-            ids = torch.tensor([token], dtype=torch.long, device=device)
-            logits = self.model(ids, self._live, pos, absorbed=self._absorbed(1))[-1]
-            self._live_tokens.append(token)
-        if stats.finish_reason in ("length", "eos", "cancelled"):
-            tail = out.flush()
-            if tail:
-                yield tail
-        stats.generated_tokens = generated
-        stats.decode_ms = (time.perf_counter() - t0) * 1e3
+        try:
+            while stats.generated_tokens < req.max_new_tokens:
+                token = req.sampler(logits)
+                stats.generated_tokens += 1
+                if token in req.stop_ids:
+                    stats.finish_reason = "eos" if token == self.tokenizer.eos_id else "stop"
+                    break
+                piece, stopped = out.push(token)
+                if piece:
+                    yield piece
+                if stopped:
+                    stats.finish_reason = "stop"
+                    break
+                if req.cancel.cancelled:
+                    stats.finish_reason = "cancelled"
+                    break
+                if stats.generated_tokens == req.max_new_tokens:
+                    break
+                ids = torch.tensor([token], dtype=torch.long, device=device)
+                logits = self.model(ids, self._live, len(self._live_tokens), absorbed=self._absorbed(1))[-1]
+                self._live_tokens.append(token)
+            if stats.finish_reason in ("length", "eos", "cancelled"):
+                tail = out.flush()
+                if tail:
+                    yield tail
+        finally:  # also when the consumer stops early and closes the generation
+            stats.decode_ms = (time.perf_counter() - t0) * 1e3
 
     def _absorbed(self, new_tokens: int) -> bool:
         mode = self.runtime.attention
@@ -363,6 +362,15 @@ def _held_back(text: str, stop: tuple[str, ...]) -> int:
     if text.endswith("\ufffd"):
         hold = max(hold, len(text) - len(text.rstrip("\ufffd")))
     return hold
+
+
+def _auto_threads(model: Transformer) -> int:
+    """Small models are bound by per-operation overhead, where a second thread only adds
+    synchronisation (and, on a busy machine, stalls of many milliseconds): use one. Large
+    models are bound by memory bandwidth: use the cores torch found."""
+    if model.parameter_count() < SMALL_MODEL_PARAMETERS:
+        return 1
+    return torch.get_num_threads()
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
