@@ -11,6 +11,7 @@ folder, unsupported model, missing / unexpected / mis-shaped tensor, truncated f
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -172,7 +173,7 @@ def load_model(model_dir: Path, args: ModelArgs, dtype: str = "float32", device:
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
     torch_dtype = DTYPES[dtype]
-    with torch.device("meta"):
+    with torch.device("meta"), _skip_init():
         model = Transformer(args)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}
@@ -211,6 +212,21 @@ def load_model(model_dir: Path, args: ModelArgs, dtype: str = "float32", device:
     model.load_state_dict(state, assign=True, strict=True)
     model.init_rope(min(args.max_position_embeddings, 8192))
     return model.eval()
+
+
+@contextlib.contextmanager
+def _skip_init():
+    """Random initialisation is wasted on a model whose weights are assigned next; on the meta
+    device it would also pull in PyTorch's meta kernels, seconds of imports at start-up."""
+    names = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "zeros_", "ones_")
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    for name in names:
+        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
 
 
 def _put_expert(m, name, tensor, args, expected, state, filled, dtype, device, unexpected) -> None:
