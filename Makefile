@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install editors-deps vscode demo test test-fast test-editors bench clean
 
 install: $(STAMP)
 
@@ -17,11 +17,22 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Editors the tests drive (tmux, Neovim 0.11 / 0.12, code-server + Chromium, the extension's
+# node modules): installed once into editors/.deps/, a no-op afterwards.
+editors-deps: install
+	editors/install-test-deps.sh $(PY)
+
+vscode:
+	$(MAKE) -C editors/vscode vsix
+
 demo: install
 	$(PY) benchmarks/demo.py
 
-test: install
+test: install editors-deps
 	$(PY) -m pytest -q
+
+test-editors: install editors-deps
+	$(PY) -m pytest -q tests/test_editor_*.py
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

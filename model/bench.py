@@ -254,14 +254,12 @@ def bench_lite(layers: int | None, new_tokens: int = 16) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def run(lite: bool, lite_layers: int | None) -> str:
-    lines = [SECTION, ""]
-    cmd = "make bench" + (" (latent bench --lite)" if lite else "")
-    lines.append(f"Command: `{cmd}`. One run on this machine ({torch.get_num_threads()} threads), float32; "
-                 "ratios are within the run.")
-    lines.append("")
     with tempfile.TemporaryDirectory() as d:
         reference, folder = build_medium(Path(d))
         engine = Engine.load(folder)
+    cmd = "latent bench --lite" if lite else "make bench"
+    lines = [SECTION, "", f"Command: `{cmd}`. One run on this machine ({torch.get_num_threads()} torch "
+             "thread(s) for both engines), float32; ratios are within the run.", ""]
     n_params = engine.model.parameter_count()
     text = sample_source()
     prompt_ids = engine.tokenizer.encode(text, add_bos=True)[:1024]
