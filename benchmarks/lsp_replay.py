@@ -1,0 +1,295 @@
+"""Typing replay through the language server: `python benchmarks/lsp_replay.py [--write docs/benchmarks.md]`.
+
+A real file is opened in `latent lsp` (stdio) with a stretch of it cut out, and that stretch is
+typed back one character at a time the way VS Code drives a server: a didChange per keystroke,
+then a textDocument/inlineCompletion at the cursor. By default each request is answered before
+the next key (latency per keystroke on an idle server); `--interval-ms` types at a fixed pace
+instead and cancels a request still pending when the next key comes, as VS Code does.
+
+Per keystroke it reports p50 / p95 of the round trip the client sees, of the server's own time
+(arrival to answer), of the pipeline and of the engine; the LSP overhead (server time minus
+pipeline time, and minus engine time); the share answered by typing-through; and the tokens
+prefilled (and reused) per keystroke. The server's figures come from its `latent/status`
+notification, which names the request it describes.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcRequestCancelled
+from pygls.lsp.client import LanguageClient
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTION = "## Language server: typing replay (benchmarks/lsp_replay.py)"
+DEFAULT_FILE = ROOT / "lsp_server" / "worker.py"
+NOTE = ("Why a keystroke prefills hundreds of tokens: the FIM prompt puts the suffix window after the prefix "
+        "(DeepSeek's prefix–suffix–middle layout), so a character typed at the end of the prefix invalidates "
+        "the cached latents of everything after it — the hole token and the whole suffix window, about "
+        "`max_prompt_tokens × (1 − prefix_fraction)` tokens — while the prefix is reused.")
+TIMEOUT_S = 120  # a request unanswered this long is a bug: fail instead of waiting
+
+
+# ---------------------------------------------------------------------------------------------
+# The replay
+
+def cut(text: str, start_line: int, chars: int) -> tuple[str, str]:
+    """(the text without the stretch to type, the stretch): whole lines from `start_line`, at
+    least `chars` characters, without their last end of line — so while it is typed back the
+    cursor ends its line and the rest of the file follows, as when one writes new code."""
+    lines = text.split("\n")
+    start = sum(len(line) + 1 for line in lines[:start_line])
+    end = start
+    for line in lines[start_line:]:
+        end += len(line) + 1
+        if end - start > chars:
+            break
+    return text[:start] + text[end - 1:], text[start:end - 1]
+
+
+async def start_server(args) -> tuple[LanguageClient, dict, asyncio.Task]:
+    """`latent lsp` with a client that files each completion's `latent/status` by request id."""
+    statuses: dict = {}
+    states: list[str] = []
+    client = LanguageClient("latent-lsp-replay", "1")
+    client.feature(types.WINDOW_LOG_MESSAGE)(lambda ls, params: None)   # the server log has them
+
+    @client.feature("latent/status")
+    def on_status(ls, params):
+        states.append(params.state)
+        last = getattr(params, "last", None)
+        if last is not None:
+            statuses[last.request] = last
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENT_")}
+    env.update({"PYTHONPATH": str(ROOT), "LATENT_THREADS": str(args.threads), "LATENT_LOG_LEVEL": args.log_level})
+    if args.model:
+        env["LATENT_MODEL"] = args.model
+    await client.start_io(sys.executable, "-m", "lsp_server", "lsp", env=env, cwd=str(ROOT))
+    drain = asyncio.create_task(_drain(client._server.stderr, args.server_log))  # a full pipe would stall it
+    capabilities = types.ClientCapabilities(text_document=types.TextDocumentClientCapabilities(
+        inline_completion=types.InlineCompletionClientCapabilities()))
+    await client.initialize_async(types.InitializeParams(capabilities=capabilities))
+    client.initialized(types.InitializedParams())
+    while not {"ready", "error"} & set(states):
+        await asyncio.sleep(0.05)
+    if "error" in states:
+        raise SystemExit("the server could not load the model")
+    return client, statuses, drain
+
+
+async def replay(args) -> dict:
+    load_before = os.getloadavg()[0]
+    text = args.file.read_text(encoding="utf-8")
+    start_line = args.start_line if args.start_line is not None else len(text.split("\n")) // 2
+    base, typed = cut(text, start_line, args.chars)
+    client, statuses, drain = await start_server(args)
+    uri = args.file.resolve().as_uri()
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri, "python" if args.file.suffix == ".py" else "plaintext", 1, base)))
+    ids = iter(range(1, 1 << 30))
+    answered_at: dict[str, float] = {}
+
+    def request(line: int, character: int) -> tuple[str, asyncio.Future, float]:
+        msg_id = f"k{next(ids)}"
+        params = types.InlineCompletionParams(
+            context=types.InlineCompletionContext(types.InlineCompletionTriggerKind.Automatic),
+            text_document=types.TextDocumentIdentifier(uri), position=types.Position(line, character))
+        sent = time.perf_counter()
+        future = client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id)
+        future.add_done_callback(lambda f: answered_at.setdefault(msg_id, time.perf_counter()))
+        return msg_id, asyncio.wrap_future(future), sent
+
+    # the first request computes the whole prompt: reported apart from the keystrokes
+    first_id, first, t0 = request(start_line, 0)
+    await asyncio.wait_for(first, TIMEOUT_S)
+    cold = {"client_ms": (answered_at[first_id] - t0) * 1e3, **_server_figures(statuses.get(first_id))}
+
+    rows = await type_back(client, uri, typed, start_line, request, args.interval_ms)
+    results, cancelled = [], 0
+    for msg_id, future, sent in rows:
+        try:
+            await asyncio.wait_for(future, TIMEOUT_S)
+        except JsonRpcRequestCancelled:
+            cancelled += 1
+            continue
+        results.append({"client_ms": (answered_at[msg_id] - sent) * 1e3, **_server_figures(statuses.get(msg_id))})
+
+    stats = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="latent.stats"))
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    drain.cancel()
+    return {"load": (load_before, os.getloadavg()[0]), "keystrokes": len(typed), "results": results,
+            "cancelled": cancelled, "cold": cold, "engine": _get(stats, "engine"), "start_line": start_line}
+
+
+async def type_back(client, uri: str, typed: str, line: int, request, interval_ms: float) -> list:
+    """One didChange and one inline request per character; with an interval, a request still
+    pending when the next key comes is cancelled (as VS Code does), else each is awaited."""
+    rows, character = [], 0
+    for version, char in enumerate(typed, start=2):
+        here = types.Position(line, character)
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            types.VersionedTextDocumentIdentifier(version=version, uri=uri),
+            [types.TextDocumentContentChangePartial(range=types.Range(here, here), text=char)]))
+        line, character = (line + 1, 0) if char == "\n" else (line, character + len(char.encode("utf-16-le")) // 2)
+        if rows and not rows[-1][1].done():
+            client.cancel_request(types.CancelParams(id=rows[-1][0]))
+        rows.append(request(line, character))
+        if interval_ms:
+            await asyncio.sleep(interval_ms / 1e3)
+        else:
+            await asyncio.wait_for(asyncio.gather(rows[-1][1], return_exceptions=True), TIMEOUT_S)
+    return rows
+
+
+async def _drain(stream, path: Path | None) -> None:
+    """Read the server's stderr to the end, into `path` if given."""
+    with open(path, "wb") if path else open(os.devnull, "wb") as out:
+        while chunk := await stream.read(1 << 16):
+            out.write(chunk)
+            out.flush()
+
+
+def _get(obj, key: str, default=None):
+    """A field of a JSON object, which pygls hands over as a dict or as an object."""
+    return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
+
+
+def _server_figures(last) -> dict:
+    if last is None:
+        return {"source": "superseded"}
+    return {
+        "source": _get(last, "source"), "server_ms": _get(last, "latencyMs"), "queue_ms": _get(last, "queueMs"),
+        "pipeline_ms": _get(last, "pipelineMs"), "engine_ms": _get(last, "engineMs"),
+        "prefilled": _get(last, "prefilledTokens"), "reused": _get(last, "reusedTokens"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+def report(args, run: dict) -> str:
+    results = run["results"]
+    answered = [r for r in results if r["source"] != "superseded"]
+    n = len(results)
+    by_source = {s: sum(1 for r in answered if r["source"] == s)
+                 for s in ("model", "typing-through", "cache", "skipped")}
+
+    def row(name, values, digits=1):
+        values = [v for v in values if v is not None]
+        if not values:
+            return f"| {name} | – | – | – |"
+        return (f"| {name} | {_percentile(values, 50):.{digits}f} | {_percentile(values, 95):.{digits}f} "
+                f"| {statistics.fmean(values):.{digits}f} |")
+
+    engine = run["engine"]
+    command = "python benchmarks/lsp_replay.py" + "".join(
+        f" {flag} {value}" for flag, value in (("--file", _shown(args.file)), ("--chars", args.chars),
+                                               ("--threads", args.threads), ("--model", args.model),
+                                               ("--interval-ms", args.interval_ms or None)) if value is not None)
+    lines = [
+        SECTION,
+        "",
+        f"`{command}` — {time.strftime('%Y-%m-%d')}, {platform.machine()} with {os.cpu_count()} CPUs "
+        f"(load average {run['load'][0]:.1f} before, {run['load'][1]:.1f} after: the cores are shared), "
+        f"PyTorch threads {args.threads}; model `{_get(engine, 'model')}` "
+        f"({_get(engine, 'parameters', 0) / 1e6:.2f}M parameters, {_get(engine, 'dtype')}).",
+        "",
+        f"`{_shown(args.file)}` typed back from line {run['start_line'] + 1}: {run['keystrokes']} keystrokes, "
+        f"each a didChange and an inlineCompletion"
+        + (f" every {args.interval_ms} ms (pending requests cancelled: {run['cancelled']})."
+           if args.interval_ms else ", the next key once the answer is in."),
+        "",
+        "| per keystroke | p50 | p95 | mean |",
+        "|---|---:|---:|---:|",
+        row("round trip seen by the client, ms", [r.get("client_ms") for r in results]),
+        row("server: arrival → answer, ms", [r.get("server_ms") for r in answered]),
+        row("pipeline (context, prompt, engine, postprocess), ms", [r.get("pipeline_ms") for r in answered]),
+        row("engine, ms", [r.get("engine_ms") for r in answered]),
+        row("LSP overhead: server − pipeline, ms", [_minus(r, "server_ms", "pipeline_ms") for r in answered], 2),
+        row("LSP overhead: server − engine, ms", [_minus(r, "server_ms", "engine_ms") for r in answered], 2),
+        row("transport and JSON: client − server, ms", [_minus(r, "client_ms", "server_ms") for r in answered], 2),
+        row("tokens prefilled", [r.get("prefilled") for r in answered], 0),
+        row("tokens reused from the latent cache", [r.get("reused") for r in answered], 0),
+        "",
+        f"Answered by typing-through: {_share(by_source['typing-through'], n)}; by the model: "
+        f"{_share(by_source['model'], n)}; from the suggestion cache: {_share(by_source['cache'], n)}; "
+        f"skipped (no completion there): {_share(by_source['skipped'], n)}. "
+        f"The first request (the whole prompt, before typing) took {run['cold']['client_ms']:.0f} ms and prefilled "
+        f"{run['cold'].get('prefilled', 0)} tokens. Engine cache after the replay: hit rate "
+        f"{_get(engine, 'hit_rate', 0):.0%}, {_get(engine, 'cache_tokens')} tokens held.",
+        "",
+        NOTE,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def _minus(row: dict, a: str, b: str):
+    return row[a] - row[b] if row.get(a) is not None and row.get(b) is not None else None
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count / total:.0%} ({count})" if total else "–"
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def write_section(section: str, path: Path) -> None:
+    """Replace this benchmark's section of a Markdown file (other sections stay as they are)."""
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    section = section.rstrip("\n") + "\n"
+    start = text.find(SECTION)
+    if start >= 0:
+        end = text.find("\n## ", start + len(SECTION))
+        rest = text[end + 1:] if end >= 0 else ""
+        text = text[:start] + section + ("\n" + rest if rest else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/lsp_replay.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--file", type=Path, default=DEFAULT_FILE, help="the file to type (default: %(default)s)")
+    parser.add_argument("--start-line", type=int, default=None, help="0-based line to type from (default: the middle)")
+    parser.add_argument("--chars", type=int, default=300,
+                        help="characters to type, rounded up to whole lines (default: %(default)s)")
+    parser.add_argument("--model", default=None, help="model setting (default: bundled)")
+    parser.add_argument("--threads", type=int, default=1, help="PyTorch threads in the server (default: %(default)s)")
+    parser.add_argument("--interval-ms", type=float, default=0, help="type at this pace instead of waiting")
+    parser.add_argument("--log-level", default="warning", help="the server's log level (default: %(default)s)")
+    parser.add_argument("--server-log", type=Path, default=None, help="write the server's stderr here")
+    parser.add_argument("--write", type=Path, default=None, help="replace this section in a Markdown file")
+    args = parser.parse_args(argv)
+    run = asyncio.run(replay(args))
+    section = report(args, run)
+    print(section)
+    if args.write:
+        write_section(section, args.write)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

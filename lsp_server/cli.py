@@ -1,0 +1,348 @@
+"""The `latent` command.
+
+    latent lsp [--tcp HOST:PORT]                  the language server (stdio by default)
+    latent complete FILE:LINE:COL                 print the suggestion at a position (1-based)
+    latent complete --stdin --language L [--at LINE:COL]
+    latent info                                   the model, its parameters, the cache budget
+    latent repl …                                 a Python prompt with ghost text (lsp_server/repl.py)
+    latent train …                                train the bundled model (model/train.py)
+    latent bench …                                engine benchmarks (model/bench.py)
+
+`complete` prints the suggestion and nothing else on stdout (nothing when there is none).
+Settings come from the config file and LATENT_* variables, then from the options here.
+Every error is one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+EXIT_ERROR = 2
+COMMANDS = ("lsp", "complete", "info", "repl", "train", "bench")
+DELEGATED = {"repl": "lsp_server.repl", "train": "model.train", "bench": "model.bench"}  # own parsers
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return _delegate(argv[0], argv[1:])
+    try:
+        args = _parser().parse_args(argv)
+        if args.command is None:
+            raise UsageError(f"a command is required: {', '.join(COMMANDS)} (see `latent --help`)")
+        return args.run(args)
+    except UsageError as e:
+        return _fail(str(e))
+    except SystemExit as e:  # --help, --version
+        return e.code if isinstance(e.code, int) else 0
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+
+def _parser() -> argparse.ArgumentParser:
+    from lsp_server.server import VERSION
+
+    parser = _Parser(prog="latent", description="Local fill-in-the-middle code completion: "
+                     "a language server and a command line around one DeepSeek-architecture model.")
+    parser.add_argument("--version", action="version", version=f"latent {VERSION}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    lsp = sub.add_parser("lsp", help="run the language server", description=(
+        "Run the language server on stdio (or on a TCP port). Editors start this."))
+    lsp.add_argument("--tcp", metavar="HOST:PORT", help="listen on a TCP port instead of stdio")
+    _model_options(lsp)
+    lsp.set_defaults(run=_lsp)
+
+    complete = sub.add_parser("complete", help="print the suggestion at a position", description=(
+        "Print the suggestion at a position and nothing else on stdout (nothing when there is none). "
+        "Positions are 1-based, as compilers print them; COL counts characters."))
+    complete.add_argument("location", nargs="?", metavar="FILE:LINE:COL", help="the file and the cursor in it")
+    complete.add_argument("--stdin", action="store_true", help="read the text from stdin")
+    complete.add_argument("--language", metavar="L",
+                          help="language id (python, rust, …); from the file name by default")
+    complete.add_argument("--at", metavar="LINE:COL", help="with --stdin: the cursor (default: the end of the text)")
+    _model_options(complete)
+    complete.set_defaults(run=_complete)
+
+    info = sub.add_parser("info", help="describe the model", description=(
+        "Load the model and print its name, parameters, memory and cache budget."))
+    info.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _model_options(info)
+    info.set_defaults(run=_info)
+
+    for name, text in (("repl", "a Python prompt with ghost text (see `latent repl --help`)"),
+                       ("train", "train the bundled model (see `latent train --help`)"),
+                       ("bench", "run the engine benchmarks (see `latent bench --help`)")):
+        sub.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (override the config file and LATENT_* variables)")
+    group.add_argument("--model", help="checkpoint folder or cached Hugging Face repo id (default: bundled)")
+    group.add_argument("--device", help="cpu, cuda, cuda:N")
+    group.add_argument("--dtype", help="float32, bfloat16, float16")
+    group.add_argument("--quantize", help="none or int8")
+    group.add_argument("--threads", help="PyTorch CPU threads (0: PyTorch's default)")
+    group.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                       help="any other setting (repeatable), e.g. --set temperature=0.2")
+
+
+def _settings(args):
+    """Settings from the config file, the environment and the command line, and the store."""
+    from lsp_server.config import FIELDS, SettingsStore, merge
+
+    store, warnings = SettingsStore.from_environment()
+    layer = {k: getattr(args, k) for k in ("model", "device", "dtype", "quantize", "threads", "log_level")
+             if getattr(args, k, None) is not None}
+    for item in args.overrides:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in FIELDS:
+            raise UsageError(f"--set takes NAME=VALUE with a setting's name, not {item!r}")
+        layer[name] = value
+    _, problems = merge(layer)
+    if problems:
+        raise UsageError(problems[0].rstrip("."))
+    store.env = {**store.env, **layer}
+    settings, more = store.settings()
+    return settings, store, warnings + more
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+def _lsp(args) -> int:
+    from lsp_server import logs
+    from lsp_server.server import LatentServer
+
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--tcp takes HOST:PORT, not {args.tcp!r}")
+    settings, store, warnings = _settings(args)
+    logs.setup(settings.log_level)
+    server = LatentServer(store, warnings)
+    if args.tcp:
+        with contextlib.suppress(SystemExit):
+            server.start_tcp(host, int(port))
+    else:
+        # The protocol owns the real stdout; anything else written to fd 1 goes to stderr.
+        protocol_out = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        server.start_io(sys.stdin.buffer, protocol_out)
+    code = server.exit_code if server.exit_code is not None else (0 if server.shut_down else 1)
+    sys.stderr.flush()
+    os._exit(code)  # never wait on a stdin read the client left open
+
+
+def _complete(args) -> int:
+    from completion.document import Lines
+
+    if args.stdin == bool(args.location):
+        raise UsageError("give either FILE:LINE:COL or --stdin")
+    if args.at and not args.stdin:
+        raise UsageError("--at goes with --stdin; a file's position is FILE:LINE:COL")
+    if args.stdin:
+        if not args.language:
+            raise UsageError("--stdin needs --language")
+        text = sys.stdin.read()
+        uri, path, language = "untitled:stdin", None, args.language
+        lines = Lines(text)
+        position = _position(lines, *_line_col(args.at)) if args.at else lines.position(len(text))
+    else:
+        file, line, col = _location(args.location)
+        text = _read(file)
+        uri, path = file.resolve().as_uri(), _display_path(file)
+        language = args.language or _language_of(file)
+        position = _position(Lines(text), line, col)
+    settings, _, _ = _settings(args)
+    with _quiet(args.log_level):
+        suggestion = _suggest(settings, uri, path, language, text, position)
+    sys.stdout.write(suggestion)
+    if suggestion and sys.stdout.isatty() and not suggestion.endswith("\n"):
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    return 0
+
+
+def _suggest(settings, uri: str, path, language: str, text: str, position) -> str:
+    from completion import CompletionService
+    from lsp_server.server import completion_config
+
+    engine = _load(settings)
+    try:
+        service = CompletionService(engine, completion_config(settings))
+    except ValueError as e:
+        raise UsageError(str(e).rstrip(".")) from None
+    service.workspace.open(uri, language, text, 1, path)
+    result = service.complete(service.workspace.snapshot(uri), position)
+    service.close()
+    log.info("%s/%s, %s ms, engine %s", result.source, result.mode, result.timings_ms, result.engine_stats)
+    return result.suggestions[0].text if result.suggestions else ""
+
+
+def _info(args) -> int:
+    settings, _, _ = _settings(args)
+    with _quiet(args.log_level):
+        engine = _load(settings)
+        stats = engine.stats()
+    from lsp_server.commands import plain
+
+    stats = plain({k: v for k, v in stats.items() if k not in ("last_request", "requests", "lookups")})
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    per_token = stats.get("latent_bytes_per_token") or 0
+    budget = stats.get("cache_budget_bytes", settings.cache_mb << 20)
+    rows = [
+        ("model", f"{stats.get('model')} ({stats.get('model_type', '?')})"),
+        ("parameters", _count(stats.get("parameters"))),
+        ("weights", f"{_bytes(stats.get('weight_bytes'))} ({stats.get('quantize') or stats.get('dtype')})"),
+        ("device", f"{stats.get('device')}, {settings.threads or 'default'} threads"),
+        ("fim format", stats.get("fim_format") or "none"),
+        ("context", f"{stats.get('max_context')} tokens"),
+        ("latent cache", f"{per_token} bytes per token; budget {_bytes(budget)}"
+                         + (f" ≈ {_count(budget // per_token)} tokens" if per_token else "")),
+    ]
+    if "resident_bytes" in stats:
+        rows.append(("memory", f"{_bytes(stats['resident_bytes'])} resident"))
+    for name, value in rows:
+        print(f"{name:<13} {value}")
+    return 0
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    """`latent repl` / `train` / `bench`: command lines with parsers of their own."""
+    module_name = DELEGATED[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        return _fail(f"`latent {command}` is not available: {module_name} is not installed")
+    try:
+        return int(module.main(argv) or 0)
+    except SystemExit as e:  # argparse inside: --help (0) or a usage error (already printed)
+        return e.code if isinstance(e.code, int) else EXIT_ERROR
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+def _load(settings):
+    from lsp_server.engines import make_engine
+    from model.loader import ModelLoadError
+
+    try:
+        return make_engine(settings)
+    except ModelLoadError as e:
+        raise UsageError(str(e).rstrip(".")) from None
+
+
+def _location(text: str) -> tuple[Path, int, int]:
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3 or not parts[0]:
+        raise UsageError(f"expected FILE:LINE:COL, got {text!r}")
+    return Path(parts[0]), *_line_col(f"{parts[1]}:{parts[2]}")
+
+
+def _line_col(text: str) -> tuple[int, int]:
+    line, sep, col = text.partition(":")
+    if not sep or not line.isdigit() or not col.isdigit() or int(line) < 1 or int(col) < 1:
+        raise UsageError(f"expected LINE:COL as positive whole numbers, got {text!r}")
+    return int(line), int(col)
+
+
+def _position(lines, line: int, col: int):
+    """The LSP position (0-based, UTF-16) of a 1-based line and character column."""
+    from completion.document import utf16_length
+    from completion.types import Position
+
+    if line > lines.count:
+        raise UsageError(f"line {line} is past the end of the text, which has {lines.count} lines")
+    text = lines.line_text(line - 1)
+    if col - 1 > len(text):
+        raise UsageError(f"column {col} is past the end of line {line}, which has {len(text)} characters")
+    return Position(line - 1, utf16_length(text[:col - 1]))
+
+
+def _read(file: Path) -> str:
+    try:
+        with open(file, encoding="utf-8", newline="") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise UsageError(f"{file} is not UTF-8 text") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {file}: {e.strerror or e}") from None
+
+
+def _language_of(file: Path) -> str:
+    from completion.languages import EXTENSIONS
+
+    return EXTENSIONS.get(file.suffix.lower(), "plaintext")
+
+
+def _display_path(file: Path) -> str:
+    try:
+        return file.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return file.name
+
+
+@contextlib.contextmanager
+def _quiet(level: str | None):
+    """Logs at `level` (default: warning) to stderr; stray prints go to stderr too."""
+    from lsp_server import logs
+
+    saved = logs.levels()
+    logs.setup(level or "warning")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        logs.restore(saved)
+
+
+def _count(n) -> str:
+    if not isinstance(n, (int, float)):
+        return "?"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return str(n)
+
+
+def _bytes(n) -> str:
+    if not isinstance(n, (int, float)):
+        return "?"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _fail(message: str) -> int:
+    print(f"latent: error: {message}", file=sys.stderr)
+    return EXIT_ERROR

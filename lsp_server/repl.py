@@ -1,0 +1,305 @@
+"""`latent repl`: an interactive Python prompt with ghost text as you type.
+
+    latent repl [--model M] [--set NAME=VALUE …] [--no-history]
+
+Keys: Tab accepts the ghost text (or indents when there is none), Ctrl-Right (or Alt-F)
+accepts its next word, Right / Ctrl-E / Ctrl-F accept all of it, Up / Down walk the history.
+Enter runs the input once it is a complete statement and opens a new line inside a block.
+
+The completion pipeline runs in this process (`completion.CompletionService` over the engine
+the settings ask for, as `latent complete` does), so there is no server to start. The model
+loads in the background: the prompt is usable at once and the bottom bar says when
+suggestions are ready. The document the model completes is this session's inputs so far
+followed by the current one, as if they were one file, so earlier definitions inform it.
+
+History is kept in $XDG_STATE_HOME/latent/repl_history (~/.local/state/…).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+URI = "untitled:latent-repl.py"
+_WORD = re.compile(r"[ \t]*\w+|[ \t]*[^\w\s]+|[ \t]+")
+
+
+def history_path(env=os.environ) -> Path:
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "latent" / "repl_history"
+
+
+def next_word(text: str) -> str:
+    """The next word of a suggestion (blanks, then a word or a run of punctuation)."""
+    match = _WORD.match(text)
+    return match.group(0) if match else text
+
+
+def document_text(inputs: list[str], current: str) -> str:
+    """What the model completes: earlier inputs, then the current one, as one file."""
+    return "".join(text + "\n" for text in inputs) + current
+
+
+def is_complete(source: str) -> bool:
+    """True when Enter should run `source` (it parses, and it does not open a block)."""
+    if not source.strip():
+        return True
+    lines = source.split("\n")
+    if len(lines) > 1 and lines[-1].strip():  # inside a block: a blank line ends it
+        return False
+    try:
+        ast.parse(source)
+    except SyntaxError:
+        return _definitely_broken(source)
+    return not source.rstrip().endswith(":")
+
+
+def _definitely_broken(source: str) -> bool:
+    """A syntax error that more lines cannot fix (then Enter runs it and shows the error)."""
+    try:
+        import codeop
+
+        return codeop.compile_command(source, "<latent>", "exec") is not None
+    except (SyntaxError, ValueError, OverflowError):
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Suggestions
+
+class Suggester:
+    """The completion pipeline for one repl: loads in the background, one request at a time,
+    a newer request cancels the one running."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.state, self.message, self.last_ms = "loading", "loading the model…", None
+        self.service = None
+        self._lock = threading.Lock()
+        self._cancel = None
+        self._version = 0
+        threading.Thread(target=self._load, name="latent-load", daemon=True).start()
+
+    def _load(self) -> None:
+        from lsp_server.engines import make_engine
+        from lsp_server.server import completion_config
+        from completion import CompletionService
+
+        started = time.perf_counter()
+        try:
+            engine = make_engine(self.settings)
+            self.service = CompletionService(engine, completion_config(self.settings))
+        except Exception as e:  # a model that does not load leaves a plain Python prompt
+            self.state, self.message = "error", " ".join(str(e).split()) or type(e).__name__
+            return
+        self.state = "ready"
+        self.message = f"{self.settings.model or 'bundled'} loaded in {time.perf_counter() - started:.1f} s"
+
+    def suggest(self, text: str) -> str:
+        """The first line of the suggestion at the end of `text` ('' when none)."""
+        from completion.document import Lines
+        from completion.types import TextChange
+        from model.protocol import CancelToken
+
+        service = self.service
+        if service is None or not self.settings.enable:
+            return ""
+        cancel = CancelToken()
+        previous, self._cancel = self._cancel, cancel
+        if previous is not None:
+            previous.cancel()
+        with self._lock:
+            if cancel.cancelled:
+                return ""
+            self._version += 1
+            if service.workspace.get(URI) is None:
+                service.workspace.open(URI, "python", text, self._version, "repl.py")
+            else:
+                service.workspace.change(URI, self._version, [TextChange(text)])
+            started = time.perf_counter()
+            result = service.complete(service.workspace.snapshot(URI), Lines(text).position(len(text)), cancel)
+        if result.source == "cancelled" or not result.suggestions:
+            return ""
+        self.last_ms = (time.perf_counter() - started) * 1000
+        suggestion = result.suggestions[0]
+        return suggestion.text.split("\n")[0] if suggestion.range.start == suggestion.range.end else ""
+
+    def toolbar(self) -> str:
+        if self.state == "ready" and self.last_ms is not None:
+            return f" latent: ready, {self.last_ms:.0f} ms · Tab accept · Ctrl-Right word · Ctrl-D quit"
+        return f" latent: {self.state} — {self.message} · Ctrl-D quit"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running code
+
+class Console:
+    """Runs inputs like the standard interactive interpreter (expressions print their repr)."""
+
+    def __init__(self) -> None:
+        self.namespace: dict = {"__name__": "__main__", "__builtins__": __builtins__}
+
+    def run(self, source: str) -> None:
+        try:
+            tree = ast.parse(source, "<latent>", "exec")
+        except SyntaxError:
+            self._show_error(skip=0)
+            return
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        try:
+            exec(compile(tree, "<latent>", "exec"), self.namespace)
+            if last is not None:
+                value = eval(compile(ast.Expression(last.value), "<latent>", "eval"), self.namespace)
+                if value is not None:
+                    self.namespace["_"] = value
+                    print(repr(value))
+        except SystemExit:
+            raise
+        except BaseException:
+            self._show_error(skip=1)
+
+    @staticmethod
+    def _show_error(skip: int) -> None:
+        kind, value, tb = sys.exc_info()
+        for _ in range(skip):
+            tb = tb.tb_next if tb is not None else None
+        traceback.print_exception(kind, value, tb)
+
+
+# ---------------------------------------------------------------------------------------------
+# The prompt
+
+def make_session(suggester: Suggester, inputs: list[str], history_file: Path | None):
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.auto_suggest import AutoSuggest, Suggestion, ThreadedAutoSuggest
+    from prompt_toolkit.filters import Condition
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+    from prompt_toolkit.key_binding import KeyBindings
+    from prompt_toolkit.lexers import PygmentsLexer
+    from prompt_toolkit.styles import Style
+    from pygments.lexers.python import PythonLexer
+
+    class ModelSuggest(AutoSuggest):
+        def get_suggestion(self, buffer, document):
+            if not document.is_cursor_at_the_end or not document.text.strip():
+                return None
+            text = suggester.suggest(document_text(inputs, document.text))
+            return Suggestion(text) if text else None
+
+    bindings = KeyBindings()
+
+    @Condition
+    def has_suggestion() -> bool:
+        from prompt_toolkit.application import get_app
+
+        buffer = get_app().current_buffer
+        return bool(buffer.suggestion and buffer.suggestion.text and buffer.document.is_cursor_at_the_end)
+
+    @bindings.add("tab", filter=has_suggestion)
+    def accept(event) -> None:
+        buffer = event.current_buffer
+        buffer.insert_text(buffer.suggestion.text)
+
+    @bindings.add("tab", filter=~has_suggestion)
+    def indent(event) -> None:
+        event.current_buffer.insert_text("    ")
+
+    @bindings.add("c-right", filter=has_suggestion)
+    @bindings.add("escape", "f", filter=has_suggestion)
+    def accept_word(event) -> None:
+        buffer = event.current_buffer
+        buffer.insert_text(next_word(buffer.suggestion.text))
+
+    @bindings.add("enter")
+    def enter(event) -> None:
+        buffer = event.current_buffer
+        if buffer.document.is_cursor_at_the_end and is_complete(buffer.text):
+            buffer.validate_and_handle()
+            return
+        line = buffer.document.current_line_before_cursor
+        indent_ = re.match(r"[ \t]*", line).group(0)
+        if line.rstrip().endswith(":"):
+            indent_ += "    "
+        buffer.insert_text("\n" + indent_)
+
+    history = FileHistory(str(history_file)) if history_file is not None else InMemoryHistory()
+    return PromptSession(
+        message=lambda: ">>> ", prompt_continuation=lambda width, line, wrap: "... ",
+        multiline=True, history=history, auto_suggest=ThreadedAutoSuggest(ModelSuggest()),
+        key_bindings=bindings, lexer=PygmentsLexer(PythonLexer),
+        bottom_toolbar=suggester.toolbar, refresh_interval=0.5,
+        style=Style.from_dict({"auto-suggestion": "#808080 italic", "bottom-toolbar": "noreverse #808080"}),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latent repl", description=(
+        "An interactive Python prompt with the model's ghost text: Tab accepts it, Ctrl-Right "
+        "accepts a word. Settings come from the config file and LATENT_* variables, then from here."))
+    parser.add_argument("--model", help="checkpoint folder or cached Hugging Face repo id (default: bundled)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                        help="any other setting (repeatable), e.g. --set temperature=0.2")
+    parser.add_argument("--no-history", action="store_true", help="keep no history file")
+    return parser
+
+
+def settings_from(args):
+    from lsp_server.config import FIELDS, SettingsStore, merge
+
+    store, warnings = SettingsStore.from_environment()
+    layer = {"model": args.model} if args.model else {}
+    for item in args.overrides:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in FIELDS:
+            raise SystemExit(f"latent repl: error: --set takes NAME=VALUE with a setting's name, not {item!r}")
+        layer[name] = value
+    _, problems = merge(layer)
+    if problems:
+        raise SystemExit(f"latent repl: error: {problems[0]}")
+    store.env = {**store.env, **layer}
+    settings, more = store.settings()
+    for warning in warnings + more:
+        print(f"latent repl: {warning}", file=sys.stderr)
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if not sys.stdin.isatty():
+        print("latent repl: error: stdin is not a terminal (use `latent complete --stdin` in scripts)",
+              file=sys.stderr)
+        return 2
+    settings = settings_from(args)
+    history_file = None if args.no_history else history_path()
+    if history_file is not None:
+        history_file.parent.mkdir(parents=True, exist_ok=True)
+    suggester = Suggester(settings)
+    inputs: list[str] = []
+    session = make_session(suggester, inputs, history_file)
+    console = Console()
+    print(f"Latent repl on Python {sys.version.split()[0]} — Tab accepts the ghost text, Ctrl-D quits.")
+    while True:
+        try:
+            source = session.prompt()
+        except KeyboardInterrupt:
+            continue
+        except EOFError:
+            return 0
+        if not source.strip():
+            continue
+        inputs.append(source.rstrip("\n"))
+        try:
+            console.run(source)
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

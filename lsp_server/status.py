@@ -1,0 +1,55 @@
+"""`latent/status`: a notification clients can show in a status bar.
+
+    {"state": "loading" | "ready" | "error", "enabled": true, "model": "bundled",
+     "message": "…", "lastLatencyMs": 12.5, "last": {…}, "cache": {…}}
+
+It is sent when the state changes, when `enable` flips and after every completion
+(`last` describes that completion; `cache` holds the engine's cache figures, refreshed at
+most once a second).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+METHOD = "latent/status"
+CACHE_REFRESH_S = 1.0
+
+
+@dataclass
+class Status:
+    state: str = "loading"
+    model: str = ""
+    message: str = ""
+    enabled: bool = True
+    last: dict | None = None
+    cache: dict = field(default_factory=dict)
+    _cache_at: float = -1e9
+
+    def params(self) -> dict:
+        out = {"state": self.state, "enabled": self.enabled, "model": self.model, "message": self.message,
+               "cache": self.cache}
+        if self.last is not None:
+            out["lastLatencyMs"] = self.last.get("latencyMs")
+            out["last"] = self.last
+        return out
+
+    def refresh_cache(self, engine) -> None:
+        """Re-read the engine's cache figures if the last reading is old (worker thread)."""
+        now = time.monotonic()
+        if engine is None or now - self._cache_at < CACHE_REFRESH_S:
+            return
+        self._cache_at = now
+        self.cache = cache_figures(engine.stats())
+
+
+def cache_figures(stats: dict) -> dict:
+    keys = {"cache_tokens": "tokens", "cache_bytes": "bytes", "cache_budget_bytes": "budgetBytes",
+            "hit_rate": "hitRate", "evicted_tokens": "evictedTokens", "requests": "requests"}
+    return {short: stats[key] for key, short in keys.items() if key in stats}
+
+
+def send(server) -> None:
+    """Send the status (event loop only)."""
+    if server.protocol.writer is not None:
+        server.protocol.notify(METHOD, server.status.params())

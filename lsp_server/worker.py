@@ -1,0 +1,125 @@
+"""The completion worker: one thread, one job at a time, the newest job per document wins.
+
+    worker = Worker()
+    job = worker.submit("file:///a.py", lambda cancel: service.complete(snap, pos, cancel))
+    result = await asyncio.wrap_future(job.future)     # None when a newer job superseded it
+
+Submitting a job for a key cancels the previous job for that key: a queued one is answered
+with None without running; a running one has its CancelToken set, which the engine checks
+before prefill and between decode steps. Jobs without a key (clearing the cache, an accept)
+run in order and supersede nothing. The event loop never waits on the worker's lock for
+longer than a queue operation.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from concurrent.futures import Future
+from typing import Any, Callable, Hashable
+
+from model.protocol import CancelToken
+
+log = logging.getLogger(__name__)
+
+
+class Job:
+    __slots__ = ("key", "fn", "cancel", "future")
+
+    def __init__(self, key: Hashable | None, fn: Callable[[CancelToken], Any]) -> None:
+        self.key = key
+        self.fn = fn
+        self.cancel = CancelToken()
+        self.future: Future = Future()
+
+
+class Worker:
+    def __init__(self, name: str = "latent-completion") -> None:
+        self._name = name
+        self._queue: deque[Job] = deque()
+        self._latest: dict[Hashable, Job] = {}
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def submit(self, key: Hashable | None, fn: Callable[[CancelToken], Any]) -> Job:
+        """Queue `fn(cancel)`; with a key, cancel the key's previous job."""
+        job = Job(key, fn)
+        with self._wake:
+            if self._stopped:
+                job.future.set_result(None)
+                return job
+            if key is not None:
+                previous = self._latest.get(key)
+                if previous is not None:
+                    previous.cancel.cancel()
+                self._latest[key] = job
+            self._queue.append(job)
+            self._start()
+            self._wake.notify()
+        return job
+
+    def forget(self, key: Hashable) -> None:
+        """Cancel the key's job (its document closed) and drop what is kept for it."""
+        with self._wake:
+            job = self._latest.pop(key, None)
+        if job is not None:
+            job.cancel.cancel()
+
+    def pending(self) -> int:
+        with self._wake:
+            return len(self._queue)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel everything, answer queued jobs with None, and end the thread."""
+        with self._wake:
+            self._stopped = True
+            queued, self._queue = list(self._queue), deque()
+            self._latest.clear()
+            self._wake.notify()
+            thread = self._thread
+        for job in queued:
+            job.cancel.cancel()
+            _resolve(job, None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # -- the thread ------------------------------------------------------------------------
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._stopped:
+                    self._wake.wait()
+                if self._stopped:
+                    return
+                job = self._queue.popleft()
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        try:
+            if job.cancel.cancelled or not job.future.set_running_or_notify_cancel():
+                _resolve(job, None)
+                return
+            try:
+                result = job.fn(job.cancel)
+            except BaseException as e:  # the caller decides what an error means
+                job.future.set_exception(e)
+            else:
+                job.future.set_result(result)
+        finally:
+            with self._wake:
+                if job.key is not None and self._latest.get(job.key) is job:
+                    del self._latest[job.key]
+
+
+def _resolve(job: Job, value: Any) -> None:
+    if not job.future.done():
+        try:
+            job.future.set_result(value)
+        except Exception:  # cancelled by its awaiter in the meantime
+            pass

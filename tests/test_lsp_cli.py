@@ -1,0 +1,96 @@
+"""The `latent` command: `complete` prints the pipeline's suggestion and nothing else; every
+error is one line on stderr with exit status 2; `--help` works everywhere."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lsp_helpers import ROOT, expected, model_path, server_env
+from lsp_server.cli import main
+
+CANDIDATES = ("hello world\nthe quick brown fox ", "x = [1, 2, 3]\nprint(x)\n", "import os\n\nfor name in ")
+
+
+def _model_args() -> list[str]:
+    return ["--model", model_path()] if model_path() else []
+
+
+def _run(tmp_path, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lsp_server", *args, *_model_args()], input=stdin,
+                          capture_output=True, text=True, cwd=tmp_path, env=server_env(tmp_path), timeout=120)
+
+
+def _case(folder, uri_of):
+    """A file, its 1-based end position and the pipeline's (non-empty) suggestion there, for a
+    document known by the URI uri_of(file)."""
+    for i, text in enumerate(CANDIDATES):
+        file = folder / f"sample{i}.txt"
+        file.write_text(text)
+        lines = text.split("\n")
+        line, character = len(lines) - 1, len(lines[-1])
+        want = expected([(uri_of(file), "plaintext", text)], uri_of(file), line, character)
+        if want:
+            return file, text, line + 1, character + 1, want[0][0]
+    pytest.fail("the model suggests nothing for any candidate text")
+
+
+def test_complete_file_line_col_prints_only_the_suggestion(tmp_path):
+    file, _, line, col, want = _case(tmp_path, lambda f: f.as_uri())
+    done = _run(tmp_path, "complete", f"{file.name}:{line}:{col}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == want
+
+
+def test_complete_from_stdin_at_the_end_or_at_a_position(tmp_path):
+    file, text, line, col, want = _case(tmp_path, lambda f: "untitled:stdin")
+    done = _run(tmp_path, "complete", "--stdin", "--language", "plaintext", stdin=text)
+    assert (done.returncode, done.stdout) == (0, want), done.stderr
+    done = _run(tmp_path, "complete", "--stdin", "--language", "plaintext", "--at", f"{line}:{col}", stdin=text)
+    assert (done.returncode, done.stdout) == (0, want), done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["complete", "nowhere.py"], "FILE:LINE:COL"),
+    (["complete", "{missing}:1:1"], "cannot read"),
+    (["complete", "{binary}:1:1"], "not UTF-8"),
+    (["complete", "{file}:9:1"], "line 9 is past the end"),
+    (["complete", "{file}:1:99"], "column 99 is past the end of line 1"),
+    (["complete", "{file}:0:1"], "positive"),
+    (["complete", "--stdin"], "--language"),
+    (["complete", "{file}:1:1", "--stdin", "--language", "python"], "either"),
+    (["complete", "{file}:1:1", "--set", "colour=blue"], "--set"),
+    (["complete", "{file}:1:1", "--set", "temperature=hot"], "temperature"),
+    (["complete", "{file}:1:1", "--model", "{missing}"], "does not exist"),
+    (["info", "--dtype", "float8"], "dtype"),
+    (["lsp", "--tcp", "nohost"], "HOST:PORT"),
+    (["frobnicate"], "invalid choice"),
+    ([], "a command is required"),
+])
+def test_errors_are_one_line_on_stderr_with_status_2(tmp_path, capfd, args, message):
+    (tmp_path / "f.py").write_text("x = 1\n")
+    (tmp_path / "b.bin").write_bytes(b"\xff\xfe\x00\x81")
+    names = {"file": tmp_path / "f.py", "binary": tmp_path / "b.bin", "missing": tmp_path / "missing.py"}
+    assert main([a.format(**names) for a in args]) == 2
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("latent: error: ") and message in err
+
+
+@pytest.mark.parametrize("args", [[], ["lsp"], ["complete"], ["info"], ["repl"], ["train"], ["bench"]])
+def test_help_everywhere(capfd, args):
+    assert main([*args, "--help"]) == 0
+    assert "usage" in capfd.readouterr().out.lower()
+
+
+def test_info_describes_the_model_and_the_cache_budget(capfd):
+    assert main(["info", "--json", "--set", "cache_mb=64", *_model_args()]) == 0
+    info = json.loads(capfd.readouterr().out)
+    assert info["parameters"] > 0 and info["cache_budget_bytes"] == 64 << 20
+    assert info["model"] == (model_path() or "bundled")
+
+
+def test_the_console_script_is_declared():
+    assert 'latent = "lsp_server.cli:main"' in (ROOT / "pyproject.toml").read_text()

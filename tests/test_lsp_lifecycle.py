@@ -1,0 +1,102 @@
+"""Server lifecycle end to end: settings from every layer, a failed model load, reloading,
+requests while no model is ready, shutdown / exit, and the TCP transport."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+
+import pytest
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+from lsp_helpers import ROOT, Session, expected, model_path, pairs, server_env
+
+PLAIN = "hello world\nthe quick brown fox "
+
+
+async def test_failed_load_is_one_message_then_settings_reload_the_model(tmp_path):
+    config = tmp_path / "xdg-config" / "latent"
+    config.mkdir(parents=True)
+    (config / "config.toml").write_text("max_new_tokens_line = 7\nsnippet_tokens = 100\ntemperature = 0.5\n")
+    env = server_env(tmp_path, model=str(tmp_path / "no-such-model"), snippet_tokens="200", temperature="0.3")
+    capabilities = types.ClientCapabilities(window=types.WindowClientCapabilities(work_done_progress=True))
+    s = await Session.start(env, init_options={"latent": {"temperature": 0}}, capabilities=capabilities)
+    try:
+        assert s.statuses[-1].state == "error"
+        [message] = s.client.messages
+        assert message.type == types.MessageType.Error
+        assert "no-such-model" in message.message and message.message.count(". ") == 0   # one sentence
+        # the server stays up: completions are empty, not errors
+        s.open("file:///a.txt", PLAIN, "plaintext")
+        assert not (await s.completion("file:///a.txt", 1, 20)).items
+        # settings from each layer: file < env < initializationOptions
+        settings = (await s.command("latent.stats"))["settings"]
+        assert (settings["max_new_tokens_line"], settings["snippet_tokens"], settings["temperature"]) == (7, 200, 0.0)
+        # a client without inline completion gets completion items ("auto")
+        assert s.result.capabilities.completion_provider is not None
+
+        before = len(s.statuses)
+        s.configure({"latent": {"model": model_path(), "maxNewTokensLine": 48}})   # None: the bundled model
+        assert (await s.ready(after=before)).state == "ready"
+        assert s.client.messages == [message]
+        want = expected([("file:///a.txt", "plaintext", PLAIN)], "file:///a.txt", 1, 20, snippet_tokens=200)
+        assert pairs((await s.completion("file:///a.txt", 1, 20)).items) == want   # the document survived the reload
+        assert await s.stop() == 0
+    finally:
+        await s.kill()
+
+
+async def test_requests_while_loading_are_empty_and_exit_without_shutdown_is_status_1(tmp_path):
+    s = await Session.start(server_env(tmp_path), wait=False)
+    try:
+        s.open("file:///b.txt", PLAIN, "plaintext")
+        assert await s.inline("file:///b.txt", 1, 20) == []      # the model is still loading
+        assert s.result.capabilities.completion_provider is None  # inline-capable client, "auto"
+        started = time.perf_counter()
+        s.client.exit(None)
+        code = await asyncio.wait_for(s.client._server.wait(), 30)
+        assert code == 1 and time.perf_counter() - started < 10   # a load in progress does not hold it up
+    finally:
+        await s.kill()
+
+
+async def test_tcp_transport(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lsp_server", "lsp", "--tcp", f"127.0.0.1:{port}",
+        env=server_env(tmp_path), cwd=str(ROOT), stderr=asyncio.subprocess.DEVNULL)
+    client = LanguageClient("test", "1")
+    statuses = []
+    client.feature("latent/status")(lambda ls, params: statuses.append(params.state))
+    try:
+        for _ in range(200):
+            try:
+                await client.start_tcp("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the server did not listen")
+        await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities()))
+        client.initialized(types.InitializedParams())
+        while "ready" not in statuses:
+            assert "error" not in statuses
+            await asyncio.sleep(0.05)
+        uri = "file:///c.txt"
+        client.text_document_did_open(
+            types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, "plaintext", 1, PLAIN)))
+        result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            context=types.InlineCompletionContext(types.InlineCompletionTriggerKind.Invoked),
+            text_document=types.TextDocumentIdentifier(uri), position=types.Position(1, 20)))
+        assert pairs(result.items) == expected([(uri, "plaintext", PLAIN)], uri, 1, 20)
+        await client.shutdown_async(None)
+        client.exit(None)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await client.stop()

@@ -1,0 +1,242 @@
+"""The language server end to end: `latent lsp` over stdio, driven by pytest-lsp's client.
+
+One server serves the module; each test opens its own documents and closes them, so the
+pipeline run in-process for the expected answer sees the same open documents.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from pygls.exceptions import JsonRpcRequestCancelled
+
+from lsp_helpers import Session, expected, pairs, server_env
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PLAIN = "hello world\nthe quick brown fox "        # the random model completes plain text
+CODE = "x = [1, 2, 3]\nprint(x)\n"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def session(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lsp")
+    s = await Session.start(server_env(tmp), init_options={"completionItems": "always"})
+    yield s
+    assert s.answered_once(), s.responses
+    await s.kill()
+
+
+async def suggestion_case(session, uri: str):
+    """A document, cursor and expected suggestion for which the model suggests something."""
+    for language, text in (("plaintext", PLAIN), ("python", CODE), ("plaintext", CODE)):
+        lines = text.split("\n")
+        line, character = len(lines) - 1, len(lines[-1])
+        want = expected([(uri, language, text)], uri, line, character)
+        if want:
+            return language, text, line, character, want
+    pytest.fail("the model suggests nothing for any candidate text")
+
+
+async def test_initialize_advertises_what_editors_need(session):
+    caps = session.result.capabilities
+    assert caps.inline_completion_provider is not None
+    assert caps.completion_provider is not None
+    assert caps.position_encoding == types.PositionEncodingKind.Utf16   # though the client preferred utf-8
+    assert caps.text_document_sync.change == types.TextDocumentSyncKind.Incremental
+    assert caps.workspace.workspace_folders.supported
+    assert {"latent.toggle", "latent.stats", "latent.clearCache"} <= set(caps.execute_command_provider.commands)
+
+
+async def test_load_reports_progress_and_status(session):
+    states = [s.state for s in session.statuses]
+    assert states[0] == "loading" and "ready" in states
+    [token] = session.client.progress_reports
+    kinds = [p.kind for p in session.client.progress_reports[token]]
+    assert kinds[0] == "begin" and kinds[-1] == "end"
+
+
+async def test_inline_and_completion_answer_the_pipeline_suggestion_after_incremental_edits(session):
+    uri = "file:///work/edits.txt"
+    language, text, line, character, want = await suggestion_case(session, uri)
+    # type the text in pieces: open empty, insert, replace a span, delete, insert again
+    session.open(uri, "", language)
+    session.change(uri, 2, ((0, 0, 0, 0), text[:5] + "XYZ" + text[5:]))
+    session.change(uri, 3, ((0, 5, 0, 8), ""), ((0, 0, 0, 0), "!"))     # two changes in one notification
+    session.change(uri, 4, ((0, 0, 0, 1), ""))
+    got = await session.inline(uri, line, character)
+    assert pairs(got) == want
+    assert got[0].command.command == "latent.accepted"
+    status = session.statuses[-1]                       # what a status bar shows
+    assert status.state == "ready" and status.last.source == "model" and status.lastLatencyMs > 0
+    assert status.cache.budgetBytes == 1024 << 20 and status.last.prefilledTokens > 0
+    logged = session.client.log_messages[-1].message    # one line per completion, with its figures
+    assert "edits.txt" in logged and "engine" in logged and "prefilled" in logged and "reused" in logged
+
+    result = await session.completion(uri, line, character)
+    assert pairs(result.items) == want
+    first_line = next((line for line in want[0][0].splitlines() if line.strip()), want[0][0].strip())
+    assert result.items[0].label == first_line
+    session.close(uri)
+
+
+async def test_completion_before_open_and_after_close_is_an_error_not_a_crash(session):
+    with pytest.raises(Exception, match="not open"):
+        await session.inline("file:///never/opened.py", 0, 0)
+    session.open("file:///closed.py", CODE)
+    session.close("file:///closed.py")
+    with pytest.raises(Exception, match="not open"):
+        await session.inline("file:///closed.py", 0, 0)
+    stats = await session.command("latent.stats")
+    assert stats["documents"] == 0   # per-document state is gone
+
+
+async def test_a_burst_of_edits_supersedes_older_requests(session):
+    uri = "file:///work/burst.txt"
+    language, text, line, character, want = await suggestion_case(session, uri)
+    session.open(uri, "", language)
+    futures = []
+    for version, char in enumerate(text, start=2):   # type it: one didChange and one request per key
+        lines = "".join(text[: version - 2]).split("\n")
+        session.change(uri, version, ((len(lines) - 1, len(lines[-1]), len(lines) - 1, len(lines[-1])), char))
+        lines = text[: version - 1].split("\n")
+        futures.append(session.send_inline(uri, len(lines) - 1, len(lines[-1]))[1])
+    answers = await asyncio.wait_for(asyncio.gather(*futures), 120)
+    assert pairs(answers[-1].items) == want                          # the newest is the pipeline's answer
+    assert sum(1 for a in answers[1:-1] if not a.items) >= len(answers) // 2   # older ones: empty
+    session.close(uri)
+
+
+async def test_cancel_request_answers_cancelled_and_skips_the_work(session):
+    uri = "file:///work/cancel.txt"
+    session.open(uri, PLAIN, "plaintext")
+    other = "file:///work/busy.txt"
+    session.open(other, CODE * 50, "plaintext")
+    before = (await session.command("latent.stats"))["service"].get("requests", 0)
+    _, busy = session.send_inline(other, 100, 0)          # keeps the worker busy …
+    msg_id, queued = session.send_inline(uri, 1, 20)     # … while this one waits in the queue
+    session.client.cancel_request(types.CancelParams(id=msg_id))
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(queued, 60)
+    await asyncio.wait_for(busy, 60)
+    after = (await session.command("latent.stats"))["service"].get("requests", 0)
+    assert after - before == 1                            # the cancelled one never ran
+    assert pairs(await session.inline(uri, 1, 20)) == expected(
+        [(other, "plaintext", CODE * 50), (uri, "plaintext", PLAIN)], uri, 1, 20)
+    session.close(uri)
+    session.close(other)
+
+
+async def test_configuration_changes_take_effect(session):
+    uri = "file:///work/config.txt"
+    language, text, line, character, want = await suggestion_case(session, uri)
+    session.open(uri, text, language)
+    assert pairs(await session.inline(uri, line, character)) == want
+
+    session.configure({"latent": {"enable": False}})
+    assert await session.inline(uri, line, character) == []
+    session.configure({"latent": {"enable": True, "disabledLanguages": [language]}})
+    assert await session.inline(uri, line, character) == []
+    session.configure({"latent": {"maxNewTokensLine": 1, "maxPromptTokens": 100}})
+    stats = await session.command("latent.stats")
+    assert stats["settings"]["max_new_tokens_line"] == 1 and stats["settings"]["max_prompt_tokens"] == 100
+    assert pairs(await session.inline(uri, line, character)) == expected(
+        [(uri, language, text)], uri, line, character, max_new_tokens_line=1, max_prompt_tokens=100)
+
+    assert await session.command("latent.toggle") == {"enabled": False}
+    assert await session.inline(uri, line, character) == []
+    assert session.statuses[-1].enabled is False
+    assert await session.command("latent.toggle") == {"enabled": True}
+    session.configure({})  # back to the defaults (the client pulls an empty section)
+    await asyncio.sleep(0.3)
+    assert pairs(await session.inline(uri, line, character)) == want
+    assert await session.command("latent.clearCache") == {"cleared": True}
+    session.close(uri)
+
+
+async def test_commands_check_their_arguments(session):
+    with pytest.raises(Exception, match="other arguments"):
+        await session.command("latent.accepted", "file:///x.py")
+    with pytest.raises(Exception, match="not defined"):
+        await session.command("latent.nothing")
+    assert await session.command("latent.accepted", "file:///not/open.py", "x", [0, 0, 0, 0]) is None
+
+
+async def test_positions_outside_the_document_are_invalid_params(session):
+    uri = "file:///work/bad.py"
+    session.open(uri, CODE)
+    for line, character in ((2, 1), (9, 0), (0, 99)):
+        with pytest.raises(Exception, match="past the end"):
+            await session.inline(uri, line, character)
+    assert pairs(await session.inline(uri, 2, 0)) == expected([(uri, "python", CODE)], uri, 2, 0)
+    session.close(uri)
+
+
+async def test_utf16_positions_around_surrogate_pairs(session):
+    uri = "file:///work/emoji.txt"
+    text = "naïve 😀 日本 the quick brown fox "    # 😀 is two UTF-16 code units
+    session.open(uri, text, "plaintext")
+    with pytest.raises(Exception, match="surrogate pair"):
+        await session.inline(uri, 0, 7)                  # between the two halves of 😀
+    end = len(text.encode("utf-16-le")) // 2
+    got = await session.inline(uri, 0, end)
+    assert pairs(got) == expected([(uri, "plaintext", text)], uri, 0, end)
+    for item in got:
+        assert item.range.start == types.Position(0, end)
+    session.change(uri, 2, ((0, 6, 0, 8), "🎉🎉"))       # replace 😀 by two emoji, in UTF-16 units
+    new = text.replace("😀", "🎉🎉")
+    assert pairs(await session.inline(uri, 0, end + 2)) == expected([(uri, "plaintext", new)], uri, 0, end + 2)
+    session.close(uri)
+
+
+async def test_binary_content_and_lone_surrogates_do_not_break_the_server(session):
+    uri = "file:///work/blob.bin"
+    errors_before = _errors_logged(session)
+    text = "\x00\x01\x02\xff\ufffe\ud800 abc\x00\n\x7f"      # JSON carries the lone surrogate
+    session.open(uri, text, "plaintext")
+    seen = text.replace("\ud800", "\ufffd")                   # the server reads it as U+FFFD
+    assert pairs(await session.inline(uri, 1, 1)) == expected([(uri, "plaintext", seen)], uri, 1, 1)
+    session.change(uri, 2, (None, "\x00" * 1000), ((0, 10, 0, 10), "\udfff"))
+    await session.inline(uri, 0, 1001)
+    session.close(uri)
+    await _still_answers(session)
+    assert _errors_logged(session) == errors_before
+
+
+async def test_a_five_megabyte_document(session):
+    uri = "file:///work/big.py"
+    text = ("def f(x):\n    return x * 2  # padding padding padding\n\n" * 100_000)[: 5 * 1024 * 1024]
+    text = text[: text.rfind("\n") + 1]
+    session.open(uri, text)
+    line = text.count("\n")
+    session.change(uri, 2, ((line, 0, line, 0), "y = f(1)\n"))
+    got = await asyncio.wait_for(session.inline(uri, line + 1, 0), 120)
+    assert isinstance(got, list)
+    session.close(uri)
+    await _still_answers(session)
+
+
+async def test_malformed_frames_get_errors_and_the_server_goes_on(session):
+    session.write_raw(b"{this is not json")
+    session.write_raw(json.dumps({"jsonrpc": "2.0", "id": "bad-params", "method": "textDocument/inlineCompletion",
+                                  "params": {"textDocument": 3}}).encode())
+    session.write_raw(b"[1, 2, 3]")
+    session.write_raw(json.dumps({"jsonrpc": "2.0", "id": "no-method", "method": "latent/nothing"}).encode())
+    await _still_answers(session)
+    assert session.errors["bad-params"].code == -32602
+    assert session.errors["no-method"].code == -32601
+    assert session.errors[None].code in (-32700, -32600)   # the unreadable bodies, id null
+
+
+def _errors_logged(session) -> int:
+    return sum(1 for m in session.client.log_messages if m.type == types.MessageType.Error)
+
+
+async def _still_answers(session):
+    uri = "file:///work/after.txt"
+    session.open(uri, PLAIN, "plaintext")
+    assert pairs(await session.inline(uri, 1, 20)) == expected([(uri, "plaintext", PLAIN)], uri, 1, 20)
+    session.close(uri)
