@@ -1,0 +1,393 @@
+-- Latent for Neovim: starts `latent lsp` with the built-in client and shows its inline
+-- completions as ghost text — through vim.lsp.inline_completion on Neovim 0.12+, through
+-- latent.ghost (extmarks) on 0.10 / 0.11. See :help latent.
+local M = {}
+
+local api = vim.api
+local ghost = require('latent.ghost')
+
+local NAME = 'latent'
+
+--- The language server's settings (lsp_server/config.py), with its defaults. They travel as
+--- initializationOptions and workspace/didChangeConfiguration; nil means "the server's default".
+M.server_settings = {
+  -- the model and how it runs (a change reloads the model)
+  'model', 'engine', 'device', 'dtype', 'quantize', 'threads', 'max_context', 'cache_mb',
+  -- what is asked of it (a change applies to the next request)
+  'max_prompt_tokens', 'prefix_fraction', 'snippet_tokens', 'max_new_tokens_line',
+  'max_new_tokens_block', 'multiline', 'temperature', 'top_p', 'fim_format',
+  -- the server
+  'enable', 'languages', 'disabled_languages', 'completion_items', 'log_level',
+}
+
+M.defaults = {
+  cmd = { 'latent', 'lsp' },      -- the server command; e.g. { '/path/.venv/bin/python', '-m', 'lsp_server', 'lsp' }
+  cmd_env = nil,                  -- extra environment for the server process
+  filetypes = {
+    'python', 'javascript', 'javascriptreact', 'typescript', 'typescriptreact', 'go', 'rust',
+    'java', 'c', 'cpp', 'lua', 'sh', 'bash',
+  },
+  root_markers = { '.git', 'pyproject.toml', 'package.json', 'Cargo.toml', 'go.mod' },
+  ghost = 'auto',                 -- 'auto' | 'native' (0.12+) | 'extmark'
+  debounce_ms = 150,              -- extmark renderer: wait after the last keystroke
+  keymaps = {                     -- insert mode; false turns one off
+    accept = '<Tab>',
+    accept_word = '<M-Right>',
+    accept_line = '<M-C-Right>',
+    next = '<M-]>',
+    prev = '<M-[>',
+    dismiss = '<C-]>',
+  },
+  settings = {},                  -- server settings (any of M.server_settings); also accepted at the top level
+}
+
+M.config = vim.deepcopy(M.defaults)
+M.status = {}                     -- client id -> the last latent/status params
+
+local function has(version)
+  return vim.fn.has('nvim-' .. version) == 1
+end
+
+--- 'native' when vim.lsp.inline_completion is there and wanted, else 'extmark'.
+function M.renderer()
+  local want = M.config.ghost
+  local native = has('0.12') and vim.lsp.inline_completion ~= nil
+  if want == 'native' and not native then
+    return 'extmark'
+  end
+  return (want == 'extmark' or not native) and 'extmark' or 'native'
+end
+
+local function notify(msg, level)
+  vim.notify('Latent: ' .. msg, level or vim.log.levels.INFO)
+end
+
+local function clients(bufnr)
+  local get = vim.lsp.get_clients or vim.lsp.get_active_clients
+  return get({ name = NAME, bufnr = bufnr })
+end
+M.clients = clients
+
+local function request(client, method, params, handler, bufnr)
+  if has('0.11') then
+    return client:request(method, params, handler, bufnr)
+  end
+  return client.request(method, params, handler, bufnr)
+end
+M.request = request
+
+local function command(name, arguments, callback)
+  local all = clients()
+  if #all == 0 then
+    notify('the server is not running (open a file of a configured filetype)', vim.log.levels.WARN)
+    return
+  end
+  for _, client in ipairs(all) do
+    request(client, 'workspace/executeCommand', { command = name, arguments = arguments },
+      function(err, result)
+        if err then
+          notify(name .. ' failed: ' .. (err.message or vim.inspect(err)), vim.log.levels.ERROR)
+        elseif callback then
+          callback(result, client)
+        end
+      end)
+  end
+end
+
+-- -----------------------------------------------------------------------------------------
+-- Setup
+
+local function split_options(opts)
+  local config = vim.tbl_deep_extend('force', vim.deepcopy(M.defaults), {})
+  local settings = {}
+  local known = {}
+  for _, name in ipairs(M.server_settings) do
+    known[name] = true
+  end
+  for key, value in pairs(opts or {}) do
+    if known[key] then
+      settings[key] = value
+    elseif M.defaults[key] ~= nil or key == 'cmd_env' then
+      if type(value) == 'table' and type(M.defaults[key]) == 'table' and key ~= 'cmd'
+          and key ~= 'filetypes' and key ~= 'root_markers' then
+        config[key] = vim.tbl_deep_extend('force', config[key], value)
+      else
+        config[key] = value
+      end
+    else
+      notify(('unknown option %q is ignored'):format(key), vim.log.levels.WARN)
+    end
+  end
+  for key in pairs(config.settings) do
+    if not known[key] then
+      notify(('unknown server setting %q is ignored'):format(key), vim.log.levels.WARN)
+      config.settings[key] = nil
+    end
+  end
+  config.settings = vim.tbl_extend('force', config.settings, settings)
+  return config
+end
+
+local function on_status(err, params, ctx)
+  if err or type(params) ~= 'table' then
+    return
+  end
+  M.status[ctx.client_id] = params
+  api.nvim_exec_autocmds('User', { pattern = 'LatentStatus', modeline = false })
+end
+
+local function capabilities()
+  local caps = vim.lsp.protocol.make_client_capabilities()
+  caps.textDocument = caps.textDocument or {}
+  -- Ghost text is shown either way, so the server need not send completion items too.
+  caps.textDocument.inlineCompletion = caps.textDocument.inlineCompletion or { dynamicRegistration = false }
+  return caps
+end
+
+local function root_dir(bufnr)
+  local markers = M.config.root_markers
+  if vim.fs.root then
+    return vim.fs.root(bufnr, markers) or vim.fn.getcwd()
+  end
+  local found = vim.fs.find(markers, { upward = true, path = vim.fs.dirname(api.nvim_buf_get_name(bufnr)) })[1]
+  return found and vim.fs.dirname(found) or vim.fn.getcwd()
+end
+
+local function attach_ghost(client, bufnr)
+  if M.renderer() == 'native' then
+    vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
+  else
+    ghost.attach(bufnr)
+  end
+end
+
+--- Start (or reuse) the server for a buffer.
+function M.start(bufnr)
+  bufnr = (bufnr == nil or bufnr == 0) and api.nvim_get_current_buf() or bufnr
+  if vim.bo[bufnr].buftype ~= '' then
+    return
+  end
+  local config = M.config
+  local settings = config.settings
+  return vim.lsp.start({
+    name = NAME,
+    cmd = config.cmd,
+    cmd_env = config.cmd_env,
+    root_dir = root_dir(bufnr),
+    init_options = settings,
+    settings = { latent = settings },
+    capabilities = capabilities(),
+    handlers = { ['latent/status'] = on_status },
+    on_attach = function(client, b)
+      attach_ghost(client, b)
+    end,
+    on_exit = function(_, _, client_id)
+      M.status[client_id] = nil
+      vim.schedule(function()
+        api.nvim_exec_autocmds('User', { pattern = 'LatentStatus', modeline = false })
+      end)
+    end,
+  }, { bufnr = bufnr })
+end
+
+local function map(lhs, fn, fallback, desc)
+  if not lhs then
+    return
+  end
+  vim.keymap.set('i', lhs, function()
+    if fn() then
+      return ''
+    end
+    return fallback and lhs or ''
+  end, { expr = true, replace_keycodes = true, silent = true, desc = 'Latent: ' .. desc })
+end
+
+local function set_keymaps()
+  local k = M.config.keymaps or {}
+  map(k.accept, M.accept, true, 'accept the suggestion')
+  map(k.accept_word, M.accept_word, true, 'accept the next word of the suggestion')
+  map(k.accept_line, M.accept_line, true, 'accept the next line of the suggestion')
+  map(k.next, function() return M.cycle(1) end, true, 'next suggestion')
+  map(k.prev, function() return M.cycle(-1) end, true, 'previous suggestion')
+  map(k.dismiss, M.dismiss, true, 'dismiss the suggestion')
+end
+
+function M.setup(opts)
+  if not has('0.10') then
+    notify('Neovim 0.10 or newer is needed', vim.log.levels.ERROR)
+    return
+  end
+  M.config = split_options(opts)
+  ghost.setup({ debounce_ms = M.config.debounce_ms })
+  -- grey in 256-colour and true-colour terminals alike (Comment has no cterm colour in
+  -- Neovim's default scheme); a colour scheme or `:hi LatentGhost` overrides it
+  api.nvim_set_hl(0, 'LatentGhost', { fg = '#808080', ctermfg = 244, italic = true, default = true })
+  local group = api.nvim_create_augroup('latent', { clear = true })
+  api.nvim_create_autocmd('FileType', {
+    group = group,
+    pattern = M.config.filetypes,
+    callback = function(ev) M.start(ev.buf) end,
+  })
+  set_keymaps()
+  local wanted = {}
+  for _, ft in ipairs(M.config.filetypes) do
+    wanted[ft] = true
+  end
+  for _, bufnr in ipairs(api.nvim_list_bufs()) do
+    if api.nvim_buf_is_loaded(bufnr) and wanted[vim.bo[bufnr].filetype] then
+      M.start(bufnr)
+    end
+  end
+end
+
+-- -----------------------------------------------------------------------------------------
+-- Suggestions: accept, accept word / line, cycle, dismiss
+
+--- The text of a native item that lies after the cursor (what the ghost text shows).
+local function native_rest(item, bufnr)
+  local text = type(item.insert_text) == 'string' and item.insert_text or item.insert_text.value
+  local row, col = unpack(api.nvim_win_get_cursor(0))
+  row = row - 1
+  if item.range and item.range.start.row == row and item.range.start.col <= col then
+    local typed = api.nvim_buf_get_lines(bufnr, row, row + 1, true)[1]:sub(item.range.start.col + 1, col)
+    if text:sub(1, #typed) == typed then
+      text = text:sub(#typed + 1)
+    end
+  end
+  return text
+end
+
+local function accept_part(cut)
+  if M.renderer() == 'native' then
+    local bufnr = api.nvim_get_current_buf()
+    return vim.lsp.inline_completion.get({
+      on_accept = function(item)
+        ghost.insert_at_cursor(cut(native_rest(item, bufnr)))
+      end,
+    })
+  end
+  return ghost.accept_part(cut)
+end
+
+--- Accept the whole suggestion; false when there is none.
+function M.accept()
+  if M.renderer() == 'native' then
+    return vim.lsp.inline_completion.get()
+  end
+  return ghost.accept()
+end
+
+function M.accept_word()
+  return accept_part(ghost.next_word)
+end
+
+function M.accept_line()
+  return accept_part(ghost.next_line)
+end
+
+function M.cycle(count)
+  if M.renderer() == 'native' then
+    vim.lsp.inline_completion.select({ count = count })
+    return true
+  end
+  return ghost.cycle(count)
+end
+
+--- Hide the suggestion; false when there is none.
+function M.dismiss()
+  if M.renderer() == 'native' then
+    return vim.lsp.inline_completion.get({ on_accept = function() end })
+  end
+  return ghost.dismiss()
+end
+
+-- -----------------------------------------------------------------------------------------
+-- Commands
+
+--- Turn completion off or on in the server (`enabled` nil flips it).
+function M.toggle(enabled)
+  command('latent.toggle', enabled == nil and {} or { enabled }, function(result)
+    local on = type(result) == 'table' and result.enabled
+    if not on then
+      M.dismiss()
+      ghost.clear_all()
+    end
+    notify('completion is ' .. (on and 'on' or 'off'))
+  end)
+end
+
+local function figure(n, unit)
+  return type(n) == 'number' and (string.format('%.0f', n) .. unit) or '?'
+end
+
+--- One line for a status line: "Latent ready 12 ms", "Latent loading", "Latent off".
+function M.statusline()
+  for _, s in pairs(M.status) do
+    if s.enabled == false then
+      return 'Latent off'
+    end
+    if s.state == 'ready' and s.lastLatencyMs then
+      return 'Latent ' .. figure(s.lastLatencyMs, ' ms')
+    end
+    return 'Latent ' .. (s.state or '?')
+  end
+  return ''
+end
+
+--- The status as lines of text (what :LatentStatus prints).
+function M.status_lines()
+  local lines = {}
+  for id, s in pairs(M.status) do
+    local cache = s.cache or {}
+    table.insert(lines, ('Latent (client %d): %s%s, model %s'):format(
+      id, s.state or '?', s.enabled == false and ', off' or '', s.model or '?'))
+    if s.message and s.message ~= '' then
+      table.insert(lines, '  ' .. s.message)
+    end
+    if s.lastLatencyMs then
+      table.insert(lines, '  last completion ' .. figure(s.lastLatencyMs, ' ms'))
+    end
+    if cache.tokens then
+      table.insert(lines, ('  cache %s tokens, hit rate %s'):format(
+        cache.tokens, cache.hitRate and string.format('%.0f%%', 100 * cache.hitRate) or '?'))
+    end
+  end
+  if #lines == 0 then
+    lines = { #clients() > 0 and 'Latent: starting' or 'Latent: not running' }
+  end
+  return lines
+end
+
+function M.show_status(all)
+  if not all then
+    notify(table.concat(M.status_lines(), '\n'):gsub('^Latent: ', ''))
+    return
+  end
+  command('latent.stats', {}, function(result)
+    notify(vim.inspect(result))
+  end)
+end
+
+function M.restart()
+  local buffers = {}
+  for _, client in ipairs(clients()) do
+    for bufnr in pairs(client.attached_buffers or {}) do
+      buffers[bufnr] = true
+    end
+    if has('0.11') then
+      client:stop()
+    else
+      client.stop()
+    end
+  end
+  ghost.clear_all()
+  vim.defer_fn(function()
+    for bufnr in pairs(buffers) do
+      if api.nvim_buf_is_valid(bufnr) then
+        M.start(bufnr)
+      end
+    end
+  end, 500)
+end
+
+return M

@@ -1,0 +1,56 @@
+"""The editor clients offer exactly the server's settings (lsp_server/config.py), under the
+same names (VS Code in camelCase, which the server accepts) and with the same defaults."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+from lsp_server.config import CHOICES, Settings, client_layer, merge
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = json.loads((ROOT / "editors" / "vscode" / "package.json").read_text())
+SERVER_ONLY = {"server.path", "server.pythonPath", "server.args", "server.env"}
+
+
+def vscode_settings() -> dict:
+    props = {}
+    for block in PACKAGE["contributes"]["configuration"]:
+        for key, spec in block["properties"].items():
+            assert key.startswith("latent."), key
+            if key[len("latent."):] not in SERVER_ONLY:
+                props[key[len("latent."):]] = spec
+    return props
+
+
+def test_vscode_configuration_mirrors_the_server_settings():
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    props = vscode_settings()
+    snake = {re.sub(r"([A-Z])", r"_\1", k).lower(): k for k in props}
+    assert set(snake) == set(fields), "VS Code settings and lsp_server/config.py differ"
+    for name, key in snake.items():
+        spec, default = props[key], fields[name].default
+        assert spec["default"] == (list(default) if isinstance(default, tuple) else default), name
+        assert spec.get("markdownDescription") or spec.get("description"), f"{key} has no description"
+        if name in CHOICES:
+            assert spec["enum"] == list(CHOICES[name]), name
+        # the server takes every value the editor offers as a default, under its camelCase name
+        _, warnings = merge(client_layer({"latent": {key: spec["default"]}})[0])
+        assert not warnings, warnings
+
+
+def test_vscode_commands_do_not_collide_with_the_servers():
+    """vscode-languageclient registers the server's executeCommand ids as VS Code commands."""
+    ours = {c["command"] for c in PACKAGE["contributes"]["commands"]}
+    assert not ours & {"latent.toggle", "latent.stats", "latent.clearCache", "latent.accepted"}
+
+
+def test_neovim_plugin_lists_the_server_settings():
+    lua = (ROOT / "editors" / "nvim" / "lua" / "latent" / "init.lua").read_text()
+    block = re.search(r"M\.server_settings = \{(.*?)\n\}", lua, re.S).group(1)
+    names = set(re.findall(r"'([a-z_]+)'", block))
+    assert names == {f.name for f in dataclasses.fields(Settings)}
+    doc = (ROOT / "editors" / "nvim" / "doc" / "latent.txt").read_text()
+    missing = [n for n in names if n not in doc]
+    assert not missing, f"doc/latent.txt does not describe {missing}"
