@@ -5,6 +5,7 @@
     latent complete --stdin --language L [--at LINE:COL]
     latent info                                   the model, its parameters, the cache budget
     latent repl …                                 a Python prompt with ghost text (lsp_server/repl.py)
+    latent engine serve | stop | status           the shared engine daemon (model/rpc.py)
     latent train …                                train the bundled model (model/train.py)
     latent bench …                                engine benchmarks (model/bench.py)
 
@@ -25,8 +26,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 EXIT_ERROR = 2
-COMMANDS = ("lsp", "complete", "info", "repl", "train", "bench")
-DELEGATED = {"repl": "lsp_server.repl", "train": "model.train", "bench": "model.bench"}  # own parsers
+COMMANDS = ("lsp", "complete", "info", "repl", "engine", "train", "bench")
+DELEGATED = {"repl": "lsp_server.repl", "engine": "model.rpc", "train": "model.train",
+             "bench": "model.bench"}  # own parsers
 
 
 class UsageError(Exception):
@@ -90,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
 
     for name, text in (("repl", "a Python prompt with ghost text (see `latent repl --help`)"),
+                       ("engine", "the shared engine daemon: serve | stop | status (see `latent engine --help`)"),
                        ("train", "train the bundled model (see `latent train --help`)"),
                        ("bench", "run the engine benchmarks (see `latent bench --help`)")):
         sub.add_parser(name, help=text, add_help=False)

@@ -27,13 +27,16 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class Settings:
     # the model and how it runs (a change reloads the model)
     model: str | None = None          # a checkpoint folder or a cached Hugging Face repo id; None: bundled
-    engine: str = "inprocess"         # where the model runs
+    engine: str = "inprocess"         # inprocess | daemon | auto | openai:URL (see engines.py)
     device: str = "cpu"               # cpu | cuda | cuda:N
     dtype: str = "float32"            # float32 | bfloat16 | float16
     quantize: str | None = None       # None | int8 (weight-only)
     threads: int = 0                  # PyTorch CPU threads; 0: PyTorch's default
     max_context: int = 4096           # tokens the engine's working buffer holds
     cache_mb: int = 1024              # budget of the latent prefix cache, MiB
+    daemon_idle_minutes: int = 30     # a daemon started by Latent exits after this long unused
+    api_key_env: str | None = None    # openai:URL engines: the environment variable holding the API key
+    tokenizer: str | None = None      # openai:URL engines: a folder with the model's tokenizer files
     # what is asked of it (a change applies to the next request)
     max_prompt_tokens: int = 2048     # the context budget: prompt tokens in all
     prefix_fraction: float = 0.75     # share of the file's windows before the cursor
@@ -55,7 +58,7 @@ class Settings:
     def engine_key(self) -> tuple:
         """The settings a loaded engine depends on: when they change, the model reloads."""
         return (self.engine, self.model, self.device, self.dtype, self.quantize, self.threads,
-                self.max_context, self.cache_mb)
+                self.max_context, self.cache_mb, self.daemon_idle_minutes, self.api_key_env, self.tokenizer)
 
     def language_enabled(self, language_id: str) -> bool:
         language_id = language_id.lower()
@@ -75,15 +78,15 @@ class Settings:
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Settings)}
+ENGINES = ("inprocess", "daemon", "auto")   # or "openai:" followed by a server's URL
 CHOICES = {
-    "engine": ("inprocess",),
     "dtype": ("float32", "bfloat16", "float16"),
     "quantize": (None, "int8"),
     "completion_items": ("auto", "always", "never"),
     "log_level": LOG_LEVELS,
 }
-KEEP_CASE = {"model"}
-MINIMUM = {"threads": 0, "max_context": 64, "cache_mb": 0, "max_prompt_tokens": 64,
+KEEP_CASE = {"model", "engine", "api_key_env", "tokenizer"}
+MINIMUM = {"daemon_idle_minutes": 0, "threads": 0, "max_context": 64, "cache_mb": 0, "max_prompt_tokens": 64,
            "snippet_tokens": 0, "max_new_tokens_line": 1, "max_new_tokens_block": 1,
            "temperature": 0.0, "top_p": 0.0}
 
@@ -176,6 +179,9 @@ def coerce(name: str, raw: Any) -> Any:
             value = _text(raw, optional=kind.endswith("None"), keep_case=name in KEEP_CASE)
     except (TypeError, ValueError):
         raise SettingError(f"Setting {name!r} cannot be {raw!r}; it takes {_describe(kind)}.") from None
+    if name == "engine" and value not in ENGINES and not re.match(r"openai:https?://\S+$", value):
+        raise SettingError(f"Setting 'engine' cannot be {raw!r}; it takes inprocess, daemon, auto "
+                           "or openai: followed by a server's http(s) URL.")
     choices = CHOICES.get(name)
     if choices is not None and value not in choices:
         shown = ", ".join("none" if c is None else c for c in choices)

@@ -1,28 +1,99 @@
 """Where the model runs: the one place an engine is built from settings.
 
-Today there is the in-process engine; the shared daemon ("daemon" / "auto") and remote
-OpenAI-compatible servers ("openai:URL") land here as further branches of `make_engine`.
-PyTorch is imported on the first call, so a server answers `initialize` before it loads.
+- "inprocess": the engine lives in this process;
+- "daemon": the shared engine daemon of this user (`latent engine serve`), started detached if
+  none runs, so every editor window and terminal shares one model and one warm latent cache;
+- "auto": the daemon when it can be reached or started, else in-process;
+- "openai:URL": an OpenAI-compatible completions server (vLLM, SGLang, llama.cpp, or the
+  daemon's own `--http` face).
 """
 from __future__ import annotations
 
+import logging
+
 from lsp_server.config import Settings
+from model.loader import ModelLoadError
+from model.protocol import EngineProtocol
+
+log = logging.getLogger(__name__)
 
 
-def make_engine(settings: Settings):
+def make_engine(settings: Settings) -> EngineProtocol:
     """Load the engine the settings ask for; raises ModelLoadError with one sentence."""
-    from model.loader import ModelLoadError
+    if settings.engine.startswith("openai:"):
+        return _remote(settings)
+    if settings.engine in ("daemon", "auto"):
+        try:
+            return _daemon(settings)
+        except ModelLoadError as e:
+            if settings.engine == "daemon":
+                raise
+            log.warning("%s Running the model in-process instead.", e)
+    return _inprocess(settings)
 
-    if settings.engine == "inprocess":
-        from model.engine import BUNDLED_DIR, Engine
 
-        if settings.model is None and not (BUNDLED_DIR / "config.json").is_file():
-            raise ModelLoadError(
-                f"The bundled model is missing from {BUNDLED_DIR}; run `latent train` or set `model` "
-                f"to a checkpoint folder.")
-        return Engine.load(
-            settings.model, dtype=settings.dtype, device=settings.device,
-            threads=settings.threads or None, quantize=settings.quantize,
-            cache_bytes=settings.cache_mb << 20, max_context=settings.max_context,
-        )
-    raise ModelLoadError(f"Engine {settings.engine!r} is not available; use 'inprocess'.")
+def _inprocess(settings: Settings) -> EngineProtocol:
+    from model.engine import BUNDLED_DIR, Engine
+
+    if settings.model is None and not (BUNDLED_DIR / "config.json").is_file():
+        raise ModelLoadError(
+            f"The bundled model is missing from {BUNDLED_DIR}; run `latent train` or set `model` "
+            f"to a checkpoint folder.")
+    return Engine.load(
+        settings.model, dtype=settings.dtype, device=settings.device,
+        threads=settings.threads or None, quantize=settings.quantize,
+        cache_bytes=settings.cache_mb << 20, max_context=settings.max_context,
+    )
+
+
+def _daemon(settings: Settings) -> EngineProtocol:
+    from model.rpc import EngineClient, RPCError, daemon_argv
+
+    argv = daemon_argv(
+        settings.model, device=settings.device, dtype=settings.dtype, quantize=settings.quantize,
+        threads=settings.threads or None, cache_mb=settings.cache_mb, max_context=settings.max_context,
+        idle_exit=settings.daemon_idle_minutes * 60 if settings.daemon_idle_minutes else None,
+    )
+    try:
+        client = EngineClient(spawn=argv)
+    except RPCError as e:
+        raise ModelLoadError(f"The shared engine daemon is not available: {str(e).rstrip('.')}.") from None
+    if not _same_model(client.info.get("model_dir"), settings.model):
+        client.close()
+        raise ModelLoadError(
+            f"The running engine daemon serves {client.info.get('model')!r}, not "
+            f"{settings.model or 'bundled'!r}; stop it with `latent engine stop` or use engine = \"inprocess\".")
+    return client
+
+
+def _same_model(served_dir: str | None, wanted: str | None) -> bool:
+    from pathlib import Path
+
+    from model.engine import BUNDLED_DIR
+    from model.loader import resolve_model_dir
+
+    if not served_dir:
+        return False
+    try:
+        wanted_dir = resolve_model_dir(wanted if wanted is not None else BUNDLED_DIR)
+    except ModelLoadError:
+        return False
+    return Path(served_dir).resolve() == wanted_dir.resolve()
+
+
+def _remote(settings: Settings) -> EngineProtocol:
+    from model.remote import RemoteEngine, RemoteError
+    from model.tokenizer import FIM_STYLES, TokenizerError
+
+    url = settings.engine[len("openai:"):]
+    try:
+        return RemoteEngine(url, model=settings.model, api_key_env=settings.api_key_env,
+                            tokenizer_dir=settings.tokenizer,
+                            fim_style=settings.fim_format if settings.fim_format in FIM_STYLES else "deepseek")
+    except (RemoteError, TokenizerError) as e:
+        raise ModelLoadError(str(e)) from None
+
+
+def describe(engine: EngineProtocol) -> str:
+    """A short name for status lines: the model and where it runs."""
+    return getattr(engine, "model_name", None) or type(engine).__name__

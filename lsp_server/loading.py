@@ -14,6 +14,7 @@ import time
 from lsprotocol import types
 
 from lsp_server import status
+from lsp_server.engines import describe
 from lsp_server.engines import make_engine
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,9 @@ async def _load(ls, settings) -> None:
         status.send(ls)
         return
     seconds = time.perf_counter() - started
-    ls.status.state, ls.status.message = "ready", f"Loaded {name} in {seconds:.1f} s."
+    name = describe(engine)   # e.g. "bundled (daemon)" or "model @ host:port"
+    ls.status.state, ls.status.model = "ready", name
+    ls.status.message = f"Loaded {name} in {seconds:.1f} s."
     ls.status.refresh_cache(None)
     log.info("Loaded the model %s in %.1f s.", name, seconds)
     _progress_end(ls, token, ls.status.message)

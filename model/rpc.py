@@ -331,8 +331,8 @@ class EngineDaemon:
                 seed=p.get("seed"),
                 cancel=job.cancel,
             )
-            for piece in gen:
-                conn.send({"id": job.id, "chunk": piece})
+            for piece in gen:  # figures travel with every piece: a client may stop reading early
+                conn.send({"id": job.id, "chunk": piece, "stats": _plain(gen.stats.as_dict())})
             conn.send({"id": job.id, "done": True, "stats": _plain(gen.stats.as_dict())})
         except Exception as e:  # the daemon outlives any one request
             log.exception("request %s failed", job.id)
@@ -513,6 +513,7 @@ class EngineClient:
         send_frame(sock, {"id": request_id, "method": "generate", "params": params})
         sock.settimeout(0.05)
         cancel_sent = False
+        finished = False
         try:
             while True:
                 if cancel.cancelled and not cancel_sent:
@@ -529,14 +530,20 @@ class EngineClient:
                 if "error" in reply:
                     stats.finish_reason = "error"
                     raise RPCError(reply["error"])
+                for key, value in (reply.get("stats") or {}).items():
+                    if hasattr(stats, key):
+                        setattr(stats, key, value)
+                if reply.get("done"):
+                    finished = True
+                    return
                 if "chunk" in reply:
                     yield reply["chunk"]
-                if reply.get("done"):
-                    for key, value in (reply.get("stats") or {}).items():
-                        if hasattr(stats, key):
-                            setattr(stats, key, value)
-                    return
         finally:
+            if not finished and not cancel_sent:  # the consumer stopped early: free the daemon
+                try:
+                    send_frame(sock, {"id": next(self._ids), "method": "cancel", "params": {"target": request_id}})
+                except OSError:
+                    pass
             sock.settimeout(30)
 
 
