@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 
 from lsp_server.config import Settings
-from model.loader import ModelLoadError
-from model.protocol import EngineProtocol
+from model.protocol import EngineProtocol, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,8 @@ def make_engine(settings: Settings) -> EngineProtocol:
 
 
 def _inprocess(settings: Settings) -> EngineProtocol:
-    from model.engine import BUNDLED_DIR, Engine
+    from model.engine import Engine
+    from model.loader import BUNDLED_DIR
 
     if settings.model is None and not (BUNDLED_DIR / "config.json").is_file():
         raise ModelLoadError(
@@ -69,8 +69,7 @@ def _daemon(settings: Settings) -> EngineProtocol:
 def _same_model(served_dir: str | None, wanted: str | None) -> bool:
     from pathlib import Path
 
-    from model.engine import BUNDLED_DIR
-    from model.loader import resolve_model_dir
+    from model.loader import BUNDLED_DIR, resolve_model_dir
 
     if not served_dir:
         return False

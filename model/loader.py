@@ -17,16 +17,15 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
 from .config import ConfigError, ModelArgs
-from .transformer import Transformer
+from .protocol import ModelLoadError  # re-exported: the error every backend raises
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# torch is imported where tensors are made: finding and checking a model folder stays light,
+# so a language server attached to the engine daemon never loads PyTorch.
+DTYPES = ("float32", "bfloat16", "float16")
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
 
-class ModelLoadError(Exception):
-    """The model could not be loaded; str(error) is one readable sentence."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,10 +168,15 @@ def _short(e: Exception) -> str:
 # ---------------------------------------------------------------------------------------------
 # building the model
 
-def load_model(model_dir: Path, args: ModelArgs, dtype: str = "float32", device: str = "cpu") -> Transformer:
+def load_model(model_dir: Path, args: ModelArgs, dtype: str = "float32", device: str = "cpu"):
+    """The Transformer with the checkpoint's weights, on `device` in `dtype`."""
+    import torch
+
+    from .transformer import Transformer
+
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = getattr(torch, dtype)
     with torch.device("meta"), _skip_init():
         model = Transformer(args)
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -218,6 +222,8 @@ def load_model(model_dir: Path, args: ModelArgs, dtype: str = "float32", device:
 def _skip_init():
     """Random initialisation is wasted on a model whose weights are assigned next; on the meta
     device it would also pull in PyTorch's meta kernels, seconds of imports at start-up."""
+    import torch
+
     names = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "zeros_", "ones_")
     saved = {name: getattr(torch.nn.init, name) for name in names}
     for name in names:
@@ -230,6 +236,8 @@ def _skip_init():
 
 
 def _put_expert(m, name, tensor, args, expected, state, filled, dtype, device, unexpected) -> None:
+    import torch
+
     layer, e, kind = int(m.group(1)), int(m.group(2)), m.group(3)
     target = f"layers.{layer}.ffn.experts.{'w2' if kind == 'down' else 'w13'}"
     if target not in expected or e >= args.n_routed_experts:

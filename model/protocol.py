@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 
+class ModelLoadError(Exception):
+    """An engine could not be loaded or reached; str(error) is one readable sentence."""
+
+
 class Cancelled(Exception):
     """Raised inside a backend when its request's CancelToken fires; never escapes generate()."""
 
