@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install editors-deps vscode demo test test-fast test-editors bench clean
+.PHONY: install editors-deps vscode demo test test-fast test-editors test-remote bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,12 @@ test: install editors-deps
 
 test-editors: install editors-deps
 	$(PY) -m pytest -q tests/test_editor_*.py
+
+# Not in CI: builds llama.cpp (~12 minutes) and serves a GGUF conversion of the bundled model
+# to the remote backend.
+test-remote: install
+	tests/remote/setup_llamacpp.sh $(PY)
+	$(PY) -m pytest -q -o addopts="" tests/remote
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
