@@ -4,6 +4,9 @@
   weights, same prompt, greedy;
 - typing replay: a ~1,500-token prompt grows by one character per keystroke, 16 new tokens
   each; per-keystroke latency with prefix reuse against recomputing the whole prompt;
+- FIM typing replay: the same with the cursor inside a ~1,500-token FIM prompt (prefix ~3/4,
+  suffix ~1/4): shift reuse against exact reuse and recomputing, and how often shift reuse's
+  greedy completion equals the exact one (on the benchmark model and the bundled model);
 - cache bytes per token against per-head K/V of the same shape;
 - with --lite: a DeepSeek-Coder-V2-Lite-shaped model (27 layers, 64 experts) with random int8
   weights made without materialising float32: peak RSS and decode tokens/s.
@@ -142,6 +145,65 @@ def bench_typing(engine: Engine, text: str, prompt_tokens: int = 1500, keystroke
         }
     results["prompt_tokens"] = tok.count(base) + 1
     results["ratio_p50"] = results["reuse"]["p50_ms"] / results["recompute"]["p50_ms"]
+    return results
+
+
+def fim_keystrokes(engine: Engine, text: str, prompt_tokens: int = 1500, cursor: float = 0.75,
+                   keystrokes: int = 40) -> list[str]:
+    """FIM prompts of about `prompt_tokens` tokens with the cursor at `cursor` of them, one per
+    keystroke: the characters after the cursor are typed back one at a time before the suffix."""
+    tok, fim = engine.tokenizer, engine.tokenizer.fim
+    start = len(text) // 8
+    cut = start + _chars_for(tok, text[start:], int(prompt_tokens * cursor))
+    typed = text[cut : cut + keystrokes]
+    after = cut + keystrokes
+    suffix = text[after : after + _chars_for(tok, text[after:], prompt_tokens - int(prompt_tokens * cursor))]
+    prefix = text[start:cut]
+    return [f"{fim.prefix}{prefix}{typed[:k]}{fim.suffix}{suffix}{fim.middle}" for k in range(keystrokes + 1)]
+
+
+def _chars_for(tok, text: str, tokens: int) -> int:
+    """Characters of text that hold about `tokens` tokens (a line boundary when one is near)."""
+    cut = len(text)
+    while tok.count(text[:cut]) > tokens:
+        cut = int(cut * 0.97)
+    return text.rfind("\n", 0, cut) + 1 or cut
+
+
+def bench_fim_typing(engine: Engine, prompts: list[str], new_tokens: int = 16) -> dict:
+    """Per keystroke: latency, tokens prefilled and shifted with shift reuse, exact reuse and
+    recomputing; how often shift's greedy completion (and its first token) equals exact's."""
+    results, outputs = {}, {}
+    for mode in ("shift", "exact", "recompute"):
+        engine.runtime.reuse = "shift" if mode == "shift" else "exact"
+        engine.clear_cache()
+        engine.generate(prompts[0], max_new_tokens=new_tokens, stop_token_ids=()).run()  # file opened
+        latencies, prefilled, shifted, outputs[mode] = [], [], [], []
+        for prompt in prompts[1:]:
+            if mode == "recompute":
+                engine.clear_cache()
+            t = time.perf_counter()
+            gen = engine.generate(prompt, max_new_tokens=new_tokens, stop_token_ids=())
+            gen.run()
+            latencies.append((time.perf_counter() - t) * 1e3)
+            prefilled.append(gen.stats.prefilled_tokens)
+            shifted.append(gen.stats.extra.get("shifted_tokens", 0))
+            outputs[mode].append(engine._live_tokens[gen.stats.prompt_tokens :])   # generated ids
+        results[mode] = {
+            "p50_ms": statistics.median(latencies),
+            "p95_ms": _p95(latencies),
+            "mean_ms": statistics.mean(latencies),
+            "prefilled_per_key": statistics.mean(prefilled),
+            "shifted_per_key": statistics.mean(shifted),
+            "recomputed_keys": sum(1 for n in shifted if n == 0),
+        }
+    engine.runtime.reuse = "exact"
+    engine.clear_cache()
+    pairs = list(zip(outputs["shift"], outputs["exact"]))
+    results["same_completion"] = sum(a == b for a, b in pairs) / len(pairs)
+    results["same_first_token"] = sum(a[:1] == b[:1] for a, b in pairs) / len(pairs)
+    results["keystrokes"] = len(pairs)
+    results["prompt_tokens"] = engine.tokenizer.count(prompts[-1]) + 1
     return results
 
 
@@ -291,6 +353,7 @@ def run(lite: bool, lite_layers: int | None) -> str:
         "",
         f"Latency ratio (reuse / recompute, p50): **{typing['ratio_p50']:.3f}** (goal ≤ 0.25).",
     ]
+    lines += fim_typing_lines(engine, text)
     cb = cache_bytes(engine)
     lines += [
         "",
@@ -307,6 +370,35 @@ def run(lite: bool, lite_layers: int | None) -> str:
             f"prefill {res['prefill_tok_s']:.1f} tokens/s, decode {res['decode_tok_s']:.2f} tokens/s.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def fim_typing_lines(engine: Engine, text: str) -> list[str]:
+    fim = bench_fim_typing(engine, fim_keystrokes(engine, text))
+    s, e, c = fim["shift"], fim["exact"], fim["recompute"]
+    bundled = Engine.load()
+    b = bench_fim_typing(bundled, fim_keystrokes(bundled, text))
+    return [
+        "",
+        f"FIM typing replay: a {fim['prompt_tokens']}-token FIM prompt, cursor after ~¾ of it "
+        f"(prefix ~¾, suffix ~¼); {fim['keystrokes']} characters typed at the cursor, 16 new tokens each.",
+        "",
+        "| per keystroke | shift reuse (approximate) | exact reuse | recomputing the prompt |",
+        "|---|---|---|---|",
+        f"| p50 latency | {s['p50_ms']:.1f} ms | {e['p50_ms']:.1f} ms | {c['p50_ms']:.1f} ms |",
+        f"| p95 latency | {s['p95_ms']:.1f} ms | {e['p95_ms']:.1f} ms | {c['p95_ms']:.1f} ms |",
+        f"| mean latency | {s['mean_ms']:.1f} ms | {e['mean_ms']:.1f} ms | {c['mean_ms']:.1f} ms |",
+        f"| tokens prefilled | {s['prefilled_per_key']:.1f} | {e['prefilled_per_key']:.1f} | {c['prefilled_per_key']:.1f} |",
+        f"| tokens shifted | {s['shifted_per_key']:.1f} | 0 | 0 |",
+        "",
+        f"Shift against exact, greedy: the same 16-token completion on {fim['same_completion']:.0%} of the "
+        f"keystrokes, the same first token on {fim['same_first_token']:.0%}; {s['recomputed_keys']} keystroke(s) "
+        "recomputed the suffix (too short a common suffix, or the staleness bound). This model's weights are random.",
+        f"Bundled model (trained, {bundled.model.parameter_count() / 1e6:.1f}M), same replay "
+        f"({b['prompt_tokens']} tokens): p50 {b['shift']['p50_ms']:.1f} ms shift / {b['exact']['p50_ms']:.1f} ms exact / "
+        f"{b['recompute']['p50_ms']:.1f} ms recompute, {b['shift']['prefilled_per_key']:.1f} / "
+        f"{b['exact']['prefilled_per_key']:.1f} / {b['recompute']['prefilled_per_key']:.1f} tokens prefilled; "
+        f"same completion {b['same_completion']:.0%}, same first token {b['same_first_token']:.0%}.",
+    ]
 
 
 def write_section(section: str, path: Path) -> None:

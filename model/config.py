@@ -125,6 +125,11 @@ class RuntimeConfig:
     absorb_threshold: int = 64      # auto: absorbed when a forward adds at most this many tokens
     max_context: int = 4096         # tokens held by the working latent buffer
     cache_bytes: int = 1 << 30      # radix-cache budget
+    # shift reuse (approximate): a cached span that only moved is reused with k_pe re-rotated
+    reuse: str = "exact"            # exact | shift
+    shift_min_tokens: int = 16      # shift only spans of at least this many rows
+    shift_max_steps: int = 32       # consecutive shifts of one span before it is recomputed
+    shift_max_drift: int = 32       # tokens of the span's past changed since it was exact, at most
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,26 +7,34 @@
 One computation at a time. A request takes the longest prefix of its tokens whose latent rows
 are known — from the live buffer (the previous request's rows, still in place) or from the
 radix cache — prefills only the rest, decodes, and files its rows in the radix cache.
+
+With `reuse="shift"` (approximate, optional) a request may also take the longest common
+*suffix* of its prompt and the live buffer's prompt — a FIM suffix window that only moved
+because text was typed before it. Its rows are moved to their new positions (c_KV carries no
+position; k_pe is re-rotated by the delta), only the changed middle and the last prompt token
+are prefilled. Those rows saw a slightly different past, so they are never filed in the radix
+tree, never taken by exact reuse, and recomputed after a bounded number of shifts.
 """
 from __future__ import annotations
 
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
-from .cache import LatentCache
+from .cache import LatentCache, Match
 from .config import ModelArgs, RuntimeConfig
-from .loader import ModelLoadError, load_model, read_args, resolve_model_dir
+from .loader import BUNDLED_DIR, ModelLoadError, load_model, read_args, resolve_model_dir
 from .protocol import CancelToken, Generation, GenerationStats
 from .quant import quantize_int8, weight_bytes
+from .rope import shift_rows
 from .tokenizer import Tokenizer, TokenizerError
 from .transformer import Transformer
 
-BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 PREFILL_CHUNK = 512
 SMALL_MODEL_PARAMETERS = 100_000_000
 
@@ -47,6 +55,10 @@ class Engine:
         self.cache = LatentCache(runtime.cache_bytes)
         self._live = model.new_cache(runtime.max_context)   # (L, S, D) rows of _live_tokens
         self._live_tokens: list[int] = []
+        self._live_prompt = 0           # how many of _live_tokens were the prompt (not generated)
+        self._approx_from: int | None = None   # rows from here on were shifted or saw shifted rows
+        self._shift_steps = 0           # consecutive shifts the approximate span has been through
+        self._shift_drift = 0           # tokens of its past changed since it was last exact
         self._lock = threading.Lock()
         self.last_stats: GenerationStats | None = None
         self.requests = 0
@@ -64,11 +76,17 @@ class Engine:
         cache_bytes: int = 1 << 30,
         max_context: int = 4096,
         attention: str = "auto",
+        reuse: str = "exact",
         warmup: bool = True,
     ) -> "Engine":
-        """Load a local checkpoint folder or cached repo id (None: the bundled model)."""
+        """Load a local checkpoint folder or cached repo id (None: the bundled model).
+
+        reuse: "exact" (default) or "shift", the approximate reuse of moved suffix spans."""
         runtime = RuntimeConfig(dtype=dtype, device=device, threads=threads, quantize=quantize,
-                                attention=attention, max_context=max_context, cache_bytes=cache_bytes)
+                                attention=attention, max_context=max_context, cache_bytes=cache_bytes,
+                                reuse=reuse)
+        if reuse not in ("exact", "shift"):
+            raise ModelLoadError(f"reuse must be exact or shift, got {reuse!r}.")
         if quantize not in (None, "int8"):
             raise ModelLoadError(f"quantize must be None or 'int8', got {quantize!r}.")
         if attention not in ("auto", "absorbed", "naive"):
@@ -149,15 +167,16 @@ class Engine:
         cached rows, prefilling the rest, filing the rows in the cache. Used to check reuse."""
         tokens = [int(t) for t in token_ids]
         with self._lock:
-            reused, match = self._reuse(tokens)
-            self.cache.pin(match)
+            stats = GenerationStats(prompt_tokens=len(tokens))
+            plan = self._reuse(tokens)
+            self._count(plan, stats)
+            self.cache.pin(plan.match)
             try:
-                logits = self._prefill(tokens, reused, CancelToken())
+                logits = self._fill(tokens, plan, CancelToken())
             finally:
-                self.cache.unpin(match)
-                self.cache.insert(self._live_tokens, self._live)
-            self.last_stats = GenerationStats(prompt_tokens=len(tokens), reused_tokens=reused,
-                                              prefilled_tokens=len(tokens) - reused)
+                self.cache.unpin(plan.match)
+                self._file_rows()
+            self.last_stats = stats
             return logits.cpu()
 
     def stats(self) -> dict:
@@ -172,6 +191,7 @@ class Engine:
             "fim_format": self.fim_format,
             "latent_bytes_per_token": self.latent_bytes_per_token(),
             "max_context": self.runtime.max_context,
+            "reuse": self.runtime.reuse,
             "requests": self.requests,
             **self.cache.stats(),
         }
@@ -192,6 +212,8 @@ class Engine:
         with self._lock:
             self.cache.clear()
             self._live_tokens = []
+            self._live_prompt, self._approx_from = 0, None
+            self._shift_steps = self._shift_drift = 0
 
     # -- one request ------------------------------------------------------------------------
     def _run(self, req: "_Request", stats: GenerationStats) -> Iterator[str]:
@@ -208,39 +230,95 @@ class Engine:
     def _generate_locked(self, req: "_Request", stats: GenerationStats) -> Iterator[str]:
         tokens = req.tokens
         t0 = time.perf_counter()
-        reused, match = self._reuse(tokens)
-        self.cache.pin(match)
+        plan = self._reuse(tokens)
+        self._count(plan, stats)
+        self.cache.pin(plan.match)
         try:
-            stats.reused_tokens = reused
-            stats.prefilled_tokens = len(tokens) - reused
-            logits = self._prefill(tokens, reused, req.cancel)
+            logits = self._fill(tokens, plan, req.cancel)
             stats.prefill_ms = (time.perf_counter() - t0) * 1e3
             if logits is None:
                 stats.finish_reason = "cancelled"
                 return
             yield from self._decode(req, logits, stats)
         finally:
-            self.cache.unpin(match)
-            self.cache.insert(self._live_tokens, self._live)
+            self.cache.unpin(plan.match)
+            self._file_rows()
 
-    def _reuse(self, tokens: list[int]):
-        """Rows already known for a prefix of tokens: in the live buffer, else in the tree."""
-        live = _common_prefix(self._live_tokens, tokens)
+    def _reuse(self, tokens: list[int]) -> "_Plan":
+        """Rows already known for a prefix of tokens: in the live buffer, else in the tree;
+        in shift mode also a moved suffix span of the live buffer (saved before it is overwritten)."""
+        live = min(_common_prefix(self._live_tokens, tokens), self._exact_rows())
         match = self.cache.match_prefix(tokens)
         reused = max(live, match.length)
         reused = min(reused, len(tokens) - 1)   # the last prompt token is always run: we need its logits
+        shift = self._find_shift(tokens, reused) if self.runtime.reuse == "shift" else None
         if match.length > live:
             self.cache.gather(match, self._live, live, reused)
-        self._live_tokens = tokens[:reused]
-        return reused, match
+        self._live_tokens = tokens[:reused]     # all exact: approximate rows start at or after `live`
+        self._live_prompt, self._approx_from = len(tokens), None
+        self._shift_steps = self._shift_drift = 0
+        return _Plan(match, reused, shift)
 
-    def _prefill(self, tokens: list[int], start: int, cancel: CancelToken) -> torch.Tensor | None:
+    def _find_shift(self, tokens: list[int], reused: int) -> "_Shift | None":
+        """The live prompt's longest common suffix with tokens, both starts at or after `reused`,
+        as rows moved to their new positions; None when too short or too stale."""
+        old = self._live_tokens[: self._live_prompt]     # generated text never counts as suffix
+        span = _common_suffix(old, tokens, reused)
+        rows = span - 1                                  # the last prompt token is always run
+        if rows < max(1, self.runtime.shift_min_tokens):
+            return None
+        src, dst = len(old) - span, len(tokens) - span
+        carried = src + rows > self._exact_rows()        # the span holds rows shifted before
+        steps = 1 + (self._shift_steps if carried else 0)
+        drift = max(src, dst) - reused + (self._shift_drift if carried else 0)
+        if steps > self.runtime.shift_max_steps or drift > self.runtime.shift_max_drift:
+            return None                                  # stale: recompute the span exactly
+        moved = shift_rows(self._live[:, src : src + rows], dst - src, self.args, start=src)
+        return _Shift(dst, moved, steps, drift)
+
+    def _fill(self, tokens: list[int], plan: "_Plan", cancel: CancelToken) -> torch.Tensor | None:
+        """Rows for the whole prompt after plan.reused; the last position's logits (None: cancelled)."""
+        shift = plan.shift
+        if shift is None:
+            return self._prefill(tokens, plan.reused, len(tokens), cancel)
+        if shift.dst > plan.reused and self._prefill(tokens, plan.reused, shift.dst, cancel) is None:
+            return None
+        self._place(tokens, shift)
+        return self._prefill(tokens, len(tokens) - 1, len(tokens), cancel)
+
+    def _place(self, tokens: list[int], shift: "_Shift") -> None:
+        """Write the moved rows right after the fresh middle; from here on the buffer is approximate."""
+        end = shift.dst + shift.rows.shape[1]
+        self._live[:, shift.dst : end] = shift.rows
+        self._live_tokens.extend(tokens[shift.dst : end])
+        self._approx_from = shift.dst
+        self._shift_steps, self._shift_drift = shift.steps, shift.drift
+
+    def _count(self, plan: "_Plan", stats: GenerationStats) -> None:
+        shifted = plan.shift.rows.shape[1] if plan.shift else 0
+        stats.reused_tokens = plan.reused + shifted
+        stats.prefilled_tokens = stats.prompt_tokens - stats.reused_tokens
+        if self.runtime.reuse == "shift":
+            stats.extra["shifted_tokens"] = shifted
+
+    def _exact_rows(self) -> int:
+        """How many leading rows of the live buffer are exact (computed from their true past)."""
+        if self._approx_from is None:
+            return len(self._live_tokens)
+        return min(self._approx_from, len(self._live_tokens))
+
+    def _file_rows(self) -> None:
+        """File the exact rows in the radix tree; shifted rows never go there."""
+        self.cache.insert(self._live_tokens[: self._exact_rows()], self._live)
+
+    def _prefill(self, tokens: list[int], start: int, end: int, cancel: CancelToken) -> torch.Tensor | None:
+        """Run tokens[start:end) (non-empty) over the rows before them; last logits, None if cancelled."""
         device = self._live.device
         logits = None
-        for lo in range(start, len(tokens), PREFILL_CHUNK):
+        for lo in range(start, end, PREFILL_CHUNK):
             if cancel.cancelled:
                 return None
-            chunk = tokens[lo : lo + PREFILL_CHUNK]
+            chunk = tokens[lo : min(lo + PREFILL_CHUNK, end)]
             ids = torch.tensor(chunk, dtype=torch.long, device=device)
             logits = self.model(ids, self._live, lo, absorbed=self._absorbed(len(chunk)))
             self._live_tokens.extend(chunk)
@@ -287,6 +365,26 @@ class Engine:
 
 
 # ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _Shift:
+    """A moved span: rows (L, n, R + P), already re-rotated, for positions [dst, dst + n)."""
+
+    dst: int
+    rows: torch.Tensor
+    steps: int          # consecutive shifts of this span, this one included
+    drift: int          # tokens of its past changed since it was exact
+
+
+@dataclass
+class _Plan:
+    """How a prompt's rows are obtained: [0, reused) exact from the live buffer or the tree,
+    then prefilled — up to shift.dst, shifted rows, and the last token fresh when shift is set."""
+
+    match: Match
+    reused: int
+    shift: _Shift | None = None
+
 
 class _Request:
     __slots__ = ("tokens", "max_new_tokens", "stop", "stop_ids", "sampler", "cancel")
@@ -379,6 +477,15 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def _common_suffix(a: Sequence[int], b: Sequence[int], floor: int) -> int:
+    """Length of the longest common suffix of a and b that starts at or after `floor` in both."""
+    n = min(len(a), len(b)) - floor
+    i = 0
+    while i < n and a[-1 - i] == b[-1 - i]:
+        i += 1
+    return max(i, 0)
 
 
 def _display_name(path_or_id, model_dir: Path) -> str:

@@ -82,11 +82,32 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
     return out.to(dtype)
 
 
-def rotate_by(x: torch.Tensor, delta: int, args: ModelArgs) -> torch.Tensor:
-    """Re-rotate already-roped vectors (T, D) by `delta` positions (shift reuse of k_pe).
+def rotate_by(x: torch.Tensor, delta: int, args: ModelArgs, start: int | None = None) -> torch.Tensor:
+    """Re-rotate already-roped vectors (..., T, D) by `delta` positions (shift reuse of k_pe).
 
     The attention factor is already in x, so this rotation is pure (no factor applied).
+    start: the position of x's first row. Given, each row turns by the difference of the
+    float32 angles the rotary table uses at p + delta and at p, so a row computed at p comes
+    out as the table would have made it at p + delta (to float32 rounding of x, even where
+    the table's large angles are themselves rounded). Without it, every row turns by delta.
     """
-    angle = delta * inv_frequencies(args).to(x.device)
-    cos, sin = angle.cos(), angle.sin()
+    inv_freq = inv_frequencies(args).to(x.device)
+    if start is None:
+        angle = (delta * inv_freq.double()).float()                       # (D/2,)
+    else:
+        pos = torch.arange(start, start + x.shape[-2], dtype=torch.float32, device=x.device)
+        before = torch.outer(pos, inv_freq)                               # (T, D/2), as RotaryTable
+        after = torch.outer(pos + delta, inv_freq)
+        angle = after.double() - before.double()
+    cos, sin = angle.cos().float(), angle.sin().float()
     return apply_rotary(x, cos, sin, args.rope_interleave)
+
+
+def shift_rows(rows: torch.Tensor, delta: int, args: ModelArgs, start: int) -> torch.Tensor:
+    """A copy of cached latent rows (L, T, R + P) taken at positions [start, start + T), moved
+    by `delta` positions: c_KV (position-free) kept, k_pe re-rotated."""
+    out = rows.clone()
+    if delta:
+        rank = args.kv_lora_rank
+        out[..., rank:] = rotate_by(rows[..., rank:], delta, args, start)   # (L, T, P)
+    return out
