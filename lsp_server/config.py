@@ -34,6 +34,7 @@ class Settings:
     threads: int = 0                  # PyTorch CPU threads; 0: PyTorch's default
     max_context: int = 4096           # tokens the engine's working buffer holds
     cache_mb: int = 1024              # budget of the latent prefix cache, MiB
+    reuse: str = "exact"              # exact | shift (approximate reuse of a moved suffix)
     daemon_idle_minutes: int = 30     # a daemon started by Latent exits after this long unused
     api_key_env: str | None = None    # openai:URL engines: the environment variable holding the API key
     tokenizer: str | None = None      # openai:URL engines: a folder with the model's tokenizer files
@@ -58,7 +59,7 @@ class Settings:
     def engine_key(self) -> tuple:
         """The settings a loaded engine depends on: when they change, the model reloads."""
         return (self.engine, self.model, self.device, self.dtype, self.quantize, self.threads,
-                self.max_context, self.cache_mb, self.daemon_idle_minutes, self.api_key_env, self.tokenizer)
+                self.max_context, self.cache_mb, self.reuse, self.daemon_idle_minutes, self.api_key_env, self.tokenizer)
 
     def language_enabled(self, language_id: str) -> bool:
         language_id = language_id.lower()
@@ -80,6 +81,7 @@ class Settings:
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Settings)}
 ENGINES = ("inprocess", "daemon", "auto")   # or "openai:" followed by a server's URL
 CHOICES = {
+    "reuse": ("exact", "shift"),
     "dtype": ("float32", "bfloat16", "float16"),
     "quantize": (None, "int8"),
     "completion_items": ("auto", "always", "never"),

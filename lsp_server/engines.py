@@ -42,7 +42,7 @@ def _inprocess(settings: Settings) -> EngineProtocol:
     return Engine.load(
         settings.model, dtype=settings.dtype, device=settings.device,
         threads=settings.threads or None, quantize=settings.quantize,
-        cache_bytes=settings.cache_mb << 20, max_context=settings.max_context,
+        cache_bytes=settings.cache_mb << 20, max_context=settings.max_context, reuse=settings.reuse,
     )
 
 
@@ -52,6 +52,7 @@ def _daemon(settings: Settings) -> EngineProtocol:
     argv = daemon_argv(
         settings.model, device=settings.device, dtype=settings.dtype, quantize=settings.quantize,
         threads=settings.threads or None, cache_mb=settings.cache_mb, max_context=settings.max_context,
+        reuse=settings.reuse,
         idle_exit=settings.daemon_idle_minutes * 60 if settings.daemon_idle_minutes else None,
     )
     try:

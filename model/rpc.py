@@ -582,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--threads", type=int, default=None)
     serve.add_argument("--cache-mb", type=int, default=1024)
     serve.add_argument("--max-context", type=int, default=4096)
+    serve.add_argument("--reuse", default="exact", choices=["exact", "shift"],
+                       help="latent reuse: exact prefixes, or also moved suffixes (approximate)")
     serve.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     serve.add_argument("--http", default=None, metavar="HOST:PORT",
                        help="also serve OpenAI-compatible /v1/completions on this loopback address")
@@ -614,7 +616,8 @@ def _serve(args, socket_path: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         engine = Engine.load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
-                             threads=args.threads, cache_bytes=args.cache_mb << 20, max_context=args.max_context)
+                             threads=args.threads, cache_bytes=args.cache_mb << 20, max_context=args.max_context,
+                             reuse=args.reuse)
     except ModelLoadError as e:
         print(f"latent engine: {e}", file=sys.stderr)
         return 2

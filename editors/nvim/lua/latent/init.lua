@@ -13,7 +13,7 @@ local NAME = 'latent'
 M.server_settings = {
   -- the model and how it runs (a change reloads the model)
   'model', 'engine', 'device', 'dtype', 'quantize', 'threads', 'max_context', 'cache_mb',
-  'daemon_idle_minutes', 'api_key_env', 'tokenizer',
+  'reuse', 'daemon_idle_minutes', 'api_key_env', 'tokenizer',
   -- what is asked of it (a change applies to the next request)
   'max_prompt_tokens', 'prefix_fraction', 'snippet_tokens', 'max_new_tokens_line',
   'max_new_tokens_block', 'multiline', 'temperature', 'top_p', 'fim_format',
