@@ -69,7 +69,8 @@ async def start_server(args) -> tuple[LanguageClient, dict, asyncio.Task]:
             statuses[last.request] = last
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATENT_")}
-    env.update({"PYTHONPATH": str(ROOT), "LATENT_THREADS": str(args.threads), "LATENT_LOG_LEVEL": args.log_level})
+    env.update({"PYTHONPATH": str(ROOT), "LATENT_THREADS": str(args.threads), "LATENT_LOG_LEVEL": args.log_level,
+                "LATENT_REUSE": args.reuse})
     if args.model:
         env["LATENT_MODEL"] = args.model
     await client.start_io(sys.executable, "-m", "lsp_server", "lsp", env=env, cwd=str(ROOT))
@@ -278,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="characters to type, rounded up to whole lines (default: %(default)s)")
     parser.add_argument("--model", default=None, help="model setting (default: bundled)")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads in the server (default: %(default)s)")
+    parser.add_argument("--reuse", default="exact", choices=["exact", "shift"], help="the server's reuse setting")
     parser.add_argument("--interval-ms", type=float, default=0, help="type at this pace instead of waiting")
     parser.add_argument("--log-level", default="warning", help="the server's log level (default: %(default)s)")
     parser.add_argument("--server-log", type=Path, default=None, help="write the server's stderr here")
