@@ -58,7 +58,7 @@ class Tokenizer:
 
     # -- the protocol -----------------------------------------------------------------------
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-        ids = self._tok.encode(text, add_special_tokens=False).ids
+        ids = self._tok.encode(_encodable(text), add_special_tokens=False).ids
         if add_bos and self.bos_id is not None:
             return [self.bos_id, *ids]
         return ids
@@ -67,7 +67,7 @@ class Tokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
     def count(self, text: str) -> int:
-        return len(self._tok.encode(text, add_special_tokens=False).ids)
+        return len(self._tok.encode(_encodable(text), add_special_tokens=False).ids)
 
     def require_fim(self) -> FimTokens:
         if self.fim is None:
@@ -76,6 +76,16 @@ class Tokenizer:
                 "Qwen2.5-Coder, CodeLlama or Codestral style), so it cannot complete code in the middle of a file."
             )
         return self.fim
+
+
+def _encodable(text: str) -> str:
+    """Lone UTF-16 surrogates (from an editor's broken buffer) cannot be tokenized: each
+    becomes U+FFFD, one character for one, so offsets are kept."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
 def find_fim_tokens(token_to_id) -> FimTokens | None:

@@ -73,3 +73,10 @@ def test_corrupt_tokenizer_json(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(TokenizerError, match="cannot be read"):
         Tokenizer.from_dir(tmp_path)
+
+
+def test_lone_surrogates_are_tokenized_as_replacement_characters(tmp_path):
+    tok = _write(tmp_path, STYLES["deepseek"])
+    broken = "x = '\ud83d'"          # half of an emoji pair, as a broken editor buffer can hold
+    assert tok.decode(tok.encode(broken)) == "x = '\ufffd'"
+    assert tok.count(broken) == len(tok.encode(broken))
