@@ -21,6 +21,8 @@ import psutil
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
+from model.bench import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Shared engine daemon (benchmarks/daemon_bench.py)"
 TEXT = "def area(width, height):\n    return width * height\n\n\nprint(area(3, "
@@ -142,17 +144,6 @@ def report(model: str | None, mem: dict, lat: dict) -> str:
         f"| through the daemon's socket | {lat['daemon']['p50']:.2f} ms | {lat['daemon']['p95']:.2f} ms |", "",
         f"Socket hop: **{lat['hop_p50_ms']:.2f} ms** at p50 beyond in-process (goal: under 1 ms).", "",
     ])
-
-
-def write_section(section: str, path: Path) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,8 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 from pygls.lsp.client import LanguageClient
 
+from model.bench import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Language server: typing replay (benchmarks/lsp_replay.py)"
 DEFAULT_FILE = ROOT / "lsp_server" / "worker.py"
@@ -255,20 +257,6 @@ def _shown(path: Path) -> str:
         return str(path.resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
-
-
-def write_section(section: str, path: Path) -> None:
-    """Replace this benchmark's section of a Markdown file (other sections stay as they are)."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    section = section.rstrip("\n") + "\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        end = text.find("\n## ", start + len(SECTION))
-        rest = text[end + 1:] if end >= 0 else ""
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
