@@ -146,6 +146,26 @@ class LatentCache:
             "evicted_tokens": self.evicted_tokens,
         }
 
+    def hottest(self, max_bytes: int) -> list[tuple[list[int], torch.Tensor]]:
+        """Whole cached sequences (root to leaf), most recently used first, within max_bytes
+        of rows; shared prefixes are counted once. For saving the cache across restarts."""
+        out, seen, total = [], set(), 0
+        for leaf in sorted(self._leaves(), key=lambda n: n.last_access, reverse=True):
+            path = []
+            node = leaf
+            while node is not self.root:
+                path.append(node)
+                node = node.parent
+            path.reverse()
+            extra = sum(n.nbytes for n in path if id(n) not in seen)
+            if total + extra > max_bytes:
+                continue
+            seen.update(id(n) for n in path)
+            total += extra
+            tokens = [t for n in path for t in n.key]
+            out.append((tokens, torch.cat([n.rows for n in path], dim=1)))
+        return out
+
     # -- internal helpers -------------------------------------------------------------------
     def _split(self, child: Node, n: int) -> Node:
         """Cut child's edge after n tokens; returns the new upper node (holding those n)."""

@@ -208,6 +208,59 @@ class Engine:
     def latent_bytes_per_token(self) -> int:
         return self.args.latent_dim * self.args.n_layers * self._live.element_size()
 
+    # -- keeping the cache across restarts (the daemon saves it at exit) -------------------
+    def fingerprint(self) -> str:
+        """Identifies the weights, dtype and quantization: saved latents are only valid for
+        the same. Hashes config.json and, per weights file, its size and last megabyte."""
+        import hashlib
+
+        h = hashlib.sha256(f"{self.runtime.dtype}|{self.runtime.quantize}|{self.model_dir}".encode())
+        if self.model_dir is not None:
+            h.update((Path(self.model_dir) / "config.json").read_bytes())
+            for f in sorted(Path(self.model_dir).glob("*.safetensors")):
+                size = f.stat().st_size
+                with open(f, "rb") as handle:
+                    handle.seek(max(0, size - (1 << 20)))
+                    h.update(f"{f.name}:{size}".encode() + handle.read())
+        return h.hexdigest()
+
+    def save_cache(self, path: Path, max_bytes: int = 256 << 20) -> int:
+        """Write the most recently used cached sequences to a msgpack file; returns tokens saved."""
+        import msgpack
+
+        with self._lock:
+            entries = self.cache.hottest(max_bytes)
+            payload = {
+                "version": 1, "fingerprint": self.fingerprint(), "dtype": str(self._live.dtype),
+                "entries": [{"tokens": tokens, "shape": list(rows.shape),
+                             "rows": rows.cpu().contiguous().view(torch.uint8).numpy().tobytes()}
+                            for tokens, rows in entries],
+            }
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_bytes(msgpack.packb(payload, use_bin_type=True))
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+        return sum(len(t) for t, _ in entries)
+
+    def load_cache(self, path: Path) -> int:
+        """Restore a saved cache if it was made with these weights; returns tokens restored."""
+        import msgpack
+
+        try:
+            payload = msgpack.unpackb(Path(path).read_bytes(), raw=False)
+        except (OSError, ValueError, msgpack.UnpackException):
+            return 0
+        if not isinstance(payload, dict) or payload.get("fingerprint") != self.fingerprint() \
+                or payload.get("dtype") != str(self._live.dtype):
+            return 0
+        restored = 0
+        with self._lock:
+            for entry in payload.get("entries", []):
+                rows = torch.frombuffer(bytearray(entry["rows"]), dtype=torch.uint8)
+                rows = rows.view(self._live.dtype).reshape(entry["shape"]).to(self._live.device)
+                restored += self.cache.insert(entry["tokens"], rows)
+        return restored
+
     def clear_cache(self) -> None:
         with self._lock:
             self.cache.clear()

@@ -22,6 +22,7 @@ import collections
 import itertools
 import logging
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -137,8 +138,10 @@ class _Connection:
 class EngineDaemon:
     """Serves one engine to many clients; see the module docstring for the protocol."""
 
-    def __init__(self, engine, socket_path: Path, idle_exit_s: float | None = None) -> None:
+    def __init__(self, engine, socket_path: Path, idle_exit_s: float | None = None,
+                 persist: Path | None = None) -> None:
         self.engine = engine
+        self.persist = Path(persist) if persist else None   # where the cache is kept across restarts
         self.socket_path = Path(socket_path)
         self.idle_exit_s = idle_exit_s
         self._queues: dict[int, collections.deque[_Job]] = collections.OrderedDict()
@@ -171,6 +174,9 @@ class EngineDaemon:
     def serve_forever(self) -> None:
         if self._server is None:
             self.bind()
+        if self.persist is not None and self.persist.is_file():
+            restored = self.engine.load_cache(self.persist)
+            log.info("restored %d cached tokens from %s", restored, self.persist)
         worker = threading.Thread(target=self._work, name="latent-engine-worker", daemon=True)
         worker.start()
         log.info("engine daemon serving %s at %s", getattr(self.engine, "model_name", "?"), self.socket_path)
@@ -197,6 +203,12 @@ class EngineDaemon:
         if self._server is not None:
             self._server.close()
             self._server = None
+            if self.persist is not None:
+                try:
+                    saved = self.engine.save_cache(self.persist)
+                    log.info("saved %d cached tokens to %s", saved, self.persist)
+                except OSError as e:
+                    log.warning("could not save the cache to %s: %s", self.persist, e)
         if self.http is not None:
             self.http.shutdown()
         try:
@@ -585,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--reuse", default="exact", choices=["exact", "shift"],
                        help="latent reuse: exact prefixes, or also moved suffixes (approximate)")
     serve.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
+    serve.add_argument("--persist", type=Path, default=None,
+                       help="keep the hottest cache entries in this file across restarts "
+                            "(default: cache.msgpack beside the socket; 'none' to disable)")
     serve.add_argument("--http", default=None, metavar="HOST:PORT",
                        help="also serve OpenAI-compatible /v1/completions on this loopback address")
     for name in ("stop", "status"):
@@ -621,8 +636,10 @@ def _serve(args, socket_path: Path) -> int:
     except ModelLoadError as e:
         print(f"latent engine: {e}", file=sys.stderr)
         return 2
-    daemon = EngineDaemon(engine, socket_path, idle_exit_s=args.idle_exit)
+    persist = None if str(args.persist).lower() == "none" else (args.persist or socket_path.with_name("cache.msgpack"))
+    daemon = EngineDaemon(engine, socket_path, idle_exit_s=args.idle_exit, persist=persist)
     daemon.bind()
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())   # `kill` saves the cache too
     if args.http:
         from .openai_http import serve_http
 

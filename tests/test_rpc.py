@@ -237,3 +237,32 @@ def test_remote_errors_are_one_sentence(tmp_path, monkeypatch):
     monkeypatch.delenv("LATENT_TEST_KEY", raising=False)
     with pytest.raises(RemoteError, match="LATENT_TEST_KEY"):
         RemoteEngine("http://127.0.0.1:9", model="x", api_key_env="LATENT_TEST_KEY")
+
+
+def test_the_cache_survives_a_daemon_restart(checkpoint, tmp_path):
+    saved = tmp_path / "cache.msgpack"
+
+    def run_daemon(engine):
+        d = EngineDaemon(engine, tmp_path / "p.sock", persist=saved)
+        d.bind()
+        t = threading.Thread(target=d.serve_forever, daemon=True)
+        t.start()
+        return d, t
+
+    d, t = run_daemon(Engine.load(checkpoint))
+    first = EngineClient(d.socket_path).generate(PROMPT, max_new_tokens=4)
+    first.run()
+    assert first.stats.reused_tokens == 0
+    d.stop()
+    t.join(timeout=10)
+    assert saved.is_file() and stat.S_IMODE(os.stat(saved).st_mode) == 0o600
+
+    d, t = run_daemon(Engine.load(checkpoint))            # a new process would start like this
+    again = EngineClient(d.socket_path).generate(PROMPT, max_new_tokens=4)
+    assert again.run() == first.text
+    assert again.stats.reused_tokens == again.stats.prompt_tokens - 1   # no prefill from scratch
+    d.stop()
+    t.join(timeout=10)
+
+    other = Engine.load(checkpoint, dtype="bfloat16")      # other weights or dtype: not restored
+    assert other.load_cache(saved) == 0
