@@ -89,7 +89,40 @@ class TransformersBackend:
         return text.split("\n", 1)[0]
 
 
-BACKENDS = {"engine": EngineBackend, "transformers": TransformersBackend}
+class PipelineBackend:
+    """The whole completion pipeline (completion.CompletionService over our engine): the task
+    is opened as a document and completed at the hole, as an editor would ask. The first line
+    of the suggestion is scored, like the raw backends' single line."""
+
+    def __init__(self, model_dir: Path, threads: int | None):
+        from completion.service import CompletionService
+        from model.engine import Engine
+
+        self.service = CompletionService(Engine.load(str(model_dir), threads=threads))
+        self.fim = DEEPSEEK_FIM
+        self.count = 0
+
+    def complete(self, prompt: str, max_new_tokens: int) -> str:
+        from completion.document import utf16_length
+        from completion.types import Position
+
+        begin, hole, end = self.fim
+        prefix, suffix = prompt[len(begin):-len(end)].split(hole, 1)
+        self.count += 1
+        uri = f"file:///humaneval/task_{self.count}.py"
+        # the hole is a whole line, ending in a line break: in an editor, the cursor is on an
+        # empty line that the user just opened, with the suffix on the lines below
+        self.service.workspace.open(uri, "python", prefix + "\n" + suffix, 1, path=f"task_{self.count}.py")
+        lines = prefix.split("\n")
+        try:
+            result = self.service.complete(self.service.workspace.snapshot(uri),
+                                           Position(len(lines) - 1, utf16_length(lines[-1])))
+        finally:
+            self.service.workspace.close(uri)
+        return result.suggestions[0].text.split("\n", 1)[0] if result.suggestions else ""
+
+
+BACKENDS = {"engine": EngineBackend, "transformers": TransformersBackend, "pipeline": PipelineBackend}
 
 
 # ---------------------------------------------------------------------------------------

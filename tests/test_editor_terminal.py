@@ -78,6 +78,8 @@ def start_repl(terminal):
     for line in inputs:
         pane.type(line)
         pane.send("Enter")
+        # the next prompt must be up before typing on: keys sent earlier land mid-redraw
+        pane.wait_screen(lambda s: prompt_line(s, ">>> ") == "", 10, f"a fresh prompt after {line!r}")
     pane.type(typed)
     ghost = pane.wait_screen(
         lambda s: (lambda line: line[len(typed):] if line and line.startswith(typed) and len(line) > len(typed) else None)(
