@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     lsp = sub.add_parser("lsp", help="run the language server", description=(
         "Run the language server on stdio (or on a TCP port). Editors start this."))
     lsp.add_argument("--tcp", metavar="HOST:PORT", help="listen on a TCP port instead of stdio")
+    lsp.add_argument("--stdio", action="store_true",
+                     help="stdio, the default (accepted because some clients, e.g. vscode-languageclient, pass it)")
     _model_options(lsp)
     lsp.set_defaults(run=_lsp)
 

@@ -94,3 +94,17 @@ def test_info_describes_the_model_and_the_cache_budget(capfd):
 
 def test_the_console_script_is_declared():
     assert 'latent = "lsp_server.cli:main"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_lsp_accepts_the_stdio_flag_clients_pass():
+    """vscode-languageclient's stdio transport appends --stdio to the server's command."""
+    import json as _json
+    import subprocess as _subprocess
+    import sys as _sys
+
+    body = _json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                        "params": {"processId": None, "rootUri": None, "capabilities": {}}}).encode()
+    frame = b"Content-Length: %d\r\n\r\n" % len(body) + body
+    proc = _subprocess.run([_sys.executable, "-m", "lsp_server", "lsp", "--stdio"], input=frame,
+                           capture_output=True, timeout=60)
+    assert b'"id":1' in proc.stdout.replace(b" ", b"") and b"capabilities" in proc.stdout
