@@ -115,17 +115,15 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args):
     """Settings from the config file, the environment and the command line, and the store."""
-    from lsp_server.config import FIELDS, SettingsStore, merge
+    from lsp_server.config import SettingError, SettingsStore, merge, parse_overrides
 
     store, warnings = SettingsStore.from_environment()
     layer = {k: getattr(args, k) for k in ("model", "device", "dtype", "quantize", "threads", "log_level")
              if getattr(args, k, None) is not None}
-    for item in args.overrides:
-        name, sep, value = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in FIELDS:
-            raise UsageError(f"--set takes NAME=VALUE with a setting's name, not {item!r}")
-        layer[name] = value
+    try:
+        layer.update(parse_overrides(args.overrides))
+    except SettingError as e:
+        raise UsageError(str(e)) from None
     _, problems = merge(layer)
     if problems:
         raise UsageError(problems[0].rstrip("."))

@@ -165,6 +165,18 @@ def merge(*layers: Mapping[str, Any], base: Settings | None = None) -> tuple[Set
     return dataclasses.replace(base or Settings(), **values), warnings
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """Command-line `--set NAME=VALUE` items as one settings layer."""
+    layer = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in FIELDS:
+            raise SettingError(f"--set takes NAME=VALUE with a setting's name, not {item!r}")
+        layer[name] = value
+    return layer
+
+
 def coerce(name: str, raw: Any) -> Any:
     """`raw` (a TOML / JSON value or an environment string) as the type of setting `name`."""
     kind = FIELDS[name].type

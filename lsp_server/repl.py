@@ -250,16 +250,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args):
-    from lsp_server.config import FIELDS, SettingsStore, merge
+    from lsp_server.config import SettingError, SettingsStore, merge, parse_overrides
 
     store, warnings = SettingsStore.from_environment()
     layer = {"model": args.model} if args.model else {}
-    for item in args.overrides:
-        name, sep, value = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in FIELDS:
-            raise SystemExit(f"latent repl: error: --set takes NAME=VALUE with a setting's name, not {item!r}")
-        layer[name] = value
+    try:
+        layer.update(parse_overrides(args.overrides))
+    except SettingError as e:
+        raise SystemExit(f"latent repl: error: {e}") from None
     _, problems = merge(layer)
     if problems:
         raise SystemExit(f"latent repl: error: {problems[0]}")
