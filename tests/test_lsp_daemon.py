@@ -46,7 +46,7 @@ async def test_a_server_on_the_daemon_answers_the_pipeline_suggestion(first, env
     assert "daemon" in status.model
     socket = os.path.join(env["XDG_RUNTIME_DIR"], "latent", "engine.sock")
     assert stat.S_IMODE(os.stat(socket).st_mode) == 0o600
-    uri = "file:///work/area.py"
+    uri = "file:///project/area.py"
     lines = CODE.split("\n")
     line, character = len(lines) - 1, len(lines[-1])
     want = expected([(uri, "python", CODE)], uri, line, character)
@@ -57,7 +57,7 @@ async def test_a_server_on_the_daemon_answers_the_pipeline_suggestion(first, env
 
 
 async def test_a_second_window_shares_the_model_and_its_warm_cache(first, env):
-    uri = "file:///work/shared.py"
+    uri = "file:///project/shared.py"
     text = CODE + "4)\n" + "# " + "x" * 200 + "\nprint(area(5, "
     lines = text.split("\n")
     line, character = len(lines) - 1, len(lines[-1])
