@@ -242,7 +242,7 @@ class Workspace:
     def __init__(self, on_close: Callable[[str], None] | None = None) -> None:
         self._documents: dict[str, Document] = {}
         self._lock = threading.Lock()
-        self._on_close = on_close
+        self.on_close = on_close   # the owner's hook: free its per-document state
 
     def open(self, uri: str, language_id: str, text: str, version: int,
              path: str | None = None) -> Document:
@@ -261,8 +261,8 @@ class Workspace:
         """Forget a document and every piece of per-document state kept for it."""
         with self._lock:
             self._documents.pop(uri, None)
-        if self._on_close is not None:
-            self._on_close(uri)
+        if self.on_close is not None:
+            self.on_close(uri)
 
     def get(self, uri: str) -> Document | None:
         return self._documents.get(uri)

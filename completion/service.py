@@ -101,10 +101,14 @@ class _Request(NamedTuple):
 class CompletionService:
     """The completion pipeline over one engine, with the open documents it completes in."""
 
-    def __init__(self, engine: EngineProtocol, config: CompletionConfig | None = None) -> None:
+    def __init__(self, engine: EngineProtocol, config: CompletionConfig | None = None,
+                 workspace: Workspace | None = None) -> None:
+        """`workspace`: documents already open (with their parsed trees), e.g. kept across a
+        model reload; by default an empty one."""
         self.engine = engine
         self.config = config or CompletionConfig()
-        self.workspace = Workspace(on_close=self._forget)
+        self.workspace = workspace if workspace is not None else Workspace()
+        self.workspace.on_close = self._forget
         self._format = resolve_format(self.config.fim_format, engine)
         self._count = TokenCounter(engine.tokenizer.count)
         self._bos = 0 if engine.tokenizer.bos_id is None else 1

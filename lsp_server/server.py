@@ -183,8 +183,7 @@ class LatentServer(LanguageServer):
 
     def install(self, engine, settings: Settings) -> None:
         """Make a completion service for a loaded engine and move the open documents to it."""
-        service = CompletionService(engine, completion_config(settings))
-        _move_documents(self._documents, service.workspace)
+        service = CompletionService(engine, completion_config(settings), workspace=self._documents)
         self._documents = Workspace()
         self.engine, self.service = engine, service
 
@@ -192,7 +191,8 @@ class LatentServer(LanguageServer):
         """Drop the engine and service (documents stay open) before loading another model."""
         if self.service is None:
             return
-        _move_documents(self.service.workspace, self._documents)
+        self._documents = self.service.workspace   # the open documents and their trees stay
+        self._documents.on_close = None
         self.service.close()
         self.engine = self.service = None
 
@@ -262,8 +262,3 @@ class LatentServer(LanguageServer):
 def completion_config(settings: Settings) -> CompletionConfig:
     names = {f.name for f in dataclasses.fields(CompletionConfig)}
     return CompletionConfig(**{k: v for k, v in settings.completion_kwargs().items() if k in names})
-
-
-def _move_documents(source: Workspace, target: Workspace) -> None:
-    for document in source.documents():
-        target.open(document.uri, document.language_id, document.text, document.version, document.path)
