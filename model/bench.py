@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,21 +53,12 @@ def build_medium(folder: Path) -> tuple[object, Path]:
     """Random V2-shaped checkpoint with the bundled tokenizer (so prompts are real text)."""
     from transformers import DeepseekV2Config, DeepseekV2ForCausalLM
 
-    tok_dir = BUNDLED_DIR if (BUNDLED_DIR / "tokenizer.json").is_file() else None
-    vocab = _vocab_size(tok_dir) if tok_dir else 8192
     torch.manual_seed(0)
-    config = DeepseekV2Config(vocab_size=vocab, bos_token_id=0, eos_token_id=1, **MEDIUM)
+    config = DeepseekV2Config(vocab_size=_vocab_size(BUNDLED_DIR), bos_token_id=0, eos_token_id=1, **MEDIUM)
     model = DeepseekV2ForCausalLM(config).float().eval()
     model.save_pretrained(folder)
-    if tok_dir:
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            if (tok_dir / name).is_file():
-                (folder / name).write_bytes((tok_dir / name).read_bytes())
-    else:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from tiny_models import write_tokenizer
-
-        write_tokenizer(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).write_bytes((BUNDLED_DIR / name).read_bytes())
     return model, folder
 
 

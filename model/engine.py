@@ -48,6 +48,8 @@ class Engine:
                  model_dir: Path | None = None) -> None:
         self.model = model
         self.model_dir = model_dir
+        self._parameters = model.parameter_count()   # fixed once loaded (and quantized)
+        self._weight_bytes = weight_bytes(model)
         self.args: ModelArgs = model.args
         self.tokenizer = tokenizer
         self.runtime = runtime
@@ -103,7 +105,8 @@ class Engine:
         torch.set_num_threads(threads or _auto_threads(model))
         if quantize == "int8":
             quantize_int8(model)
-        engine = cls(model, tokenizer, runtime, name=_display_name(path_or_id, model_dir), model_dir=model_dir)
+        engine = cls(model, tokenizer, runtime, name="bundled" if path_or_id is None else str(path_or_id),
+                     model_dir=model_dir)
         if warmup:
             engine.warmup()
         return engine
@@ -183,8 +186,8 @@ class Engine:
         out = {
             "model": self.model_name,
             "model_type": self.args.model_type,
-            "parameters": self.model.parameter_count(),
-            "weight_bytes": weight_bytes(self.model),
+            "parameters": self._parameters,
+            "weight_bytes": self._weight_bytes,
             "dtype": self.runtime.dtype,
             "quantize": self.runtime.quantize,
             "device": self.runtime.device,
@@ -539,9 +542,3 @@ def _common_suffix(a: Sequence[int], b: Sequence[int], floor: int) -> int:
     while i < n and a[-1 - i] == b[-1 - i]:
         i += 1
     return max(i, 0)
-
-
-def _display_name(path_or_id, model_dir: Path) -> str:
-    if path_or_id is None:
-        return "bundled"
-    return str(path_or_id)

@@ -52,12 +52,6 @@ class RotaryTable:
         self.sin = angles.sin() * self.factor
         self.length = length
 
-    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for integer positions (T,) -> (T, D/2) each."""
-        if int(positions.max()) >= self.length:  # grow rarely: double the table
-            self._build(2 * int(positions.max()) + 2)
-        return self.cos[positions], self.sin[positions]
-
     def span(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         if end > self.length:
             self._build(max(end, 2 * self.length))

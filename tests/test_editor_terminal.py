@@ -4,8 +4,6 @@ key binding in editors/terminal/latent.bash (completes the command line in place
 """
 from __future__ import annotations
 
-import functools
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,17 +133,11 @@ def bash_line(tmp: Path) -> tuple[harness.Model, tuple[str, str]]:
     return harness.pick("bash", find)
 
 
-@pytest.mark.slow
-def test_bash_binding_completes_the_command_line(terminal, tmp_path):
-    try:
-        harness.need(LATENT, "The `latent` command (`make install`; it is the venv's console script)")
-    except harness.Missing as e:
-        pytest.fail(str(e))
+def check_binding(terminal, tmp_path, shell: list[str], **env) -> None:
+    """Type a command line in `shell`, press Ctrl-Space: the line reads typed text + suggestion."""
     model, (line, suggestion) = bash_line(tmp_path / "expected")
-    rc = tmp_path / "bashrc"
-    rc.write_text(f"PS1='$ '\nHISTFILE={tmp_path / 'bash_history'}\nsource {EDITORS / 'terminal' / 'latent.bash'}\n")
-    pane = terminal(["bash", "--noprofile", "--rcfile", str(rc), "-i"], model, LATENT_COMMAND=LATENT)
-    pane.wait_screen(lambda s: prompt_line(s, "$ ") == "", 10, "the bash prompt")
+    pane = terminal(shell, model, LATENT_COMMAND=LATENT, **env)
+    pane.wait_screen(lambda s: prompt_line(s, "$ ") == "", 10, f"the {shell[0]} prompt")
     pane.type(line)
     pane.send("C-Space")
     completed = line + suggestion
@@ -157,22 +149,25 @@ def test_bash_binding_completes_the_command_line(terminal, tmp_path):
 
 
 @pytest.mark.slow
+def test_bash_binding_completes_the_command_line(terminal, tmp_path):
+    try:
+        harness.need(LATENT, "The `latent` command (`make install`; it is the venv's console script)")
+    except harness.Missing as e:
+        pytest.fail(str(e))
+    rc = tmp_path / "bashrc"
+    rc.write_text(f"PS1='$ '\nHISTFILE={tmp_path / 'bash_history'}\nsource {EDITORS / 'terminal' / 'latent.bash'}\n")
+    check_binding(terminal, tmp_path, ["bash", "--noprofile", "--rcfile", str(rc), "-i"])
+
+
+@pytest.mark.slow
 def test_zsh_binding_completes_the_command_line(terminal, tmp_path):
     try:
         harness.need(LATENT, "The `latent` command (`make install`; it is the venv's console script)")
         harness.need("zsh", "zsh (`make editors-deps` installs it)")
     except harness.Missing as e:
         pytest.fail(str(e))
-    model, (line, suggestion) = bash_line(tmp_path / "expected")
     zdot = tmp_path / "zdot"
     zdot.mkdir()
     (zdot / ".zshrc").write_text(f"PS1='$ '\nHISTFILE={tmp_path / 'zsh_history'}\n"
                                  f"source {EDITORS / 'terminal' / 'latent.zsh'}\n")
-    pane = terminal(["zsh", "-i"], model, LATENT_COMMAND=LATENT, ZDOTDIR=str(zdot))
-    pane.wait_screen(lambda s: prompt_line(s, "$ ") == "", 10, "the zsh prompt")
-    pane.type(line)
-    pane.send("C-Space")
-    completed = line + suggestion
-    pane.wait_screen(lambda s: prompt_line(s, "$ ") == completed.rstrip(), 60,
-                     f"the command line to read {completed!r}")
-    assert pane.cursor()[1] == len("$ " + completed), "the cursor goes after the inserted text"
+    check_binding(terminal, tmp_path, ["zsh", "-i"], ZDOTDIR=str(zdot))
