@@ -1,10 +1,10 @@
 """The engine protocol: what everything above `model/` may rely on.
 
-Three backends implement it — the in-process `Engine` (model/engine.py), the msgpack daemon
-client (model/rpc.py) and the OpenAI-compatible remote client (model/remote.py) — so the
-completion pipeline and the language server never know which one they talk to.
+Three backends implement it — the in-process `Engine` (model/engine/), the msgpack daemon
+client (model/serve/client.py) and the OpenAI-compatible remote client (model/serve/remote.py)
+— so the completion pipeline and the language server never know which one they talk to.
 
-    gen = engine.generate(prompt_text, max_new_tokens=64, stop=["\\n"], cancel=token)
+    gen = engine.generate(prompt_text, SamplingParams(max_new_tokens=64, stop=("\\n",)), cancel=token)
     for piece in gen:          # text pieces as they are decoded
         ...
     gen.text, gen.stats        # the whole text (stop string excluded) and the request's figures
@@ -19,13 +19,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol, Sequence, runtime_checkable
 
+from .fim import FimFormat
+from .params import SamplingParams
+
 
 class ModelLoadError(Exception):
     """An engine could not be loaded or reached; str(error) is one readable sentence."""
-
-
-class Cancelled(Exception):
-    """Raised inside a backend when its request's CancelToken fires; never escapes generate()."""
 
 
 class CancelToken:
@@ -47,41 +46,12 @@ class CancelToken:
     def cancelled(self) -> bool:
         return self._event.is_set()
 
-    def raise_if_cancelled(self) -> None:
-        if self._event.is_set():
-            raise Cancelled()
-
-
-@dataclass(frozen=True)
-class FimTokens:
-    """Special-token strings and ids of a fill-in-the-middle format.
-
-    `style` names the family's layout: "deepseek" (<｜fim▁begin｜>prefix<｜fim▁hole｜>suffix
-    <｜fim▁end｜>), "starcoder", "qwen", "codellama" or "codestral".
-    `prefix` / `suffix` / `middle` are the strings that open the prefix, the suffix and the
-    middle in that family's vocabulary (for DeepSeek: fim▁begin, fim▁hole, fim▁end).
-    `end` is the token that closes a middle (end of sentence, <|endoftext|>, <EOT>…).
-    `file_sep` / `repo_name` are the repository-level tokens where the family has them.
-    """
-
-    style: str
-    prefix: str
-    suffix: str
-    middle: str | None
-    end: str | None
-    prefix_id: int
-    suffix_id: int
-    middle_id: int | None
-    end_id: int | None
-    file_sep: str | None = None
-    repo_name: str | None = None
-
 
 @runtime_checkable
 class TokenizerProtocol(Protocol):
     bos_id: int | None
     eos_id: int | None
-    fim: FimTokens | None
+    fim: FimFormat | None
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
         """Token ids of `text`; special-token strings map to their single ids."""
@@ -119,17 +89,12 @@ class Generation:
         self._pieces = pieces
         self.stats = stats if stats is not None else GenerationStats()
         self._parts: list[str] = []
-        self.done = False
 
     def __iter__(self) -> "Generation":
         return self
 
     def __next__(self) -> str:
-        try:
-            piece = next(self._pieces)
-        except StopIteration:
-            self.done = True
-            raise
+        piece = next(self._pieces)
         self._parts.append(piece)
         return piece
 
@@ -147,7 +112,6 @@ class Generation:
         close = getattr(self._pieces, "close", None)
         if close is not None:
             close()
-        self.done = True
 
 
 @runtime_checkable
@@ -159,20 +123,12 @@ class EngineProtocol(Protocol):
     def fim_format(self) -> str | None:
         """The FIM style of the model's tokenizer ("deepseek", "starcoder", …) or None."""
 
-    def generate(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        max_new_tokens: int = 64,
-        stop: Sequence[str] = (),
-        stop_token_ids: Sequence[int] = (),
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        cancel: CancelToken | None = None,
-    ) -> Generation:
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
+                 cancel: CancelToken | None = None) -> Generation:
         """Start a generation; work happens as the returned Generation is iterated."""
+
+    def clear_cache(self) -> None:
+        """Forget every cached latent row (what `latent.clearCache` asks for)."""
 
     def stats(self) -> dict:
         """Engine-wide figures: model, parameters, cache bytes / tokens / hit rate, …"""

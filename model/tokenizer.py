@@ -3,7 +3,7 @@
 We read the files with the `tokenizers` library directly: encoding never applies the
 post-processor (the engine adds BOS itself when the configuration says so), and special-token
 strings in the text map to their single ids. The FIM format is found from the vocabulary by
-the tokens' strings, DeepSeek-Coder's first.
+the tokens' strings (model/fim.py), DeepSeek-Coder's first.
 """
 from __future__ import annotations
 
@@ -11,22 +11,11 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .protocol import FimTokens
+from .fim import FimFormat, detect
 
 
 class TokenizerError(Exception):
     """The tokenizer files are missing or unusable; the message is one sentence."""
-
-
-# style -> (prefix, suffix, middle, end, file_sep, repo_name); the first whose three main
-# tokens all exist in the vocabulary wins.
-FIM_STYLES: dict[str, tuple[str, str, str | None, str | None, str | None, str | None]] = {
-    "deepseek": ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>", None, None),
-    "qwen": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|endoftext|>", "<|file_sep|>", "<|repo_name|>"),
-    "starcoder": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<|endoftext|>", "<file_sep>", "<reponame>"),
-    "codellama": ("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>", None, None),
-    "codestral": ("[PREFIX]", "[SUFFIX]", None, "</s>", None, None),
-}
 
 
 class Tokenizer:
@@ -36,7 +25,7 @@ class Tokenizer:
         self.eos_id = backend.token_to_id(eos) if eos else None
         self.add_bos = add_bos and self.bos_id is not None
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
-        self.fim = find_fim_tokens(backend.token_to_id)
+        self.fim = detect(backend.token_to_id)
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "Tokenizer":
@@ -69,7 +58,7 @@ class Tokenizer:
     def count(self, text: str) -> int:
         return len(self._tok.encode(_encodable(text), add_special_tokens=False).ids)
 
-    def require_fim(self) -> FimTokens:
+    def require_fim(self) -> FimFormat:
         if self.fim is None:
             raise TokenizerError(
                 "This model's tokenizer has no fill-in-the-middle tokens (DeepSeek-Coder, StarCoder, "
@@ -86,20 +75,6 @@ def _encodable(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
-
-
-def find_fim_tokens(token_to_id) -> FimTokens | None:
-    for style, (pre, suf, mid, end, sep, repo) in FIM_STYLES.items():
-        ids = [token_to_id(t) if t else None for t in (pre, suf, mid, end)]
-        if ids[0] is None or ids[1] is None or (mid is not None and ids[2] is None):
-            continue
-        return FimTokens(
-            style=style, prefix=pre, suffix=suf, middle=mid, end=end if ids[3] is not None else None,
-            prefix_id=ids[0], suffix_id=ids[1], middle_id=ids[2], end_id=ids[3],
-            file_sep=sep if sep and token_to_id(sep) is not None else None,
-            repo_name=repo if repo and token_to_id(repo) is not None else None,
-        )
-    return None
 
 
 def _read_json(path: Path) -> dict:
