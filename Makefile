@@ -44,7 +44,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install
-	$(PY) -m model.bench --write docs/benchmarks.md
+	$(PY) benchmarks/engine_bench.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

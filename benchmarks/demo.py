@@ -37,7 +37,8 @@ def save_settings(path, settings):
 def main() -> int:
     from completion.service import CompletionService
     from completion.types import Position
-    from model.engine import BUNDLED_DIR, Engine
+    from model.engine import Engine
+    from model.loader import BUNDLED_DIR
     from model.loader import ModelLoadError
 
     t0 = time.perf_counter()

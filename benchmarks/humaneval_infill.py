@@ -29,13 +29,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from model.fim import DEEPSEEK
+from model.params import RuntimeConfig, SamplingParams
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "human-eval-infilling"
 DATA_FILE = "HumanEval-SingleLineInfilling.jsonl.gz"
 BUNDLED = REPO / "model" / "bundled"
 DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Bundled model quality"
-DEEPSEEK_FIM = ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>")
+DEEPSEEK_FIM = (DEEPSEEK.prefix, DEEPSEEK.suffix, DEEPSEEK.middle)
 
 
 def load_tasks(data_dir: Path) -> list[dict]:
@@ -56,12 +59,12 @@ class EngineBackend:
     def __init__(self, model_dir: Path, threads: int | None):
         from model.engine import Engine
 
-        self.engine = Engine.load(str(model_dir), threads=threads)
+        self.engine = Engine.load(str(model_dir), RuntimeConfig(threads=threads or 0))
         fim = self.engine.tokenizer.require_fim()
         self.fim = (fim.prefix, fim.suffix, fim.middle)
 
     def complete(self, prompt: str, max_new_tokens: int) -> str:
-        return self.engine.generate(prompt, max_new_tokens=max_new_tokens, stop=["\n"]).run()
+        return self.engine.generate(prompt, SamplingParams(max_new_tokens=max_new_tokens, stop=("\n",))).run()
 
 
 class TransformersBackend:
@@ -97,7 +100,7 @@ class PipelineBackend:
         from completion.service import CompletionService
         from model.engine import Engine
 
-        self.service = CompletionService(Engine.load(str(model_dir), threads=threads))
+        self.service = CompletionService(Engine.load(str(model_dir), RuntimeConfig(threads=threads or 0)))
         self.fim = DEEPSEEK_FIM
         self.count = 0
 
@@ -118,6 +121,7 @@ class PipelineBackend:
                                            Position(len(lines) - 1, utf16_length(lines[-1])))
         finally:
             self.service.workspace.close(uri)
+            self.service.forget(uri)
         return result.suggestions[0].text.split("\n", 1)[0] if result.suggestions else ""
 
 

@@ -27,7 +27,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 from pygls.lsp.client import LanguageClient
 
-from model.bench import write_section
+from report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Language server: typing replay (benchmarks/lsp_replay.py)"

@@ -7,12 +7,14 @@
 Modules, in the order a request meets them: `document` (text, UTF-16 positions, incremental
 tree-sitter trees), `languages` (grammars and per-language rules as data), `context` (mode,
 token-budgeted windows, related snippets), `prompt` (FIM formats), `postprocess` (what to keep
-of the model's answer), `cache` (the LRU of recent answers) and `service` (the wiring).
+of the model's answer), `cache` (the LRU of recent answers), `config` (what the pipeline is
+asked to do) and `service` (the wiring).
 Nothing here knows about LSP or torch; the model is reached through `model.protocol` only.
 """
 from completion.document import Document, Workspace
 from completion.errors import InvalidPosition, UnknownDocument
-from completion.service import CompletionConfig, CompletionService
+from completion.config import CompletionConfig
+from completion.service import CompletionService
 
 __all__ = [
     "CompletionConfig",

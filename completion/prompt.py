@@ -3,14 +3,7 @@
     fmt = resolve_format(config.fim_format, engine)      # configured, or read off the tokenizer
     prompt = build_prompt(fmt, context, count, max_tokens=2048, bos=1)
 
-Families (the strings are the tokenizer's when it names them, these otherwise):
-
-    deepseek   <｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>
-    starcoder  <fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>
-    qwen       <|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>
-    codellama  <PRE> {prefix} <SUF>{suffix} <MID>
-    codestral  [SUFFIX]{suffix}[PREFIX]{prefix}
-    plain      {prefix}                     (no FIM tokens: a left-to-right completion)
+The families' tokens and layouts are model/fim.py's (`FORMATS`, `FimFormat.fill`).
 
 Repository context: families with a file-separator token (StarCoder2, Qwen2.5-Coder) get
 `<file_sep>{path}\\n{text}\\n` per related snippet and `<file_sep>{path}\\n` for the file, before
@@ -23,47 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from completion.context import Context, Count, Snippet
-from model.protocol import EngineProtocol, FimTokens
-
-
-@dataclass(frozen=True)
-class FimFormat:
-    name: str
-    prefix: str | None        # token opening the prefix (None: plain)
-    suffix: str | None
-    middle: str | None        # Codestral has none: the middle follows the prefix
-    end: str | None           # token ending a middle
-    file_sep: str | None = None
-    end_id: int | None = None
-
-    def fill(self, prefix: str, suffix: str) -> str:
-        """The FIM part of a prompt."""
-        if self.name == "plain":
-            return prefix
-        if self.name == "codestral":
-            return f"{self.suffix}{suffix}{self.prefix}{prefix}"
-        if self.name == "codellama":  # spaces as in "<PRE> {prefix} <SUF>{suffix} <MID>", unless
-            space = "" if self.prefix.startswith("\u2581") else " "  # the tokens carry SentencePiece's ▁
-            return f"{self.prefix}{space}{prefix}{space}{self.suffix}{suffix}{space}{self.middle}"
-        return f"{self.prefix}{prefix}{self.suffix}{suffix}{self.middle}"
-
-    @property
-    def special_strings(self) -> tuple[str, ...]:
-        """Strings that must never appear in a suggestion (the model ran past the middle)."""
-        tokens = (self.end, self.prefix, self.suffix, self.middle, self.file_sep)
-        return tuple(token for token in tokens if token)
-
-
-FORMATS: dict[str, FimFormat] = {fmt.name: fmt for fmt in (
-    FimFormat("deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>"),
-    FimFormat("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<|endoftext|>",
-              file_sep="<file_sep>"),
-    FimFormat("qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|endoftext|>",
-              file_sep="<|file_sep|>"),
-    FimFormat("codellama", "<PRE>", "<SUF>", "<MID>", "<EOT>"),
-    FimFormat("codestral", "[PREFIX]", "[SUFFIX]", None, "</s>"),
-    FimFormat("plain", None, None, None, None),
-)}
+from model.fim import FORMATS, FimFormat
+from model.protocol import EngineProtocol
 
 
 def resolve_format(configured: str | None, engine: EngineProtocol) -> FimFormat:
@@ -75,10 +29,10 @@ def resolve_format(configured: str | None, engine: EngineProtocol) -> FimFormat:
             raise ValueError(f"Unknown FIM format {configured!r}; known: {', '.join(FORMATS)}.")
         fmt = FORMATS[configured]
         fim = getattr(tokenizer, "fim", None)
-        return _with_tokens(fmt, fim) if fim is not None and fim.style == configured else fmt
+        return _with_tokens(fmt, fim) if fim is not None and fim.name == configured else fmt
     fim = getattr(tokenizer, "fim", None)
-    if fim is not None and fim.style in FORMATS:
-        return _with_tokens(FORMATS[fim.style], fim)
+    if fim is not None and fim.name in FORMATS:
+        return _with_tokens(FORMATS[fim.name], fim)
     style = getattr(engine, "fim_format", None)
     if style in FORMATS:
         return FORMATS[style]
@@ -88,9 +42,9 @@ def resolve_format(configured: str | None, engine: EngineProtocol) -> FimFormat:
     return FORMATS["plain"]
 
 
-def _with_tokens(fmt: FimFormat, fim: FimTokens) -> FimFormat:
-    return replace(fmt, prefix=fim.prefix, suffix=fim.suffix, middle=fim.middle,
-                   end=fim.end or fmt.end, file_sep=fim.file_sep, end_id=fim.end_id)
+def _with_tokens(fmt: FimFormat, fim: FimFormat) -> FimFormat:
+    """The family's format as the tokenizer spells it (its end token kept when it has none)."""
+    return replace(fim, end=fim.end or fmt.end)
 
 
 def _single_token(tokenizer, text: str) -> bool:

@@ -27,12 +27,12 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from completion import postprocess
 from completion.cache import LruCache
+from completion.config import CompletionConfig
 from completion.context import (
     Cursor, RelatedIndex, Source, TokenCounter, block_opener, build_context, decide_mode,
 )
@@ -41,35 +41,10 @@ from completion.languages import LanguageSpec, language_for
 from completion.postprocess import Plan
 from completion.prompt import build_prompt, overhead, resolve_format
 from completion.types import CompletionResult, Position, Range, Snapshot, Suggestion
+from model.params import SamplingParams
 from model.protocol import CancelToken, EngineProtocol
 
 BEFORE_LINES = 10  # lines before the cursor scanned for open brackets (the range rule)
-
-
-@dataclass(frozen=True)
-class CompletionConfig:
-    max_prompt_tokens: int = 2048        # the whole prompt, BOS included
-    prefix_fraction: float = 0.75        # share of the file's windows before the cursor
-    snippet_tokens: int = 512            # share of the budget for related snippets
-    max_new_tokens_line: int = 48
-    max_new_tokens_block: int = 160
-    temperature: float = 0.0
-    top_p: float = 1.0
-    fim_format: str | None = None        # None: read off the tokenizer
-    disabled_languages: frozenset = frozenset()  # LSP language ids or language names
-    multiline: bool = True               # False: never "block" mode
-    lru_size: int = 64
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "disabled_languages", frozenset(self.disabled_languages))
-        if self.max_prompt_tokens < 64:
-            raise ValueError("max_prompt_tokens must be at least 64.")
-        if not 0.0 < self.prefix_fraction <= 1.0:
-            raise ValueError("prefix_fraction must be in (0, 1].")
-        if self.snippet_tokens < 0 or self.lru_size < 0:
-            raise ValueError("snippet_tokens and lru_size must not be negative.")
-        if self.max_new_tokens_line < 1 or self.max_new_tokens_block < 1:
-            raise ValueError("max_new_tokens_line and max_new_tokens_block must be positive.")
 
 
 class _Shown(NamedTuple):
@@ -82,20 +57,12 @@ class _Shown(NamedTuple):
     mode: str
 
 
-class _Precompute(NamedTuple):
+class _Precomputed(NamedTuple):
+    """A suggestion computed after an accept, for the text around the cursor it assumed."""
+
     before: str
     after: str
-    future: object
-    cancel: CancelToken
-
-
-class _Request(NamedTuple):
-    prompt: str
-    max_new_tokens: int
-    stop: tuple[str, ...]
-    stop_token_ids: tuple[int, ...]
-    temperature: float
-    top_p: float
+    result: CompletionResult
 
 
 class CompletionService:
@@ -103,12 +70,11 @@ class CompletionService:
 
     def __init__(self, engine: EngineProtocol, config: CompletionConfig | None = None,
                  workspace: Workspace | None = None) -> None:
-        """`workspace`: documents already open (with their parsed trees), e.g. kept across a
-        model reload; by default an empty one."""
+        """`workspace`: the open documents (with their parsed trees), owned by the caller, who
+        calls `forget(uri)` when one closes; by default an empty one."""
         self.engine = engine
         self.config = config or CompletionConfig()
         self.workspace = workspace if workspace is not None else Workspace()
-        self.workspace.on_close = self._forget
         self._format = resolve_format(self.config.fim_format, engine)
         self._count = TokenCounter(engine.tokenizer.count)
         self._bos = 0 if engine.tokenizer.bos_id is None else 1
@@ -116,8 +82,7 @@ class CompletionService:
         self._lock = threading.Lock()
         self._shown: dict[str, _Shown] = {}
         self._cache = LruCache(self.config.lru_size)
-        self._precomputes: dict[str, _Precompute] = {}
-        self._executor: ThreadPoolExecutor | None = None
+        self._precomputed: dict[str, _Precomputed] = {}
         self._counters: Counter = Counter()
 
     # -----------------------------------------------------------------------------------------
@@ -145,7 +110,7 @@ class CompletionService:
         if self._disabled(snapshot, language):
             self._bump("skipped")
             return CompletionResult(source="skipped")
-        for shortcut in (self._type_through, self._precomputed):
+        for shortcut in (self._type_through, self._take_precomputed):
             result = shortcut(snapshot.uri, cursor, cancel)
             if result is not None:
                 result.timings_ms.setdefault("context", _ms(started))  # answered without the model
@@ -154,29 +119,28 @@ class CompletionService:
         self._remember(snapshot.uri, cursor, result)
         return result
 
-    def accepted(self, uri: str, suggestion: Suggestion) -> None:
-        """The user accepted `suggestion` in `uri`: precompute the next one in the background."""
+    def precompute(self, uri: str, suggestion: Suggestion, cancel: CancelToken | None = None) -> None:
+        """The user accepted `suggestion` in `uri`: compute the next suggestion now (on the
+        caller's thread — a server runs this as a job on its one worker), so the request that
+        follows at the end of the accepted text is answered at once."""
         self._bump("accepted")
         document = self.workspace.get(uri)
         if document is None:
             return
         snapshot, offset = _after_accept(document.snapshot(), suggestion)
-        cancel = CancelToken()
-        future = self._pool().submit(self._precompute, snapshot, offset, cancel)
         with self._lock:
-            previous = self._precomputes.pop(uri, None)
-            self._precomputes[uri] = _Precompute(
-                snapshot.text[:offset], snapshot.text[offset:], future, cancel)
-        if previous is not None:
-            previous.cancel.cancel()
+            self._precomputed.pop(uri, None)
+        result = self._precompute(snapshot, offset, cancel or CancelToken())
+        if result is None or result.source in ("cancelled", "skipped") or not result.suggestions:
+            return
+        with self._lock:
+            self._precomputed[uri] = _Precomputed(snapshot.text[:offset], snapshot.text[offset:], result)
 
     def clear_cache(self) -> None:
         self._cache.clear()
         with self._lock:
             self._shown.clear()
-            precomputes, self._precomputes = list(self._precomputes.values()), {}
-        for pending in precomputes:
-            pending.cancel.cancel()
+            self._precomputed.clear()
         self._related.clear()
 
     def stats(self) -> dict:
@@ -189,12 +153,13 @@ class CompletionService:
                 "typing_through_documents": len(self._shown),
             }
 
-    def close(self) -> None:
-        """Stop background precomputation (the service stays usable for `complete`)."""
-        self.clear_cache()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+    def forget(self, uri: str) -> None:
+        """A document closed: drop every piece of state kept for it."""
+        with self._lock:
+            self._shown.pop(uri, None)
+            self._precomputed.pop(uri, None)
+        self._cache.forget(uri)
+        self._related.forget(uri)
 
     # -----------------------------------------------------------------------------------------
     # One completion through the pipeline
@@ -224,18 +189,19 @@ class CompletionService:
 
         prompt = build_prompt(fmt, context, self._count, max_tokens=config.max_prompt_tokens, bos=self._bos)
         plan = self._plan(mode, language, tree, cursor)
-        request = self._request(prompt.text, mode, plan)
+        params = self._params(mode, plan)
+        key = (prompt.text, params)   # everything the engine sees
         timings["prompt"], clock = _ms(clock), time.perf_counter()
 
-        cached = self._cache.get(snapshot.uri, request)
+        cached = self._cache.get(snapshot.uri, key)
         if cached is not None:
             raw, stats, source = cached[0], {**cached[1], "cached": True}, "cache"
             self._bump("cache_hits")
         else:
-            raw, stats = self._generate(request, plan, cancel)
+            raw, stats = self._generate(prompt.text, params, plan, cancel)
             if cancel.cancelled or stats.get("finish_reason") == "cancelled":
                 return self._cancelled()
-            self._cache.put(snapshot.uri, request, (raw, stats))
+            self._cache.put(snapshot.uri, key, (raw, stats))
             source = "model"
             self._bump("model_calls")
         timings["engine"], clock = _ms(clock), time.perf_counter()
@@ -257,34 +223,31 @@ class CompletionService:
                     next_line=cursor.next_line(), opener_indent=opener_indent,
                     specials=self._format.special_strings)
 
-    def _request(self, prompt: str, mode: str, plan: Plan) -> _Request:
+    def _params(self, mode: str, plan: Plan) -> SamplingParams:
+        """The configured sampling with this mode's token limit and stop rules."""
         config = self.config
         if mode == "block":
             stop = ("\n\n\n",)
         else:
             stop = ("\n\n",) if plan.next_line_allowed else ("\n",)
         end_id = self._format.end_id
-        return _Request(
-            prompt,
-            config.max_new_tokens_line if mode == "line" else config.max_new_tokens_block,
-            stop + plan.specials,
-            (end_id,) if end_id is not None else (),
-            config.temperature,
-            config.top_p,
+        return replace(
+            config.sampling,
+            max_new_tokens=config.max_new_tokens_line if mode == "line" else config.max_new_tokens_block,
+            stop=stop + plan.specials,
+            stop_token_ids=(end_id,) if end_id is not None else (),
         )
 
-    def _generate(self, request: _Request, plan: Plan, cancel: CancelToken) -> tuple[str, dict]:
-        generation = self.engine.generate(
-            request.prompt, max_new_tokens=request.max_new_tokens, stop=request.stop,
-            stop_token_ids=request.stop_token_ids, temperature=request.temperature,
-            top_p=request.top_p, cancel=cancel)
+    def _generate(self, prompt: str, params: SamplingParams, plan: Plan,
+                  cancel: CancelToken) -> tuple[str, dict]:
+        generation = self.engine.generate(prompt, params, cancel=cancel)
         stopped_early = False
         for _ in generation:
             if postprocess.finished(generation.text, plan):
                 stopped_early = True
                 break
         if stopped_early:
-            _close(generation)
+            generation.close()   # a backend holds its lock and pinned rows until closed
         stats = generation.stats.as_dict()
         if stopped_early:
             stats.update(finish_reason="stop", stopped_early=True)
@@ -331,27 +294,17 @@ class CompletionService:
         self._bump("typing_through" if typed else "cache_hits")
         return CompletionResult([suggestion], shown.mode, "typing-through" if typed else "cache")
 
-    def _precomputed(self, uri: str, cursor: Cursor, cancel: CancelToken) -> CompletionResult | None:
+    def _take_precomputed(self, uri: str, cursor: Cursor, cancel: CancelToken) -> CompletionResult | None:
         """The suggestion precomputed after an accept, when this request is at its position."""
         with self._lock:
-            pending = self._precomputes.pop(uri, None)
-        if pending is None:
-            return None
-        if (pending.before, pending.after) != (cursor.text[:cursor.offset], cursor.text[cursor.offset:]):
-            pending.cancel.cancel()
-            return None
-        while not pending.future.done():
-            if cancel.cancelled:
-                pending.cancel.cancel()
-                return self._cancelled()
-            wait([pending.future], timeout=0.02)
-        result = None if pending.future.cancelled() else pending.future.result()
-        if result is None or result.source in ("cancelled", "skipped") or not result.suggestions:
+            stored = self._precomputed.pop(uri, None)
+        if stored is None or (stored.before, stored.after) != (cursor.text[:cursor.offset],
+                                                               cursor.text[cursor.offset:]):
             return None
         self._bump("precompute_hits")
-        self._remember(uri, cursor, result)
-        return replace(result, source="cache", timings_ms={},
-                       engine_stats={**result.engine_stats, "cached": True})
+        self._remember(uri, cursor, stored.result)
+        return replace(stored.result, source="cache", timings_ms={},
+                       engine_stats={**stored.result.engine_stats, "cached": True})
 
     def _precompute(self, snapshot: Snapshot, offset: int, cancel: CancelToken) -> CompletionResult | None:
         try:
@@ -395,22 +348,6 @@ class CompletionService:
         disabled = self.config.disabled_languages
         return snapshot.language_id in disabled or (language is not None and language.name in disabled)
 
-    def _forget(self, uri: str) -> None:
-        """Drop every piece of state kept for a closed document."""
-        with self._lock:
-            self._shown.pop(uri, None)
-            pending = self._precomputes.pop(uri, None)
-        if pending is not None:
-            pending.cancel.cancel()
-        self._cache.forget(uri)
-        self._related.forget(uri)
-
-    def _pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-precompute")
-            return self._executor
-
     def _bump(self, counter: str) -> None:
         with self._lock:
             self._counters[counter] += 1
@@ -418,12 +355,6 @@ class CompletionService:
     def _cancelled(self) -> CompletionResult:
         self._bump("cancelled")
         return CompletionResult(source="cancelled")
-
-
-def _close(generation) -> None:
-    """Stop a generation we no longer iterate: a backend may hold its lock or pinned cache rows
-    until the iterator of pieces is closed."""
-    generation.close()
 
 
 def _after_accept(snapshot: Snapshot, suggestion: Suggestion) -> tuple[Snapshot, int]:

@@ -1,7 +1,7 @@
-"""Model hyper-parameters read from a Hugging Face `config.json`, and the runtime choices.
+"""Model hyper-parameters read from a Hugging Face `config.json`.
 
-`ModelArgs` describes the weights (what the checkpoint fixes); `RuntimeConfig` describes how
-we run them (dtype, device, attention path, cache budget) and travels separately.
+`ModelArgs` describes the weights (what the checkpoint fixes); how we run them (dtype, device,
+attention path, cache budget) is `model.params.RuntimeConfig` and travels separately.
 """
 from __future__ import annotations
 
@@ -111,25 +111,6 @@ def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
     if scale <= 1:
         return 1.0
     return 0.1 * mscale * math.log(scale) + 1.0
-
-
-@dataclass
-class RuntimeConfig:
-    """How to run the weights; never read from the checkpoint."""
-
-    dtype: str = "float32"          # float32 | bfloat16 | float16
-    device: str = "cpu"
-    threads: int | None = None      # torch intra-op threads; None: leave torch's default
-    quantize: str | None = None     # None | "int8"
-    attention: str = "auto"         # auto | absorbed | naive
-    absorb_threshold: int = 64      # auto: absorbed when a forward adds at most this many tokens
-    max_context: int = 4096         # tokens held by the working latent buffer
-    cache_bytes: int = 1 << 30      # radix-cache budget
-    # shift reuse (approximate): a cached span that only moved is reused with k_pe re-rotated
-    reuse: str = "exact"            # exact | shift
-    shift_min_tokens: int = 16      # shift only spans of at least this many rows
-    shift_max_steps: int = 32       # consecutive shifts of one span before it is recomputed
-    shift_max_drift: int = 32       # tokens of the span's past changed since it was exact, at most
 
 
 # ---------------------------------------------------------------------------------------------

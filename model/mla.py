@@ -57,16 +57,21 @@ class MLA(nn.Module):
         self.kv_a_layernorm = RMSNorm(args.kv_lora_rank, args.norm_eps)
         self.kv_b_proj = linear(args.kv_lora_rank, args.n_heads * (args.qk_nope_head_dim + args.v_head_dim))
         self.o_proj = linear(args.n_heads * args.v_head_dim, args.dim)
+        self._absorbed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- weights ----------------------------------------------------------------------------
     def absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """W_UK (H, nope, R) and W_UV (H, v, R): views of kv_b_proj, dequantized if needed."""
-        cached = getattr(self, "_absorbed", None)
+        cached = self._absorbed
         if cached is None:
             w = _dense_weight(self.kv_b_proj).view(self.n_heads, self.nope_dim + self.v_dim, self.rank)
             cached = (w[:, : self.nope_dim], w[:, self.nope_dim :])
             self._absorbed = cached
         return cached
+
+    def refresh_weights(self) -> None:
+        """kv_b_proj was replaced (loaded, quantized): derive the absorbed weights again."""
+        self._absorbed = None
 
     # -- forward ----------------------------------------------------------------------------
     def forward(

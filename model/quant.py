@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .mla import MLA
 from .moe import Experts
 
 
@@ -81,8 +82,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             elif isinstance(child, Experts) and not isinstance(child, Int8Experts):
                 setattr(module, child_name, Int8Experts.from_experts(child))
     for module in model.modules():  # absorbed-attention weights must be re-derived
-        if hasattr(module, "_absorbed"):
-            del module._absorbed
+        if isinstance(module, MLA):
+            module.refresh_weights()
     return model
 
 

@@ -65,4 +65,6 @@ class Transformer(nn.Module):
         return self.head(self.norm(x)).float()                            # (T or 1, V)
 
     def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Weights as trained: an int8-quantized weight (a buffer) counts one per value."""
+        quantized = sum(b.numel() for b in self.buffers() if b.dtype == torch.int8)
+        return sum(p.numel() for p in self.parameters()) + quantized

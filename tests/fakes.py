@@ -19,19 +19,11 @@ import threading
 from typing import Callable, Sequence
 
 from completion.types import Position
-from model.protocol import CancelToken, FimTokens, Generation, GenerationStats
+from dataclasses import asdict, replace
 
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
-
-# style -> (prefix, suffix, middle, end, file_sep)
-FIM_STRINGS = {
-    "deepseek": ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", EOS, None),
-    "starcoder": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<|endoftext|>", "<file_sep>"),
-    "qwen": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|endoftext|>", "<|file_sep|>"),
-    "codellama": ("<PRE>", "<SUF>", "<MID>", "<EOT>", None),
-    "codestral": ("[PREFIX]", "[SUFFIX]", None, "</s>", None),
-}
+from model.fim import BOS, EOS, FORMATS
+from model.params import SamplingParams
+from model.protocol import CancelToken, Generation, GenerationStats
 
 
 class FakeTokenizer:
@@ -40,8 +32,8 @@ class FakeTokenizer:
 
     def __init__(self, style: str | None = "deepseek", *, bos: bool = True,
                  declare_fim: bool = True) -> None:
-        strings = FIM_STRINGS.get(style, ()) if style else ()
-        self._specials = [s for s in (BOS, EOS, *strings) if s]
+        fmt = FORMATS.get(style) if style else None
+        self._specials = list(dict.fromkeys([BOS, EOS, *(fmt.tokens if fmt else ())]))
         self._lock = threading.Lock()
         self._ids: dict[str, int] = {}
         self._strings: list[str] = []
@@ -49,7 +41,7 @@ class FakeTokenizer:
             self._id(special)
         self.bos_id = self._ids[BOS] if bos else None
         self.eos_id = self._ids[EOS]
-        self.fim = self._fim_tokens(style, strings) if (style and declare_fim) else None
+        self.fim = replace(fmt, end_id=self._ids[fmt.end]) if (fmt and declare_fim) else None
         alternatives = [re.escape(s) for s in sorted(self._specials, key=len, reverse=True)]
         self._pattern = re.compile("|".join(alternatives + [r"\w+", r"\s", r"[^\w\s]"]))
 
@@ -74,14 +66,6 @@ class FakeTokenizer:
                 self._strings.append(piece)
             return self._ids[piece]
 
-    def _fim_tokens(self, style: str, strings: tuple) -> FimTokens:
-        prefix, suffix, middle, end, file_sep = strings
-        return FimTokens(
-            style=style, prefix=prefix, suffix=suffix, middle=middle, end=end,
-            prefix_id=self._ids[prefix], suffix_id=self._ids[suffix],
-            middle_id=self._ids[middle] if middle else None,
-            end_id=self._ids[end] if end else None, file_sep=file_sep)
-
 
 Reply = str | Callable[[str], str] | Sequence[str]
 
@@ -101,7 +85,7 @@ class FakeEngine:
 
     @property
     def fim_format(self) -> str | None:
-        return self.tokenizer.fim.style if self.tokenizer.fim else None
+        return self.tokenizer.fim.name if self.tokenizer.fim else None
 
     @property
     def calls(self) -> int:
@@ -110,20 +94,18 @@ class FakeEngine:
     def stats(self) -> dict:
         return {"model": self.model_name, "calls": self.calls}
 
-    def generate(self, prompt, *, max_new_tokens: int = 64, stop: Sequence[str] = (),
-                 stop_token_ids: Sequence[int] = (), temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None,
+    def clear_cache(self) -> None:
+        self.cleared = getattr(self, "cleared", 0) + 1
+
+    def generate(self, prompt, params: SamplingParams = SamplingParams(), *,
                  cancel: CancelToken | None = None) -> Generation:
         if not isinstance(prompt, str):
             prompt = self.tokenizer.decode(prompt)
         with self._lock:
-            self.requests.append(dict(
-                prompt=prompt, max_new_tokens=max_new_tokens, stop=tuple(stop),
-                stop_token_ids=tuple(stop_token_ids), temperature=temperature, top_p=top_p,
-                cancel=cancel))
+            self.requests.append(dict(prompt=prompt, **asdict(params), cancel=cancel))
         stats = GenerationStats()
-        pieces = self._decode(prompt, self._answer(prompt), max_new_tokens, stop,
-                              stop_token_ids, cancel, stats)
+        pieces = self._decode(prompt, self._answer(prompt), params.max_new_tokens, params.stop,
+                              params.stop_token_ids, cancel, stats)
         return Generation(pieces, stats)
 
     def _answer(self, prompt: str) -> str:

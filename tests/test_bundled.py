@@ -14,13 +14,15 @@ import pytest
 import torch
 
 from model.engine import Engine
+from model.fim import BOS, DEEPSEEK, EOS
+from model.params import SamplingParams
 from model.tokenizer import Tokenizer
 from model.train import is_heldout
 
 BUNDLED = Path(__file__).resolve().parent.parent / "model" / "bundled"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-FIM = ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>")
-SPECIALS = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", *FIM)
+FIM = (DEEPSEEK.prefix, DEEPSEEK.suffix, DEEPSEEK.middle)
+SPECIALS = (BOS, EOS, *FIM)
 TRICKY = "def f(x):\r\n\treturn x + 'é' + \"日本語\"  # emoji 🐍 \\x00\n\n\n    \t\n"
 PROMPTS = (
     f"{FIM[0]}import os\n\ndef list_py(folder):\n    names = []\n    for name in os.listdir(folder):\n"
@@ -103,7 +105,7 @@ def test_special_tokens_are_single_tokens_with_the_configs_ids(folder, config, e
     assert ids[1][0] == tok.eos_id == config["eos_token_id"]
     assert engine.fim_format == "deepseek"
     fim = tok.fim
-    assert (fim.prefix_id, fim.suffix_id, fim.middle_id) == tuple(x[0] for x in ids[2:])
+    assert [tok.encode(t) for t in (fim.prefix, fim.suffix, fim.middle)] == ids[2:]
     assert tok.add_bos
 
 
@@ -122,9 +124,9 @@ def test_greedy_generation_is_deterministic(folder, engine, reference):
     model, hf_tok = reference
     fresh = Engine.load(str(folder))
     for prompt in PROMPTS:
-        first = engine.generate(prompt, max_new_tokens=24).run()
-        again = engine.generate(prompt, max_new_tokens=24).run()           # from the latent cache
-        other = fresh.generate(prompt, max_new_tokens=24).run()
+        first = engine.generate(prompt, SamplingParams(max_new_tokens=24)).run()
+        again = engine.generate(prompt, SamplingParams(max_new_tokens=24)).run()           # from the latent cache
+        other = fresh.generate(prompt, SamplingParams(max_new_tokens=24)).run()
         assert first == again == other
         ids = hf_tok(prompt, return_tensors="pt").input_ids
         with torch.no_grad():

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from completion import CompletionConfig, CompletionService
-from completion.service import _close
 from fakes import FakeEngine, cursor_at
+from model.params import SamplingParams
 
 BUNDLED = Path(__file__).resolve().parent.parent / "model" / "bundled"
 
@@ -104,10 +104,10 @@ def test_the_real_engine_answers_then_the_cache(tiny_engine):
 
 @pytest.mark.slow
 def test_a_generation_stopped_early_releases_the_engine(tiny_engine):
-    generation = tiny_engine.generate("def f", max_new_tokens=8)
+    generation = tiny_engine.generate("def f", SamplingParams(max_new_tokens=8))
     next(generation, None)
-    _close(generation)  # what the service does when postprocessing has seen enough
-    other = threading.Thread(target=lambda: tiny_engine.generate("x", max_new_tokens=1).run(), daemon=True)
+    generation.close()  # what the service does when postprocessing has seen enough
+    other = threading.Thread(target=lambda: tiny_engine.generate("x", SamplingParams(max_new_tokens=1)).run(), daemon=True)
     other.start()
     other.join(timeout=20)
     assert not other.is_alive()

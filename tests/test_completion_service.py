@@ -9,6 +9,7 @@ import pytest
 from completion import CompletionConfig, CompletionService, InvalidPosition
 from completion.types import Position, Range, Suggestion, TextChange
 from fakes import FakeEngine, FakeTokenizer, cursor_at
+from model.params import SamplingParams
 from model.protocol import CancelToken
 
 URI = "file:///project/pkg/calc.py"
@@ -225,28 +226,26 @@ def test_an_accept_precomputes_the_next_suggestion(editor_applies_first):
     assert suggestion.text == "total = 0"
     if editor_applies_first:
         end = _type(service, suggestion.text, position)
-        service.accepted(URI, suggestion)
+        service.precompute(URI, suggestion)
     else:
-        service.accepted(URI, suggestion)
+        service.precompute(URI, suggestion)
         end = _type(service, suggestion.text, position)
     _wait_for(lambda: engine.calls == 2)
     assert engine.requests[1]["prompt"].endswith("    total = 0<｜fim▁hole｜>\n<｜fim▁end｜>")
     result = _complete(service, end)
     assert result.source == "cache" and engine.calls == 2
     assert result.suggestions[0].text == "\nfor x in xs:"
-    service.close()
 
 
 def test_a_precomputation_for_another_place_is_dropped():
     service, engine, position = _service(["total = 0", "\nlater", "other"], "def f(xs):\n    █\n")
     suggestion = _complete(service, position).suggestions[0]
     end = _type(service, suggestion.text, position)
-    service.accepted(URI, suggestion)
+    service.precompute(URI, suggestion)
     _wait_for(lambda: engine.calls == 2)
     moved = _type(service, " + 1", end)
     result = _complete(service, moved)
     assert result.source == "model" and engine.calls == 3
-    service.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,6 +280,7 @@ def test_closing_a_document_frees_its_state():
     stats = service.stats()
     assert stats["typing_through_documents"] == 1 and stats["cache_entries"] == 1
     service.workspace.close(URI)
+    service.forget(URI)                      # what the workspace's owner does on didClose
     stats = service.stats()
     assert stats["typing_through_documents"] == 0 and stats["cache_entries"] == 0 and stats["documents"] == 0
 
@@ -334,7 +334,9 @@ def test_configuration_is_validated():
         CompletionConfig(max_prompt_tokens=10)
     with pytest.raises(ValueError):
         CompletionConfig(prefix_fraction=0)
-    assert CompletionConfig(disabled_languages=["go"]).disabled_languages == frozenset({"go"})
+    assert CompletionConfig(disabled_languages=["go"]).disabled_languages == ("go",)
+    with pytest.raises(ValueError, match="temperature"):
+        CompletionConfig(sampling=SamplingParams(temperature=float("nan")))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
 
 from model.engine import Engine
+from model.params import RuntimeConfig, SamplingParams
 from model.protocol import CancelToken
 from tiny_models import VARIANTS, save_checkpoint
 
@@ -18,7 +20,7 @@ DEVICE = os.environ.get("LATENT_TEST_DEVICE", "cpu")   # the GPU machine runs th
 def pair(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     reference = save_checkpoint(request.param, folder)
-    return reference, Engine.load(folder, device=DEVICE), folder
+    return reference, Engine.load(folder, RuntimeConfig(device=DEVICE)), folder
 
 
 def _prompt(n: int, seed: int = 1) -> list[int]:
@@ -32,11 +34,11 @@ def test_whole_prompt_logits_match_transformers(pair):
     with torch.no_grad():
         expected = reference(torch.tensor([ids])).logits[0]
     for path in ("absorbed", "naive"):
-        engine.runtime.attention = path
+        engine.runtime = replace(engine.runtime, attention=path)
         got = engine.logits(ids)
         assert got.shape == expected.shape
         assert (got - expected).abs().max().item() <= TOL, path
-    engine.runtime.attention = "auto"
+    engine.runtime = replace(engine.runtime, attention="auto")
 
 
 def test_token_by_token_decode_matches_transformers(pair):
@@ -64,7 +66,7 @@ def test_greedy_generation_matches_transformers_generate(pair):
     if eos in out:
         out = out[: out.index(eos)]
     engine.clear_cache()
-    gen = engine.generate(ids, max_new_tokens=8)
+    gen = engine.generate(ids, SamplingParams(max_new_tokens=8))
     assert gen.run() == engine.tokenizer.decode(out).rstrip("\ufffd")
 
 
@@ -72,9 +74,9 @@ def _clean_boundary(engine, seed):
     """(prompt, full text, stop) where stop straddles two generated tokens, or None."""
     ids = _prompt(16, seed=seed)
     tok = engine.tokenizer
-    full = engine.generate(ids, max_new_tokens=12, stop_token_ids=())
+    full = engine.generate(ids, SamplingParams(max_new_tokens=12, stop_token_ids=()))
     full.run()
-    generated = engine._live_tokens[len(ids):]
+    generated = engine.live.tokens[len(ids):]
     for k in range(1, len(generated)):
         left, right = tok.decode(generated[:k]), tok.decode(generated[k : k + 1])
         if left and right and "\ufffd" not in left + right and left[-1] + right[0] in full.text:
@@ -87,7 +89,7 @@ def test_stop_string_split_across_tokens_ends_generation_and_is_not_returned(pai
     found = next(filter(None, (_clean_boundary(engine, seed) for seed in range(11, 41))), None)
     assert found is not None, "no prompt gave two clean adjacent tokens"
     ids, full_text, stop = found
-    gen = engine.generate(ids, max_new_tokens=12, stop=[stop])
+    gen = engine.generate(ids, SamplingParams(max_new_tokens=12, stop=[stop]))
     text = gen.run()
     assert text == full_text[: full_text.index(stop)]
     assert gen.stats.finish_reason == "stop"
@@ -98,12 +100,12 @@ def test_absorbed_equals_naive_on_prefill_over_a_cached_prefix(pair):
     ids = _prompt(40, seed=4)
     results = {}
     for path in ("absorbed", "naive"):
-        engine.runtime.attention = path
+        engine.runtime = replace(engine.runtime, attention=path)
         engine.clear_cache()
         engine.score(ids[:25])
         results[path] = engine.score(ids)          # 15 new tokens over 25 cached
         assert engine.last_stats.reused_tokens == 25
-    engine.runtime.attention = "auto"
+    engine.runtime = replace(engine.runtime, attention="auto")
     assert (results["absorbed"] - results["naive"]).abs().max().item() <= TOL
 
 
@@ -121,7 +123,8 @@ def test_reuse_is_exact(pair):
 
 def test_reuse_stays_exact_after_evictions(pair):
     _, engine, folder = pair
-    small = Engine.load(folder, device=DEVICE, cache_bytes=engine.latent_bytes_per_token() * 50)
+    small = Engine.load(folder, RuntimeConfig(device=DEVICE))
+    small.cache.budget_bytes = engine.latent_bytes_per_token() * 50   # finer than cache_mb
     docs = [_prompt(40, seed=s) for s in range(10, 16)]
     for d in docs:
         small.score(d)
@@ -150,8 +153,7 @@ def test_cancel_stops_within_one_decode_step(pair):
     forwards = []
     hook = engine.model.register_forward_hook(lambda *_: forwards.append(1))
     try:
-        gen = engine.generate(_prompt(10, seed=8), max_new_tokens=50, temperature=1.0, seed=0,
-                              cancel=token, stop_token_ids=())
+        gen = engine.generate(_prompt(10, seed=8), SamplingParams(max_new_tokens=50, temperature=1.0, seed=0, stop_token_ids=()), cancel=token)
         next(gen)                      # the first piece of text has arrived
         at_cancel = len(forwards)
         token.cancel()
@@ -167,7 +169,7 @@ def test_cancel_before_prefill_does_no_work(pair):
     _, engine, _ = pair
     token = CancelToken()
     token.cancel()
-    gen = engine.generate(_prompt(10), max_new_tokens=5, cancel=token)
+    gen = engine.generate(_prompt(10), SamplingParams(max_new_tokens=5), cancel=token)
     assert gen.run() == ""
     assert gen.stats.finish_reason == "cancelled" and gen.stats.prefilled_tokens == 0
 
@@ -175,6 +177,6 @@ def test_cancel_before_prefill_does_no_work(pair):
 def test_sampling_with_a_seed_is_reproducible(pair):
     _, engine, _ = pair
     ids = _prompt(12, seed=9)
-    a = engine.generate(ids, max_new_tokens=12, temperature=0.8, top_p=0.9, top_k=50, seed=123, stop_token_ids=())
-    b = engine.generate(ids, max_new_tokens=12, temperature=0.8, top_p=0.9, top_k=50, seed=123, stop_token_ids=())
+    a = engine.generate(ids, SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, top_k=50, seed=123, stop_token_ids=()))
+    b = engine.generate(ids, SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, top_k=50, seed=123, stop_token_ids=()))
     assert a.run() == b.run()

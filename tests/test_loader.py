@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from model.config import ModelArgs
 from model.engine import Engine
 from model.loader import ModelLoadError
+from model.params import OptionError, RuntimeConfig
 from tiny_models import save_checkpoint
 
 
@@ -37,7 +38,7 @@ def _edit_weights(folder, edit):
 
 def _error(path, **kw) -> str:
     with pytest.raises(ModelLoadError) as info:
-        Engine.load(path, warmup=False, **kw)
+        Engine.load(path, RuntimeConfig(**kw), warmup=False)
     message = str(info.value)
     assert "\n" not in message and len(message) < 400
     return message
@@ -137,14 +138,17 @@ def test_missing_tokenizer(copy):
     assert "tokenizer.json" in _error(copy)
 
 
-def test_bad_dtype(good):
-    assert "dtype" in _error(good, dtype="float8")
+def test_bad_dtype_is_one_sentence():
+    with pytest.raises(OptionError) as info:
+        RuntimeConfig(dtype="float8")
+    assert str(info.value) == ("Setting 'dtype' cannot be 'float8'; it takes one of float32, bfloat16, "
+                               "float16.")
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_loads_and_stays_close(good, dtype):
     ref = Engine.load(good, warmup=False)
-    half = Engine.load(good, dtype=dtype, warmup=False)
+    half = Engine.load(good, RuntimeConfig(dtype=dtype), warmup=False)
     ids = list(range(5, 37))
     assert half.model.embed.weight.dtype == getattr(torch, dtype)
     diff = (half.logits(ids) - ref.logits(ids)).abs().max().item()

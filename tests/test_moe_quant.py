@@ -7,7 +7,8 @@ import torch
 from model.config import ModelArgs
 from model.engine import Engine
 from model.moe import MoE
-from model.quant import Int8Experts, Int8Linear
+from model.params import RuntimeConfig
+from model.quant import Int8Experts, Int8Linear, quantize_int8
 from tiny_models import save_checkpoint
 
 
@@ -63,7 +64,7 @@ def test_noaux_bias_changes_choice_but_not_weights():
 def test_int8_quantizes_every_linear_and_expert_and_agrees_greedily(tmp_path):
     save_checkpoint("v2-greedy-yarn", tmp_path)
     fp32 = Engine.load(tmp_path)
-    int8 = Engine.load(tmp_path, quantize="int8")
+    int8 = Engine.load(tmp_path, RuntimeConfig(quantize="int8"))
     assert not any(isinstance(m, torch.nn.Linear) for m in int8.model.modules())
     assert any(isinstance(m, Int8Experts) for m in int8.model.modules())
     assert any(isinstance(m, Int8Linear) for m in int8.model.modules())
@@ -72,3 +73,26 @@ def test_int8_quantizes_every_linear_and_expert_and_agrees_greedily(tmp_path):
     a, b = fp32.logits(ids), int8.logits(ids)
     agreement = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
     assert agreement >= 0.9
+
+
+def test_int8_reports_the_models_parameters_not_its_float_leftovers(tmp_path):
+    """`latent info` with quantize = "int8" once showed 1.3M parameters for the 4.0M model:
+    the int8 weights are buffers, and only the norms and embeddings were counted."""
+    save_checkpoint("v2-greedy-yarn", tmp_path)
+    fp32 = Engine.load(tmp_path, warmup=False)
+    int8 = Engine.load(tmp_path, RuntimeConfig(quantize="int8"), warmup=False)
+    assert int8.stats()["parameters"] == fp32.stats()["parameters"] == fp32.model.parameter_count()
+
+
+def test_quantizing_refreshes_the_absorbed_attention_weights(tmp_path):
+    """Absorbed MLA reads W_UK / W_UV derived from kv_b_proj; after quantization they must
+    come from the int8 weight (what the naive path uses), not the float one cached before."""
+    save_checkpoint("v2-greedy-yarn", tmp_path)
+    engine = Engine.load(tmp_path, warmup=False)
+    attn = engine.model.layers[0].attn
+    before = attn.absorbed_weights()[0].clone()
+    quantize_int8(engine.model)
+    after = attn.absorbed_weights()[0]
+    assert not torch.equal(before, after)
+    assert torch.allclose(after, attn.kv_b_proj.dequantized().view(after.shape[0], -1, after.shape[-1])
+                          [:, : after.shape[1]])

@@ -1,9 +1,10 @@
-"""Shift reuse (`Engine.load(..., reuse="shift")`): a FIM suffix that only moved is reused with
+"""Shift reuse (`Engine.load(path, RuntimeConfig(reuse="shift"))`): a FIM suffix that only moved is reused with
 its k_pe re-rotated. It is approximate; these tests pin down what is exact, bound what is
 not, and check that approximate rows never leak into exact reuse."""
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 import json.decoder
 import textwrap
 
@@ -12,13 +13,14 @@ import torch
 
 from model.config import ModelArgs
 from model.engine import Engine
-from model.loader import ModelLoadError
+from model.fim import DEEPSEEK
+from model.params import OptionError, RuntimeConfig, SamplingParams
 from model.rope import RotaryTable, apply_rotary, rotate_by
 from tiny_models import VARIANTS, save_checkpoint
 
 TOL = 1e-4          # exact paths against each other: float32 noise only
 TYPED = ("e", " (", "\n#")    # typed at the cursor: 0, 1 and 2 more tokens, mostly
-FIM = ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>")
+FIM = (DEEPSEEK.prefix, DEEPSEEK.suffix, DEEPSEEK.middle)
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -30,7 +32,7 @@ def folder(request, tmp_path_factory):
 
 @pytest.fixture
 def engine(folder):
-    return Engine.load(folder, reuse="shift", warmup=False)
+    return Engine.load(folder, RuntimeConfig(reuse="shift"), warmup=False)
 
 
 def _ids(n: int, seed: int) -> list[int]:
@@ -46,8 +48,8 @@ def _edit(typed: int = 2, prefix: int = 60, word: int = 4, tail: int = 120):
 
 def test_a_keystroke_prefills_only_the_changed_middle_and_the_last_token(engine):
     old, new, tail = _edit(typed=2)
-    engine.generate(old, max_new_tokens=4, stop_token_ids=()).run()
-    gen = engine.generate(new, max_new_tokens=4, stop_token_ids=())
+    engine.generate(old, SamplingParams(max_new_tokens=4, stop_token_ids=())).run()
+    gen = engine.generate(new, SamplingParams(max_new_tokens=4, stop_token_ids=()))
     gen.run()
     s = gen.stats
     assert s.prefilled_tokens == 2 + 1                 # the typed tokens + the prompt's last token
@@ -86,8 +88,8 @@ def test_shifted_rows_of_the_first_layer_equal_fresh_ones(engine):
     fresh = engine.model.new_cache(len(new))
     engine.model(torch.tensor(new), fresh, 0, absorbed=False)
     span = slice(len(new) - tail, len(new) - 1)
-    assert (engine._live[0, span] - fresh[0, span]).abs().max().item() <= 1e-5
-    assert (engine._live[1:, span] - fresh[1:, span]).abs().max().item() > 1e-4   # deeper: approximate
+    assert (engine.live.rows[0, span] - fresh[0, span]).abs().max().item() <= 1e-5
+    assert (engine.live.rows[1:, span] - fresh[1:, span]).abs().max().item() > 1e-4   # deeper: approximate
 
 
 def test_shifted_rows_never_reach_the_radix_tree_or_exact_reuse(engine):
@@ -98,13 +100,13 @@ def test_shifted_rows_never_reach_the_radix_tree_or_exact_reuse(engine):
     approximate = engine.score(new)
     engine.clear_cache()
     engine.score(old)
-    engine.generate(new, max_new_tokens=6, stop_token_ids=()).run()
+    engine.generate(new, SamplingParams(max_new_tokens=6, stop_token_ids=())).run()
     assert engine.last_stats.extra["shifted_tokens"] == tail - 1
     assert (approximate - engine.logits(new)[-1]).abs().max().item() > 1e-3
     exact_end = len(new) - tail                        # the prefix and the fresh middle
     assert engine.cache.match_prefix(new).length == exact_end
 
-    engine.runtime.reuse = "exact"                     # the same engine and cache state
+    engine.runtime = replace(engine.runtime, reuse="exact")   # the same engine and cache state
     for prompt, reused in ((new + [7, 8, 9], exact_end), (new, len(new) - 1)):
         got = engine.score(prompt)                     # the second reuses the first's exact rows
         assert engine.last_stats.reused_tokens == reused
@@ -120,15 +122,15 @@ def test_short_suffixes_and_generated_text_are_not_shifted(engine):
     assert engine.last_stats.prefilled_tokens == 2 + 10
 
     prompt = _ids(40, 5)
-    engine.generate(prompt, max_new_tokens=24, stop_token_ids=()).run()
-    written = engine._live_tokens[10:]                 # prompt tail + generated text
-    gen = engine.generate(_ids(12, 6) + written, max_new_tokens=1)
+    engine.generate(prompt, SamplingParams(max_new_tokens=24, stop_token_ids=())).run()
+    written = engine.live.tokens[10:]                 # prompt tail + generated text
+    gen = engine.generate(_ids(12, 6) + written, SamplingParams(max_new_tokens=1))
     gen.run()
     assert gen.stats.extra["shifted_tokens"] == 0      # the generated rows are not a suffix
 
 
 def test_staleness_bound_recomputes_the_span(engine):
-    engine.runtime.shift_max_steps = 3
+    engine.runtime = replace(engine.runtime, shift_max_steps=3)
     old, _, tail = _edit(typed=0)
     a, t = old[:-tail], old[-tail:]
     engine.score(old)
@@ -144,16 +146,16 @@ def test_staleness_bound_recomputes_the_span(engine):
 
 
 def test_drift_bound_recomputes_after_a_large_edit(engine):
-    engine.runtime.shift_max_drift = 8
+    engine.runtime = replace(engine.runtime, shift_max_drift=8)
     old, new, tail = _edit(typed=12)
     engine.score(old)
     engine.score(new)
     assert engine.last_stats.extra["shifted_tokens"] == 0
 
 
-def test_unknown_reuse_mode_is_refused(folder):
-    with pytest.raises(ModelLoadError, match="reuse"):
-        Engine.load(folder, reuse="fuzzy", warmup=False)
+def test_unknown_reuse_mode_is_refused():
+    with pytest.raises(OptionError, match="'reuse' cannot be 'fuzzy'; it takes one of exact, shift"):
+        RuntimeConfig(reuse="fuzzy")
 
 
 # -- the approximation, measured on the bundled model --------------------------------------
@@ -177,7 +179,7 @@ def test_shift_stays_close_to_exact_on_the_bundled_model():
     assertions are loose on purpose (max |Δlogit| < 1, exact's pick in shift's top 3, agreement
     >= 4/6): they bound the approximation with room for float noise; rotation and placement
     are checked exactly by the layer-0 test. `-s` prints the figures."""
-    shift, exact = Engine.load(reuse="shift"), Engine.load(warmup=False)
+    shift, exact = Engine.load(runtime=RuntimeConfig(reuse="shift")), Engine.load(warmup=False)
     agree, worst = 0, 0.0
     for old, new in _fim_edits(shift.tokenizer):
         shift.clear_cache()

@@ -36,12 +36,12 @@ STYLES = {
 @pytest.mark.parametrize("style", list(STYLES))
 def test_fim_style_is_found_by_token_strings(tmp_path, style):
     tok = _write(tmp_path, STYLES[style])
-    assert tok.fim is not None and tok.fim.style == style
+    assert tok.fim is not None and tok.fim.name == style
     for text in (tok.fim.prefix, tok.fim.suffix):
         assert len(tok.encode(text)) == 1
     prompt = f"{tok.fim.prefix}a = 1{tok.fim.suffix}"
     ids = tok.encode(prompt)
-    assert ids[0] == tok.fim.prefix_id and tok.fim.suffix_id in ids
+    assert ids[0] == tok.encode(tok.fim.prefix)[0] and tok.encode(tok.fim.suffix)[0] in ids
 
 
 def test_qwen_repository_tokens_are_reported(tmp_path):

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 
-SPECIALS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"]
+from model.fim import BOS, DEEPSEEK, EOS
+
+SPECIALS = [BOS, EOS, DEEPSEEK.prefix, DEEPSEEK.suffix, DEEPSEEK.middle]
 
 YARN = {
     "rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0, "mscale": 0.707, "mscale_all_dim": 0.707,

@@ -105,8 +105,9 @@ def pick(what: str, find) -> tuple[Model, object]:
 @functools.cache
 def load_engine(path: str | None):
     from model.engine import Engine
+    from model.params import RuntimeConfig
 
-    return Engine.load(path, threads=THREADS)
+    return Engine.load(path, RuntimeConfig(threads=THREADS))
 
 
 # Lines of Python a user might be typing, each split where the test starts typing.
@@ -128,16 +129,13 @@ def python_context(after: str = "") -> tuple[Model, tuple[str, str, str]]:
         from completion.document import Lines
 
         service = CompletionService(load_engine(model.path))
-        try:
-            for i, (before, typed) in enumerate(CONTEXTS):
-                text = before + typed
-                uri = f"file:///latent-editor-test/demo{i}.py"
-                service.workspace.open(uri, "python", text + after, 1, "demo.py")
-                result = service.complete(service.workspace.snapshot(uri), Lines(text + after).position(len(text)))
-                if result.suggestions and result.suggestions[0].text.strip():
-                    return before, typed, result.suggestions[0].text
-        finally:
-            service.close()
+        for i, (before, typed) in enumerate(CONTEXTS):
+            text = before + typed
+            uri = f"file:///latent-editor-test/demo{i}.py"
+            service.workspace.open(uri, "python", text + after, 1, "demo.py")
+            result = service.complete(service.workspace.snapshot(uri), Lines(text + after).position(len(text)))
+            if result.suggestions and result.suggestions[0].text.strip():
+                return before, typed, result.suggestions[0].text
         return None
 
     return pick(f"Python editor{after!r}", find)

@@ -62,7 +62,7 @@ class LatentCache:
             child = node.children.get(tokens[pos])
             if child is None:
                 break
-            n = _common_length(child.key, tokens, pos)
+            n = common_prefix(child.key, tokens, pos)
             if n < len(child.key):
                 child = self._split(child, n)
             child.last_access = now
@@ -189,9 +189,10 @@ class LatentCache:
         return (n for n in self._nodes() if not n.children and n is not self.root)
 
 
-def _common_length(key: tuple[int, ...], tokens: Sequence[int], pos: int) -> int:
-    n = min(len(key), len(tokens) - pos)
+def common_prefix(a: Sequence[int], b: Sequence[int], start: int = 0) -> int:
+    """How many leading ids of `a` equal those of `b` from `start` on."""
+    n = min(len(a), len(b) - start)
     i = 0
-    while i < n and key[i] == tokens[pos + i]:
+    while i < n and a[i] == b[start + i]:
         i += 1
     return i

@@ -1,4 +1,4 @@
-"""Engine benchmarks (`latent bench`, `make bench`): figures as ratios within one run.
+"""Engine benchmarks (`make bench`, or `python benchmarks/engine_bench.py`): figures as ratios within one run.
 
 - decode: tokens/s of our engine against transformers' `generate` with its own cache, same
   weights, same prompt, greedy;
@@ -16,6 +16,7 @@ Results print as a Markdown section; --write appends/replaces it in docs/benchma
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import gc
 import statistics
 import tempfile
@@ -24,7 +25,10 @@ from pathlib import Path
 
 import torch
 
-from .engine import BUNDLED_DIR, Engine
+from model.engine import Engine
+from model.loader import BUNDLED_DIR
+from model.params import RuntimeConfig, SamplingParams
+from report import write_section
 
 SECTION = "## Engine (make bench)"
 
@@ -85,7 +89,7 @@ def bench_decode(engine: Engine, reference, prompt_ids: list[int], new_tokens: i
     """Decode tokens/s: time(prompt + N tokens) - time(prompt + 1 token), both sides."""
     def ours(n):
         engine.clear_cache()
-        gen = engine.generate(prompt_ids, max_new_tokens=n, stop_token_ids=())
+        gen = engine.generate(prompt_ids, SamplingParams(max_new_tokens=n, stop_token_ids=()))
         gen.run()
         return gen.stats.decode_ms / 1e3, gen.stats.generated_tokens
 
@@ -118,12 +122,12 @@ def bench_typing(engine: Engine, text: str, prompt_tokens: int = 1500, keystroke
     for mode in ("reuse", "recompute"):
         engine.clear_cache()
         latencies, prefilled = [], []
-        engine.generate(base, max_new_tokens=new_tokens, stop_token_ids=()).run()  # file opened
+        engine.generate(base, SamplingParams(max_new_tokens=new_tokens, stop_token_ids=())).run()  # file opened
         for k in range(1, keystrokes + 1):
             if mode == "recompute":
                 engine.clear_cache()
             t = time.perf_counter()
-            gen = engine.generate(base + typed[:k], max_new_tokens=new_tokens, stop_token_ids=())
+            gen = engine.generate(base + typed[:k], SamplingParams(max_new_tokens=new_tokens, stop_token_ids=()))
             gen.run()
             latencies.append((time.perf_counter() - t) * 1e3)
             prefilled.append(gen.stats.prefilled_tokens)
@@ -164,20 +168,20 @@ def bench_fim_typing(engine: Engine, prompts: list[str], new_tokens: int = 16) -
     recomputing; how often shift's greedy completion (and its first token) equals exact's."""
     results, outputs = {}, {}
     for mode in ("shift", "exact", "recompute"):
-        engine.runtime.reuse = "shift" if mode == "shift" else "exact"
+        engine.runtime = replace(engine.runtime, reuse="shift" if mode == "shift" else "exact")
         engine.clear_cache()
-        engine.generate(prompts[0], max_new_tokens=new_tokens, stop_token_ids=()).run()  # file opened
+        engine.generate(prompts[0], SamplingParams(max_new_tokens=new_tokens, stop_token_ids=())).run()  # file opened
         latencies, prefilled, shifted, outputs[mode] = [], [], [], []
         for prompt in prompts[1:]:
             if mode == "recompute":
                 engine.clear_cache()
             t = time.perf_counter()
-            gen = engine.generate(prompt, max_new_tokens=new_tokens, stop_token_ids=())
+            gen = engine.generate(prompt, SamplingParams(max_new_tokens=new_tokens, stop_token_ids=()))
             gen.run()
             latencies.append((time.perf_counter() - t) * 1e3)
             prefilled.append(gen.stats.prefilled_tokens)
             shifted.append(gen.stats.extra.get("shifted_tokens", 0))
-            outputs[mode].append(engine._live_tokens[gen.stats.prompt_tokens :])   # generated ids
+            outputs[mode].append(engine.live.tokens[gen.stats.prompt_tokens :])   # generated ids
         results[mode] = {
             "p50_ms": statistics.median(latencies),
             "p95_ms": _p95(latencies),
@@ -186,7 +190,7 @@ def bench_fim_typing(engine: Engine, prompts: list[str], new_tokens: int = 16) -
             "shifted_per_key": statistics.mean(shifted),
             "recomputed_keys": sum(1 for n in shifted if n == 0),
         }
-    engine.runtime.reuse = "exact"
+    engine.runtime = replace(engine.runtime, reuse="exact")
     engine.clear_cache()
     pairs = list(zip(outputs["shift"], outputs["exact"]))
     results["same_completion"] = sum(a == b for a, b in pairs) / len(pairs)
@@ -203,7 +207,7 @@ def _p95(values: list[float]) -> float:
 
 def cache_bytes(engine: Engine) -> dict:
     a = engine.args
-    element = engine._live.element_size()
+    element = engine.live.rows.element_size()
     latent = engine.latent_bytes_per_token()
     per_head = a.n_layers * a.n_heads * (a.qk_head_dim + a.v_head_dim) * element
     return {"latent_bytes_per_token": latent, "per_head_kv_bytes_per_token": per_head, "ratio": per_head / latent}
@@ -215,10 +219,10 @@ def cache_bytes(engine: Engine) -> dict:
 def lite_int8_engine(layers: int | None = None) -> Engine:
     """A Lite-shaped engine whose weights are random int8 + per-row scales, made directly in
     int8: a 15.7B-parameter float32 model would need 63 GB, more than this machine has."""
-    from .config import ModelArgs, RuntimeConfig
-    from .moe import Experts
-    from .quant import Int8Experts, Int8Linear
-    from .transformer import Transformer
+    from model.config import ModelArgs
+    from model.moe import Experts
+    from model.quant import Int8Experts, Int8Linear
+    from model.transformer import Transformer
 
     cfg = dict(LITE, bos_token_id=100000, eos_token_id=100001)
     if layers:
@@ -290,7 +294,7 @@ def bench_lite(layers: int | None, new_tokens: int = 16) -> dict:
     engine = lite_int8_engine(layers)
     params = sum(v.numel() for v in engine.model.state_dict().values() if v.dtype == torch.int8)
     prompt = list(range(100, 612))
-    gen = engine.generate(prompt, max_new_tokens=new_tokens, stop_token_ids=())
+    gen = engine.generate(prompt, SamplingParams(max_new_tokens=new_tokens, stop_token_ids=()))
     gen.run()
     rss = psutil.Process().memory_info().rss
     return {
@@ -308,7 +312,7 @@ def run(lite: bool, lite_layers: int | None) -> str:
     with tempfile.TemporaryDirectory() as d:
         reference, folder = build_medium(Path(d))
         engine = Engine.load(folder)
-    cmd = "latent bench --lite" if lite else "make bench"
+    cmd = "python benchmarks/engine_bench.py --lite" if lite else "make bench"
     lines = [SECTION, "", f"Command: `{cmd}`. One run on this machine ({torch.get_num_threads()} torch "
              "thread(s) for both engines), float32; ratios are within the run.", ""]
     n_params = engine.model.parameter_count()
@@ -390,24 +394,8 @@ def fim_typing_lines(engine: Engine, text: str) -> list[str]:
     ]
 
 
-def write_section(section: str, path: Path) -> None:
-    """Put `section` (Markdown opening with its "## " heading) into the file at `path`, in place
-    of the section with the same heading; the other sections stay as they are."""
-    heading = section.split("\n", 1)[0]
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    section = section.rstrip("\n") + "\n"
-    start = text.find(heading + "\n")
-    if start >= 0:
-        end = text.find("\n## ", start + len(heading))
-        rest = text[end + 1:] if end >= 0 else ""
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="latent bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="engine_bench.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--lite", action="store_true", help="also run the Coder-V2-Lite-shaped int8 model")
     parser.add_argument("--lite-layers", type=int, default=None, help="layers of the Lite-shaped model (default 27)")
     parser.add_argument("--write", type=Path, default=None, help="replace this section in a Markdown file")

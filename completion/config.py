@@ -1,0 +1,35 @@
+"""What the completion pipeline is asked to do: budgets, limits, format and sampling.
+
+Each field is an option (model/options.py): it validates itself, and the language server's
+settings and the `latent` flags are derived from it. The sampling fields (temperature, top-p,
+…) are `model.params.SamplingParams`'s own, carried whole in `sampling`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model.fim import FORMATS, LAYOUTS
+from model.options import check, option
+from model.params import SamplingParams
+
+
+@dataclass(frozen=True)
+class CompletionConfig:
+    max_prompt_tokens: int = option(2048, "the context budget: prompt tokens in all, BOS included",
+                                    min=64, max=1 << 20)
+    prefix_fraction: float = option(0.75, "share of the file's windows before the cursor", min=0.01, max=1.0)
+    snippet_tokens: int = option(512, "of the budget, tokens for snippets of other open files", min=0)
+    max_new_tokens_line: int = option(48, "tokens generated at most for a single-line suggestion", min=1,
+                                      max=4096)
+    max_new_tokens_block: int = option(160, "tokens generated at most for a block suggestion", min=1, max=4096)
+    multiline: bool = option(True, "false: suggestions of one line at most")
+    fim_format: str | None = option(None, "the FIM family; none reads it off the tokenizer",
+                                    choices=(None, *FORMATS))
+    fim_layout: str = option("auto", "prompt layout: psm, spm (suffix first) or auto (spm where the model "
+                                     "declares it)", choices=("auto", *LAYOUTS))
+    disabled_languages: tuple[str, ...] = option((), "never complete these language ids")
+    lru_size: int = option(64, "recent answers remembered per server", min=0)
+    sampling: SamplingParams = SamplingParams()   # temperature, top_p, top_k, seed; greedy by default
+
+    def __post_init__(self) -> None:
+        check(self)

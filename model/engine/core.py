@@ -1,0 +1,251 @@
+"""The in-process engine: load a checkpoint, generate with latent prefix reuse.
+
+    engine = Engine.load("path/to/DeepSeek-Coder-V2-Lite-Base")   # or Engine.load() for the bundled model
+    gen = engine.generate(prompt, SamplingParams(max_new_tokens=32, stop=("\\n",)))
+    print(gen.run(), gen.stats)
+
+One computation at a time. A request takes the longest prefix of its tokens whose latent rows
+are known — from the live buffer (the previous request's rows, still in place) or from the
+radix cache — prefills only the rest, decodes, and files its rows in the radix cache. With
+`reuse = "shift"` (approximate, optional) it may also take a moved suffix span (see live.py).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from ..config import ModelArgs
+from ..loader import BUNDLED_DIR, ModelLoadError, load_model, read_args, resolve_model_dir
+from ..params import RuntimeConfig, SamplingParams
+from ..protocol import CancelToken, Generation, GenerationStats
+from ..quant import quantize_int8, weight_bytes
+from ..tokenizer import Tokenizer, TokenizerError
+from ..transformer import Transformer
+from . import persist
+from .generate import Request, decode, prefill
+from .live import LiveBuffer, Plan
+from .radix import LatentCache
+
+SMALL_MODEL_PARAMETERS = 100_000_000
+
+
+class PromptTooLong(ValueError):
+    pass
+
+
+class Engine:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, runtime: RuntimeConfig, name: str,
+                 model_dir: Path | None = None) -> None:
+        self.model = model
+        self.model_dir = model_dir
+        self.parameters = model.parameter_count()   # fixed once loaded (int8 weights count as weights)
+        self.weight_bytes = weight_bytes(model)
+        self.args: ModelArgs = model.args
+        self.tokenizer = tokenizer
+        self.runtime = runtime
+        self.model_name = name
+        self.cache = LatentCache(runtime.cache_bytes)
+        self.live = LiveBuffer(model.new_cache(runtime.max_context), model.args)
+        self._lock = threading.Lock()
+        self.last_stats: GenerationStats | None = None
+        self.requests = 0
+
+    # -- loading ----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path_or_id: str | os.PathLike | None = None, runtime: RuntimeConfig = RuntimeConfig(), *,
+             warmup: bool = True) -> "Engine":
+        """Load a local checkpoint folder or cached repo id (None: the bundled model)."""
+        if runtime.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {runtime.device!r} was asked for but PyTorch sees no CUDA GPU.")
+        model_dir = resolve_model_dir(path_or_id if path_or_id is not None else BUNDLED_DIR)
+        args = read_args(model_dir)
+        try:
+            tokenizer = Tokenizer.from_dir(model_dir)
+        except TokenizerError as e:
+            raise ModelLoadError(str(e)) from None
+        model = load_model(model_dir, args, dtype=runtime.dtype, device=runtime.device)
+        torch.set_num_threads(runtime.threads or _auto_threads(model))
+        if runtime.quantize == "int8":
+            quantize_int8(model)
+        engine = cls(model, tokenizer, runtime, name="bundled" if path_or_id is None else str(path_or_id),
+                     model_dir=model_dir)
+        if warmup:
+            engine.warmup()
+        return engine
+
+    def warmup(self) -> None:
+        """Run each path once so the first keystroke does not pay for lazy initialisation."""
+        scratch = self.model.new_cache(8)
+        tokens = torch.zeros(4, dtype=torch.long, device=scratch.device)
+        self.model(tokens, scratch, 0, absorbed=False)
+        self.model(tokens[:1], scratch, 4, absorbed=True)
+
+    # -- the protocol -----------------------------------------------------------------------
+    @property
+    def fim_format(self) -> str | None:
+        return self.tokenizer.fim.name if self.tokenizer.fim else None
+
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
+                 cancel: CancelToken | None = None) -> Generation:
+        tokens = self._tokens(prompt)
+        room = self.runtime.max_context - len(tokens)
+        if room < 1:
+            raise PromptTooLong(
+                f"The prompt has {len(tokens)} tokens but the context holds {self.runtime.max_context}."
+            )
+        eos = {self.tokenizer.eos_id} if self.tokenizer.eos_id is not None else set()
+        request = Request(tokens, params, min(params.max_new_tokens, room),
+                          frozenset(params.stop_token_ids) | eos, cancel or CancelToken())
+        stats = GenerationStats(prompt_tokens=len(tokens))
+        return Generation(self._run(request, stats), stats)
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self.cache.clear()
+            self.live.clear()
+
+    def stats(self) -> dict:
+        out = {
+            "model": self.model_name,
+            "model_type": self.args.model_type,
+            "parameters": self.parameters,
+            "weight_bytes": self.weight_bytes,
+            "dtype": self.runtime.dtype,
+            "quantize": self.runtime.quantize,
+            "device": self.runtime.device,
+            "threads": torch.get_num_threads(),
+            "fim_format": self.fim_format,
+            "latent_bytes_per_token": self.latent_bytes_per_token(),
+            "max_context": self.runtime.max_context,
+            "reuse": self.runtime.reuse,
+            "requests": self.requests,
+            **self.cache.stats(),
+        }
+        if self.last_stats is not None:
+            out["last_request"] = self.last_stats.as_dict()
+        try:
+            import psutil
+
+            out["resident_bytes"] = psutil.Process().memory_info().rss
+        except ImportError:
+            pass
+        return out
+
+    # -- beyond the protocol ----------------------------------------------------------------
+    def logits(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """float32 logits (T, V) for every position of a prompt; the cache is not touched."""
+        tokens = torch.tensor(list(token_ids), dtype=torch.long, device=self.live.rows.device)
+        scratch = self.model.new_cache(len(tokens))
+        with self._lock:
+            return self.model(tokens, scratch, 0, absorbed=self._absorbed(len(tokens)), all_logits=True).cpu()
+
+    def score(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """Last-position float32 logits computed the way generate() computes them: reusing
+        cached rows, prefilling the rest, filing the rows in the cache. Used to check reuse."""
+        tokens = [int(t) for t in token_ids]
+        with self._lock:
+            stats = GenerationStats(prompt_tokens=len(tokens))
+            plan = self.live.plan(tokens, self.cache, self.runtime)
+            self._count(plan, stats)
+            self.cache.pin(plan.match)
+            try:
+                logits = self._fill(tokens, plan, CancelToken())
+            finally:
+                self.cache.unpin(plan.match)
+                self.live.file_rows(self.cache)
+            self.last_stats = stats
+            return logits.cpu()
+
+    def latent_bytes_per_token(self) -> int:
+        return self.args.latent_dim * self.args.n_layers * self.live.rows.element_size()
+
+    def save_cache(self, path: Path, max_bytes: int = 256 << 20) -> int:
+        """Write the most recently used cached sequences to a file; returns tokens saved."""
+        with self._lock:
+            return persist.save(self.cache, path, self._fingerprint(), self.live.rows.dtype, max_bytes)
+
+    def load_cache(self, path: Path) -> int:
+        """Restore a saved cache if it was made with these weights; returns tokens restored."""
+        with self._lock:
+            return persist.load(self.cache, path, self._fingerprint(), self.live.rows.dtype,
+                                self.live.rows.device)
+
+    # -- one request ------------------------------------------------------------------------
+    def _tokens(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            tokens = self.tokenizer.encode(prompt, add_bos=self.tokenizer.add_bos)
+        else:
+            tokens = [int(t) for t in prompt]
+        if not tokens:
+            raise ValueError("The prompt is empty.")
+        bad = [t for t in tokens if not 0 <= t < self.args.vocab_size]
+        if bad:
+            raise ValueError(f"Token id {bad[0]} is outside the vocabulary of {self.args.vocab_size}.")
+        return tokens
+
+    def _run(self, req: Request, stats: GenerationStats) -> Iterator[str]:
+        if req.cancel.cancelled:
+            stats.finish_reason = "cancelled"
+            return
+        with self._lock:
+            self.requests += 1
+            try:
+                yield from self._generate_locked(req, stats)
+            finally:
+                self.last_stats = stats
+
+    def _generate_locked(self, req: Request, stats: GenerationStats) -> Iterator[str]:
+        t0 = time.perf_counter()
+        plan = self.live.plan(req.tokens, self.cache, self.runtime)
+        self._count(plan, stats)
+        self.cache.pin(plan.match)
+        try:
+            logits = self._fill(req.tokens, plan, req.cancel)
+            stats.prefill_ms = (time.perf_counter() - t0) * 1e3
+            if logits is None:
+                stats.finish_reason = "cancelled"
+                return
+            yield from decode(self.model, self.live, self.tokenizer, req, logits, stats, self._absorbed)
+        finally:
+            self.cache.unpin(plan.match)
+            self.live.file_rows(self.cache)
+
+    def _fill(self, tokens: list[int], plan: Plan, cancel: CancelToken) -> torch.Tensor | None:
+        """Rows for the whole prompt after plan.reused; the last position's logits (None: cancelled)."""
+        shift, live = plan.shift, self.live
+        if shift is None:
+            return prefill(self.model, live, tokens, plan.reused, len(tokens), cancel, self._absorbed)
+        if shift.dst > plan.reused and prefill(self.model, live, tokens, plan.reused, shift.dst, cancel,
+                                               self._absorbed) is None:
+            return None
+        live.place(tokens, shift)
+        return prefill(self.model, live, tokens, len(tokens) - 1, len(tokens), cancel, self._absorbed)
+
+    def _count(self, plan: Plan, stats: GenerationStats) -> None:
+        stats.reused_tokens = plan.reused + plan.shifted
+        stats.prefilled_tokens = stats.prompt_tokens - stats.reused_tokens
+        if self.runtime.reuse == "shift":
+            stats.extra["shifted_tokens"] = plan.shifted
+
+    def _absorbed(self, new_tokens: int) -> bool:
+        mode = self.runtime.attention
+        if mode == "auto":
+            return new_tokens <= self.runtime.absorb_threshold
+        return mode == "absorbed"
+
+    def _fingerprint(self) -> str:
+        return persist.fingerprint(self.model_dir, self.runtime.dtype, self.runtime.quantize)
+
+
+def _auto_threads(model: Transformer) -> int:
+    """Small models are bound by per-operation overhead, where a second thread only adds
+    synchronisation (and, on a busy machine, stalls of many milliseconds): use one. Large
+    models are bound by memory bandwidth: use the cores torch found."""
+    if model.parameter_count() < SMALL_MODEL_PARAMETERS:
+        return 1
+    return torch.get_num_threads()

@@ -1,0 +1,155 @@
+"""Generation over the live buffer: prefill, decode, the sampler and the text stream.
+
+    logits = prefill(model, live, tokens, start, end, cancel, absorbed)   # None: cancelled
+    yield from decode(model, live, request, logits, stats, absorbed)      # text pieces
+
+Both write the rows they compute into the live buffer in place and append their tokens to it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from ..params import SamplingParams
+from ..protocol import CancelToken, GenerationStats
+from ..tokenizer import Tokenizer
+from ..transformer import Transformer
+from .live import LiveBuffer
+
+PREFILL_CHUNK = 512
+Absorbed = Callable[[int], bool]   # new tokens in one forward -> use the absorbed path?
+
+
+@dataclass
+class Request:
+    """One generation as the engine runs it: the prompt's ids and what ends the decode."""
+
+    tokens: list[int]
+    params: SamplingParams
+    max_new_tokens: int             # params.max_new_tokens, capped by the room left in the context
+    stop_ids: frozenset[int]        # params.stop_token_ids and end of sequence
+    cancel: CancelToken
+
+
+def prefill(model: Transformer, live: LiveBuffer, tokens: list[int], start: int, end: int,
+            cancel: CancelToken, absorbed: Absorbed) -> torch.Tensor | None:
+    """Run tokens[start:end) (non-empty) over the rows before them; last logits, None if cancelled."""
+    device = live.rows.device
+    logits = None
+    for lo in range(start, end, PREFILL_CHUNK):
+        if cancel.cancelled:
+            return None
+        chunk = tokens[lo : min(lo + PREFILL_CHUNK, end)]
+        ids = torch.tensor(chunk, dtype=torch.long, device=device)
+        logits = model(ids, live.rows, lo, absorbed=absorbed(len(chunk)))
+        live.tokens.extend(chunk)
+    return logits[-1]
+
+
+def decode(model: Transformer, live: LiveBuffer, tokenizer: Tokenizer, req: Request, logits: torch.Tensor,
+           stats: GenerationStats, absorbed: Absorbed) -> Iterator[str]:
+    """Sample token by token from `logits` on; yield text pieces, stop strings held back."""
+    t0 = time.perf_counter()
+    sample = Sampler(req.params)
+    out = TextStream(tokenizer, req.params.stop)
+    device = live.rows.device
+    stats.finish_reason = "length"
+    try:
+        while stats.generated_tokens < req.max_new_tokens:
+            token = sample(logits)
+            stats.generated_tokens += 1
+            if token in req.stop_ids:
+                stats.finish_reason = "eos" if token == tokenizer.eos_id else "stop"
+                break
+            piece, stopped = out.push(token)
+            if piece:
+                yield piece
+            if stopped:
+                stats.finish_reason = "stop"
+                break
+            if req.cancel.cancelled:
+                stats.finish_reason = "cancelled"
+                break
+            if stats.generated_tokens == req.max_new_tokens:
+                break
+            ids = torch.tensor([token], dtype=torch.long, device=device)
+            logits = model(ids, live.rows, len(live.tokens), absorbed=absorbed(1))[-1]
+            live.tokens.append(token)
+        if stats.finish_reason in ("length", "eos", "cancelled"):
+            tail = out.flush()
+            if tail:
+                yield tail
+    finally:  # also when the consumer stops early and closes the generation
+        stats.decode_ms = (time.perf_counter() - t0) * 1e3
+
+
+class Sampler:
+    """Greedy when temperature is 0, else temperature / top-k / top-p with a seeded generator."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.generator = None
+        if not params.greedy:
+            self.generator = torch.Generator()
+            self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        p = self.params
+        if p.greedy:
+            return int(logits.argmax())
+        logits = logits.float().cpu() / p.temperature
+        if p.top_k > 0:
+            kth = logits.topk(min(p.top_k, logits.numel()))[0][-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = logits.softmax(-1)
+        if p.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > p.top_p   # keep the smallest set reaching top_p
+            sorted_p[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+        return int(torch.multinomial(probs / probs.sum(), 1, generator=self.generator))
+
+
+class TextStream:
+    """Turns token ids into text pieces, holding back what may still become a stop string
+    (matched across token boundaries, never returned) or an incomplete UTF-8 character."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...]) -> None:
+        self.tokenizer, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.emitted = 0
+
+    def push(self, token: int) -> tuple[str, bool]:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            piece = text[self.emitted : cut] if cut > self.emitted else ""
+            self.emitted = max(self.emitted, cut)
+            return piece, True
+        safe = len(text) - _held_back(text, self.stop)
+        piece = text[self.emitted : safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return piece, False
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids).rstrip("\ufffd")
+        piece = text[self.emitted :]
+        self.emitted = len(text)
+        return piece
+
+
+def _held_back(text: str, stop: tuple[str, ...]) -> int:
+    """Characters at the end of text that could start a stop string or finish a character."""
+    hold = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                hold = max(hold, n)
+                break
+    if text.endswith("\ufffd"):
+        hold = max(hold, len(text) - len(text.rstrip("\ufffd")))
+    return hold

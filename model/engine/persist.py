@@ -1,0 +1,64 @@
+"""Keeping the latent cache across restarts: the daemon saves its hottest entries at exit.
+
+A saved file is only valid for the same weights, dtype and quantization: `fingerprint` hashes
+them, and `load` ignores a file whose fingerprint or row dtype differs (or that cannot be
+read) — a stale cache is never an error, just an empty start.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import msgpack
+import torch
+
+from .radix import LatentCache
+
+VERSION = 1
+
+
+def fingerprint(model_dir: Path | None, dtype: str, quantize: str | None) -> str:
+    """Hashes config.json and, per weights file, its size and last megabyte."""
+    h = hashlib.sha256(f"{dtype}|{quantize}|{model_dir}".encode())
+    if model_dir is not None:
+        h.update((Path(model_dir) / "config.json").read_bytes())
+        for f in sorted(Path(model_dir).glob("*.safetensors")):
+            size = f.stat().st_size
+            with open(f, "rb") as handle:
+                handle.seek(max(0, size - (1 << 20)))
+                h.update(f"{f.name}:{size}".encode() + handle.read())
+    return h.hexdigest()
+
+
+def save(cache: LatentCache, path: Path, stamp: str, row_dtype: torch.dtype, max_bytes: int) -> int:
+    """Write the most recently used cached sequences (0600, atomically); returns tokens saved."""
+    entries = cache.hottest(max_bytes)
+    payload = {
+        "version": VERSION, "fingerprint": stamp, "dtype": str(row_dtype),
+        "entries": [{"tokens": tokens, "shape": list(rows.shape),
+                     "rows": rows.cpu().contiguous().view(torch.uint8).numpy().tobytes()}
+                    for tokens, rows in entries],
+    }
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_bytes(msgpack.packb(payload, use_bin_type=True))
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return sum(len(t) for t, _ in entries)
+
+
+def load(cache: LatentCache, path: Path, stamp: str, row_dtype: torch.dtype, device: torch.device) -> int:
+    """Restore a saved cache made with the same weights; returns tokens restored (0: none)."""
+    try:
+        payload = msgpack.unpackb(Path(path).read_bytes(), raw=False)
+    except (OSError, ValueError, msgpack.UnpackException):
+        return 0
+    if not isinstance(payload, dict) or payload.get("fingerprint") != stamp \
+            or payload.get("dtype") != str(row_dtype):
+        return 0
+    restored = 0
+    for entry in payload.get("entries", []):
+        rows = torch.frombuffer(bytearray(entry["rows"]), dtype=torch.uint8)
+        rows = rows.view(row_dtype).reshape(entry["shape"]).to(device)
+        restored += cache.insert(entry["tokens"], rows)
+    return restored
