@@ -21,34 +21,36 @@ import tree_sitter
 # Definition queries (tree-sitter tags, trimmed to definitions): each pattern captures the
 # whole definition as @definition and its name as @name.
 
+def _named(*pairs: tuple[str, str]) -> str:
+    """A definitions query: each (node type, name node type) captures `@definition` / `@name`."""
+    return "".join(f"({node} name: ({kind}) @name) @definition\n" for node, kind in pairs)
+
+
 _PYTHON_DEFINITIONS = """
 (function_definition name: (identifier) @name) @definition
 (class_definition name: (identifier) @name) @definition
 (module (expression_statement (assignment left: (identifier) @name)) @definition)
 """
 
-_JAVASCRIPT_DEFINITIONS = """
+_ECMASCRIPT_DEFINITIONS = """
 (function_declaration name: (identifier) @name) @definition
 (generator_function_declaration name: (identifier) @name) @definition
-(class_declaration name: (identifier) @name) @definition
 (method_definition name: (property_identifier) @name) @definition
 (lexical_declaration
   (variable_declarator name: (identifier) @name
                       value: [(arrow_function) (function_expression)])) @definition
 """
 
-_TYPESCRIPT_DEFINITIONS = """
-(function_declaration name: (identifier) @name) @definition
-(generator_function_declaration name: (identifier) @name) @definition
+_JAVASCRIPT_DEFINITIONS = _ECMASCRIPT_DEFINITIONS + """
+(class_declaration name: (identifier) @name) @definition
+"""
+
+_TYPESCRIPT_DEFINITIONS = _ECMASCRIPT_DEFINITIONS + """
 (class_declaration name: (type_identifier) @name) @definition
 (abstract_class_declaration name: (type_identifier) @name) @definition
 (interface_declaration name: (type_identifier) @name) @definition
 (type_alias_declaration name: (type_identifier) @name) @definition
 (enum_declaration name: (identifier) @name) @definition
-(method_definition name: (property_identifier) @name) @definition
-(lexical_declaration
-  (variable_declarator name: (identifier) @name
-                      value: [(arrow_function) (function_expression)])) @definition
 """
 
 _GO_DEFINITIONS = """
@@ -57,23 +59,14 @@ _GO_DEFINITIONS = """
 (type_declaration (type_spec name: (type_identifier) @name)) @definition
 """
 
-_RUST_DEFINITIONS = """
-(function_item name: (identifier) @name) @definition
-(struct_item name: (type_identifier) @name) @definition
-(enum_item name: (type_identifier) @name) @definition
-(trait_item name: (type_identifier) @name) @definition
-(type_item name: (type_identifier) @name) @definition
-(const_item name: (identifier) @name) @definition
-(macro_definition name: (identifier) @name) @definition
-"""
+_RUST_DEFINITIONS = _named(
+    ("function_item", "identifier"), ("struct_item", "type_identifier"), ("enum_item", "type_identifier"),
+    ("trait_item", "type_identifier"), ("type_item", "type_identifier"), ("const_item", "identifier"),
+    ("macro_definition", "identifier"))
 
-_JAVA_DEFINITIONS = """
-(class_declaration name: (identifier) @name) @definition
-(interface_declaration name: (identifier) @name) @definition
-(enum_declaration name: (identifier) @name) @definition
-(record_declaration name: (identifier) @name) @definition
-(method_declaration name: (identifier) @name) @definition
-"""
+_JAVA_DEFINITIONS = _named(
+    ("class_declaration", "identifier"), ("interface_declaration", "identifier"),
+    ("enum_declaration", "identifier"), ("record_declaration", "identifier"), ("method_declaration", "identifier"))
 
 _C_DEFINITIONS = """
 (function_definition declarator: (function_declarator declarator: (identifier) @name)) @definition
