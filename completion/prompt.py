@@ -1,7 +1,8 @@
 """Fill-in-the-middle prompts, one layout per model family, within a token budget.
 
     fmt = resolve_format(config.fim_format, engine)      # configured, or read off the tokenizer
-    prompt = build_prompt(fmt, context, count, max_tokens=2048, bos=1)
+    layout = resolve_layout(config.fim_layout, engine)   # psm, or spm where the model declares it
+    prompt = build_prompt(fmt, context, count, max_tokens=2048, bos=1, layout=layout)
 
 The families' tokens and layouts are model/fim.py's (`FORMATS`, `FimFormat.fill`).
 
@@ -42,6 +43,13 @@ def resolve_format(configured: str | None, engine: EngineProtocol) -> FimFormat:
     return FORMATS["plain"]
 
 
+def resolve_layout(configured: str, engine: EngineProtocol) -> str:
+    """"psm" or "spm": as configured, or with "auto" SPM where the model declares it."""
+    if configured != "auto":
+        return configured
+    return "spm" if "spm" in (getattr(engine, "fim_layouts", ()) or ()) else "psm"
+
+
 def _with_tokens(fmt: FimFormat, fim: FimFormat) -> FimFormat:
     """The family's format as the tokenizer spells it (its end token kept when it has none)."""
     return replace(fim, end=fim.end or fmt.end)
@@ -67,25 +75,27 @@ class Prompt:
 
 
 def render(fmt: FimFormat, *, prefix: str, suffix: str, snippets: tuple[Snippet, ...] = (),
-           path: str | None = None, comment: str = "#") -> str:
-    """The prompt text: related snippets, the file's header, then the FIM part."""
+           path: str | None = None, comment: str = "#", layout: str = "psm") -> str:
+    """The prompt text: related snippets, the file's header, then the FIM part in `layout`
+    (with SPM the snippets and the header still come right before the file's prefix)."""
     prefix, suffix = _lf(prefix), _lf(suffix)
     if fmt.file_sep:
         files = "".join(f"{fmt.file_sep}{s.path}\n{_lf(s.text)}\n" for s in snippets)
         current = f"{fmt.file_sep}{path}\n" if path else ""
-        return files + current + fmt.fill(prefix, suffix)
+        return files + current + fmt.fill(prefix, suffix, layout)
     files = "".join(f"{s.comment} {s.path}\n{_lf(s.text)}\n\n" for s in snippets)
     current = f"{comment} {path}\n" if path else ""
-    return fmt.fill(files + current + prefix, suffix)
+    return fmt.fill(files + current + prefix, suffix, layout)
 
 
-def overhead(fmt: FimFormat, path: str | None, comment: str, count: Count, bos: int) -> int:
+def overhead(fmt: FimFormat, path: str | None, comment: str, count: Count, bos: int,
+             layout: str = "psm") -> int:
     """Tokens of a prompt with empty windows and no snippets: what the windows cannot use."""
-    return count(render(fmt, prefix="", suffix="", path=path, comment=comment)) + bos
+    return count(render(fmt, prefix="", suffix="", path=path, comment=comment, layout=layout)) + bos
 
 
 def build_prompt(fmt: FimFormat, context: Context, count: Count, *, max_tokens: int,
-                 bos: int) -> Prompt:
+                 bos: int, layout: str = "psm") -> Prompt:
     """Render `context`, trimming until the whole prompt fits in `max_tokens`.
 
     The context's windows were sized by summing per-line counts, which can differ a little from
@@ -96,7 +106,7 @@ def build_prompt(fmt: FimFormat, context: Context, count: Count, *, max_tokens: 
     header = True
     while True:
         text = render(fmt, prefix=prefix, suffix=suffix, snippets=snippets,
-                      path=context.path if header else None, comment=context.comment)
+                      path=context.path if header else None, comment=context.comment, layout=layout)
         tokens = count(text) + bos
         excess = tokens - max_tokens
         if excess <= 0:

@@ -39,7 +39,7 @@ from completion.context import (
 from completion.document import Lines, Workspace, line_ending, parse
 from completion.languages import LanguageSpec, language_for
 from completion.postprocess import Plan
-from completion.prompt import build_prompt, overhead, resolve_format
+from completion.prompt import build_prompt, overhead, resolve_format, resolve_layout
 from completion.types import CompletionResult, Position, Range, Snapshot, Suggestion
 from model.params import SamplingParams
 from model.protocol import CancelToken, EngineProtocol
@@ -76,6 +76,7 @@ class CompletionService:
         self.config = config or CompletionConfig()
         self.workspace = workspace if workspace is not None else Workspace()
         self._format = resolve_format(self.config.fim_format, engine)
+        self._layout = resolve_layout(self.config.fim_layout, engine)
         self._count = TokenCounter(engine.tokenizer.count)
         self._bos = 0 if engine.tokenizer.bos_id is None else 1
         self._related = RelatedIndex()
@@ -89,9 +90,9 @@ class CompletionService:
     # Public API
 
     def update_config(self, config: CompletionConfig) -> None:
-        fmt = resolve_format(config.fim_format, self.engine)
+        fmt, layout = resolve_format(config.fim_format, self.engine), resolve_layout(config.fim_layout, self.engine)
         with self._lock:
-            self.config, self._format = config, fmt
+            self.config, self._format, self._layout = config, fmt, layout
         self._cache.resize(config.lru_size)
         self.clear_cache()
 
@@ -148,6 +149,7 @@ class CompletionService:
             return {
                 **self._counters,
                 "fim_format": self._format.name,
+                "fim_layout": self._layout,
                 "documents": len(self.workspace),
                 "cache_entries": len(self._cache),
                 "typing_through_documents": len(self._shown),
@@ -167,7 +169,7 @@ class CompletionService:
     def _run(self, snapshot: Snapshot, language: LanguageSpec | None, cursor: Cursor,
              cancel: CancelToken, tree=None) -> CompletionResult:
         """Context, prompt, engine, postprocess; `tree` is the snapshot's when already known."""
-        config, fmt = self.config, self._format
+        config, fmt, layout = self.config, self._format, self._layout
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         if tree is None and language is not None:
@@ -180,14 +182,15 @@ class CompletionService:
         current = Source(snapshot.uri, _display_path(snapshot), language, snapshot.text,
                          snapshot.version, tree)
         comment = language.comment if language else "#"
-        budget = config.max_prompt_tokens - overhead(fmt, current.path, comment, self._count, self._bos)
+        budget = config.max_prompt_tokens - overhead(fmt, current.path, comment, self._count, self._bos, layout)
         context = build_context(
             mode, current, cursor, self._other_sources(snapshot.uri), self._related,
             budget=budget, snippet_budget=config.snippet_tokens,
             prefix_fraction=config.prefix_fraction, count=self._count)
         timings["context"], clock = _ms(clock), time.perf_counter()
 
-        prompt = build_prompt(fmt, context, self._count, max_tokens=config.max_prompt_tokens, bos=self._bos)
+        prompt = build_prompt(fmt, context, self._count, max_tokens=config.max_prompt_tokens, bos=self._bos,
+                              layout=layout)
         plan = self._plan(mode, language, tree, cursor)
         params = self._params(mode, plan)
         key = (prompt.text, params)   # everything the engine sees

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .fim import LAYOUTS
+
 SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
 
 
@@ -60,6 +62,9 @@ class ModelArgs:
     mscale: float = 1.0
     mscale_all_dim: float = 0.0
     rope_interleave: bool = True         # checkpoint rope dims come in adjacent pairs
+    # what it was trained on, as the folder declares it (real DeepSeek checkpoints declare none)
+    fim_layouts: tuple[str, ...] = ()    # of model.fim.LAYOUTS; none declared: PSM only
+    languages: tuple[str, ...] = ()      # language ids; none declared: any language
     # derived in __post_init__
     qk_head_dim: int = field(init=False)
     softmax_scale: float = field(init=False)
@@ -163,6 +168,8 @@ def _parse(raw: dict, source: str) -> ModelArgs:
         norm_topk_prob=bool(raw.get("norm_topk_prob", v3)),
         routed_scaling_factor=float(raw.get("routed_scaling_factor") or 1.0),
         rope_interleave=bool(raw.get("rope_interleave", True)) if v3 else True,
+        fim_layouts=_names(raw, "fim_layouts", source, allowed=LAYOUTS),
+        languages=_names(raw, "languages", source),
     )
     args.update(_rope(raw, source))
     _validate(args, source)
@@ -224,6 +231,16 @@ def _validate(a: dict, source: str) -> None:
 
 
 _HF_NAME = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads"}
+
+
+def _names(raw: dict, key: str, source: str, allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    value = raw.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{source}: {key!r} must be a list of names")
+    bad = [v for v in value if allowed is not None and v not in allowed]
+    if bad:
+        raise ConfigError(f"{source}: {key!r} holds {bad[0]!r}; it takes {', '.join(allowed)}")
+    return tuple(value)
 
 
 def _int(raw: dict, key: str, source: str) -> int:

@@ -121,7 +121,16 @@ class EngineProtocol(Protocol):
 
     @property
     def fim_format(self) -> str | None:
-        """The FIM style of the model's tokenizer ("deepseek", "starcoder", …) or None."""
+        """The FIM family of the model's tokenizer ("deepseek", "starcoder", …) or None."""
+
+    @property
+    def fim_layouts(self) -> tuple[str, ...]:
+        """The FIM layouts the model declares it was trained on (model.fim.LAYOUTS); () for a
+        model that declares none, which is taken as PSM only."""
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The language ids the model declares it was trained on; () for any language."""
 
     def generate(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
                  cancel: CancelToken | None = None) -> Generation:

@@ -7,9 +7,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from completion.context import Context, Snippet, TokenCounter
-from completion.prompt import FORMATS, build_prompt, render, resolve_format
-from completion.service import CompletionConfig, CompletionService
+from completion import CompletionConfig, CompletionService
+from completion.prompt import build_prompt, render, resolve_format, resolve_layout
+from completion.types import Position, Range, TextChange
 from fakes import FakeEngine, FakeTokenizer, cursor_at
+from model.fim import FORMATS
 
 CONTEXT = Context(mode="line", path="pkg/app.py", comment="#", prefix="def f():\n    return ",
                   suffix="\n\nprint(f())\n", snippets=())
@@ -50,6 +52,39 @@ def test_the_configured_format_wins_and_unknown_names_are_refused():
     assert resolve_format("starcoder", engine).name == "starcoder"
     with pytest.raises(ValueError, match="Unknown FIM format 'gpt'"):
         resolve_format("gpt", engine)
+
+
+@pytest.mark.parametrize("style, expected", [
+    ("deepseek", "<｜fim▁begin｜><｜fim▁hole｜>\n\nprint(f())\n<｜fim▁end｜># pkg/app.py\ndef f():\n    return "),
+    ("starcoder", "<file_sep>pkg/app.py\n<fim_prefix><fim_suffix>\n\nprint(f())\n<fim_middle>def f():\n    return "),
+    ("codestral", "[SUFFIX]\n\nprint(f())\n[PREFIX]# pkg/app.py\ndef f():\n    return "),
+])
+def test_suffix_first_puts_the_prefix_right_before_the_middle(style, expected):
+    engine = FakeEngine(tokenizer=FakeTokenizer(style))
+    prompt = build_prompt(resolve_format(None, engine), CONTEXT, engine.tokenizer.count, max_tokens=2048, bos=1,
+                          layout="spm")
+    assert prompt.text == expected
+
+
+def test_auto_layout_is_spm_only_where_the_model_declares_it():
+    assert resolve_layout("auto", FakeEngine(fim_layouts=("psm", "spm"))) == "spm"
+    assert resolve_layout("auto", FakeEngine()) == "psm"               # a real DeepSeek checkpoint
+    assert resolve_layout("psm", FakeEngine(fim_layouts=("psm", "spm"))) == "psm"
+    assert resolve_layout("spm", FakeEngine()) == "spm"                # the user's word wins
+
+
+def test_with_spm_typing_only_appends_to_the_prompt():
+    """What makes exact reuse cover everything before the new characters."""
+    engine = FakeEngine(["x", "y"], fim_layouts=("psm", "spm"))
+    service = CompletionService(engine)
+    text, position = cursor_at("def f(a):\n    ret█\n\nprint(f(1))\n")
+    service.workspace.open("file:///p/a.py", "python", text, 1, path="a.py")
+    service.complete(service.workspace.snapshot("file:///p/a.py"), position)
+    document = service.workspace.get("file:///p/a.py")
+    document.apply([TextChange("u", Range(position, position))], 2)
+    service.complete(service.workspace.snapshot("file:///p/a.py"), Position(position.line, position.character + 1))
+    first, second = (r["prompt"] for r in engine.requests)
+    assert second == first + "u"
 
 
 def test_sentencepiece_codellama_tokens_take_no_extra_spaces():

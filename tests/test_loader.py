@@ -169,3 +169,15 @@ def test_legacy_rope_scaling_and_rope_parameters_agree(good):
     # Coder-V2-Lite's documented scale: (128 + 64)^-0.5 * m^2 with m = 0.1 * 0.707 * ln 40 + 1
     m = 0.1 * 0.707 * torch.log(torch.tensor(40.0)).item() + 1
     assert a.softmax_scale == pytest.approx((config["qk_nope_head_dim"] + config["qk_rope_head_dim"]) ** -0.5 * m * m)
+
+
+def test_the_folder_declares_its_fim_layouts_and_languages(copy):
+    assert Engine.load(copy, warmup=False).fim_layouts == ()          # a real checkpoint: PSM only
+    config = json.loads((copy / "config.json").read_text())
+    config.update(fim_layouts=["psm", "spm"], languages=["python"])
+    (copy / "config.json").write_text(json.dumps(config))
+    engine = Engine.load(copy, warmup=False)
+    assert (engine.fim_layouts, engine.languages) == (("psm", "spm"), ("python",))
+    config["fim_layouts"] = ["middle-out"]
+    (copy / "config.json").write_text(json.dumps(config))
+    assert "'fim_layouts' holds 'middle-out'; it takes psm, spm" in _error(copy)

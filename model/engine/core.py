@@ -90,6 +90,14 @@ class Engine:
     def fim_format(self) -> str | None:
         return self.tokenizer.fim.name if self.tokenizer.fim else None
 
+    @property
+    def fim_layouts(self) -> tuple[str, ...]:
+        return self.args.fim_layouts
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return self.args.languages
+
     def generate(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
                  cancel: CancelToken | None = None) -> Generation:
         tokens = self._tokens(prompt)
@@ -120,6 +128,8 @@ class Engine:
             "device": self.runtime.device,
             "threads": torch.get_num_threads(),
             "fim_format": self.fim_format,
+            "fim_layouts": list(self.fim_layouts),
+            "languages": list(self.languages),
             "latent_bytes_per_token": self.latent_bytes_per_token(),
             "max_context": self.runtime.max_context,
             "reuse": self.runtime.reuse,
