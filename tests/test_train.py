@@ -8,15 +8,20 @@ from __future__ import annotations
 import json
 import shutil
 import sysconfig
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from model import train
-from model.train import (BOS_ID, EOS_ID, FIM_BEGIN_ID, FIM_END_ID, FIM_HOLE_ID, SPECIAL_TOKENS,
-                         choose_hole, export_state_dict, pack_rows)
+from model.train import main
+from model.train.corpus import (BOS_ID, EOS_ID, FIM_BEGIN_ID, FIM_END_ID, FIM_HOLE_ID, SPECIAL_TOKENS, Corpus,
+                                is_heldout, load_corpus, prepare_corpus)
+from model.train.export import export_state_dict
+from model.train.loop import lr_factor
+from model.train.presets import PRESETS, build_model, hf_config
+from model.train.samples import EpochFeeder, choose_hole, epoch_rows, make_samples, pack_rows
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 TINY_FILES = ("textwrap.py", "colorsys.py", "bisect.py", "keyword.py", "heapq.py",
@@ -34,15 +39,15 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prepared(tiny_corpus, tmp_path_factory) -> train.Corpus:
+def prepared(tiny_corpus, tmp_path_factory) -> Corpus:
     out = tmp_path_factory.mktemp("prepared") / "corpus"
-    return train.prepare_corpus(tiny_corpus, out, vocab_size=600, log=lambda *_: None)
+    return prepare_corpus(tiny_corpus, out, vocab_size=600, log=lambda *_: None)
 
 
 def test_split_is_stable_and_small():
     paths = [f"pkg{i}/mod{j}.py" for i in range(40) for j in range(50)]
-    held = [p for p in paths if train.is_heldout(p)]
-    assert held == [p for p in paths if train.is_heldout(p)]          # same answer every time
+    held = [p for p in paths if is_heldout(p)]
+    assert held == [p for p in paths if is_heldout(p)]                # same answer every time
     assert 0.01 < len(held) / len(paths) < 0.03
 
 
@@ -59,7 +64,7 @@ def test_tokenizer_round_trips_and_keeps_specials_whole(prepared):
 
 
 def test_corpus_cache_rebuilds_the_exact_file_bytes(prepared, tiny_corpus):
-    again = train.load_corpus(prepared.root)
+    again = load_corpus(prepared.root)
     by_path = dict(zip(again.paths, again.texts))
     assert by_path["tricky.py"] == TRICKY.encode()
     assert by_path["bisect.py"] == (tiny_corpus / "bisect.py").read_bytes()
@@ -82,7 +87,7 @@ def test_holes_include_the_places_an_editor_asks_from():
 def test_fim_samples_hold_prefix_suffix_middle_of_one_window(prepared):
     rng = np.random.default_rng(1)
     files = prepared.files(heldout=False)
-    samples = train.make_samples(prepared, files, rng, row_len=129, fim_rate=1.0)
+    samples = make_samples(prepared, files, rng, row_len=129, fim_rate=1.0)
     fim = [s for s in samples if s[1] == FIM_BEGIN_ID]
     assert len(fim) > 10
     tok = prepared.tokenizer
@@ -97,7 +102,7 @@ def test_fim_samples_hold_prefix_suffix_middle_of_one_window(prepared):
 
 def test_plain_samples_end_with_eos_only_at_the_end_of_a_file(prepared):
     rng = np.random.default_rng(2)
-    samples = train.make_samples(prepared, prepared.files(heldout=False), rng, row_len=129, fim_rate=0.0)
+    samples = make_samples(prepared, prepared.files(heldout=False), rng, row_len=129, fim_rate=0.0)
     assert all(s[0] == BOS_ID and FIM_BEGIN_ID not in s for s in samples)
     assert sum(s[-1] == EOS_ID for s in samples) == len(prepared.files(heldout=False))
 
@@ -115,16 +120,29 @@ def test_pack_rows_never_splits_a_sample():
         assert (r[:filled] >= 0).all() and (r[filled:] == -1).all()
 
 
+def test_worker_processes_build_the_epochs_the_loop_would_build(prepared):
+    feeder = EpochFeeder(prepared, seed=3, row_len=129, fim_rate=0.5, workers=1)
+    try:
+        built_here = feeder.get(0)
+        built_ahead = feeder.get(1)                    # by a worker, from the corpus cache folder
+    finally:
+        feeder.close()
+    assert isinstance(feeder.pool, ProcessPoolExecutor)      # the worker did not fail over to a thread
+    assert np.array_equal(built_here, epoch_rows(prepared, 3, 0, 129, 0.5))
+    assert np.array_equal(built_ahead, epoch_rows(prepared, 3, 1, 129, 0.5))
+    assert not np.array_equal(built_here, built_ahead)
+
+
 def test_lr_warms_up_then_decays_to_the_floor():
-    assert train.lr_factor(0, 0.0, 100) == pytest.approx(0.01)
-    assert train.lr_factor(100, 0.0, 100) == pytest.approx(1.0)
-    assert train.lr_factor(1000, 0.5, 100) == pytest.approx(0.55)
-    assert train.lr_factor(5000, 1.0, 100) == pytest.approx(0.1)
+    assert lr_factor(0, 0.0, 100) == pytest.approx(0.01)
+    assert lr_factor(100, 0.0, 100) == pytest.approx(1.0)
+    assert lr_factor(1000, 0.5, 100) == pytest.approx(0.55)
+    assert lr_factor(5000, 1.0, 100) == pytest.approx(0.1)
 
 
 def test_export_splits_fused_experts_into_deepseek_names():
-    config = train.hf_config(train.PRESETS["tiny"], vocab_size=600)
-    model = train.build_model(config, "auto")
+    config = hf_config(PRESETS["tiny"], vocab_size=600)
+    model = build_model(config, "auto")
     state = export_state_dict(model.state_dict(), config)
     experts, inter = config["n_routed_experts"], config["moe_intermediate_size"]
     for e in range(experts):
@@ -136,11 +154,11 @@ def test_export_splits_fused_experts_into_deepseek_names():
 
 
 def test_bad_arguments_exit_with_status_2(capsys, tmp_path):
-    assert train.main(["--seq-len", "8", "--out", str(tmp_path)]) == 2
+    assert main(["--seq-len", "8", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("latent train: error:")
-    assert train.main(["--corpus-cache", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
-    assert train.main(["--help"]) == 0
+    assert main(["--corpus-cache", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert main(["--help"]) == 0
 
 
 @pytest.mark.slow
@@ -151,7 +169,7 @@ def test_train_end_to_end_writes_a_folder_transformers_loads(tiny_corpus, tmp_pa
     argv = ["--corpus-dir", str(tiny_corpus), "--vocab-size", "600", "--preset", "tiny",
             "--seq-len", "128", "--batch-size", "8", "--minutes", "0.25", "--eval-every", "0.05",
             "--log-every", "5", "--threads", "2", "--out", str(out)]
-    assert train.main(argv) == 0
+    assert main(argv) == 0
     folder = out / "model"
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["README.md", "config.json", "generation_config.json", "model.safetensors",
@@ -166,7 +184,7 @@ def test_train_end_to_end_writes_a_folder_transformers_loads(tiny_corpus, tmp_pa
 
     # The saved weights are the training run's best weights, loaded under the fused layout.
     best = torch.load(out / "checkpoint.pt", weights_only=False)["best"]
-    reference = train.build_model(config, "auto").eval()
+    reference = build_model(config, "auto").eval()
     reference.load_state_dict(best)
     with torch.no_grad():
         x = torch.tensor([ids])
@@ -181,7 +199,7 @@ def test_train_end_to_end_writes_a_folder_transformers_loads(tiny_corpus, tmp_pa
     # --resume continues from the checkpoint instead of starting over.
     resume = argv[:argv.index("--minutes")] + ["--max-steps", str(evals[-1]["step"] + 3),
                                                "--log-every", "1", "--out", str(out), "--resume"]
-    assert train.main(resume) == 0
+    assert main(resume) == 0
     steps = [r["train"]["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
              if "train" in r]
     assert steps[-1] == evals[-1]["step"] + 3
