@@ -1,19 +1,23 @@
-"""Single-line HumanEval infilling: exact match and pass@1 of a raw model, plain PSM prompts.
+"""HumanEval infilling: exact match and pass@1, raw (PSM or SPM prompts) or through the pipeline.
 
-    python -m benchmarks.humaneval_infill                       # the bundled model, our engine
-    python -m benchmarks.humaneval_infill --model DIR --backend transformers
-    python -m benchmarks.humaneval_infill --canonical           # check the harness itself
+    python benchmarks/humaneval_infill.py                          # the bundled model, raw PSM
+    python benchmarks/humaneval_infill.py --layout spm             # suffix-first prompts
+    python benchmarks/humaneval_infill.py --backend pipeline       # the whole completion pipeline
+    python benchmarks/humaneval_infill.py --model DIR --backend transformers
+    python benchmarks/humaneval_infill.py --canonical              # check the harness itself
 
-All 1033 tasks of OpenAI's HumanEval-SingleLineInfilling (Bavarian et al. 2022, MIT), read
-from `../shared/data/human-eval-infilling/` (`--data`). Each prompt is
-`<BOS><｜fim▁begin｜>{prompt}<｜fim▁hole｜>{suffix}<｜fim▁end｜>` in the model's FIM format,
-decoded greedily until a newline or end of sequence. Exact match compares the completion
-and the canonical line after stripping whitespace; pass@1 runs `prompt + completion + "\\n"
-+ suffix`, the task's tests and `check(entry_point)` in a subprocess with a timeout.
+Tasks of OpenAI's HumanEval infilling (Bavarian et al. 2022, MIT), read from
+`../shared/data/human-eval-infilling/` (`--data`): single-line (1033 tasks, the default) or
+multi-line (`--set multi`, 5815). A raw prompt is the model's FIM part in the chosen layout
+(model/fim.py), e.g. PSM `<BOS><｜fim▁begin｜>{prompt}<｜fim▁hole｜>{suffix}<｜fim▁end｜>`, decoded
+greedily until a newline (single-line) or the end of the middle (multi-line). Exact match
+compares the completion and the canonical lines after stripping whitespace; pass@1 runs
+`prompt + completion + "\\n" + suffix`, the task's tests and `check(entry_point)` in a
+subprocess with a timeout.
 
-This is the raw-model baseline the completion pipeline must beat. The figures, with the
-command, go to the "Bundled model quality" section of docs/benchmarks.md; `--update-card`
-also writes them into the model card.
+Each run replaces its own row (model, tasks, backend, layout) of the table in the "Bundled
+model quality" section of docs/benchmarks.md, with the command; `--update-card` also writes
+the figures into the model card.
 """
 from __future__ import annotations
 
@@ -29,20 +33,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from model.fim import DEEPSEEK
+from model.fim import DEEPSEEK, LAYOUTS
 from model.params import RuntimeConfig, SamplingParams
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "human-eval-infilling"
-DATA_FILE = "HumanEval-SingleLineInfilling.jsonl.gz"
+DATA_FILES = {"single": "HumanEval-SingleLineInfilling.jsonl.gz", "multi": "HumanEval-MultiLineInfilling.jsonl.gz"}
 BUNDLED = REPO / "model" / "bundled"
 DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Bundled model quality"
-DEEPSEEK_FIM = (DEEPSEEK.prefix, DEEPSEEK.suffix, DEEPSEEK.middle)
 
 
-def load_tasks(data_dir: Path) -> list[dict]:
-    path = data_dir / DATA_FILE
+def load_tasks(data_dir: Path, which: str = "single") -> list[dict]:
+    path = data_dir / DATA_FILES[which]
     if not path.is_file():
         raise SystemExit(f"humaneval_infill: {path} not found (see --data)")
     with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -54,23 +57,23 @@ def load_tasks(data_dir: Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------
 
 class EngineBackend:
-    """Our in-process engine, through the engine protocol."""
+    """Our in-process engine, through the engine protocol, on a raw FIM prompt."""
 
-    def __init__(self, model_dir: Path, threads: int | None):
+    def __init__(self, model_dir: Path, threads: int | None, layout: str):
         from model.engine import Engine
 
         self.engine = Engine.load(str(model_dir), RuntimeConfig(threads=threads or 0))
-        fim = self.engine.tokenizer.require_fim()
-        self.fim = (fim.prefix, fim.suffix, fim.middle)
+        self.fim, self.layout = self.engine.tokenizer.require_fim(), layout
 
-    def complete(self, prompt: str, max_new_tokens: int) -> str:
-        return self.engine.generate(prompt, SamplingParams(max_new_tokens=max_new_tokens, stop=("\n",))).run()
+    def complete(self, prefix: str, suffix: str, max_new_tokens: int, stop: tuple[str, ...]) -> str:
+        prompt = self.fim.fill(prefix, suffix, self.layout)
+        return self.engine.generate(prompt, SamplingParams(max_new_tokens=max_new_tokens, stop=stop)).run()
 
 
 class TransformersBackend:
     """The Hugging Face reference: AutoModelForCausalLM.generate, greedy, stop at a newline."""
 
-    def __init__(self, model_dir: Path, threads: int | None):
+    def __init__(self, model_dir: Path, threads: int | None, layout: str):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,16 +82,17 @@ class TransformersBackend:
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        self.fim = DEEPSEEK_FIM
+        self.layout = layout
 
-    def complete(self, prompt: str, max_new_tokens: int) -> str:
+    def complete(self, prefix: str, suffix: str, max_new_tokens: int, stop: tuple[str, ...]) -> str:
+        prompt = DEEPSEEK.fill(prefix, suffix, self.layout)
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids        # BOS prepended
         with self.torch.no_grad():
             out = self.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                      stop_strings=["\n"], tokenizer=self.tokenizer,
+                                      stop_strings=list(stop) or None, tokenizer=self.tokenizer,
                                       pad_token_id=self.tokenizer.eos_token_id)
         text = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        return text.split("\n", 1)[0]
+        return _cut(text, stop)
 
 
 class PipelineBackend:
@@ -96,20 +100,18 @@ class PipelineBackend:
     is opened as a document and completed at the hole, as an editor would ask. The first line
     of the suggestion is scored, like the raw backends' single line."""
 
-    def __init__(self, model_dir: Path, threads: int | None):
-        from completion.service import CompletionService
+    def __init__(self, model_dir: Path, threads: int | None, layout: str):
+        from completion import CompletionConfig, CompletionService
         from model.engine import Engine
 
-        self.service = CompletionService(Engine.load(str(model_dir), RuntimeConfig(threads=threads or 0)))
-        self.fim = DEEPSEEK_FIM
+        engine = Engine.load(str(model_dir), RuntimeConfig(threads=threads or 0))
+        self.service = CompletionService(engine, CompletionConfig(fim_layout=layout))
         self.count = 0
 
-    def complete(self, prompt: str, max_new_tokens: int) -> str:
+    def complete(self, prefix: str, suffix: str, max_new_tokens: int, stop: tuple[str, ...]) -> str:
         from completion.document import utf16_length
         from completion.types import Position
 
-        begin, hole, end = self.fim
-        prefix, suffix = prompt[len(begin):-len(end)].split(hole, 1)
         self.count += 1
         uri = f"file:///humaneval/task_{self.count}.py"
         # the hole is a whole line, ending in a line break: in an editor, the cursor is on an
@@ -122,20 +124,21 @@ class PipelineBackend:
         finally:
             self.service.workspace.close(uri)
             self.service.forget(uri)
-        return result.suggestions[0].text.split("\n", 1)[0] if result.suggestions else ""
+        return _cut(result.suggestions[0].text, stop) if result.suggestions else ""
 
 
 BACKENDS = {"engine": EngineBackend, "transformers": TransformersBackend, "pipeline": PipelineBackend}
 
 
+def _cut(text: str, stop: tuple[str, ...]) -> str:
+    """`text` up to its first stop string (a single line, for single-line tasks)."""
+    cuts = [text.index(s) for s in stop if s in text]
+    return text[: min(cuts)] if cuts else text
+
+
 # ---------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------
-
-def psm_prompt(task: dict, fim: tuple[str, str, str]) -> str:
-    begin, hole, end = fim
-    return f"{begin}{task['prompt']}{hole}{task['suffix']}{end}"
-
 
 def exact_match(completion: str, task: dict) -> bool:
     return completion.strip() == task["canonical_solution"].strip()
@@ -156,12 +159,13 @@ def passes(completion: str, task: dict, timeout: float) -> bool:
     return result.returncode == 0
 
 
-def run(tasks: list[dict], complete, fim, max_new_tokens: int, workers: int, timeout: float) -> dict:
+def run(tasks: list[dict], complete, stop: tuple[str, ...], max_new_tokens: int, workers: int,
+        timeout: float) -> dict:
     """Complete every task (serially: the model has the cores), then test them in parallel."""
     started = time.time()
     completions = []
     for i, task in enumerate(tasks):
-        completions.append(complete(psm_prompt(task, fim), max_new_tokens))
+        completions.append(complete(task["prompt"], task["suffix"], max_new_tokens, stop))
         if (i + 1) % 100 == 0:
             print(f"  {i + 1}/{len(tasks)} completed, {time.time() - started:.0f} s", file=sys.stderr)
     generate_s = time.time() - started
@@ -193,42 +197,55 @@ def card_figures(model_dir: Path) -> dict:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def section_text(figures: dict, card: dict, args, command: str) -> str:
-    model = "bundled (`model/bundled/`)" if args.model.resolve() == BUNDLED.resolve() else f"`{args.model}`"
+HEADER = """{section}
+
+Raw-model quality of the default model and what the completion pipeline makes of it, one row
+per model, task set, backend and layout (`benchmarks/humaneval_infill.py`; each run replaces
+its own row). Raw rows give the model the FIM prompt in the layout named (PSM
+`<｜fim▁begin｜>prompt<｜fim▁hole｜>suffix<｜fim▁end｜>`, SPM suffix first), greedy, stopped at a
+newline for single-line tasks; pipeline rows open each task as a document and score the
+suggestion at the hole (the cursor at column 0 of the empty hole line). Exact match compares
+stripped lines; pass@1 runs the task's tests. Held-out bits per byte come from training (model
+card).
+
+| model | params | trained on | held-out bits/byte | tasks | backend | layout | exact match | pass@1 | empty | date | command |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+| DeepSeek-Coder-V2-Lite-Base (published) | 15.7B | 10.2T tokens | — | single 1033 | raw | PSM | 78.7 % | — | — | — | Qwen2.5-Coder report, Table 7 |
+"""
+
+
+def row(figures: dict, card: dict, args, command: str) -> str:
+    model = "bundled" if args.model.resolve() == BUNDLED.resolve() else args.model.name
     bpb = f"{float(card['heldout_bpb']):.3f}" if "heldout_bpb" in card else "n/a"
     tokens, params = card.get("tokens_seen", ""), card.get("parameters", "")
     trained = f"{int(tokens) / 1e6:.1f}M tokens" if tokens.isdigit() else "n/a"
     params = f"{int(params) / 1e6:.2f}M" if params.isdigit() else "n/a"
-    return f"""{SECTION}
-
-Raw-model quality of the default model, the baseline the completion pipeline must beat.
-Held-out figures come from training (`latent train`, model card); HumanEval from
-`benchmarks/humaneval_infill.py`: all single-line infilling tasks, plain PSM prompts
-(`<｜fim▁begin｜>prompt<｜fim▁hole｜>suffix<｜fim▁end｜>`), greedy, stop at a newline.
-Exact match compares stripped lines; pass@1 runs the task's tests.
-
-| model | params | trained on | held-out bits/byte | HumanEval-SL exact match | pass@1 | tasks |
-|---|---|---|---|---|---|---|
-| {model} | {params} | {trained} | {bpb} | {figures['exact_match']:.1f} % | {figures['pass_at_1']:.1f} % | {figures['tasks']} |
-| DeepSeek-Coder-V2-Lite-Base (published) | 15.7B | 10.2T tokens | — | 78.7 % | — | 1033 |
-
-{figures['empty']} completions were empty. Backend `{args.backend}`, {figures['generate_seconds']:.0f} s
-to generate on this machine ({time.strftime('%Y-%m-%d')}).
-
-```
-{command}
-```
-"""
+    backend = "pipeline" if args.backend == "pipeline" else f"raw ({args.backend})"
+    cells = [model, params, trained, bpb, f"{args.set} {figures['tasks']}", backend, args.layout.upper(),
+             f"{figures['exact_match']:.1f} %", f"{figures['pass_at_1']:.1f} %", str(figures["empty"]),
+             time.strftime("%Y-%m-%d"), f"`{command}`"]
+    return "| " + " | ".join(cells) + " |"
 
 
-def replace_section(document: str, section: str) -> str:
-    """Swap this benchmark's `## ` section in a Markdown document, or append it."""
-    start = document.find(SECTION)
-    if start < 0:
-        return document.rstrip("\n") + ("\n\n" if document.strip() else "# Benchmarks\n\n") + section
-    following = document.find("\n## ", start + len(SECTION))
-    end = len(document) if following < 0 else following + 1
-    return document[:start] + section + ("\n" + document[end:] if following >= 0 else "")
+def _key(table_row: str) -> tuple[str, ...]:
+    """What identifies a row: model, task set, backend, layout."""
+    cells = [c.strip() for c in table_row.strip().strip("|").split("|")]
+    return (cells[0], cells[4].split()[0], cells[5], cells[6]) if len(cells) > 6 else ()
+
+
+def with_row(document: str, new_row: str) -> str:
+    """The benchmarks document with this run's row in the section's table (same key replaced)."""
+    if SECTION + "\n" not in document:
+        document = document.rstrip("\n") + ("\n\n" if document.strip() else "# Benchmarks\n\n") \
+            + HEADER.format(section=SECTION)
+    start = document.index(SECTION + "\n")
+    end = document.find("\n## ", start + len(SECTION))
+    end = len(document) if end < 0 else end + 1
+    lines = [line for line in document[start:end].rstrip("\n").split("\n")
+             if not (line.startswith("| ") and _key(line) == _key(new_row))]
+    last = max(i for i, line in enumerate(lines) if line.startswith("|"))
+    lines.insert(last + 1, new_row)
+    return document[:start] + "\n".join(lines) + "\n" + ("\n" + document[end:] if end < len(document) else "")
 
 
 def update_card(model_dir: Path, figures: dict) -> None:
@@ -244,9 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="humaneval_infill", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=BUNDLED, help="model folder (default: the bundled model)")
     p.add_argument("--backend", choices=sorted(BACKENDS), default="engine")
+    p.add_argument("--layout", choices=LAYOUTS, default="psm", help="FIM layout of the prompts")
+    p.add_argument("--set", choices=sorted(DATA_FILES), default="single", help="single-line or multi-line tasks")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the HumanEval infilling files")
     p.add_argument("--limit", type=int, help="only the first N tasks (a quick look; not written to the docs)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 single-line, 256 multi-line")
     p.add_argument("--threads", type=int, help="torch threads for the model")
     p.add_argument("--workers", type=int, default=2, help="test processes in parallel")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per test run")
@@ -256,15 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--update-card", action="store_true", help="write the figures into the model card")
     args = p.parse_args(argv)
 
-    tasks = load_tasks(args.data)[: args.limit]
+    tasks = load_tasks(args.data, args.set)[: args.limit]
+    stop = ("\n",) if args.set == "single" else ()
+    max_new_tokens = args.max_new_tokens or (64 if args.set == "single" else 256)
     if args.canonical:
-        fim = DEEPSEEK_FIM
-        answers = {psm_prompt(t, fim): t["canonical_solution"].rstrip("\n") for t in tasks}
-        complete = lambda prompt, max_new_tokens: answers[prompt]          # noqa: E731
+        answers = {(t["prompt"], t["suffix"]): t["canonical_solution"].rstrip("\n") for t in tasks}
+        complete = lambda prefix, suffix, n, stop: answers[prefix, suffix]  # noqa: E731
     else:
-        backend = BACKENDS[args.backend](args.model, args.threads)
-        complete, fim = backend.complete, backend.fim
-    figures = run(tasks, complete, fim, args.max_new_tokens, args.workers, args.timeout)
+        complete = BACKENDS[args.backend](args.model, args.threads, args.layout).complete
+    figures = run(tasks, complete, stop, max_new_tokens, args.workers, args.timeout)
     print(f"{figures['tasks']} tasks: exact match {figures['exact_match']:.1f} %, "
           f"pass@1 {figures['pass_at_1']:.1f} %, {figures['empty']} empty, "
           f"{figures['generate_seconds']:.0f} s generating")
@@ -272,11 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         args.samples.write_text("".join(json.dumps(s) + "\n" for s in figures["samples"]))
     if args.canonical or args.limit:
         return 0
-    command = "python -m benchmarks.humaneval_infill " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/humaneval_infill.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if not args.no_docs:
         DOCS.parent.mkdir(parents=True, exist_ok=True)
         current = DOCS.read_text() if DOCS.is_file() else ""
-        DOCS.write_text(replace_section(current, section_text(figures, card_figures(args.model), args, command.strip())))
+        DOCS.write_text(with_row(current, row(figures, card_figures(args.model), args, command.strip())))
     if args.update_card:
         update_card(args.model, figures)
     return 0
