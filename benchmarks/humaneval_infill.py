@@ -35,6 +35,7 @@ from pathlib import Path
 
 from model.fim import DEEPSEEK, LAYOUTS
 from model.params import RuntimeConfig, SamplingParams
+from report import write_row
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "human-eval-infilling"
@@ -214,38 +215,19 @@ card).
 """
 
 
-def row(figures: dict, card: dict, args, command: str) -> str:
+def row(figures: dict, card: dict, args, command: str) -> list[str]:
     model = "bundled" if args.model.resolve() == BUNDLED.resolve() else args.model.name
     bpb = f"{float(card['heldout_bpb']):.3f}" if "heldout_bpb" in card else "n/a"
     tokens, params = card.get("tokens_seen", ""), card.get("parameters", "")
     trained = f"{int(tokens) / 1e6:.1f}M tokens" if tokens.isdigit() else "n/a"
     params = f"{int(params) / 1e6:.2f}M" if params.isdigit() else "n/a"
     backend = "pipeline" if args.backend == "pipeline" else f"raw ({args.backend})"
-    cells = [model, params, trained, bpb, f"{args.set} {figures['tasks']}", backend, args.layout.upper(),
-             f"{figures['exact_match']:.1f} %", f"{figures['pass_at_1']:.1f} %", str(figures["empty"]),
-             time.strftime("%Y-%m-%d"), f"`{command}`"]
-    return "| " + " | ".join(cells) + " |"
+    return [model, params, trained, bpb, f"{args.set} {figures['tasks']}", backend, args.layout.upper(),
+            f"{figures['exact_match']:.1f} %", f"{figures['pass_at_1']:.1f} %", str(figures["empty"]),
+            time.strftime("%Y-%m-%d"), f"`{command}`"]
 
 
-def _key(table_row: str) -> tuple[str, ...]:
-    """What identifies a row: model, task set, backend, layout."""
-    cells = [c.strip() for c in table_row.strip().strip("|").split("|")]
-    return (cells[0], cells[4].split()[0], cells[5], cells[6]) if len(cells) > 6 else ()
-
-
-def with_row(document: str, new_row: str) -> str:
-    """The benchmarks document with this run's row in the section's table (same key replaced)."""
-    if SECTION + "\n" not in document:
-        document = document.rstrip("\n") + ("\n\n" if document.strip() else "# Benchmarks\n\n") \
-            + HEADER.format(section=SECTION)
-    start = document.index(SECTION + "\n")
-    end = document.find("\n## ", start + len(SECTION))
-    end = len(document) if end < 0 else end + 1
-    lines = [line for line in document[start:end].rstrip("\n").split("\n")
-             if not (line.startswith("| ") and _key(line) == _key(new_row))]
-    last = max(i for i, line in enumerate(lines) if line.startswith("|"))
-    lines.insert(last + 1, new_row)
-    return document[:start] + "\n".join(lines) + "\n" + ("\n" + document[end:] if end < len(document) else "")
+ROW_KEY = (0, 4, 5, 6)   # model, tasks, backend, layout
 
 
 def update_card(model_dir: Path, figures: dict) -> None:
@@ -294,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/humaneval_infill.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if not args.no_docs:
         DOCS.parent.mkdir(parents=True, exist_ok=True)
-        current = DOCS.read_text() if DOCS.is_file() else ""
-        DOCS.write_text(with_row(current, row(figures, card_figures(args.model), args, command.strip())))
+        write_row(DOCS, HEADER.format(section=SECTION), row(figures, card_figures(args.model), args, command.strip()),
+                  ROW_KEY)
     if args.update_card:
         update_card(args.model, figures)
     return 0
