@@ -21,7 +21,7 @@ import psutil
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from model.bench import write_section
+from report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Shared engine daemon (benchmarks/daemon_bench.py)"
@@ -88,34 +88,37 @@ async def memory(model: str | None) -> dict:
             daemon = 0
             if mode == "daemon":
                 pid = next(p.pid for p in psutil.process_iter(["cmdline"])
-                           if p.info["cmdline"] and "model.rpc" in " ".join(p.info["cmdline"])
+                           if p.info["cmdline"] and "model.serve" in " ".join(p.info["cmdline"])
                            and "serve" in p.info["cmdline"])
                 daemon = _rss(pid)
             out[mode] = {"servers": total, "daemon": daemon, "total": total + daemon}
             for client, _ in servers:
                 await _stop(client)
             if mode == "daemon":
-                subprocess.run([sys.executable, "-m", "model.rpc", "stop"], env=env, capture_output=True)
+                subprocess.run([sys.executable, "-m", "model.serve", "stop"], env=env, capture_output=True)
     return out
 
 
 def hop(model: str | None, n: int = 200) -> dict:
     """One-token completions of one cached prompt: in-process engine vs the daemon's client."""
     from model.engine import Engine
-    from model.rpc import EngineClient, daemon_argv
+    from model.params import RuntimeConfig, SamplingParams
+    from model.serve.client import EngineClient, daemon_argv
 
     prompt = "<｜fim▁begin｜>" + TEXT + "<｜fim▁hole｜>)\n<｜fim▁end｜>"
     engine = Engine.load(model)
+    one_token = SamplingParams(max_new_tokens=1)
     with tempfile.TemporaryDirectory() as tmp:
         sock = Path(tmp) / "engine.sock"
-        client = EngineClient(sock, spawn=daemon_argv(model, sock), connect_timeout=300)
+        client = EngineClient(sock, spawn=daemon_argv(model, RuntimeConfig(), socket_path=sock, persist="none"),
+                              connect_timeout=300)
         results = {}
         for name, backend in (("in-process", engine), ("daemon", client)):
-            backend.generate(prompt, max_new_tokens=1).run()       # warm, and cache the prompt
+            backend.generate(prompt, one_token).run()       # warm, and cache the prompt
             times = []
             for _ in range(n):
                 t = time.perf_counter()
-                backend.generate(prompt, max_new_tokens=1).run()
+                backend.generate(prompt, one_token).run()
                 times.append((time.perf_counter() - t) * 1e3)
             times.sort()
             results[name] = {"p50": statistics.median(times), "p95": times[int(0.95 * (n - 1))]}

@@ -14,7 +14,8 @@ import sys
 import pytest
 import pytest_asyncio
 
-from lsp_helpers import Session, expected, pairs, server_env
+from lsp_helpers import ROOT, Session, expected, pairs, server_env
+from model.serve.client import EngineClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -29,7 +30,7 @@ def env(tmp_path_factory):
     environment = server_env(tmp, engine="daemon")
     environment["XDG_RUNTIME_DIR"] = str(runtime)
     yield environment
-    subprocess.run([sys.executable, "-m", "model.rpc", "stop"], env=environment, capture_output=True, timeout=30)
+    subprocess.run([sys.executable, "-m", "model.serve", "stop"], env=environment, capture_output=True, timeout=30)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -74,3 +75,24 @@ async def test_a_second_window_shares_the_model_and_its_warm_cache(first, env):
     finally:
         await second.kill()
         first.close(uri)
+
+
+async def test_clear_cache_empties_the_daemons_cache(first, env):
+    await first.ready()
+    uri = "file:///project/clear.py"
+    lines = CODE.split("\n")
+    first.open(uri, CODE)
+    await first.inline(uri, len(lines) - 1, len(lines[-1]))
+    daemon = EngineClient(os.path.join(env["XDG_RUNTIME_DIR"], "latent", "engine.sock"))
+    assert daemon.stats()["cache_tokens"] > 0
+    assert await first.command("latent.clearCache") == {"cleared": True}
+    assert daemon.stats()["cache_tokens"] == 0                   # every window's cache, the daemon's
+    first.close(uri)
+
+
+async def test_the_daemon_client_and_the_remote_backend_import_no_torch():
+    """A language server attached to a daemon holds no copy of PyTorch (nor the daemon's code)."""
+    check = ("import sys, lsp_server.engines, model.serve.client, model.serve.remote; "
+             "print(sorted(m for m in ('torch', 'model.serve.daemon', 'model.engine') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.stdout.strip() == "[]", done.stderr

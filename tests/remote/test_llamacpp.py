@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from model.engine import Engine
+from model.params import SamplingParams
 from model.protocol import CancelToken
-from model.remote import RemoteEngine
+from model.serve.remote import RemoteEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 REMOTE = ROOT / ".remote"
@@ -57,20 +58,16 @@ def server():
     proc.wait(timeout=20)
 
 
-def _fim(engine, prefix: str) -> str:
-    fim = engine.tokenizer.fim
-    return f"{fim.prefix}{prefix}{fim.suffix}{SUFFIX}{fim.middle}"
-
-
 def test_remote_backend_completes_like_our_engine(server):
     ours = Engine.load()
     remote = RemoteEngine(server, tokenizer_dir=str(ROOT / "model" / "bundled"))
     assert remote.fim_format == "deepseek"
     agree = 0
     for prefix in PROMPTS:
-        prompt = _fim(ours, prefix)
-        want = ours.generate(prompt, max_new_tokens=12, stop=["\n"]).run()
-        gen = remote.generate(prompt, max_new_tokens=12, stop=["\n"])
+        prompt = ours.tokenizer.fim.fill(prefix, SUFFIX)
+        params = SamplingParams(max_new_tokens=12, stop=("\n",))
+        want = ours.generate(prompt, params).run()
+        gen = remote.generate(prompt, params)
         got = gen.run()
         assert gen.stats.finish_reason in ("stop", "length")
         agree += got == want
@@ -82,7 +79,7 @@ def test_remote_backend_completes_like_our_engine(server):
 def test_remote_streams_and_cancels(server):
     remote = RemoteEngine(server)            # no tokenizer folder: budgets are estimated
     token = CancelToken()
-    gen = remote.generate("def main():\n", max_new_tokens=200, temperature=0.8, seed=1, cancel=token)
+    gen = remote.generate("def main():\n", SamplingParams(max_new_tokens=200, temperature=0.8, seed=1), cancel=token)
     pieces = []
     for piece in gen:
         pieces.append(piece)

@@ -3,7 +3,8 @@
 Served on loopback by `latent engine serve --http 127.0.0.1:PORT`, so any client of the
 OpenAI completions API (streaming or not) can use Latent's engine and its latent reuse.
 Beyond the OpenAI fields, `suffix` builds a fill-in-the-middle prompt with the model's own
-FIM tokens. Errors are JSON `{"error": {"message": …}}` with status 400 / 404 / 500.
+FIM tokens (model/fim.py), and `top_k` / `stop_token_ids` are taken as vLLM takes them.
+Errors are JSON `{"error": {"message": …}}` with status 400 / 404.
 """
 from __future__ import annotations
 
@@ -13,54 +14,57 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from model.params import OptionError, SamplingParams
+from model.protocol import CancelToken
+
 MAX_BODY = 8 << 20
+LOOPBACK = ("127.0.0.1", "localhost", "::1")   # the only hosts the face binds to
+DEFAULTS = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "top_k": 0}   # OpenAI's, where it has them
 
 
 class BadRequest(ValueError):
-    pass
+    """A request the face cannot serve; str(error) is the one sentence sent back with a 400."""
 
 
-def parse_completion_request(body: dict, engine) -> dict:
-    """OpenAI request fields -> engine.generate keyword arguments (plus the prompt)."""
+def parse_completion_request(body: dict, engine) -> tuple[str | list[int], SamplingParams]:
+    """An OpenAI completions request as the engine's prompt and sampling parameters."""
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
-    prompt = body.get("prompt")
+    if (body.get("n") or 1) != 1:
+        raise BadRequest("Only n = 1 is supported.")
+    prompt = _prompt(body.get("prompt"))
+    if body.get("suffix") is not None:
+        fmt = getattr(engine.tokenizer, "fim", None)
+        if fmt is None or not isinstance(prompt, str):
+            raise BadRequest("'suffix' needs a text prompt and a model with fill-in-the-middle tokens.")
+        prompt = fmt.fill(prompt, str(body["suffix"]))
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    stop_ids = body.get("stop_token_ids") or []
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise BadRequest("'stop' must be a string or a list of strings.")
+    if not isinstance(stop_ids, list):
+        raise BadRequest("'stop_token_ids' must be a list of token ids.")
+    given = {key: body[key] if body.get(key) is not None else default for key, default in DEFAULTS.items()}
+    try:
+        params = SamplingParams(max_new_tokens=given["max_tokens"], stop=tuple(stop), stop_token_ids=tuple(stop_ids),
+                                temperature=given["temperature"], top_p=given["top_p"], top_k=given["top_k"],
+                                seed=body.get("seed"))
+    except OptionError as e:
+        raise BadRequest(str(e)) from None
+    return prompt, params
+
+
+def _prompt(prompt) -> str | list[int]:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
     if isinstance(prompt, list):
-        if not all(isinstance(t, int) for t in prompt):
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             raise BadRequest("'prompt' must be a string or a list of token ids (one prompt per request).")
-    elif not isinstance(prompt, str):
+        return prompt
+    if not isinstance(prompt, str):
         raise BadRequest("'prompt' is required and must be a string.")
-    suffix = body.get("suffix")
-    if suffix is not None:
-        fim = getattr(engine.tokenizer, "fim", None)
-        if fim is None or not isinstance(prompt, str):
-            raise BadRequest("'suffix' needs a text prompt and a model with fill-in-the-middle tokens.")
-        prompt = fim_prompt(fim, prompt, str(suffix))
-    stop = body.get("stop") or []
-    if isinstance(stop, str):
-        stop = [stop]
-    if int(body.get("n", 1) or 1) != 1:
-        raise BadRequest("Only n = 1 is supported.")
-    try:
-        return dict(
-            prompt=prompt,
-            max_new_tokens=int(body.get("max_tokens", 16) if body.get("max_tokens") is not None else 16),
-            stop=[str(s) for s in stop],
-            temperature=float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0),
-            top_p=float(body.get("top_p", 1.0) if body.get("top_p") is not None else 1.0),
-            seed=int(body["seed"]) if body.get("seed") is not None else None,
-        )
-    except (TypeError, ValueError) as e:
-        raise BadRequest(f"A numeric field is not a number ({e}).") from None
-
-
-def fim_prompt(fim, prefix: str, suffix: str) -> str:
-    """Prefix-suffix-middle in the family's layout (Codestral puts the suffix first)."""
-    if fim.style == "codestral":
-        return f"{fim.suffix}{suffix}{fim.prefix}{prefix}"
-    return f"{fim.prefix}{prefix}{fim.suffix}{suffix}{fim.middle or ''}"
+    return prompt
 
 
 def _finish(reason: str) -> str:
@@ -93,22 +97,22 @@ def make_handler(engine):
                 if length > MAX_BODY:
                     raise BadRequest(f"The body exceeds {MAX_BODY} bytes.")
                 body = json.loads(self.rfile.read(length) or b"null")
-                kwargs = parse_completion_request(body, engine)
+                prompt, params = parse_completion_request(body, engine)
             except (BadRequest, json.JSONDecodeError, UnicodeDecodeError) as e:
                 self._error(400, str(e) if isinstance(e, BadRequest) else "The body is not valid JSON.")
                 return
             try:
                 if body.get("stream"):
-                    self._stream(kwargs)
+                    self._stream(prompt, params)
                 else:
-                    self._complete(kwargs)
-            except ValueError as e:
+                    self._complete(prompt, params)
+            except ValueError as e:   # the engine's: an empty prompt, one longer than the context
                 self._error(400, str(e))
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
-        def _complete(self, kwargs):
-            gen = engine.generate(**kwargs)
+        def _complete(self, prompt, params: SamplingParams):
+            gen = engine.generate(prompt, params)
             text = gen.run()
             s = gen.stats
             self._json(200, {
@@ -119,11 +123,9 @@ def make_handler(engine):
                           "total_tokens": s.prompt_tokens + s.generated_tokens},
             })
 
-        def _stream(self, kwargs):
-            from .protocol import CancelToken
-
+        def _stream(self, prompt, params: SamplingParams):
             cancel = CancelToken()
-            gen = engine.generate(cancel=cancel, **kwargs)
+            gen = engine.generate(prompt, params, cancel=cancel)
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
@@ -165,7 +167,7 @@ def make_handler(engine):
 
 def serve_http(engine, host: str, port: int) -> ThreadingHTTPServer:
     """Start serving in a background thread; returns the server (call .shutdown() to stop)."""
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in LOOPBACK:
         raise ValueError(f"The HTTP face binds to loopback only, not {host!r}.")
     server = ThreadingHTTPServer((host, port), make_handler(engine))
     server.daemon_threads = True

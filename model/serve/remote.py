@@ -11,12 +11,17 @@ import http.client
 import json
 import os
 import socket
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .protocol import CancelToken, FimTokens, Generation, GenerationStats
-from .tokenizer import FIM_STYLES, Tokenizer
+from model.fim import FORMATS
+from model.params import SamplingParams
+from model.protocol import CancelToken, Generation, GenerationStats
+from model.tokenizer import Tokenizer
+
+STOP_LIMIT = 4   # stop strings OpenAI accepts; most servers take as many
 
 
 class RemoteError(Exception):
@@ -26,18 +31,16 @@ class RemoteError(Exception):
 class ApproxTokenizer:
     """Token counts estimated from bytes, for budgets when no tokenizer files are at hand.
 
-    Special-token strings of the chosen FIM family count as one token each.
+    Special-token strings of the chosen FIM family (model.fim.FORMATS) count as one token each.
     """
 
-    def __init__(self, style: str = "deepseek", bytes_per_token: float = 3.6) -> None:
-        pre, suf, mid, end, sep, repo = FIM_STYLES[style]
-        self.fim = FimTokens(style=style, prefix=pre, suffix=suf, middle=mid, end=end, prefix_id=-1,
-                             suffix_id=-2, middle_id=-3 if mid else None, end_id=-4 if end else None,
-                             file_sep=sep, repo_name=repo)
+    def __init__(self, fim_format: str = "deepseek", bytes_per_token: float = 3.6) -> None:
+        fmt = FORMATS[fim_format]
+        self.fim = fmt if fmt.prefix is not None else None
         self.bos_id = self.eos_id = None
         self.add_bos = False
         self.bytes_per_token = bytes_per_token
-        self._specials = [t for t in (pre, suf, mid, end, sep, repo) if t]
+        self._specials = fmt.tokens
 
     def count(self, text: str) -> int:
         specials = 0
@@ -57,7 +60,7 @@ class ApproxTokenizer:
 
 class RemoteEngine:
     def __init__(self, url: str, *, model: str | None = None, api_key_env: str | None = None,
-                 tokenizer_dir: str | None = None, fim_style: str = "deepseek", timeout: float = 30.0) -> None:
+                 tokenizer_dir: str | None = None, fim_format: str = "deepseek", timeout: float = 30.0) -> None:
         parsed = urllib.parse.urlparse(url if "://" in url else f"http://{url}")
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise RemoteError(f"Remote engine URL {url!r} is not an http(s) address.")
@@ -74,13 +77,48 @@ class RemoteEngine:
         if tokenizer_dir:
             self.tokenizer = Tokenizer.from_dir(Path(tokenizer_dir).expanduser())
         else:
-            self.tokenizer = ApproxTokenizer(fim_style)
+            self.tokenizer = ApproxTokenizer(fim_format)
         self.model = model or self._first_model()
         self.model_name = f"{self.model} @ {parsed.netloc}"
 
     @property
     def fim_format(self) -> str | None:
-        return self.tokenizer.fim.style if self.tokenizer.fim else None
+        return self.tokenizer.fim.name if self.tokenizer.fim else None
+
+    @property
+    def fim_layouts(self) -> tuple[str, ...]:
+        """None declared: the OpenAI API does not say how a served model was trained, so
+        prompts take PSM, the layout every FIM model knows."""
+        return ()
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """None declared: any language."""
+        return ()
+
+    # -- the protocol -----------------------------------------------------------------------
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
+                 cancel: CancelToken | None = None) -> Generation:
+        body = {"model": self.model, "prompt": prompt if isinstance(prompt, str) else list(prompt),
+                "max_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
+                "stream": True}
+        if params.stop:
+            body["stop"] = list(params.stop)[:STOP_LIMIT]
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.top_k:
+            body["top_k"] = params.top_k                           # vLLM / SGLang / llama.cpp extension
+        if params.stop_token_ids:
+            body["stop_token_ids"] = list(params.stop_token_ids)   # vLLM / SGLang extension
+        stats = GenerationStats()
+        return Generation(self._stream(body, stats, cancel or CancelToken()), stats)
+
+    def clear_cache(self) -> None:
+        """Nothing to do here: the remote server owns its cache, and the OpenAI API has no call
+        to empty it."""
+
+    def stats(self) -> dict:
+        return {"model": self.model_name, "engine": "remote", "url": self.url, "fim_format": self.fim_format}
 
     # -- http -------------------------------------------------------------------------------
     def _connection(self) -> http.client.HTTPConnection:
@@ -120,30 +158,13 @@ class RemoteEngine:
             raise RemoteError(f"The remote engine at {self.parsed.netloc} lists no models; set `model`.")
         return data[0]["id"]
 
-    # -- the protocol -----------------------------------------------------------------------
-    def generate(self, prompt: str | Sequence[int], *, max_new_tokens: int = 64, stop: Sequence[str] = (),
-                 stop_token_ids: Sequence[int] = (), temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None, cancel: CancelToken | None = None) -> Generation:
-        body = {"model": self.model, "prompt": prompt if isinstance(prompt, str) else list(prompt),
-                "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "stream": True}
-        if stop:
-            body["stop"] = list(stop)[:4]   # OpenAI's limit; most servers accept it
-        if seed is not None:
-            body["seed"] = seed
-        if top_k:
-            body["top_k"] = top_k           # vLLM / SGLang / llama.cpp extension
-        stats = GenerationStats()
-        return Generation(self._stream(body, stats, cancel or CancelToken(), tuple(stop)), stats)
-
-    def _stream(self, body: dict, stats: GenerationStats, cancel: CancelToken, stop: tuple[str, ...]) -> Iterator[str]:
-        import time
-
+    def _stream(self, body: dict, stats: GenerationStats, cancel: CancelToken) -> Iterator[str]:
         if cancel.cancelled:
             stats.finish_reason = "cancelled"
             return
         t0 = time.perf_counter()
         conn, response = self._request("POST", "/completions", body)
-        text, first = "", None
+        first = None
         try:
             for event in _sse_events(response):
                 if cancel.cancelled:
@@ -153,7 +174,6 @@ class RemoteEngine:
                 piece = choice.get("text") or ""
                 if piece:
                     first = first or time.perf_counter()
-                    text += piece
                     stats.generated_tokens += 1
                     yield piece
                 if choice.get("finish_reason"):
@@ -170,9 +190,6 @@ class RemoteEngine:
             stats.prefill_ms = ((first or now) - t0) * 1e3
             stats.decode_ms = (now - (first or now)) * 1e3
             stats.finish_reason = stats.finish_reason or "stop"
-
-    def stats(self) -> dict:
-        return {"model": self.model_name, "engine": "remote", "url": self.url, "fim_format": self.fim_format}
 
 
 def _sse_events(response) -> Iterator[dict]:
