@@ -75,27 +75,48 @@ class Prompt:
 
 
 def render(fmt: FimFormat, *, prefix: str, suffix: str, snippets: tuple[Snippet, ...] = (),
-           path: str | None = None, comment: str = "#", layout: str = "psm") -> str:
+           path: str | None = None, comment: str = "#", layout: str = "psm",
+           specials: tuple[str, ...] = ()) -> str:
     """The prompt text: related snippets, the file's header, then the FIM part in `layout`
-    (with SPM the snippets and the header still come right before the file's prefix)."""
-    prefix, suffix = _lf(prefix), _lf(suffix)
+    (with SPM the snippets and the header still come right before the file's prefix).
+
+    The user's text never becomes control tokens: a special-token string in it (`specials`,
+    the family's FIM tokens always) is broken by a zero-width space after its first character."""
+    user = _Neutraliser(specials + fmt.tokens)
+    prefix, suffix = user(prefix), user(suffix)
     if fmt.file_sep:
-        files = "".join(f"{fmt.file_sep}{s.path}\n{_lf(s.text)}\n" for s in snippets)
-        current = f"{fmt.file_sep}{path}\n" if path else ""
+        files = "".join(f"{fmt.file_sep}{user(s.path)}\n{user(s.text)}\n" for s in snippets)
+        current = f"{fmt.file_sep}{user(path)}\n" if path else ""
         return files + current + fmt.fill(prefix, suffix, layout)
-    files = "".join(f"{s.comment} {s.path}\n{_lf(s.text)}\n\n" for s in snippets)
-    current = f"{comment} {path}\n" if path else ""
+    files = "".join(f"{s.comment} {user(s.path)}\n{user(s.text)}\n\n" for s in snippets)
+    current = f"{comment} {user(path)}\n" if path else ""
     return fmt.fill(files + current + prefix, suffix, layout)
 
 
+class _Neutraliser:
+    """Text in "\\n" line ends with every special-token string broken (U+200B after its first
+    character), so a tokenizer reads it as the plain characters it is."""
+
+    def __init__(self, specials: tuple[str, ...]) -> None:
+        self.specials = tuple(sorted({s for s in specials if s}, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        text = _lf(text)
+        for special in self.specials:
+            if special in text:
+                text = text.replace(special, special[0] + "\u200b" + special[1:])
+        return text
+
+
 def overhead(fmt: FimFormat, path: str | None, comment: str, count: Count, bos: int,
-             layout: str = "psm") -> int:
+             layout: str = "psm", specials: tuple[str, ...] = ()) -> int:
     """Tokens of a prompt with empty windows and no snippets: what the windows cannot use."""
-    return count(render(fmt, prefix="", suffix="", path=path, comment=comment, layout=layout)) + bos
+    return count(render(fmt, prefix="", suffix="", path=path, comment=comment, layout=layout,
+                        specials=specials)) + bos
 
 
 def build_prompt(fmt: FimFormat, context: Context, count: Count, *, max_tokens: int,
-                 bos: int, layout: str = "psm") -> Prompt:
+                 bos: int, layout: str = "psm", specials: tuple[str, ...] = ()) -> Prompt:
     """Render `context`, trimming until the whole prompt fits in `max_tokens`.
 
     The context's windows were sized by summing per-line counts, which can differ a little from
@@ -106,7 +127,8 @@ def build_prompt(fmt: FimFormat, context: Context, count: Count, *, max_tokens: 
     header = True
     while True:
         text = render(fmt, prefix=prefix, suffix=suffix, snippets=snippets,
-                      path=context.path if header else None, comment=context.comment, layout=layout)
+                      path=context.path if header else None, comment=context.comment, layout=layout,
+                      specials=specials)
         tokens = count(text) + bos
         excess = tokens - max_tokens
         if excess <= 0:

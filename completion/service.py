@@ -79,6 +79,7 @@ class CompletionService:
         self._layout = resolve_layout(self.config.fim_layout, engine)
         self._count = TokenCounter(engine.tokenizer.count)
         self._bos = 0 if engine.tokenizer.bos_id is None else 1
+        self._specials = tuple(getattr(engine.tokenizer, "special_tokens", ()))
         self._related = RelatedIndex()
         self._lock = threading.Lock()
         self._shown: dict[str, _Shown] = {}
@@ -182,7 +183,8 @@ class CompletionService:
         current = Source(snapshot.uri, _display_path(snapshot), language, snapshot.text,
                          snapshot.version, tree)
         comment = language.comment if language else "#"
-        budget = config.max_prompt_tokens - overhead(fmt, current.path, comment, self._count, self._bos, layout)
+        budget = config.max_prompt_tokens - overhead(fmt, current.path, comment, self._count, self._bos, layout,
+                                                     self._specials)
         context = build_context(
             mode, current, cursor, self._other_sources(snapshot.uri), self._related,
             budget=budget, snippet_budget=config.snippet_tokens,
@@ -190,7 +192,7 @@ class CompletionService:
         timings["context"], clock = _ms(clock), time.perf_counter()
 
         prompt = build_prompt(fmt, context, self._count, max_tokens=config.max_prompt_tokens, bos=self._bos,
-                              layout=layout)
+                              layout=layout, specials=self._specials)
         plan = self._plan(mode, language, tree, cursor)
         params = self._params(mode, plan)
         key = (prompt.text, params)   # everything the engine sees

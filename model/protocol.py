@@ -52,6 +52,7 @@ class TokenizerProtocol(Protocol):
     bos_id: int | None
     eos_id: int | None
     fim: FimFormat | None
+    special_tokens: tuple[str, ...]   # strings that encode() maps to single control tokens
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
         """Token ids of `text`; special-token strings map to their single ids."""

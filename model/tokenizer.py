@@ -26,6 +26,7 @@ class Tokenizer:
         self.add_bos = add_bos and self.bos_id is not None
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         self.fim = detect(backend.token_to_id)
+        self.special_tokens = tuple(t.content for t in backend.get_added_tokens_decoder().values())
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "Tokenizer":

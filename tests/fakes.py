@@ -34,6 +34,7 @@ class FakeTokenizer:
                  declare_fim: bool = True) -> None:
         fmt = FORMATS.get(style) if style else None
         self._specials = list(dict.fromkeys([BOS, EOS, *(fmt.tokens if fmt else ())]))
+        self.special_tokens = tuple(self._specials)
         self._lock = threading.Lock()
         self._ids: dict[str, int] = {}
         self._strings: list[str] = []

@@ -107,6 +107,7 @@ def test_special_tokens_are_single_tokens_with_the_configs_ids(folder, config, e
     fim = tok.fim
     assert [tok.encode(t) for t in (fim.prefix, fim.suffix, fim.middle)] == ids[2:]
     assert tok.add_bos
+    assert set(tok.special_tokens) == set(SPECIALS)   # what the prompt builder keeps out of user text
 
 
 def test_our_logits_match_transformers(engine, reference):

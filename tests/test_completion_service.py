@@ -418,3 +418,17 @@ def test_the_header_and_the_budget_per_language(language, budget):
     prompt = engine.requests[0]["prompt"]
     assert prompt.startswith("<｜fim▁begin｜>" + case["header"])
     assert engine.tokenizer.count(prompt) + 1 <= budget
+
+
+def test_special_token_strings_in_the_document_stay_plain_text():
+    """A file that spells a FIM token (this project's own model/fim.py does) must not hand the
+    model a second fim▁end or an end of sentence: only the prompt's own are control tokens."""
+    fim, tokenizer = FakeTokenizer().fim, FakeTokenizer()
+    engine = FakeEngine("1", tokenizer=tokenizer)
+    service = CompletionService(engine)
+    text, position = cursor_at(f'END = "{fim.middle}"\nEOS = "<｜end▁of▁sentence｜>"\nx = █\n')
+    service.workspace.open(URI, "python", text, 1, path="pkg/calc.py")
+    _complete(service, position)
+    ids = tokenizer.encode(engine.requests[0]["prompt"])
+    controls = {tokenizer.encode(s)[0]: s for s in tokenizer.special_tokens}
+    assert [controls[i] for i in ids if i in controls] == [fim.prefix, fim.suffix, fim.middle]
