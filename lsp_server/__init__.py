@@ -1,0 +1,35 @@
+"""The Latent language server and the `latent` command, one job per module.
+
+The command line
+    cli              the `latent` command: lsp, complete, info, and the commands it hands on
+    repl             `latent repl`: a Python prompt with ghost text (no server; no pygls)
+    settings         Settings derived from the options they set, their layers and merging,
+                     and the settings flags every command shares (no pygls)
+    engines          the engine the settings ask for: in-process, daemon or OpenAI-compatible
+    logs             log records to stderr and, in a server, to the client
+
+The server
+    server           the pygls server: wiring, the stdio transport, errors outside requests
+    protocol         what pygls' protocol leaves out, through its public methods: UTF-16,
+                     request arrival and cancellation, document sync without a copy, errors
+                     for unreadable messages
+    session          one server's state: documents, settings, status, worker, engine/service
+    requests         a background request's life: snapshot, job, supersession, cancellation,
+                     exactly one answer
+    worker           the one thread that runs completions and engine commands, newest first
+    loading          loading the model in the background, with progress
+    status           the `latent/status` notification
+  one module per LSP method or group:
+    lifecycle        initialize, initialized, shutdown, exit
+    documents        didOpen, didChange, didClose (and LSP ↔ completion positions)
+    inline           textDocument/inlineCompletion
+    completion_list  textDocument/completion
+    commands         workspace/executeCommand: latent.toggle, .stats, .clearCache, .accepted
+    settings_sync    workspace/didChangeConfiguration
+"""
+from importlib import metadata
+
+try:
+    VERSION = metadata.version("latent-coder")
+except metadata.PackageNotFoundError:
+    VERSION = "0.1.0"

@@ -5,12 +5,12 @@
     latent complete --stdin --language L [--at LINE:COL]
     latent info                                   the model, its parameters, the cache budget
     latent repl …                                 a Python prompt with ghost text (lsp_server/repl.py)
-    latent engine serve | stop | status           the shared engine daemon (model/rpc.py)
-    latent train …                                train the bundled model (model/train.py)
-    latent bench …                                engine benchmarks (model/bench.py)
+    latent engine serve | stop | status           the shared engine daemon (model/serve/)
+    latent train …                                train the bundled model (model/train/)
 
 `complete` prints the suggestion and nothing else on stdout (nothing when there is none).
-Settings come from the config file and LATENT_* variables, then from the options here.
+Settings come from the config file and LATENT_* variables, then from the flags here (the
+flags and their help come from the settings' own declarations: settings.add_arguments).
 Every error is one line on stderr and exit status 2.
 """
 from __future__ import annotations
@@ -26,9 +26,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 EXIT_ERROR = 2
-COMMANDS = ("lsp", "complete", "info", "repl", "engine", "train", "bench")
-DELEGATED = {"repl": "lsp_server.repl", "engine": "model.rpc", "train": "model.train",
-             "bench": "model.bench"}  # own parsers
+COMMANDS = ("lsp", "complete", "info", "repl", "engine", "train")
+DELEGATED = {"repl": "lsp_server.repl", "engine": "model.serve", "train": "model.train"}  # own parsers
 
 
 class UsageError(Exception):
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 # Arguments
 
 def _parser() -> argparse.ArgumentParser:
-    from lsp_server.server import VERSION
+    from lsp_server import VERSION, settings
 
     parser = _Parser(prog="latent", description="Local fill-in-the-middle code completion: "
                      "a language server and a command line around one DeepSeek-architecture model.")
@@ -73,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     lsp.add_argument("--tcp", metavar="HOST:PORT", help="listen on a TCP port instead of stdio")
     lsp.add_argument("--stdio", action="store_true",
                      help="stdio, the default (accepted because some clients, e.g. vscode-languageclient, pass it)")
-    _model_options(lsp)
+    settings.add_arguments(lsp)
     lsp.set_defaults(run=_lsp)
 
     complete = sub.add_parser("complete", help="print the suggestion at a position", description=(
@@ -84,52 +83,31 @@ def _parser() -> argparse.ArgumentParser:
     complete.add_argument("--language", metavar="L",
                           help="language id (python, rust, …); from the file name by default")
     complete.add_argument("--at", metavar="LINE:COL", help="with --stdin: the cursor (default: the end of the text)")
-    _model_options(complete)
+    settings.add_arguments(complete)
     complete.set_defaults(run=_complete)
 
     info = sub.add_parser("info", help="describe the model", description=(
         "Load the model and print its name, parameters, memory and cache budget."))
     info.add_argument("--json", action="store_true", help="print the figures as JSON")
-    _model_options(info)
+    settings.add_arguments(info)
     info.set_defaults(run=_info)
 
     for name, text in (("repl", "a Python prompt with ghost text (see `latent repl --help`)"),
                        ("engine", "the shared engine daemon: serve | stop | status (see `latent engine --help`)"),
-                       ("train", "train the bundled model (see `latent train --help`)"),
-                       ("bench", "run the engine benchmarks (see `latent bench --help`)")):
+                       ("train", "train the bundled model (see `latent train --help`)")):
         sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("settings (override the config file and LATENT_* variables)")
-    group.add_argument("--model", help="checkpoint folder or cached Hugging Face repo id (default: bundled)")
-    group.add_argument("--device", help="cpu, cuda, cuda:N")
-    group.add_argument("--dtype", help="float32, bfloat16, float16")
-    group.add_argument("--quantize", help="none or int8")
-    group.add_argument("--threads", help="PyTorch CPU threads (0: PyTorch's default)")
-    group.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
-    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
-                       help="any other setting (repeatable), e.g. --set temperature=0.2")
-
-
 def _settings(args):
-    """Settings from the config file, the environment and the command line, and the store."""
-    from lsp_server.config import SettingError, SettingsStore, merge, parse_overrides
+    """Settings from the config file, the environment and the command line, the store of
+    their layers, and the warnings."""
+    from lsp_server.settings import from_command_line
 
-    store, warnings = SettingsStore.from_environment()
-    layer = {k: getattr(args, k) for k in ("model", "device", "dtype", "quantize", "threads", "log_level")
-             if getattr(args, k, None) is not None}
     try:
-        layer.update(parse_overrides(args.overrides))
-    except SettingError as e:
-        raise UsageError(str(e)) from None
-    _, problems = merge(layer)
-    if problems:
-        raise UsageError(problems[0].rstrip("."))
-    store.env = {**store.env, **layer}
-    settings, more = store.settings()
-    return settings, store, warnings + more
+        return from_command_line(args)
+    except ValueError as e:
+        raise UsageError(str(e).rstrip(".")) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +115,8 @@ def _settings(args):
 
 def _lsp(args) -> int:
     from lsp_server import logs
-    from lsp_server.server import LatentServer
+    from lsp_server.server import create
+    from lsp_server.session import Session
 
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
@@ -145,7 +124,8 @@ def _lsp(args) -> int:
             raise UsageError(f"--tcp takes HOST:PORT, not {args.tcp!r}")
     settings, store, warnings = _settings(args)
     logs.setup(settings.log_level)
-    server = LatentServer(store, warnings)
+    session = Session(store, warnings)
+    server = create(session)
     if args.tcp:
         with contextlib.suppress(SystemExit):
             server.start_tcp(host, int(port))
@@ -154,8 +134,9 @@ def _lsp(args) -> int:
         protocol_out = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)
         sys.stdout = sys.stderr
-        server.start_io(sys.stdin.buffer, protocol_out)
-    code = server.exit_code if server.exit_code is not None else (0 if server.shut_down else 1)
+        server.serve_stdio(sys.stdin.buffer, protocol_out)
+    session.close()
+    code = session.exit_code if session.exit_code is not None else (0 if session.shut_down else 1)
     sys.stderr.flush()
     os._exit(code)  # never wait on a stdin read the client left open
 
@@ -192,16 +173,14 @@ def _complete(args) -> int:
 
 def _suggest(settings, uri: str, path, language: str, text: str, position) -> str:
     from completion import CompletionService
-    from lsp_server.server import completion_config
 
     engine = _load(settings)
     try:
-        service = CompletionService(engine, completion_config(settings))
+        service = CompletionService(engine, settings.completion_config())
     except ValueError as e:
         raise UsageError(str(e).rstrip(".")) from None
     service.workspace.open(uri, language, text, 1, path)
     result = service.complete(service.workspace.snapshot(uri), position)
-    service.close()
     log.info("%s/%s, %s ms, engine %s", result.source, result.mode, result.timings_ms, result.engine_stats)
     return result.suggestions[0].text if result.suggestions else ""
 
@@ -211,7 +190,7 @@ def _info(args) -> int:
     with _quiet(args.log_level):
         engine = _load(settings)
         stats = engine.stats()
-    from lsp_server.commands import plain
+    from model.serve.framing import plain
 
     stats = plain({k: v for k, v in stats.items() if k not in ("last_request", "requests", "lookups")})
     if args.json:
@@ -223,7 +202,7 @@ def _info(args) -> int:
         ("model", f"{stats.get('model')} ({stats.get('model_type', '?')})"),
         ("parameters", _count(stats.get("parameters"))),
         ("weights", f"{_bytes(stats.get('weight_bytes'))} ({stats.get('quantize') or stats.get('dtype')})"),
-        ("device", f"{stats.get('device')}, {settings.threads or 'default'} threads"),
+        ("device", f"{stats.get('device')}, {stats.get('threads', '?')} threads"),
         ("fim format", stats.get("fim_format") or "none"),
         ("context", f"{stats.get('max_context')} tokens"),
         ("latent cache", f"{per_token} bytes per token; budget {_bytes(budget)}"
@@ -237,7 +216,7 @@ def _info(args) -> int:
 
 
 def _delegate(command: str, argv: list[str]) -> int:
-    """`latent repl` / `train` / `bench`: command lines with parsers of their own."""
+    """`latent repl` / `engine` / `train`: command lines with parsers of their own."""
     module_name = DELEGATED[command]
     try:
         module = importlib.import_module(module_name)

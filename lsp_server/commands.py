@@ -1,7 +1,8 @@
 """workspace/executeCommand: latent.toggle, latent.stats, latent.clearCache, latent.accepted.
 
-Commands that touch the engine run on the completion worker, in turn with completions, so
-they never race a generation and never block the event loop.
+Commands that touch the engine run on the worker, in turn with completions, so they never
+race a generation and never block the event loop. An accepted suggestion's precomputation is
+a job there too, under (uri, "precompute"): a newer accept or the document's close cancels it.
 """
 from __future__ import annotations
 
@@ -9,72 +10,70 @@ import asyncio
 import dataclasses
 import logging
 
+from lsprotocol import types
+
 from completion.types import Position, Range, Suggestion
 from lsp_server import status
+from model.serve.framing import plain
 
 log = logging.getLogger(__name__)
+ACCEPTED = "latent.accepted"
 
 
-def register(server) -> None:
+def accept_command(uri: str, suggestion: Suggestion) -> types.Command:
+    """The command a client runs once the user accepted `suggestion` (see `accepted` below)."""
+    r = suggestion.range
+    span = [r.start.line, r.start.character, r.end.line, r.end.character]
+    return types.Command(title="Latent: suggestion accepted", command=ACCEPTED, arguments=[uri, suggestion.text, span])
+
+
+def register(server, session) -> None:
+    def on_worker(fn) -> asyncio.Future:
+        return asyncio.wrap_future(session.worker.submit(None, fn).future)
+
     @server.command("latent.toggle")
-    def toggle(ls, *args) -> dict:
+    def toggle(*args) -> dict:
         """Turn completion off or on (an argument true / false sets it)."""
-        enabled = bool(args[0]) if args else not ls.settings.enable
-        ls.store.runtime["enable"] = enabled
-        ls.apply_settings()
+        enabled = bool(args[0]) if args else not session.settings.enable
+        session.store.toggled["enable"] = enabled
+        session.apply_settings()
         log.info("Completion is %s.", "on" if enabled else "off")
         return {"enabled": enabled}
 
     @server.command("latent.stats")
-    async def stats(ls, *args) -> dict:
+    async def stats(*args) -> dict:
         """The server's, the pipeline's and the engine's figures."""
-        service, engine = ls.service, ls.engine
+        service, engine = session.service, session.engine
 
         def read(cancel) -> dict:
             return {"service": service.stats() if service else {}, "engine": engine.stats() if engine else {}}
 
-        figures = await asyncio.wrap_future(ls.worker.submit(None, read).future) or {}
-        return plain({
-            "status": ls.status.params(),
-            "documents": len(ls.documents),
-            "settings": dataclasses.asdict(ls.settings),
-            **figures,
-        })
+        figures = await on_worker(read) or {}
+        return plain({"status": session.status.params(), "documents": len(session.documents),
+                      "settings": dataclasses.asdict(session.settings), **figures})
 
     @server.command("latent.clearCache")
-    async def clear_cache(ls, *args) -> dict:
+    async def clear_cache(*args) -> dict:
         """Forget cached suggestions and the engine's latent prefix cache."""
-        service, engine = ls.service, ls.engine
+        service, engine = session.service, session.engine
 
         def clear(cancel) -> None:
             if service is not None:
                 service.clear_cache()
-            if engine is not None and hasattr(engine, "clear_cache"):
                 engine.clear_cache()
+                session.status.refresh_cache(engine, force=True)
 
-        await asyncio.wrap_future(ls.worker.submit(None, clear).future)
-        ls.status.refresh_cache(None)
-        status.send(ls)
+        await on_worker(clear)
+        status.send(session)
         log.info("Caches cleared.")
-        return {"cleared": ls.service is not None}
+        return {"cleared": service is not None}
 
-    @server.command("latent.accepted")
-    def accepted(ls, uri: str, text: str, span: list) -> None:
+    @server.command(ACCEPTED)
+    def accepted(uri: str, text: str, span: list) -> None:
         """A client accepted a suggestion (the items' command): precompute the next one."""
-        service = ls.service
+        service = session.service
         if service is None or not isinstance(text, str) or len(span) != 4:
             return None
-        r = Range(Position(int(span[0]), int(span[1])), Position(int(span[2]), int(span[3])))
-        ls.worker.submit(None, lambda cancel: service.accepted(uri, Suggestion(text, r)))
+        suggestion = Suggestion(text, Range(Position(int(span[0]), int(span[1])), Position(int(span[2]), int(span[3]))))
+        session.worker.submit((uri, "precompute"), lambda cancel: service.precompute(uri, suggestion, cancel))
         return None
-
-
-def plain(value):
-    """`value` with anything JSON cannot carry turned into a string."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)

@@ -1,7 +1,9 @@
-"""textDocument/didOpen, didChange, didClose: the open documents, updated at once.
+"""textDocument/didOpen, didChange, didClose: the open documents, updated at once; and the
+conversions between LSP's positions and completion's (both count UTF-16 code units, as the
+server announces).
 
-The text lives in completion's Workspace (which keeps each tree-sitter tree incrementally
-up to date); positions in content changes are UTF-16, as the server announces.
+The text lives in the session's completion.Workspace (which keeps each tree-sitter tree
+incrementally up to date); pygls keeps no copy (see protocol.LatentProtocol).
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from pygls.uris import to_fs_path
 
 from completion.errors import UnknownDocument
 from completion.types import Position, Range, TextChange
-from lsp_server import completions
 
 log = logging.getLogger(__name__)
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -26,23 +27,28 @@ def clean(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 
+def to_range(r: types.Range) -> Range:
+    return Range(Position(r.start.line, r.start.character), Position(r.end.line, r.end.character))
+
+
+def lsp_range(r: Range) -> types.Range:
+    return types.Range(types.Position(r.start.line, r.start.character), types.Position(r.end.line, r.end.character))
+
+
 def to_change(change) -> TextChange:
     r = getattr(change, "range", None)
-    if r is None:
-        return TextChange(clean(change.text))
-    return TextChange(clean(change.text), Range(Position(r.start.line, r.start.character),
-                                                Position(r.end.line, r.end.character)))
+    return TextChange(clean(change.text), None if r is None else to_range(r))
 
 
-def relative_path(ls, uri: str) -> str | None:
+def relative_path(workspace, uri: str) -> str | None:
     """The document's path inside the workspace folder holding it (for the prompt's header)."""
     path = to_fs_path(uri)
     if not path:
         return None
     path = path.replace("\\", "/")
-    roots = [to_fs_path(folder.uri) for folder in ls.workspace.folders.values()]
-    if ls.workspace.root_path:
-        roots.append(ls.workspace.root_path)
+    roots = [to_fs_path(folder.uri) for folder in workspace.folders.values()]
+    if workspace.root_path:
+        roots.append(workspace.root_path)
     best = None
     for root in filter(None, roots):
         root = root.replace("\\", "/").rstrip("/")
@@ -51,22 +57,21 @@ def relative_path(ls, uri: str) -> str | None:
     return posixpath.relpath(path, best) if best else None
 
 
-def register(server) -> None:
+def register(server, session) -> None:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
-    def did_open(ls, params: types.DidOpenTextDocumentParams) -> None:
+    def did_open(params: types.DidOpenTextDocumentParams) -> None:
         doc = params.text_document
-        ls.documents.open(doc.uri, doc.language_id, clean(doc.text), doc.version, path=relative_path(ls, doc.uri))
+        session.documents.open(doc.uri, doc.language_id, clean(doc.text), doc.version,
+                               path=relative_path(server.workspace, doc.uri))
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
-    def did_change(ls, params: types.DidChangeTextDocumentParams) -> None:
+    def did_change(params: types.DidChangeTextDocumentParams) -> None:
         doc = params.text_document
         try:
-            ls.documents.change(doc.uri, doc.version, [to_change(c) for c in params.content_changes])
+            session.documents.change(doc.uri, doc.version, [to_change(c) for c in params.content_changes])
         except UnknownDocument as e:
             log.warning("%s The change is ignored.", e)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
-    def did_close(ls, params: types.DidCloseTextDocumentParams) -> None:
-        uri = params.text_document.uri
-        ls.documents.close(uri)
-        completions.forget(ls, uri)
+    def did_close(params: types.DidCloseTextDocumentParams) -> None:
+        session.close_document(params.text_document.uri)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from lsp_server.config import Settings
+from lsp_server.settings import Settings
 from model.protocol import EngineProtocol, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -39,22 +39,14 @@ def _inprocess(settings: Settings) -> EngineProtocol:
         raise ModelLoadError(
             f"The bundled model is missing from {BUNDLED_DIR}; run `latent train` or set `model` "
             f"to a checkpoint folder.")
-    return Engine.load(
-        settings.model, dtype=settings.dtype, device=settings.device,
-        threads=settings.threads or None, quantize=settings.quantize,
-        cache_bytes=settings.cache_mb << 20, max_context=settings.max_context, reuse=settings.reuse,
-    )
+    return Engine.load(settings.model, settings.runtime())
 
 
 def _daemon(settings: Settings) -> EngineProtocol:
-    from model.rpc import EngineClient, RPCError, daemon_argv
+    from model.serve.client import EngineClient, RPCError, daemon_argv
 
-    argv = daemon_argv(
-        settings.model, device=settings.device, dtype=settings.dtype, quantize=settings.quantize,
-        threads=settings.threads or None, cache_mb=settings.cache_mb, max_context=settings.max_context,
-        reuse=settings.reuse,
-        idle_exit=settings.daemon_idle_minutes * 60 if settings.daemon_idle_minutes else None,
-    )
+    argv = daemon_argv(settings.model, settings.runtime(),
+                       idle_exit=settings.daemon_idle_minutes * 60 if settings.daemon_idle_minutes else None)
     try:
         client = EngineClient(spawn=argv)
     except RPCError as e:
@@ -82,14 +74,15 @@ def _same_model(served_dir: str | None, wanted: str | None) -> bool:
 
 
 def _remote(settings: Settings) -> EngineProtocol:
-    from model.remote import RemoteEngine, RemoteError
-    from model.tokenizer import FIM_STYLES, TokenizerError
+    from model.fim import FORMATS
+    from model.serve.remote import RemoteEngine, RemoteError
+    from model.tokenizer import TokenizerError
 
     url = settings.engine[len("openai:"):]
     try:
         return RemoteEngine(url, model=settings.model, api_key_env=settings.api_key_env,
                             tokenizer_dir=settings.tokenizer,
-                            fim_style=settings.fim_format if settings.fim_format in FIM_STYLES else "deepseek")
+                            fim_format=settings.fim_format if settings.fim_format in FORMATS else "deepseek")
     except (RemoteError, TokenizerError) as e:
         raise ModelLoadError(str(e)) from None
 
@@ -97,3 +90,11 @@ def _remote(settings: Settings) -> EngineProtocol:
 def describe(engine: EngineProtocol) -> str:
     """A short name for status lines: the model and where it runs."""
     return getattr(engine, "model_name", None) or type(engine).__name__
+
+
+def one_sentence(error: Exception, name: str) -> str:
+    """A failed load as one sentence for a status line or a message (LSP, repl)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if type(error) not in (ModelLoadError, ValueError):   # others: name the model and the error type
+        text = f"The model {name} could not be loaded ({type(error).__name__}: {text})."
+    return text if text.endswith((".", "!", "?")) else text + "."

@@ -3,25 +3,18 @@ from __future__ import annotations
 
 from lsprotocol import types
 
-from lsp_server import completions
-
-METHOD = types.TEXT_DOCUMENT_INLINE_COMPLETION
-
-
-def arrive(ls, request_id, params: types.InlineCompletionParams) -> completions.Pending:
-    return completions.arrive(ls, request_id, "inline", params.text_document.uri, params.position)
+from completion.types import Suggestion
+from lsp_server.commands import accept_command
+from lsp_server.documents import lsp_range
 
 
-def register(server) -> None:
-    @server.feature(METHOD, types.InlineCompletionOptions())
-    async def inline_completion(ls, params: types.InlineCompletionParams) -> types.InlineCompletionList:
-        pending = ls.take_pending(params, arrive)
-        suggestions = await completions.finish(ls, pending)
-        return types.InlineCompletionList(items=[
-            types.InlineCompletionItem(
-                insert_text=s.text, range=completions.to_range(s),
-                command=completions.accept_command(pending.uri, s))
-            for s in suggestions
-        ])
+def respond(uri: str, suggestions: list[Suggestion]) -> types.InlineCompletionList:
+    return types.InlineCompletionList(items=[
+        types.InlineCompletionItem(insert_text=s.text, range=lsp_range(s.range), command=accept_command(uri, s))
+        for s in suggestions
+    ])
 
-    server.arrivals[METHOD] = arrive
+
+def register(server, session) -> None:
+    session.requests.register(server, types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions(),
+                              "inline", respond)

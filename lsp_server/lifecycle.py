@@ -12,41 +12,36 @@ import logging
 from lsprotocol import types
 
 from lsp_server import logs
-from lsp_server.config import client_layer
 from lsp_server.loading import ensure_model
+from lsp_server.settings import client_layer
 
 log = logging.getLogger(__name__)
 
 
-def register(server) -> None:
+def register(server, session) -> None:
     @server.feature(types.INITIALIZE)
-    def initialize(ls, params: types.InitializeParams) -> None:
-        layer, warnings = client_layer(params.initialization_options)
-        ls.store.init = layer
-        ls.startup_warnings += warnings
-        ls.settings, more = ls.store.settings()
-        ls.startup_warnings += more
-        ls.status.enabled = ls.settings.enable
-        logs.setup(ls.settings.log_level)
-        ls.log_handler = logs.ClientHandler(ls, asyncio.get_running_loop())
-        logs.attach(ls.log_handler)
+    def initialize(params: types.InitializeParams) -> None:
+        session.store.init, warnings = client_layer(params.initialization_options)
+        session.startup_warnings += warnings + session.reread_settings()
+        logs.setup(session.settings.log_level)
+        session.log_handler = logs.ClientHandler(server, asyncio.get_running_loop())
+        logs.attach(session.log_handler)
 
     @server.feature(types.INITIALIZED)
-    def initialized(ls, params: types.InitializedParams) -> None:
-        ls.initialized = True
-        for warning in dict.fromkeys(ls.startup_warnings):
+    def initialized(params: types.InitializedParams) -> None:
+        session.initialized = True
+        for warning in dict.fromkeys(session.startup_warnings):
             log.warning("%s", warning)
-        ls.spawn(ensure_model(ls))
+        session.spawn(ensure_model(session))
 
     @server.feature(types.SHUTDOWN)
-    def shutdown(ls, params) -> None:
-        ls.shut_down = True
-        ls.worker.stop(timeout=1.0)
+    def shutdown(params) -> None:
+        session.shut_down = True
+        session.worker.stop(timeout=1.0)
         log.info("Shutting down.")
 
     @server.feature(types.EXIT)
-    def exit_(ls, params) -> None:
-        ls.exit_code = 0 if ls.shut_down else 1
-        handler = getattr(ls, "log_handler", None)
-        if handler is not None:
-            logs.detach(handler)
+    def exit_(params) -> None:
+        session.exit_code = 0 if session.shut_down else 1
+        if session.log_handler is not None:
+            logs.detach(session.log_handler)

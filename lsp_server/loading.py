@@ -14,61 +14,51 @@ import time
 from lsprotocol import types
 
 from lsp_server import status
-from lsp_server.engines import describe
-from lsp_server.engines import make_engine
+from lsp_server.engines import describe, make_engine, one_sentence
 
 log = logging.getLogger(__name__)
 _tokens = itertools.count(1)
 
 
-async def ensure_model(ls) -> None:
+async def ensure_model(session) -> None:
     """Load the engine the settings ask for, unless the last load (or failure) was for them."""
-    if ls.loading:
+    if session.loading:
         return  # the running load compares the settings again when it ends
-    ls.loading = True
+    session.loading = True
     try:
-        while ls.settings.engine_key() != ls.attempted_key:
-            settings = ls.settings
-            ls.attempted_key = settings.engine_key()
-            await _load(ls, settings)
+        while session.settings.engine_key() != session.attempted_key:
+            settings = session.settings
+            session.attempted_key = settings.engine_key()
+            await _load(session, settings)
     finally:
-        ls.loading = False
+        session.loading = False
 
 
-async def _load(ls, settings) -> None:
-    name = settings.model or "bundled"
-    ls.unload()
-    ls.status.state, ls.status.model, ls.status.message = "loading", name, f"Loading the model {name}."
-    status.send(ls)
+async def _load(session, settings) -> None:
+    name, server, state = settings.model or "bundled", session.server, session.status
+    session.unload()
+    state.state, state.model, state.message = "loading", name, f"Loading the model {name}."
+    status.send(session)
     started = time.perf_counter()
     engine_future = in_thread(make_engine, settings)
-    token = await _progress_begin(ls, f"Loading the model {name}")
+    token = await _progress_begin(server, f"Loading the model {name}")
     try:
         engine = await engine_future
-        ls.install(engine, settings)
-    except Exception as e:  # ModelLoadError and CompletionConfig's ValueError read as sentences
+        session.install(engine, settings)
+    except Exception as e:  # ModelLoadError and the pipeline's ValueError read as sentences
         message = one_sentence(e, name)
         log.error("%s", message)
-        ls.status.state, ls.status.message = "error", message
-        ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Error, message=f"Latent: {message}"))
-        _progress_end(ls, token, message)
-        status.send(ls)
+        state.state, state.message = "error", message
+        server.window_show_message(types.ShowMessageParams(type=types.MessageType.Error, message=f"Latent: {message}"))
+        _progress_end(server, token, message)
+        status.send(session)
         return
     seconds = time.perf_counter() - started
     name = describe(engine)   # e.g. "bundled (daemon)" or "model @ host:port"
-    ls.status.state, ls.status.model = "ready", name
-    ls.status.message = f"Loaded {name} in {seconds:.1f} s."
-    ls.status.refresh_cache(None)
+    state.state, state.model, state.message = "ready", name, f"Loaded {name} in {seconds:.1f} s."
     log.info("Loaded the model %s in %.1f s.", name, seconds)
-    _progress_end(ls, token, ls.status.message)
-    status.send(ls)
-
-
-def one_sentence(error: Exception, name: str) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    if type(error).__name__ not in ("ModelLoadError", "ValueError"):
-        text = f"The model {name} could not be loaded ({type(error).__name__}: {text})."
-    return text if text.endswith((".", "!", "?")) else text + "."
+    _progress_end(server, token, state.message)
+    status.send(session)
 
 
 def in_thread(fn, *args) -> asyncio.Future:
@@ -94,20 +84,20 @@ def in_thread(fn, *args) -> asyncio.Future:
     return future
 
 
-async def _progress_begin(ls, message: str):
-    window = getattr(ls.client_capabilities, "window", None)
+async def _progress_begin(server, message: str):
+    window = getattr(server.client_capabilities, "window", None)
     if not (window and window.work_done_progress):
         return None
     token = f"latent-load-{next(_tokens)}"
     try:
-        await asyncio.wait_for(ls.work_done_progress.create_async(token), 10)
+        await asyncio.wait_for(server.work_done_progress.create_async(token), 10)
     except Exception as e:
         log.debug("No progress: the client did not create the token (%s).", e)
         return None
-    ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="Latent", message=message))
+    server.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="Latent", message=message))
     return token
 
 
-def _progress_end(ls, token, message: str) -> None:
+def _progress_end(server, token, message: str) -> None:
     if token is not None:
-        ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
+        server.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))

@@ -68,11 +68,11 @@ class ClientHandler(logging.Handler):
         try:
             params = types.LogMessageParams(
                 type=MESSAGE_TYPES.get(record.levelno, types.MessageType.Error), message=self.format(record))
-            self.loop.call_soon_threadsafe(self._send, params)
+            self.loop.call_soon_threadsafe(self.deliver, params)
         except RuntimeError:  # the loop is closed: the session is over
             pass
 
-    def _send(self, params: types.LogMessageParams) -> None:
+    def deliver(self, params: types.LogMessageParams) -> None:
         if self.server.protocol.writer is not None:
             self.server.window_log_message(params)
 

@@ -1,6 +1,6 @@
 """`latent repl`: an interactive Python prompt with ghost text as you type.
 
-    latent repl [--model M] [--set NAME=VALUE …] [--no-history]
+    latent repl [--model M] [--device D …] [--set NAME=VALUE …] [--no-history]
 
 Keys: Tab accepts the ghost text (or indents when there is none), Ctrl-Right (or Alt-F)
 accepts its next word, Right / Ctrl-E / Ctrl-F accept all of it, Up / Down walk the history.
@@ -87,16 +87,15 @@ class Suggester:
         threading.Thread(target=self._load, name="latent-load", daemon=True).start()
 
     def _load(self) -> None:
-        from lsp_server.engines import make_engine
-        from lsp_server.server import completion_config
         from completion import CompletionService
+        from lsp_server.engines import make_engine, one_sentence
 
         started = time.perf_counter()
         try:
             engine = make_engine(self.settings)
-            self.service = CompletionService(engine, completion_config(self.settings))
+            self.service = CompletionService(engine, self.settings.completion_config())
         except Exception as e:  # a model that does not load leaves a plain Python prompt
-            self.state, self.message = "error", " ".join(str(e).split()) or type(e).__name__
+            self.state, self.message = "error", one_sentence(e, self.settings.model or "bundled")
             return
         self.state = "ready"
         self.message = f"{self.settings.model or 'bundled'} loaded in {time.perf_counter() - started:.1f} s"
@@ -238,38 +237,33 @@ def make_session(suggester: Suggester, inputs: list[str], history_file: Path | N
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def make_parser() -> argparse.ArgumentParser:
+    from lsp_server import settings
+
     parser = argparse.ArgumentParser(prog="latent repl", description=(
         "An interactive Python prompt with the model's ghost text: Tab accepts it, Ctrl-Right "
         "accepts a word. Settings come from the config file and LATENT_* variables, then from here."))
-    parser.add_argument("--model", help="checkpoint folder or cached Hugging Face repo id (default: bundled)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
-                        help="any other setting (repeatable), e.g. --set temperature=0.2")
     parser.add_argument("--no-history", action="store_true", help="keep no history file")
+    settings.add_arguments(parser)
     return parser
 
 
 def settings_from(args):
-    from lsp_server.config import SettingError, SettingsStore, merge, parse_overrides
+    """The settings `latent repl ARGS` runs with (as `latent complete` reads them); a bad
+    flag ends the repl with one line, other problems are printed as warnings."""
+    from lsp_server.settings import from_command_line
 
-    store, warnings = SettingsStore.from_environment()
-    layer = {"model": args.model} if args.model else {}
     try:
-        layer.update(parse_overrides(args.overrides))
-    except SettingError as e:
+        settings, _, warnings = from_command_line(args)
+    except ValueError as e:
         raise SystemExit(f"latent repl: error: {e}") from None
-    _, problems = merge(layer)
-    if problems:
-        raise SystemExit(f"latent repl: error: {problems[0]}")
-    store.env = {**store.env, **layer}
-    settings, more = store.settings()
-    for warning in warnings + more:
+    for warning in warnings:
         print(f"latent repl: {warning}", file=sys.stderr)
     return settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = make_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if not sys.stdin.isatty():
         print("latent repl: error: stdin is not a terminal (use `latent complete --stdin` in scripts)",
               file=sys.stderr)

@@ -5,7 +5,7 @@
 
 It is sent when the state changes, when `enable` flips and after every completion
 (`last` describes that completion; `cache` holds the engine's cache figures, refreshed at
-most once a second).
+most once a second, and at once by latent.clearCache).
 """
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ class Status:
             out["last"] = self.last
         return out
 
-    def refresh_cache(self, engine) -> None:
-        """Re-read the engine's cache figures if the last reading is old (worker thread)."""
+    def refresh_cache(self, engine, *, force: bool = False) -> None:
+        """Re-read the engine's cache figures if the last reading is old, or now (worker thread)."""
         now = time.monotonic()
-        if engine is None or now - self._cache_at < CACHE_REFRESH_S:
+        if engine is None or (now - self._cache_at < CACHE_REFRESH_S and not force):
             return
         self._cache_at = now
         self.cache = cache_figures(engine.stats())
@@ -49,7 +49,8 @@ def cache_figures(stats: dict) -> dict:
     return {short: stats[key] for key, short in keys.items() if key in stats}
 
 
-def send(server) -> None:
-    """Send the status (event loop only)."""
-    if server.protocol.writer is not None:
-        server.protocol.notify(METHOD, server.status.params())
+def send(session) -> None:
+    """Send the session's status (event loop only)."""
+    protocol = session.server.protocol
+    if protocol.writer is not None:
+        protocol.notify(METHOD, session.status.params())

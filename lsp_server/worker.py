@@ -1,14 +1,15 @@
-"""The completion worker: one thread, one job at a time, the newest job per document wins.
+"""The completion worker: one thread, one job at a time, the newest job per key wins.
 
     worker = Worker()
-    job = worker.submit("file:///a.py", lambda cancel: service.complete(snap, pos, cancel))
+    job = worker.submit((uri, "inline"), lambda cancel: service.complete(snap, pos, cancel))
     result = await asyncio.wrap_future(job.future)     # None when a newer job superseded it
 
-Submitting a job for a key cancels the previous job for that key: a queued one is answered
-with None without running; a running one has its CancelToken set, which the engine checks
-before prefill and between decode steps. Jobs without a key (clearing the cache, an accept)
-run in order and supersede nothing. The event loop never waits on the worker's lock for
-longer than a queue operation.
+Keys are (document, kind) pairs. Submitting a job for a key cancels the previous job for that
+key: a queued one is answered with None without running; a running one has its CancelToken
+set, which the engine checks before prefill and between decode steps. Jobs without a key
+(reading the figures, clearing the cache) run in order and supersede nothing. `forget(document)`
+cancels every job of a document that closed. The event loop never waits on the worker's lock
+for longer than a queue operation.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._stopped = False
 
-    def submit(self, key: Hashable | None, fn: Callable[[CancelToken], Any]) -> Job:
+    def submit(self, key: tuple[Hashable, str] | None, fn: Callable[[CancelToken], Any]) -> Job:
         """Queue `fn(cancel)`; with a key, cancel the key's previous job."""
         job = Job(key, fn)
         with self._wake:
@@ -59,16 +60,12 @@ class Worker:
             self._wake.notify()
         return job
 
-    def forget(self, key: Hashable) -> None:
-        """Cancel the key's job (its document closed) and drop what is kept for it."""
+    def forget(self, document: Hashable) -> None:
+        """Cancel the jobs of a document that closed (keys (document, kind)) and drop them."""
         with self._wake:
-            job = self._latest.pop(key, None)
-        if job is not None:
+            jobs = [self._latest.pop(key) for key in list(self._latest) if key[0] == document]
+        for job in jobs:
             job.cancel.cancel()
-
-    def pending(self) -> int:
-        with self._wake:
-            return len(self._queue)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel everything, answer queued jobs with None, and end the thread."""

@@ -82,7 +82,6 @@ def expected(documents: list[tuple[str, str, str]], uri: str, line: int, charact
         for doc_uri, language, text in documents:
             service.workspace.open(doc_uri, language, text, 1)
         result = service.complete(service.workspace.snapshot(uri), Position(line, character))
-        service.close()
     finally:
         torch.set_num_threads(threads)
     return [(s.text, ((s.range.start.line, s.range.start.character), (s.range.end.line, s.range.end.character)))
@@ -123,6 +122,7 @@ class Session:
         self.statuses: list = []
         self.responses: collections.Counter = collections.Counter()   # request id -> answers
         self.errors: dict = {}                                           # request id -> ResponseError
+        self.answers: dict = {}                                          # request id -> the last answer
         self.result: types.InitializeResult | None = None
         self._ids = 0
 
@@ -133,15 +133,17 @@ class Session:
         client = make_test_lsp_client()
         session = cls(client)
         client.feature("latent/status")(lambda ls, params: session.statuses.append(params))
-        original = client.protocol._handle_response
+        original = client.protocol.handle_message
 
-        def count(msg_id, result=None, error=None):
-            session.responses[msg_id] += 1
-            if error is not None:
-                session.errors[msg_id] = error
-            return original(msg_id, result, error)
+        def count(message):
+            if hasattr(message, "id") and not hasattr(message, "method"):   # an answer: a result or an error
+                session.responses[message.id] += 1
+                session.answers[message.id] = message
+                if getattr(message, "error", None) is not None:
+                    session.errors[message.id] = message.error
+            return original(message)
 
-        client.protocol._handle_response = count
+        client.protocol.handle_message = count
         await client.start_io(sys.executable, "-m", "lsp_server", "lsp", *args, env=env, cwd=str(ROOT))
         folders = [types.WorkspaceFolder(root.as_uri(), root.name)] if root else None
         session.result = await client.initialize_session(types.InitializeParams(
@@ -212,9 +214,17 @@ class Session:
         return await self.client.workspace_execute_command_async(
             types.ExecuteCommandParams(command=name, arguments=list(arguments) or None))
 
-    def write_raw(self, body: bytes) -> None:
-        """Write one frame as it is (for malformed messages)."""
-        self.client._server.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    def write_raw(self, *bodies: bytes) -> None:
+        """Write frames as they are (for malformed messages), in one write."""
+        self.client._server.stdin.write(b"".join(b"Content-Length: %d\r\n\r\n" % len(b) + b for b in bodies))
+
+    async def answer(self, msg_id, timeout: float = 60.0):
+        """The answer to a request written with write_raw (its result or error, as sent)."""
+        async def poll():
+            while msg_id not in self.answers:
+                await asyncio.sleep(0.02)
+            return self.answers[msg_id]
+        return await asyncio.wait_for(poll(), timeout)
 
     # -- the end -------------------------------------------------------------------------------
     def answered_once(self) -> bool:

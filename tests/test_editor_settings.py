@@ -1,5 +1,6 @@
-"""The editor clients offer exactly the server's settings (lsp_server/config.py), under the
-same names (VS Code in camelCase, which the server accepts) and with the same defaults."""
+"""The editor clients offer exactly the server's settings (lsp_server/settings.py), under the
+same names (VS Code in camelCase, which the server accepts), with the same defaults and
+choices."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from lsp_server.config import CHOICES, Settings, client_layer, merge
+from lsp_server.settings import SPECS, Settings, client_layer, merge
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = json.loads((ROOT / "editors" / "vscode" / "package.json").read_text())
@@ -28,13 +29,13 @@ def test_vscode_configuration_mirrors_the_server_settings():
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     props = vscode_settings()
     snake = {re.sub(r"([A-Z])", r"_\1", k).lower(): k for k in props}
-    assert set(snake) == set(fields), "VS Code settings and lsp_server/config.py differ"
+    assert set(snake) == set(fields), "VS Code settings and lsp_server/settings.py differ"
     for name, key in snake.items():
         spec, default = props[key], fields[name].default
         assert spec["default"] == (list(default) if isinstance(default, tuple) else default), name
         assert spec.get("markdownDescription") or spec.get("description"), f"{key} has no description"
-        if name in CHOICES:
-            assert spec["enum"] == list(CHOICES[name]), name
+        if SPECS[name].choices is not None:
+            assert spec["enum"] == list(SPECS[name].choices), name
         # the server takes every value the editor offers as a default, under its camelCase name
         _, warnings = merge(client_layer({"latent": {key: spec["default"]}})[0])
         assert not warnings, warnings

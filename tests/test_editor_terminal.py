@@ -31,7 +31,7 @@ def repl_context() -> tuple[harness.Model, tuple[list[str], str, str]]:
     """(model, (inputs, typed, the first line the pipeline suggests there, as the repl asks))."""
     def find(model: harness.Model):
         args = ["--set", f"threads={harness.THREADS}"] + (["--model", model.path] if model.path else [])
-        suggester = repl.Suggester(repl.settings_from(repl._parser().parse_args(args)))
+        suggester = repl.Suggester(repl.settings_from(repl.make_parser().parse_args(args)))
         wait_for(lambda: suggester.state != "loading", 60, "the model to load")
         assert suggester.state == "ready", suggester.message
         for inputs, typed in REPL_CONTEXTS:

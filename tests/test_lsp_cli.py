@@ -79,7 +79,7 @@ def test_errors_are_one_line_on_stderr_with_status_2(tmp_path, capfd, args, mess
     assert err.count("\n") == 1 and err.startswith("latent: error: ") and message in err
 
 
-@pytest.mark.parametrize("args", [[], ["lsp"], ["complete"], ["info"], ["repl"], ["train"], ["bench"]])
+@pytest.mark.parametrize("args", [[], ["lsp"], ["complete"], ["info"], ["repl"], ["train"], ["engine"]])
 def test_help_everywhere(capfd, args):
     assert main([*args, "--help"]) == 0
     assert "usage" in capfd.readouterr().out.lower()

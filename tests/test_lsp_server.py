@@ -110,6 +110,29 @@ async def test_a_burst_of_edits_supersedes_older_requests(session):
     session.close(uri)
 
 
+async def test_a_request_sees_the_text_as_it_arrived_not_the_edits_read_with_it(session):
+    """The snapshot is taken as the request is read, even when the edit after it came in the
+    same read (three frames in one write): the edit empties the document."""
+    uri = "file:///work/arrival.txt"
+    language, text, line, character, want = await suggestion_case(session, uri)
+    frames = [
+        {"method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": uri, "languageId": language, "version": 1, "text": text}}},
+        {"id": "arrival", "method": "textDocument/inlineCompletion", "params": {
+            "textDocument": {"uri": uri}, "position": {"line": line, "character": character},
+            "context": {"triggerKind": 2}}},
+        {"method": "textDocument/didChange", "params": {"textDocument": {"uri": uri, "version": 2},
+                                                        "contentChanges": [{"text": ""}]}},
+    ]
+    session.write_raw(*(json.dumps({"jsonrpc": "2.0", **frame}).encode() for frame in frames))
+    answer = await session.answer("arrival")
+    assert getattr(answer, "error", None) is None, answer.error
+    spans = [(i.insertText, ((i.range.start.line, i.range.start.character), (i.range.end.line, i.range.end.character)))
+             for i in answer.result.items]                  # the client reads an unknown id's answer as plain objects
+    assert spans == want
+    session.close(uri)
+
+
 async def test_cancel_request_answers_cancelled_and_skips_the_work(session):
     uri = "file:///work/cancel.txt"
     session.open(uri, PLAIN, "plaintext")
@@ -154,6 +177,33 @@ async def test_configuration_changes_take_effect(session):
     await asyncio.sleep(0.3)
     assert pairs(await session.inline(uri, line, character)) == want
     assert await session.command("latent.clearCache") == {"cleared": True}
+    session.close(uri)
+
+
+async def test_clear_cache_empties_the_engines_latent_cache(session):
+    uri = "file:///work/clear.txt"
+    session.open(uri, PLAIN, "plaintext")
+    await session.inline(uri, 1, 20)
+    assert (await session.command("latent.stats"))["engine"]["cache_tokens"] > 0
+    assert await session.command("latent.clearCache") == {"cleared": True}
+    assert (await session.command("latent.stats"))["engine"]["cache_tokens"] == 0
+    assert session.statuses[-1].cache.tokens == 0          # the status bar sees it at once
+    session.close(uri)
+
+
+async def test_an_accepted_suggestion_precomputes_the_next_one_on_the_worker(session):
+    uri = "file:///work/accept.txt"
+    language, text, line, character, want = await suggestion_case(session, uri)
+    session.open(uri, text, language)
+    [item] = await session.inline(uri, line, character)
+    before = (await session.command("latent.stats"))["service"]
+    await session.command(item.command.command, *item.command.arguments)
+    lines = (text + item.insert_text).split("\n")
+    session.change(uri, 2, ((line, character, line, character), item.insert_text))
+    await session.inline(uri, len(lines) - 1, len(lines[-1]))
+    after = (await session.command("latent.stats"))["service"]
+    assert after.get("accepted", 0) == before.get("accepted", 0) + 1
+    assert after.get("precompute_hits", 0) == before.get("precompute_hits", 0) + 1   # answered from it
     session.close(uri)
 
 

@@ -57,7 +57,7 @@ function serverOptions(): ServerOptions {
   const command = python || config.get<string>("server.path", "latent").trim() || "latent";
   const commandArgs = python ? ["-m", "lsp_server", "lsp", ...args] : ["lsp", ...args];
   output.info(`Starting ${command} ${commandArgs.join(" ")}`);
-  // no `transport`: TransportKind.stdio would append `--stdio`, which `latent lsp` does not take
+  // no `transport`: stdio is the default (TransportKind.stdio would append `--stdio`, which `latent lsp` also accepts)
   return { command, args: commandArgs, options: { env } };
 }
 

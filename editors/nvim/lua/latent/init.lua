@@ -8,15 +8,17 @@ local ghost = require('latent.ghost')
 
 local NAME = 'latent'
 
---- The language server's settings (lsp_server/config.py), with its defaults. They travel as
+--- The language server's settings (lsp_server/settings.py), with its defaults. They travel as
 --- initializationOptions and workspace/didChangeConfiguration; nil means "the server's default".
 M.server_settings = {
   -- the model and how it runs (a change reloads the model)
   'model', 'engine', 'device', 'dtype', 'quantize', 'threads', 'max_context', 'cache_mb',
-  'reuse', 'daemon_idle_minutes', 'api_key_env', 'tokenizer',
+  'reuse', 'attention', 'absorb_threshold', 'shift_min_tokens', 'shift_max_steps', 'shift_max_drift',
+  'daemon_idle_minutes', 'api_key_env', 'tokenizer',
   -- what is asked of it (a change applies to the next request)
   'max_prompt_tokens', 'prefix_fraction', 'snippet_tokens', 'max_new_tokens_line',
-  'max_new_tokens_block', 'multiline', 'temperature', 'top_p', 'fim_format',
+  'max_new_tokens_block', 'multiline', 'temperature', 'top_p', 'top_k', 'seed', 'fim_format',
+  'fim_layout', 'lru_size',
   -- the server
   'enable', 'languages', 'disabled_languages', 'completion_items', 'log_level',
 }

@@ -1,4 +1,4 @@
-"""workspace/didChangeConfiguration: the client's settings, the last layer of the merge.
+"""workspace/didChangeConfiguration: the client's settings, a late layer of the merge.
 
 Clients that push settings send them in the notification (a `latent` section or the settings
 themselves); clients that only announce a change (`settings: null`) are asked for the
@@ -11,40 +11,40 @@ import logging
 
 from lsprotocol import types
 
-from lsp_server.config import client_layer
+from lsp_server.settings import client_layer
 
 log = logging.getLogger(__name__)
 
 
-def register(server) -> None:
+def register(server, session) -> None:
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
-    def did_change_configuration(ls, params: types.DidChangeConfigurationParams) -> None:
-        if params.settings in (None, {}) and _can_pull(ls):
-            ls.spawn(pull(ls))
+    def did_change_configuration(params: types.DidChangeConfigurationParams) -> None:
+        if params.settings in (None, {}) and _can_pull(server):
+            session.spawn(pull(server, session))
             return
-        apply_client_settings(ls, params.settings)
+        apply_client_settings(session, params.settings)
 
 
-def apply_client_settings(ls, settings) -> None:
+def apply_client_settings(session, settings) -> None:
     layer, warnings = client_layer(settings)
     for warning in warnings:
         log.warning("%s", warning)
-    ls.store.client = layer
+    session.store.client = layer
     if "enable" in layer:  # an explicit setting overrides an earlier latent.toggle
-        ls.store.runtime.pop("enable", None)
-    ls.apply_settings()
+        session.store.toggled.pop("enable", None)
+    session.apply_settings()
 
 
-async def pull(ls) -> None:
+async def pull(server, session) -> None:
     try:
-        answer = await asyncio.wait_for(ls.workspace_configuration_async(types.ConfigurationParams(
+        answer = await asyncio.wait_for(server.workspace_configuration_async(types.ConfigurationParams(
             items=[types.ConfigurationItem(section="latent")])), 10)
     except Exception as e:
         log.warning("The client did not send its settings (%s).", e)
         return
-    apply_client_settings(ls, answer[0] if answer else None)
+    apply_client_settings(session, answer[0] if answer else None)
 
 
-def _can_pull(ls) -> bool:
-    workspace = getattr(ls.client_capabilities, "workspace", None)
+def _can_pull(server) -> bool:
+    workspace = getattr(server.client_capabilities, "workspace", None)
     return bool(workspace and workspace.configuration)

@@ -1,0 +1,103 @@
+"""The session: one language server's state, for its whole lifetime.
+
+It owns the open documents (one completion.Workspace, kept across model reloads), the
+settings (their layers and the merged result), the status, the worker and the in-flight
+requests. The engine and its completion service are installed as a pair once a model loads,
+and dropped before another loads; the documents stay.
+
+Notifications mutate the session on the event loop; requests read snapshots on the worker.
+`server` is the pygls LanguageServer that talks to the client (see server.create).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from completion import CompletionService, Workspace
+from lsp_server import logs, status
+from lsp_server.loading import ensure_model
+from lsp_server.requests import Requests
+from lsp_server.settings import Settings, SettingsStore
+from lsp_server.status import Status
+from lsp_server.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    def __init__(self, store: SettingsStore, warnings: list[str] | None = None) -> None:
+        self.store = store
+        self.settings, more = store.settings()
+        self.startup_warnings = list(warnings or []) + more
+        self.documents = Workspace()
+        self.status = Status(enabled=self.settings.enable, model=self.settings.model or "bundled")
+        self.worker = Worker()
+        self.requests = Requests(self)
+        self.engine = None
+        self.service: CompletionService | None = None
+        self.server = None                       # the pygls LanguageServer (server.create)
+        self.loading = False                     # loading.ensure_model's: a load runs …
+        self.attempted_key: tuple | None = None  # … or ran, for these engine settings
+        self.initialized = False
+        self.shut_down = False
+        self.exit_code: int | None = None
+        self.log_handler: logs.ClientHandler | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- the engine and its service ------------------------------------------------------------
+    def install(self, engine, settings: Settings) -> None:
+        """Serve completions from a loaded engine, over the open documents."""
+        self.service = CompletionService(engine, settings.completion_config(), workspace=self.documents)
+        self.engine = engine
+        self.status.cache = {}
+
+    def unload(self) -> None:
+        """Drop the engine and its service before another model loads (documents stay open)."""
+        self.engine = self.service = None
+
+    # -- documents -----------------------------------------------------------------------------
+    def close_document(self, uri: str) -> None:
+        """didClose: cancel the document's jobs and drop everything kept for it."""
+        self.worker.forget(uri)
+        self.documents.close(uri)
+        if self.service is not None:
+            self.service.forget(uri)
+
+    # -- settings ------------------------------------------------------------------------------
+    def reread_settings(self) -> list[str]:
+        """Merge the layers again (no side effects); the warnings."""
+        self.settings, warnings = self.store.settings()
+        self.status.enabled = self.settings.enable
+        return warnings
+
+    def apply_settings(self) -> None:
+        """Merge the layers again and apply what changed."""
+        previous = self.settings
+        for warning in self.reread_settings():
+            log.warning("%s", warning)
+        settings = self.settings
+        logs.setup(settings.log_level)
+        if settings.enable != previous.enable:
+            status.send(self)
+        config = settings.completion_config()
+        if self.service is not None and config != self.service.config:
+            try:
+                self.service.update_config(config)
+            except ValueError as e:   # e.g. a FIM format the model's tokenizer cannot spell
+                log.warning("The completion settings were not applied: %s", e)
+        if self.initialized:
+            self.spawn(ensure_model(self))
+
+    # -- running -------------------------------------------------------------------------------
+    def spawn(self, coroutine) -> asyncio.Task:
+        """Run a coroutine on the event loop, keeping a reference until it ends."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def close(self) -> None:
+        """The connection ended: stop the worker (queued jobs are answered with None)."""
+        self.worker.stop(timeout=1.0)
+        self.requests.inflight.clear()
+        self.unload()
