@@ -4,16 +4,21 @@
     service.workspace.open(uri, "python", text, version=1, path="pkg/mod.py")
     result = service.complete(service.workspace.snapshot(uri), Position(3, 8))
 
-Modules, in the order a request meets them: `document` (text, UTF-16 positions, incremental
-tree-sitter trees), `languages` (grammars and per-language rules as data), `context` (mode,
-token-budgeted windows, related snippets), `prompt` (FIM formats), `postprocess` (what to keep
-of the model's answer), `cache` (the LRU of recent answers), `config` (what the pipeline is
-asked to do) and `service` (the wiring).
+Modules, in the order a request meets them:
+- `document` — text, UTF-16 positions, incremental tree-sitter trees; `types`, `errors`;
+- `languages` — grammars and per-language rules as data;
+- `recall` — answers without the model (typing-through, the suggestion precomputed after an accept);
+- `context` — the mode (none / line / block), built from `windows` (the cursor, token-budgeted
+  windows) and `related` (snippets of definitions and other open documents);
+- `prompt` — the FIM prompt in the model family's format and layout (model/fim.py);
+- `cache` — the LRU of recent engine answers;
+- `postprocess` — what to keep of the model's answer;
+- `config` — what the pipeline is asked to do; `service` — the wiring.
 Nothing here knows about LSP or torch; the model is reached through `model.protocol` only.
 """
+from completion.config import CompletionConfig
 from completion.document import Document, Workspace
 from completion.errors import InvalidPosition, UnknownDocument
-from completion.config import CompletionConfig
 from completion.service import CompletionService
 
 __all__ = [

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import tree_sitter
 
-from completion.context import indent_width
+from completion.windows import indent_width
 from completion.document import edit_tree, encode
 from completion.languages import LanguageSpec
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from completion.context import Context, Count, Snippet
+from completion.context import Context
+from completion.related import Snippet
+from completion.windows import Count
 from model.fim import FORMATS, FimFormat
 from model.protocol import EngineProtocol
 

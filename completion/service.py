@@ -27,42 +27,24 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from dataclasses import dataclass, replace
-from typing import NamedTuple
+from dataclasses import replace
 
 from completion import postprocess
 from completion.cache import LruCache
 from completion.config import CompletionConfig
-from completion.context import (
-    Cursor, RelatedIndex, Source, TokenCounter, block_opener, build_context, decide_mode,
-)
+from completion.context import block_opener, build_context, decide_mode
 from completion.document import Lines, Workspace, line_ending, parse
 from completion.languages import LanguageSpec, language_for
 from completion.postprocess import Plan
 from completion.prompt import build_prompt, overhead, resolve_format, resolve_layout
+from completion.recall import Recall
+from completion.related import RelatedIndex, Source
 from completion.types import CompletionResult, Position, Range, Snapshot, Suggestion
+from completion.windows import Cursor, TokenCounter
 from model.params import SamplingParams
 from model.protocol import CancelToken, EngineProtocol
 
 BEFORE_LINES = 10  # lines before the cursor scanned for open brackets (the range rule)
-
-
-class _Shown(NamedTuple):
-    """The suggestion last shown in a document, for typing-through."""
-
-    before: str    # the document's text before the cursor then …
-    after: str     # … and after it
-    text: str      # the suggestion
-    covered: int   # characters of `after` its range replaces
-    mode: str
-
-
-class _Precomputed(NamedTuple):
-    """A suggestion computed after an accept, for the text around the cursor it assumed."""
-
-    before: str
-    after: str
-    result: CompletionResult
 
 
 class CompletionService:
@@ -82,9 +64,8 @@ class CompletionService:
         self._specials = tuple(getattr(engine.tokenizer, "special_tokens", ()))
         self._related = RelatedIndex()
         self._lock = threading.Lock()
-        self._shown: dict[str, _Shown] = {}
+        self._recall = Recall()
         self._cache = LruCache(self.config.lru_size)
-        self._precomputed: dict[str, _Precomputed] = {}
         self._counters: Counter = Counter()
 
     # -----------------------------------------------------------------------------------------
@@ -112,13 +93,16 @@ class CompletionService:
         if self._disabled(snapshot, language):
             self._bump("skipped")
             return CompletionResult(source="skipped")
-        for shortcut in (self._type_through, self._take_precomputed):
-            result = shortcut(snapshot.uri, cursor, cancel)
-            if result is not None:
-                result.timings_ms.setdefault("context", _ms(started))  # answered without the model
-                return result
+        result = self._recall.type_through(snapshot.uri, cursor)
+        if result is not None:
+            self._bump("typing_through" if result.source == "typing-through" else "cache_hits")
+        elif (result := self._recall.take(snapshot.uri, cursor)) is not None:
+            self._bump("precompute_hits")
+        if result is not None:
+            result.timings_ms.setdefault("context", _ms(started))  # answered without the model
+            return result
         result = self._run(snapshot, language, cursor, cancel, state.tree if state is not None else None)
-        self._remember(snapshot.uri, cursor, result)
+        self._recall.remember(snapshot.uri, cursor, result)
         return result
 
     def precompute(self, uri: str, suggestion: Suggestion, cancel: CancelToken | None = None) -> None:
@@ -130,19 +114,15 @@ class CompletionService:
         if document is None:
             return
         snapshot, offset = _after_accept(document.snapshot(), suggestion)
-        with self._lock:
-            self._precomputed.pop(uri, None)
+        self._recall.forget(uri)
         result = self._precompute(snapshot, offset, cancel or CancelToken())
         if result is None or result.source in ("cancelled", "skipped") or not result.suggestions:
             return
-        with self._lock:
-            self._precomputed[uri] = _Precomputed(snapshot.text[:offset], snapshot.text[offset:], result)
+        self._recall.store(uri, snapshot.text[:offset], snapshot.text[offset:], result)
 
     def clear_cache(self) -> None:
         self._cache.clear()
-        with self._lock:
-            self._shown.clear()
-            self._precomputed.clear()
+        self._recall.clear()
         self._related.clear()
 
     def stats(self) -> dict:
@@ -153,14 +133,12 @@ class CompletionService:
                 "fim_layout": self._layout,
                 "documents": len(self.workspace),
                 "cache_entries": len(self._cache),
-                "typing_through_documents": len(self._shown),
+                "typing_through_documents": len(self._recall),
             }
 
     def forget(self, uri: str) -> None:
         """A document closed: drop every piece of state kept for it."""
-        with self._lock:
-            self._shown.pop(uri, None)
-            self._precomputed.pop(uri, None)
+        self._recall.forget(uri)
         self._cache.forget(uri)
         self._related.forget(uri)
 
@@ -276,41 +254,6 @@ class CompletionService:
         lines = cursor.lines
         return [Suggestion(text, Range(lines.position(start), lines.position(end)))]
 
-    # -----------------------------------------------------------------------------------------
-    # Typing-through and precomputation
-
-    def _type_through(self, uri: str, cursor: Cursor, cancel: CancelToken) -> CompletionResult | None:
-        """The rest of the last suggestion when the user typed its start (or nothing) since."""
-        with self._lock:
-            shown = self._shown.get(uri)
-        if shown is None:
-            return None
-        before, after = cursor.text[:cursor.offset], cursor.text[cursor.offset:]
-        if after != shown.after or not before.startswith(shown.before):
-            return None
-        typed = before[len(shown.before):]
-        rest = shown.text[len(typed):]
-        if not shown.text.startswith(typed) or not rest.strip() or rest == after[:shown.covered]:
-            return None
-        end = cursor.lines.position(cursor.offset + shown.covered)
-        suggestion = Suggestion(rest, Range(cursor.lines.position(cursor.offset), end))
-        with self._lock:
-            self._shown[uri] = _Shown(before, after, rest, shown.covered, shown.mode)
-        self._bump("typing_through" if typed else "cache_hits")
-        return CompletionResult([suggestion], shown.mode, "typing-through" if typed else "cache")
-
-    def _take_precomputed(self, uri: str, cursor: Cursor, cancel: CancelToken) -> CompletionResult | None:
-        """The suggestion precomputed after an accept, when this request is at its position."""
-        with self._lock:
-            stored = self._precomputed.pop(uri, None)
-        if stored is None or (stored.before, stored.after) != (cursor.text[:cursor.offset],
-                                                               cursor.text[cursor.offset:]):
-            return None
-        self._bump("precompute_hits")
-        self._remember(uri, cursor, stored.result)
-        return replace(stored.result, source="cache", timings_ms={},
-                       engine_stats={**stored.result.engine_stats, "cached": True})
-
     def _precompute(self, snapshot: Snapshot, offset: int, cancel: CancelToken) -> CompletionResult | None:
         try:
             self._bump("precomputes")
@@ -321,16 +264,6 @@ class CompletionService:
         except Exception:  # a failed precomputation only means the next request computes
             self._bump("precompute_errors")
             return None
-
-    def _remember(self, uri: str, cursor: Cursor, result: CompletionResult) -> None:
-        with self._lock:
-            if not result.suggestions:
-                self._shown.pop(uri, None)
-                return
-            suggestion = result.suggestions[0]
-            covered = len(cursor.lines.text[cursor.offset:cursor.lines.offset(suggestion.range.end)])
-            self._shown[uri] = _Shown(cursor.text[:cursor.offset], cursor.text[cursor.offset:],
-                                      suggestion.text, covered, result.mode)
 
     # -----------------------------------------------------------------------------------------
     # Small helpers

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from completion.context import (
-    Cursor, RelatedIndex, Source, TokenCounter, build_context, choose_windows, decide_mode,
-)
+from completion.context import build_context, decide_mode
+from completion.related import RelatedIndex, Source
+from completion.windows import Cursor, TokenCounter, choose_windows
 from completion.document import Lines, parse
 from completion.languages import language_for
 from fakes import FakeTokenizer, cursor_at

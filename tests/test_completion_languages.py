@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from completion.context import RelatedIndex, Source
+from completion.related import RelatedIndex, Source
 from completion.document import parse
 from completion.languages import EXTENSIONS, LANGUAGE_IDS, LANGUAGES, language_for
 

@@ -6,7 +6,9 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from completion.context import Context, Snippet, TokenCounter
+from completion.context import Context
+from completion.related import Snippet
+from completion.windows import TokenCounter
 from completion import CompletionConfig, CompletionService
 from completion.prompt import build_prompt, render, resolve_format, resolve_layout
 from completion.types import Position, Range, TextChange

@@ -1,0 +1,250 @@
+"""Related snippets: what of the other open documents (and this one) the model is shown.
+
+Under their own budget, definitions of identifiers used near the cursor (tree-sitter
+definition queries over the open documents), then windows of other open documents ranked by
+identifier overlap (Jaccard) with the text around the cursor. `RelatedIndex` keeps each
+document's definitions and windows until its text changes.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import NamedTuple, Sequence
+
+import tree_sitter
+
+from completion.languages import LanguageSpec
+from completion.windows import Count, Cursor, Windows
+
+# ---------------------------------------------------------------------------------------------
+# 3. Related snippets
+
+class Source(NamedTuple):
+    """One open document as the snippet search reads it."""
+
+    uri: str
+    path: str
+    language: LanguageSpec | None
+    text: str
+    version: int
+    tree: tree_sitter.Tree | None
+
+
+@dataclass(frozen=True)
+class Snippet:
+    path: str
+    text: str
+    comment: str          # line comment of the snippet's language, for its path header
+    kind: str             # "definition" | "window"
+    score: float
+    tokens: int = 0       # as costed against the snippet budget
+    uri: str = ""         # where it comes from: document and lines
+    lines: tuple[int, int] = (0, 0)
+
+    def overlaps(self, other: "Snippet") -> bool:
+        return self.uri == other.uri and self.lines[0] <= other.lines[1] and other.lines[0] <= self.lines[1]
+
+
+class _Definition(NamedTuple):
+    name: str
+    first_line: int
+    last_line: int
+    start_byte: int
+    end_byte: int
+
+
+class _Window(NamedTuple):
+    first_line: int
+    text: str
+    identifiers: frozenset
+
+
+_IDENTIFIER = re.compile(r"[^\W\d]\w+")
+_KEYWORDS = frozenset("""
+    and as assert async await bool break case catch char class const continue def default defer
+    del do double elif else end enum except export extends false final finally float fn for from
+    func function go if impl import in int interface is let local long loop match mod mut new nil
+    none not null or package pass private protected pub public raise return self static str
+    string struct super switch then this throw true try type typeof undefined use var void while
+    with yield""".split())
+
+CONTEXT_LINES_BEFORE = 30   # lines around the cursor whose identifiers rank other windows
+CONTEXT_LINES_AFTER = 10
+USAGE_LINES = 8             # lines above the cursor whose identifiers we look up definitions of
+WINDOW_LINES = 20           # windows of other documents: this many lines …
+WINDOW_STRIDE = 10          # … every this many lines
+MIN_WINDOW_SCORE = 0.1      # Jaccard similarity below which a window is not shown
+DEFINITION_LINES = 12       # a definition is shown up to this many lines
+
+
+def identifiers(text: str) -> set[str]:
+    return {word for word in _IDENTIFIER.findall(text) if word.lower() not in _KEYWORDS}
+
+
+class RelatedIndex:
+    """Per-document facts for related snippets (definitions, windows), cached by content.
+
+    Other documents change rarely while one is being typed in, so their definitions and window
+    identifier sets are kept per (uri, version, text hash); `forget(uri)` drops a document.
+    """
+
+    def __init__(self, max_documents: int = 64) -> None:
+        self._cache: OrderedDict = OrderedDict()
+        self._max = max_documents
+        self._lock = threading.Lock()
+
+    def forget(self, uri: str) -> None:
+        with self._lock:
+            for key in [key for key in self._cache if key[0] == uri]:
+                del self._cache[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def definitions(self, source: Source) -> list[_Definition]:
+        return self._get(source, "definitions", _find_definitions)
+
+    def windows(self, source: Source) -> list[_Window]:
+        return self._get(source, "windows", _split_windows)
+
+    def _get(self, source: Source, kind: str, compute):
+        key = (source.uri, source.version, hash(source.text), kind)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        value = compute(source)
+        with self._lock:
+            for stale in [k for k in self._cache if k[0] == source.uri and k[3] == kind]:
+                del self._cache[stale]
+            self._cache[key] = value
+            while len(self._cache) > 2 * self._max:
+                self._cache.popitem(last=False)
+        return value
+
+
+def _find_definitions(source: Source) -> list[_Definition]:
+    if source.language is None or source.tree is None or source.language.definition_query is None:
+        return []
+    cursor = tree_sitter.QueryCursor(source.language.definition_query)
+    found = []
+    for _, captures in cursor.matches(source.tree.root_node):
+        node, name = captures["definition"][0], captures["name"][0]
+        found.append(_Definition(
+            name.text.decode("utf-8", "replace"), node.start_point[0], node.end_point[0],
+            node.start_byte, node.end_byte))
+    return found
+
+
+def _split_windows(source: Source) -> list[_Window]:
+    lines = source.text.split("\n")  # rows as tree-sitter counts them, like definitions'
+    windows = []
+    for first in range(0, max(len(lines) - WINDOW_LINES, 0) + 1, WINDOW_STRIDE):
+        text = "\n".join(lines[first:first + WINDOW_LINES])
+        if text.strip():
+            windows.append(_Window(first, text, frozenset(identifiers(text))))
+    return windows
+
+
+def related_snippets(current: Source, cursor: Cursor, windows: Windows,
+                     others: Sequence[Source], index: RelatedIndex,
+                     budget: int, count: Count) -> tuple[Snippet, ...]:
+    """Definitions first (nearest use first), then similar windows, while the budget lasts.
+
+    Returned in prompt order: the most relevant snippet last, nearest the file.
+    """
+    if budget <= 0:
+        return ()
+    candidates = _definition_snippets(current, cursor, windows, others, index)
+    candidates += _window_snippets(current, cursor, others, index)
+    chosen, used = [], 0
+    for snippet in candidates:
+        if any(snippet.overlaps(other) for other in chosen):
+            continue
+        tokens = count(_header(snippet) + snippet.text + "\n")
+        if used + tokens > budget:
+            continue
+        chosen.append(replace(snippet, tokens=tokens))
+        used += tokens
+    return tuple(reversed(chosen))
+
+
+def _header(snippet: Snippet) -> str:
+    return f"{snippet.comment} {snippet.path}\n"
+
+
+def _names_near_cursor(cursor: Cursor) -> list[str]:
+    """Identifiers used on the cursor's line and the lines above it, nearest first."""
+    first = cursor.lines.starts[max(cursor.line - USAGE_LINES, 0)]
+    words = _IDENTIFIER.findall(cursor.text[first:cursor.offset])
+    ordered = []
+    for word in reversed(words):
+        if word not in ordered and word.lower() not in _KEYWORDS:
+            ordered.append(word)
+    return ordered
+
+
+def _definition_snippets(current: Source, cursor: Cursor, windows: Windows,
+                         others: Sequence[Source], index: RelatedIndex) -> list[Snippet]:
+    names = _names_near_cursor(cursor)
+    if not names:
+        return []
+    by_name: dict[str, list[tuple[Source, _Definition]]] = {}
+    for source in (current, *others):
+        for definition in index.definitions(source):
+            by_name.setdefault(definition.name, []).append((source, definition))
+    snippets = []
+    for rank, name in enumerate(names):
+        for source, definition in by_name.get(name, ()):
+            if source.uri == current.uri and _visible(definition, cursor, windows):
+                continue
+            snippets.append(Snippet(
+                source.path, _definition_text(source, definition), comment_of(source), "definition",
+                1.0 / (rank + 1), uri=source.uri, lines=(definition.first_line, definition.last_line)))
+    return snippets
+
+
+def _visible(definition: _Definition, cursor: Cursor, windows: Windows) -> bool:
+    """Whether a definition of the current document is already in the prompt, or encloses the cursor."""
+    if definition.start_byte <= cursor.byte <= definition.end_byte:
+        return True
+    return definition.last_line >= windows.first_line and definition.first_line <= windows.last_line
+
+
+def _definition_text(source: Source, definition: _Definition) -> str:
+    rows = source.text.split("\n")[definition.first_line:definition.last_line + 1]  # tree-sitter rows
+    return "\n".join(row.rstrip("\r") for row in rows[:DEFINITION_LINES])
+
+
+def _window_snippets(current: Source, cursor: Cursor, others: Sequence[Source],
+                     index: RelatedIndex) -> list[Snippet]:
+    lines = cursor.lines
+    first = lines.starts[max(cursor.line - CONTEXT_LINES_BEFORE, 0)]
+    last = lines.line_end(min(cursor.line + CONTEXT_LINES_AFTER, lines.count - 1))
+    around = frozenset(identifiers(cursor.text[first:last]))
+    if not around:
+        return []
+    scored = []
+    for source in others:
+        if source.uri == current.uri:
+            continue
+        for window in index.windows(source):
+            score = _jaccard(around, window.identifiers)
+            if score >= MIN_WINDOW_SCORE:
+                rows = (window.first_line, window.first_line + window.text.count("\n"))
+                scored.append(Snippet(source.path, window.text.rstrip("\r\n"), comment_of(source),
+                                      "window", score, uri=source.uri, lines=rows))
+    scored.sort(key=lambda snippet: snippet.score, reverse=True)
+    return scored
+
+
+def _jaccard(a: frozenset, b: frozenset) -> float:
+    shared = len(a & b)
+    return shared / len(a | b) if shared else 0.0
+
+
+def comment_of(source: Source) -> str:
+    return source.language.comment if source.language else "#"

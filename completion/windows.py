@@ -1,0 +1,160 @@
+"""The cursor and the windows of text around it that fit a token budget.
+
+`Cursor` works out once the coordinates every stage needs; `choose_windows` cuts the prefix and
+suffix windows at line boundaries under a token budget (about ¾ prefix, ¼ suffix; what one side
+cannot use goes to the other); `TokenCounter` caches per-line token counts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from completion.document import Lines, utf8_length
+
+Count = Callable[[str], int]  # tokens of a piece of text
+
+# ---------------------------------------------------------------------------------------------
+# The cursor
+
+class Cursor:
+    """The cursor in one snapshot, with the coordinates every stage needs worked out once."""
+
+    __slots__ = ("text", "lines", "offset", "line", "line_start", "line_end", "byte")
+
+    def __init__(self, lines: Lines, offset: int) -> None:
+        self.text = lines.text
+        self.lines = lines
+        self.offset = offset
+        self.line = lines.position(offset).line
+        self.line_start = lines.starts[self.line]
+        self.line_end = lines.line_end(self.line)
+        self.byte = utf8_length(self.text[:offset])
+
+    @property
+    def head(self) -> str:
+        """The cursor's line before the cursor."""
+        return self.text[self.line_start:self.offset]
+
+    @property
+    def tail(self) -> str:
+        """The cursor's line after the cursor."""
+        return self.text[self.offset:self.line_end]
+
+    def next_line(self) -> str | None:
+        """The first non-blank line after the cursor's line."""
+        for line in range(self.line + 1, self.lines.count):
+            text = self.lines.line_text(line)
+            if text.strip():
+                return text
+        return None
+
+
+def indent_width(line: str) -> int:
+    """Columns of leading whitespace (a tab counts four)."""
+    stripped = line.lstrip(" \t")
+    return len(line[:len(line) - len(stripped)].expandtabs(4))
+
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Windows
+
+class TokenCounter:
+    """Token counts of text pieces, memoised (lines rarely change between keystrokes)."""
+
+    def __init__(self, count: Count, max_entries: int = 16384) -> None:
+        self._count = count
+        self._memo: dict[str, int] = {}
+        self._max = max_entries
+
+    def __call__(self, text: str) -> int:
+        if not text:
+            return 0
+        tokens = self._memo.get(text)
+        if tokens is None:
+            tokens = self._count(text.replace("\r\n", "\n"))
+            if len(self._memo) >= self._max:
+                self._memo.clear()
+            self._memo[text] = tokens
+        return tokens
+
+
+@dataclass(frozen=True)
+class Windows:
+    start: int           # str offset where the prefix window starts
+    end: int             # str offset where the suffix window ends
+    prefix_tokens: int
+    suffix_tokens: int
+    first_line: int      # first and last lines the windows touch
+    last_line: int
+
+
+def choose_windows(cursor: Cursor, budget: int, prefix_fraction: float, count: Count) -> Windows:
+    """The widest prefix/suffix windows within `budget` tokens, whole lines but the cursor's."""
+    prefix_share = int(budget * prefix_fraction)
+    start, prefix_tokens = _prefix_window(cursor, prefix_share, count)
+    end, suffix_tokens = _suffix_window(cursor, budget - prefix_tokens, count)
+    if suffix_tokens < budget - prefix_share:  # the suffix left room: let the prefix grow
+        start, prefix_tokens = _prefix_window(cursor, budget - suffix_tokens, count)
+    lines = cursor.lines
+    return Windows(start, end, prefix_tokens, suffix_tokens,
+                   lines.position(start).line, lines.position(end).line)
+
+
+def _prefix_window(cursor: Cursor, budget: int, count: Count) -> tuple[int, int]:
+    head = cursor.head
+    used = count(head)
+    if used > budget:
+        cut = _longest_fitting_end(head, budget, count)
+        return cursor.line_start + cut, count(head[cut:])
+    starts = cursor.lines.starts
+    start = cursor.line_start
+    for line in range(cursor.line - 1, -1, -1):
+        tokens = count(cursor.text[starts[line]:starts[line + 1]])
+        if used + tokens > budget:
+            break
+        used += tokens
+        start = starts[line]
+    return start, used
+
+
+def _suffix_window(cursor: Cursor, budget: int, count: Count) -> tuple[int, int]:
+    tail = cursor.tail
+    used = count(tail)
+    if used > budget:
+        cut = _longest_fitting_start(tail, budget, count)
+        return cursor.offset + cut, count(tail[:cut])
+    lines = cursor.lines
+    end = cursor.line_end
+    for line in range(cursor.line + 1, lines.count):
+        line_end = lines.line_end(line)
+        tokens = count(cursor.text[end:line_end])
+        if used + tokens > budget:
+            break
+        used += tokens
+        end = line_end
+    return end, used
+
+
+def _longest_fitting_end(text: str, budget: int, count: Count) -> int:
+    """The smallest cut such that text[cut:] fits in `budget` tokens (binary search)."""
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high) // 2
+        if count(text[middle:]) <= budget:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def _longest_fitting_start(text: str, budget: int, count: Count) -> int:
+    """The largest cut such that text[:cut] fits in `budget` tokens (binary search)."""
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if count(text[:middle]) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low
