@@ -102,10 +102,11 @@ async def memory(model: str | None) -> dict:
 def hop(model: str | None, n: int = 200) -> dict:
     """One-token completions of one cached prompt: in-process engine vs the daemon's client."""
     from model.engine import Engine
+    from model.fim import DEEPSEEK
     from model.params import RuntimeConfig, SamplingParams
     from model.serve.client import EngineClient, daemon_argv
 
-    prompt = "<｜fim▁begin｜>" + TEXT + "<｜fim▁hole｜>)\n<｜fim▁end｜>"
+    prompt = DEEPSEEK.fill(TEXT, ")\n")
     engine = Engine.load(model)
     one_token = SamplingParams(max_new_tokens=1)
     with tempfile.TemporaryDirectory() as tmp:
