@@ -28,6 +28,7 @@ class CompletionConfig:
     fim_layout: str = option("auto", "prompt layout: psm, spm (suffix first) or auto (spm where the model "
                                      "declares it)", choices=("auto", *LAYOUTS))
     disabled_languages: tuple[str, ...] = option((), "never complete these language ids")
+    all_languages: bool = option(False, "also complete languages the model does not declare it was trained on")
     lru_size: int = option(64, "recent answers remembered per server", min=0)
     sampling: SamplingParams = SamplingParams()   # temperature, top_p, top_k, seed; greedy by default
 

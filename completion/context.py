@@ -35,20 +35,26 @@ _TAIL_ALLOWED = frozenset(")]}>\"'`;,: \t")
 def decide_mode(language: LanguageSpec | None, tree: tree_sitter.Tree | None, cursor: Cursor,
                 multiline: bool = True) -> str:
     """"none", "line" or "block" for a completion at `cursor`."""
+    return decide(language, tree, cursor, multiline)[0]
+
+
+def decide(language: LanguageSpec | None, tree: tree_sitter.Tree | None, cursor: Cursor,
+           multiline: bool = True) -> tuple[str, str]:
+    """The mode, and for "none" why (a key of completion.types.REASONS)."""
     head, tail = cursor.head, cursor.tail
     if _inside_word(tree, cursor):
-        return "none"
+        return "none", "inside-word"
     if not set(tail) <= _TAIL_ALLOWED:
-        return "none"  # code follows the cursor on its line
+        return "none", "code-follows"
     if language is None or tree is None:
-        return "line"
+        return "line", ""
     opener = block_opener(language, tree, cursor)
     if opener is not None:
         if tail.strip() or _body_is_empty(cursor, indent_width(cursor.lines.line_text(opener))):
-            return "block" if multiline else "line"
+            return ("block" if multiline else "line"), ""
         if head.strip():
-            return "none"  # the cursor ends a header whose body is already written
-    return "line"
+            return "none", "body-written"   # the cursor ends a header whose body is written
+    return "line", ""
 
 
 def _inside_word(tree: tree_sitter.Tree | None, cursor: Cursor) -> bool:

@@ -65,6 +65,17 @@ def clean(raw: str, plan: Plan, *, hit_limit: bool = False) -> str:
     return _close_block(text, plan)
 
 
+def why_empty(raw: str, plan: Plan, *, hit_limit: bool = False) -> str:
+    """Which step of `clean` left nothing of `raw` (a key of completion.types.REASONS)."""
+    text = _cut_to_mode(_before_special(raw, plan.specials).replace("\r\n", "\n"), plan)
+    if not text.strip():
+        return "nothing"
+    text = _cut_suffix_repeat(text, plan)
+    if not text.strip():
+        return "suffix-repeat"
+    return "repetition"
+
+
 def finished(text: str, plan: Plan) -> bool:
     """Whether `clean` would already cut `text`, so no further token can change the answer
     (or the model is stuck repeating itself and more tokens are only time lost)."""

@@ -32,7 +32,7 @@ from dataclasses import replace
 from completion import postprocess
 from completion.cache import LruCache
 from completion.config import CompletionConfig
-from completion.context import block_opener, build_context, decide_mode
+from completion.context import block_opener, build_context, decide
 from completion.document import Lines, Workspace, line_ending, parse
 from completion.languages import LanguageSpec, language_for
 from completion.postprocess import Plan
@@ -67,6 +67,7 @@ class CompletionService:
         self._recall = Recall()
         self._cache = LruCache(self.config.lru_size)
         self._counters: Counter = Counter()
+        self._reasons: Counter = Counter()     # why answers had no suggestion
 
     # -----------------------------------------------------------------------------------------
     # Public API
@@ -90,9 +91,9 @@ class CompletionService:
         if cancel.cancelled:
             return self._cancelled()
         language = language_for(snapshot.language_id, snapshot.path or snapshot.uri)
-        if self._disabled(snapshot, language):
-            self._bump("skipped")
-            return CompletionResult(source="skipped")
+        off = self._language_off(snapshot, language)
+        if off:
+            return self._skipped(off)
         result = self._recall.type_through(snapshot.uri, cursor)
         if result is not None:
             self._bump("typing_through" if result.source == "typing-through" else "cache_hits")
@@ -134,6 +135,7 @@ class CompletionService:
                 "documents": len(self.workspace),
                 "cache_entries": len(self._cache),
                 "typing_through_documents": len(self._recall),
+                "reasons": dict(self._reasons),
             }
 
     def forget(self, uri: str) -> None:
@@ -153,11 +155,10 @@ class CompletionService:
         clock = time.perf_counter()
         if tree is None and language is not None:
             tree = parse(language, snapshot.text)
-        mode = decide_mode(language, tree, cursor, config.multiline)
+        mode, why = decide(language, tree, cursor, config.multiline)
         if mode == "none":
-            self._bump("skipped")
             timings["context"] = _ms(clock)
-            return CompletionResult(mode="none", source="skipped", timings_ms=timings)
+            return self._skipped(why, timings)
         current = Source(snapshot.uri, _display_path(snapshot), language, snapshot.text,
                          snapshot.version, tree)
         comment = language.comment if language else "#"
@@ -189,9 +190,9 @@ class CompletionService:
             self._bump("model_calls")
         timings["engine"], clock = _ms(clock), time.perf_counter()
 
-        suggestions = self._postprocess(raw, stats, plan, language, tree, cursor)
+        suggestions, why = self._postprocess(raw, stats, plan, language, tree, cursor)
         timings["postprocess"] = _ms(clock)
-        return CompletionResult(suggestions, mode, source, timings, stats)
+        return CompletionResult(suggestions, mode, source, timings, stats, reason=why)
 
     def _plan(self, mode: str, language, tree, cursor: Cursor) -> Plan:
         lines = cursor.lines
@@ -237,28 +238,31 @@ class CompletionService:
         return generation.text, stats
 
     def _postprocess(self, raw: str, stats: dict, plan: Plan, language, tree,
-                     cursor: Cursor) -> list[Suggestion]:
-        text = postprocess.clean(raw, plan, hit_limit=stats.get("finish_reason") == "length")
+                     cursor: Cursor) -> tuple[list[Suggestion], str]:
+        """The suggestions, or none and why."""
+        hit_limit = stats.get("finish_reason") == "length"
+        text = postprocess.clean(raw, plan, hit_limit=hit_limit)
         if not text:
-            self._bump("dropped_empty")
-            return []
+            why = postprocess.why_empty(raw, plan, hit_limit=hit_limit)
+            self._bump("dropped_empty", why)
+            return [], why
         covered = postprocess.covered_length(text, plan)
         eol = line_ending(cursor.text)
         if eol != "\n":
             text = text.replace("\n", eol)
         start, end = cursor.offset, cursor.offset + covered
         if tree is not None and postprocess.adds_errors(language, tree, cursor.text, start, end, text):
-            self._bump("dropped_syntax")
-            return []
+            self._bump("dropped_syntax", "syntax-error")
+            return [], "syntax-error"
         self._bump("suggestions")
         lines = cursor.lines
-        return [Suggestion(text, Range(lines.position(start), lines.position(end)))]
+        return [Suggestion(text, Range(lines.position(start), lines.position(end)))], ""
 
     def _precompute(self, snapshot: Snapshot, offset: int, cancel: CancelToken) -> CompletionResult | None:
         try:
             self._bump("precomputes")
             language = language_for(snapshot.language_id, snapshot.path or snapshot.uri)
-            if self._disabled(snapshot, language):
+            if self._language_off(snapshot, language):
                 return None
             return self._run(snapshot, language, Cursor(Lines(snapshot.text), offset), cancel)
         except Exception:  # a failed precomputation only means the next request computes
@@ -282,17 +286,30 @@ class CompletionService:
                                   state.text, state.version, state.tree))
         return sources
 
-    def _disabled(self, snapshot: Snapshot, language: LanguageSpec | None) -> bool:
-        disabled = self.config.disabled_languages
-        return snapshot.language_id in disabled or (language is not None and language.name in disabled)
+    def _language_off(self, snapshot: Snapshot, language: LanguageSpec | None) -> str:
+        """Why the document's language gets no completion ("" when it does)."""
+        names = {snapshot.language_id.lower(), *((language.name,) if language is not None else ())}
+        if names & set(self.config.disabled_languages):
+            return "language-disabled"
+        trained = getattr(self.engine, "languages", ()) or ()
+        if trained and not names & set(trained) and not self.config.all_languages:
+            return "language-untrained"
+        return ""
 
-    def _bump(self, counter: str) -> None:
+    def _skipped(self, why: str, timings: dict | None = None) -> CompletionResult:
+        self._bump("skipped", why)
+        return CompletionResult(mode="none", source="skipped", timings_ms=timings or {}, reason=why)
+
+    def _bump(self, counter: str, reason: str = "") -> None:
+        """Count an event and, for an answer without a suggestion, its reason."""
         with self._lock:
             self._counters[counter] += 1
+            if reason:
+                self._reasons[reason] += 1
 
     def _cancelled(self) -> CompletionResult:
-        self._bump("cancelled")
-        return CompletionResult(source="cancelled")
+        self._bump("cancelled", "cancelled")
+        return CompletionResult(source="cancelled", reason="cancelled")
 
 
 def _after_accept(snapshot: Snapshot, suggestion: Suggestion) -> tuple[Snapshot, int]:

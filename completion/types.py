@@ -47,6 +47,22 @@ class Suggestion:
     range: Range
 
 
+# Why a completion has no suggestion: a stable code (counted in the stats) and the sentence a
+# user is shown (status bars, `latent complete -v`, the REPL).
+REASONS = {
+    "inside-word": "The cursor is inside a word.",
+    "code-follows": "Code follows the cursor on its line.",
+    "body-written": "The block's body is already written.",
+    "language-disabled": "Completion is turned off for this language.",
+    "language-untrained": "The model was not trained on this language (the setting all_languages turns it on).",
+    "nothing": "The model suggested nothing here.",
+    "suffix-repeat": "The suggestion only repeated the text after the cursor.",
+    "repetition": "The suggestion repeated itself.",
+    "syntax-error": "The suggestion would have introduced a syntax error.",
+    "cancelled": "A newer keystroke replaced this request.",
+}
+
+
 @dataclass
 class CompletionResult:
     suggestions: list[Suggestion] = field(default_factory=list)
@@ -54,3 +70,4 @@ class CompletionResult:
     source: str = "model"             # "model" | "typing-through" | "cache" | "skipped" | "cancelled"
     timings_ms: dict[str, float] = field(default_factory=dict)  # context, prompt, engine, postprocess
     engine_stats: dict = field(default_factory=dict)            # GenerationStats.as_dict()
+    reason: str = ""                  # no suggestion: a key of REASONS

@@ -173,6 +173,7 @@ def _complete(args) -> int:
 
 def _suggest(settings, uri: str, path, language: str, text: str, position) -> str:
     from completion import CompletionService
+    from completion.types import REASONS
 
     engine = _load(settings)
     try:
@@ -182,6 +183,8 @@ def _suggest(settings, uri: str, path, language: str, text: str, position) -> st
     service.workspace.open(uri, language, text, 1, path)
     result = service.complete(service.workspace.snapshot(uri), position)
     log.info("%s/%s, %s ms, engine %s", result.source, result.mode, result.timings_ms, result.engine_stats)
+    if result.reason.startswith("language-"):     # a whole file gets nothing: say why, once
+        print(f"latent: no suggestion: {REASONS[result.reason]}", file=sys.stderr)
     return result.suggestions[0].text if result.suggestions else ""
 
 

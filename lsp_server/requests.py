@@ -27,7 +27,7 @@ from typing import Any, Callable
 from pygls.exceptions import JsonRpcInvalidParams
 
 from completion.errors import InvalidPosition
-from completion.types import CompletionResult, Position, Suggestion
+from completion.types import REASONS, CompletionResult, Position, Suggestion
 from lsp_server import status
 from lsp_server.worker import Job
 
@@ -175,12 +175,14 @@ class Requests:
             "prefilledTokens": stats.get("prefilled_tokens", 0) if model else 0,
             "generatedTokens": stats.get("generated_tokens", 0) if model else 0,
             "typingThrough": result.source == "typing-through",
+            "reason": result.reason,                      # no suggestion: why (completion.types.REASONS)
+            "reasonText": REASONS.get(result.reason, ""),
         }
         stages = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_ms.items() if k != "total")
-        log.info("%s %s: %s/%s in %.1f ms (queue %.1f%s) reused %d prefilled %d generated %d%s -> %d suggestion(s)",
+        log.info("%s %s: %s/%s in %.1f ms (queue %.1f%s) reused %d prefilled %d generated %d%s -> %d suggestion(s)%s",
                  request.kind, request.where(), result.source, result.mode, last["latencyMs"], last["queueMs"],
                  f", {stages}" if stages else "", last["reusedTokens"], last["prefilledTokens"],
                  last["generatedTokens"], ", typing-through" if last["typingThrough"] else "",
-                 len(result.suggestions))
+                 len(result.suggestions), f" ({result.reason})" if result.reason else "")
         self.session.status.last = last
         status.send(self.session)

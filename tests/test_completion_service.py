@@ -7,7 +7,7 @@ import time
 import pytest
 
 from completion import CompletionConfig, CompletionService, InvalidPosition
-from completion.types import Position, Range, Suggestion, TextChange
+from completion.types import REASONS, Position, Range, Suggestion, TextChange
 from fakes import FakeEngine, FakeTokenizer, cursor_at
 from model.params import SamplingParams
 from model.protocol import CancelToken
@@ -432,3 +432,33 @@ def test_special_token_strings_in_the_document_stay_plain_text():
     ids = tokenizer.encode(engine.requests[0]["prompt"])
     controls = {tokenizer.encode(s)[0]: s for s in tokenizer.special_tokens}
     assert [controls[i] for i in ids if i in controls] == [fim.prefix, fim.suffix, fim.middle]
+
+
+@pytest.mark.parametrize("reply, marked, reason", [
+    ("1", "x = ab█c\n", "inside-word"),
+    ("1", "x = █foo(1)\n", "code-follows"),
+    ("", "x = █\n", "nothing"),
+    ("print(x)", "x = 1\n█\nprint(x)\n", "suffix-repeat"),
+    ("'hello'))", "print(█)\n", "syntax-error"),
+])
+def test_every_empty_answer_says_why(reply, marked, reason):
+    service, _, position = _service(reply, marked)
+    result = _complete(service, position)
+    assert not result.suggestions and result.reason == reason
+    assert REASONS[reason].endswith(".")
+    assert service.stats()["reasons"] == {reason: 1}
+
+
+def test_a_language_the_model_was_not_trained_on_gets_nothing_unless_forced():
+    engine = FakeEngine("1", languages=("python",))
+    for config, expected in ((CompletionConfig(), "language-untrained"),
+                             (CompletionConfig(all_languages=True), "")):
+        service = CompletionService(engine, config)
+        text, position = cursor_at("let x = █\n")
+        service.workspace.open("file:///p/a.js", "javascript", text, 1, path="a.js")
+        result = service.complete(service.workspace.snapshot("file:///p/a.js"), position)
+        assert result.reason == expected and bool(result.suggestions) == (not expected)
+    service = CompletionService(engine)
+    text, position = cursor_at("x = █\n")
+    service.workspace.open("file:///p/a.py", "python", text, 1, path="a.py")
+    assert service.complete(service.workspace.snapshot("file:///p/a.py"), position).suggestions

@@ -108,3 +108,20 @@ def test_lsp_accepts_the_stdio_flag_clients_pass():
     proc = _subprocess.run([_sys.executable, "-m", "lsp_server", "lsp", "--stdio"], input=frame,
                            capture_output=True, timeout=60)
     assert b'"id":1' in proc.stdout.replace(b" ", b"") and b"capabilities" in proc.stdout
+
+
+def test_complete_says_once_why_a_language_the_model_was_not_trained_on_gets_nothing(tmp_path):
+    import shutil
+
+    from model.loader import BUNDLED_DIR
+
+    folder = tmp_path / "python-only"
+    shutil.copytree(model_path() or BUNDLED_DIR, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "languages": ["python"]}))
+    args = ["complete", "--stdin", "--language", "javascript", "--model", str(folder)]
+    done = subprocess.run([sys.executable, "-m", "lsp_server", *args], input="let total = ", capture_output=True,
+                          text=True, cwd=tmp_path, env=server_env(tmp_path), timeout=120)
+    assert done.returncode == 0 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1] == (
+        "latent: no suggestion: The model was not trained on this language (the setting all_languages turns it on).")

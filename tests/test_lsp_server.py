@@ -290,3 +290,14 @@ async def _still_answers(session):
     session.open(uri, PLAIN, "plaintext")
     assert pairs(await session.inline(uri, 1, 20)) == expected([(uri, "plaintext", PLAIN)], uri, 1, 20)
     session.close(uri)
+
+
+async def test_an_empty_answer_carries_its_reason_in_the_status(session):
+    uri = "file:///work/reason.py"
+    session.open(uri, "value = abc\n", "python")
+    got = await session.inline(uri, 0, 9)                 # inside the word `abc`
+    assert got == []
+    last = session.statuses[-1].last
+    assert last.source == "skipped" and last.reason == "inside-word"
+    assert last.reasonText == "The cursor is inside a word."
+    session.close(uri)
