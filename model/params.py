@@ -68,6 +68,8 @@ class RuntimeConfig:
     shift_max_steps: int = option(32, "shift reuse: consecutive shifts of a span before it is recomputed", min=0)
     shift_max_drift: int = option(32, "shift reuse: tokens of a span's past changed since it was exact, at most",
                                   min=0)
+    speculate: int = option(8, "greedy decoding also verifies up to this many prompt-lookup draft tokens per "
+                               "step (exact: the text is unchanged); 0 turns it off", min=0, max=64)
 
     def __post_init__(self) -> None:
         check(self)

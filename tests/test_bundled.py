@@ -145,3 +145,18 @@ def test_the_model_has_learned_python(engine):
     logits = engine.logits(ids)
     nll = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:]))
     assert nll.item() < 3.5
+
+
+def test_speculation_takes_drafts_on_real_code_and_changes_nothing(engine):
+    """Code repeats itself, so prompt-lookup drafts are often right; the text stays greedy's."""
+    from dataclasses import replace
+
+    text = next(t for t in source_files() if len(t) > 6000)
+    ids = engine.tokenizer.encode(text, add_bos=True)[:900]
+    runs = {}
+    for speculate in (0, 8):
+        engine.runtime = replace(engine.runtime, speculate=speculate)
+        gen = engine.generate(ids, SamplingParams(max_new_tokens=48, stop_token_ids=()))
+        runs[speculate] = (gen.run(), list(engine.live.tokens), gen.stats.extra)
+    assert runs[8][:2] == runs[0][:2]
+    assert runs[8][2]["accepted_draft_tokens"] > 0

@@ -180,3 +180,20 @@ def test_sampling_with_a_seed_is_reproducible(pair):
     a = engine.generate(ids, SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, top_k=50, seed=123, stop_token_ids=()))
     b = engine.generate(ids, SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, top_k=50, seed=123, stop_token_ids=()))
     assert a.run() == b.run()
+
+
+def test_prompt_lookup_speculation_writes_exactly_what_greedy_decoding_writes(pair):
+    """Drafts are verified in one forward and only the tokens greedy decoding would choose are
+    kept: the text, the stats that count tokens, and the rows left in the live buffer match."""
+    _, engine, _ = pair
+    pattern = _prompt(12, seed=21)
+    prompt = (pattern * 6)[:64]                   # a prompt that repeats itself gives drafts
+    runs = {}
+    for speculate in (0, 8):
+        engine.runtime = replace(engine.runtime, speculate=speculate)
+        engine.clear_cache()
+        gen = engine.generate(prompt, SamplingParams(max_new_tokens=24, stop_token_ids=()))
+        runs[speculate] = (gen.run(), gen.stats.generated_tokens, list(engine.live.tokens), gen.stats.extra)
+    engine.runtime = replace(engine.runtime, speculate=RuntimeConfig().speculate)
+    assert runs[8][:3] == runs[0][:3]
+    assert "draft_tokens" not in runs[0][3]       # off means off (the bundled-model test sees drafts taken)

@@ -220,7 +220,8 @@ class Engine:
             if logits is None:
                 stats.finish_reason = "cancelled"
                 return
-            yield from decode(self.model, self.live, self.tokenizer, req, logits, stats, self._absorbed)
+            yield from decode(self.model, self.live, self.tokenizer, req, logits, stats, self._absorbed,
+                              self.runtime.speculate)
         finally:
             self.cache.unpin(plan.match)
             self.live.file_rows(self.cache)

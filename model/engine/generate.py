@@ -1,9 +1,10 @@
 """Generation over the live buffer: prefill, decode, the sampler and the text stream.
 
     logits = prefill(model, live, tokens, start, end, cancel, absorbed)   # None: cancelled
-    yield from decode(model, live, request, logits, stats, absorbed)      # text pieces
+    yield from decode(model, live, tokenizer, request, logits, stats, absorbed, speculate)
 
 Both write the rows they compute into the live buffer in place and append their tokens to it.
+Decoding may verify prompt-lookup drafts (exact: greedy output is unchanged).
 """
 from __future__ import annotations
 
@@ -50,16 +51,22 @@ def prefill(model: Transformer, live: LiveBuffer, tokens: list[int], start: int,
 
 
 def decode(model: Transformer, live: LiveBuffer, tokenizer: Tokenizer, req: Request, logits: torch.Tensor,
-           stats: GenerationStats, absorbed: Absorbed) -> Iterator[str]:
-    """Sample token by token from `logits` on; yield text pieces, stop strings held back."""
+           stats: GenerationStats, absorbed: Absorbed, speculate: int = 0) -> Iterator[str]:
+    """Choose token by token from `logits` on; yield text pieces, stop strings held back.
+
+    With `speculate` > 0 and greedy sampling, each step may also verify a draft of up to that
+    many tokens found by prompt lookup (see `Drafts`) in one forward: the draft tokens that
+    equal the greedy choice are taken, so the text is what plain greedy decoding writes."""
     t0 = time.perf_counter()
     sample = Sampler(req.params)
     out = TextStream(tokenizer, req.params.stop)
-    device = live.rows.device
+    drafts = Drafts(req.tokens, speculate) if speculate and req.params.greedy else None
+    start = len(live.tokens)                     # rows of the prompt are in place up to here
+    chosen = [sample(logits)]                    # decided tokens not yet shown
     stats.finish_reason = "length"
     try:
-        while stats.generated_tokens < req.max_new_tokens:
-            token = sample(logits)
+        while True:
+            token = chosen.pop(0)
             stats.generated_tokens += 1
             if token in req.stop_ids:
                 stats.finish_reason = "eos" if token == tokenizer.eos_id else "stop"
@@ -75,15 +82,70 @@ def decode(model: Transformer, live: LiveBuffer, tokenizer: Tokenizer, req: Requ
                 break
             if stats.generated_tokens == req.max_new_tokens:
                 break
-            ids = torch.tensor([token], dtype=torch.long, device=device)
-            logits = model(ids, live.rows, len(live.tokens), absorbed=absorbed(1))[-1]
-            live.tokens.append(token)
+            if drafts is not None:
+                drafts.add(token)
+            if not chosen:
+                chosen = _step(model, live, token, drafts, sample, stats, absorbed)
         if stats.finish_reason in ("length", "eos", "cancelled"):
             tail = out.flush()
             if tail:
                 yield tail
     finally:  # also when the consumer stops early and closes the generation
+        del live.tokens[start + max(stats.generated_tokens - 1, 0):]   # rows of tokens fed, as plain decoding
         stats.decode_ms = (time.perf_counter() - t0) * 1e3
+
+
+def _step(model: Transformer, live: LiveBuffer, token: int, drafts: "Drafts | None", sample: "Sampler",
+          stats: GenerationStats, absorbed: Absorbed) -> list[int]:
+    """Feed `token`, and a draft after it if one is found; the tokens decided next (>= 1)."""
+    draft = drafts.propose() if drafts is not None else []
+    ids = torch.tensor([token, *draft], dtype=torch.long, device=live.rows.device)
+    logits = model(ids, live.rows, len(live.tokens), absorbed=absorbed(len(ids)), all_logits=bool(draft))
+    live.tokens.append(token)
+    if not draft:
+        return [sample(logits[-1])]
+    picks = logits.argmax(-1).tolist()            # greedy choice after token, d1, d2, …
+    taken = 0
+    while taken < len(draft) and picks[taken] == draft[taken]:
+        taken += 1
+    live.tokens.extend(draft[:taken])             # their rows saw an exact past
+    drafts.record(len(draft), taken)
+    stats.extra["draft_tokens"] = stats.extra.get("draft_tokens", 0) + len(draft)
+    stats.extra["accepted_draft_tokens"] = stats.extra.get("accepted_draft_tokens", 0) + taken
+    return [*draft[:taken], picks[taken]]
+
+
+class Drafts:
+    """Prompt-lookup drafts: code repeats its own names and lines, so the tokens that followed
+    the last earlier occurrence of the sequence's final n-gram (n = 3, else 2) are a cheap guess
+    of what comes next. The draft shrinks after misses, so a step rarely costs more than it saves."""
+
+    def __init__(self, prompt: list[int], limit: int) -> None:
+        self.seq = list(prompt)
+        self.limit, self.size = limit, limit
+        self.where: dict[tuple[int, ...], int] = {}      # n-gram -> the position after its last end
+        for end in range(2, len(self.seq)):
+            self._index(end)
+
+    def add(self, token: int) -> None:
+        self.seq.append(token)
+        self._index(len(self.seq) - 1)
+
+    def propose(self) -> list[int]:
+        for n in (3, 2):
+            at = self.where.get(tuple(self.seq[-n:])) if len(self.seq) > n else None
+            if at is not None:
+                return self.seq[at : at + self.size]
+        return []
+
+    def record(self, proposed: int, taken: int) -> None:
+        self.size = min(self.limit, max(1, taken * 2)) if taken < proposed else self.limit
+
+    def _index(self, end: int) -> None:
+        """Index the n-grams ending before position `end` (so the final one never finds itself)."""
+        for n in (2, 3):
+            if end >= n:
+                self.where[tuple(self.seq[end - n : end])] = end
 
 
 class Sampler:
