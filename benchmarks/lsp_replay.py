@@ -32,10 +32,16 @@ from report import write_section
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Language server: typing replay (benchmarks/lsp_replay.py)"
 DEFAULT_FILE = ROOT / "lsp_server" / "worker.py"
-NOTE = ("Why a keystroke prefills hundreds of tokens: the FIM prompt puts the suffix window after the prefix "
-        "(DeepSeek's prefix–suffix–middle layout), so a character typed at the end of the prefix invalidates "
-        "the cached latents of everything after it — the hole token and the whole suffix window, about "
-        "`max_prompt_tokens × (1 − prefix_fraction)` tokens — while the prefix is reused.")
+NOTES = {
+    "psm": "Why a keystroke prefills hundreds of tokens with exact reuse: the PSM prompt puts the suffix window "
+           "after the prefix (DeepSeek's prefix–suffix–middle layout), so a character typed at the end of the "
+           "prefix invalidates the cached latents of everything after it — the hole token and the whole suffix "
+           "window, about `max_prompt_tokens × (1 − prefix_fraction)` tokens — while the prefix is reused.",
+    "spm": "With the suffix-first layout (SPM) a character typed at the cursor only appends to the prompt, so "
+           "exact reuse covers everything before the new characters and the completions are a cold engine's. "
+           "The price: a cursor jump changes the suffix, which SPM puts first, so the first request after a jump "
+           "prefills the whole prompt (the cold request below).",
+}
 TIMEOUT_S = 120  # a request unanswered this long is a bug: fail instead of waiting
 
 
@@ -72,7 +78,7 @@ async def start_server(args) -> tuple[LanguageClient, dict, asyncio.Task]:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATENT_")}
     env.update({"PYTHONPATH": str(ROOT), "LATENT_THREADS": str(args.threads), "LATENT_LOG_LEVEL": args.log_level,
-                "LATENT_REUSE": args.reuse})
+                "LATENT_REUSE": args.reuse, "LATENT_FIM_LAYOUT": args.layout})
     if args.model:
         env["LATENT_MODEL"] = args.model
     await client.start_io(sys.executable, "-m", "lsp_server", "lsp", env=env, cwd=str(ROOT))
@@ -183,6 +189,7 @@ def _server_figures(last) -> dict:
 def report(args, run: dict) -> str:
     results = run["results"]
     answered = [r for r in results if r["source"] != "superseded"]
+    by_model = [r for r in answered if r["source"] == "model"]
     n = len(results)
     by_source = {s: sum(1 for r in answered if r["source"] == s)
                  for s in ("model", "typing-through", "cache", "skipped")}
@@ -198,9 +205,11 @@ def report(args, run: dict) -> str:
     command = "python benchmarks/lsp_replay.py" + "".join(
         f" {flag} {value}" for flag, value in (("--file", _shown(args.file)), ("--chars", args.chars),
                                                ("--threads", args.threads), ("--model", args.model),
+                                               ("--layout", None if args.layout == "psm" else args.layout),
+                                               ("--reuse", None if args.reuse == "exact" else args.reuse),
                                                ("--interval-ms", args.interval_ms or None)) if value is not None)
     lines = [
-        SECTION,
+        section_heading(args),
         "",
         f"`{command}` — {time.strftime('%Y-%m-%d')}, {platform.machine()} with {os.cpu_count()} CPUs "
         f"(load average {run['load'][0]:.1f} before, {run['load'][1]:.1f} after: the cores are shared), "
@@ -221,8 +230,9 @@ def report(args, run: dict) -> str:
         row("LSP overhead: server − pipeline, ms", [_minus(r, "server_ms", "pipeline_ms") for r in answered], 2),
         row("LSP overhead: server − engine, ms", [_minus(r, "server_ms", "engine_ms") for r in answered], 2),
         row("transport and JSON: client − server, ms", [_minus(r, "client_ms", "server_ms") for r in answered], 2),
-        row("tokens prefilled", [r.get("prefilled") for r in answered], 0),
-        row("tokens reused from the latent cache", [r.get("reused") for r in answered], 0),
+        row("model answers: tokens prefilled", [r.get("prefilled") for r in by_model], 0),
+        row("model answers: tokens reused from the latent cache", [r.get("reused") for r in by_model], 0),
+        row("model answers: engine, ms", [r.get("engine_ms") for r in by_model]),
         "",
         f"Answered by typing-through: {_share(by_source['typing-through'], n)}; by the model: "
         f"{_share(by_source['model'], n)}; from the suggestion cache: {_share(by_source['cache'], n)}; "
@@ -231,10 +241,17 @@ def report(args, run: dict) -> str:
         f"{run['cold'].get('prefilled', 0)} tokens. Engine cache after the replay: hit rate "
         f"{_get(engine, 'hit_rate', 0):.0%}, {_get(engine, 'cache_tokens')} tokens held.",
         "",
-        NOTE,
+        NOTES["spm" if args.layout == "spm" else "psm"],
         "",
     ]
     return "\n".join(lines)
+
+
+def section_heading(args) -> str:
+    """One section per layout and reuse mode, so each variant keeps its figures."""
+    variant = [f"{args.layout.upper()} layout"] if args.layout != "psm" else []
+    variant += [f"{args.reuse} reuse"] if args.reuse != "exact" else []
+    return SECTION + (f" — {', '.join(variant)}" if variant else "")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -268,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model setting (default: bundled)")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads in the server (default: %(default)s)")
     parser.add_argument("--reuse", default="exact", choices=["exact", "shift"], help="the server's reuse setting")
+    parser.add_argument("--layout", default="psm", choices=["auto", "psm", "spm"],
+                        help="the server's fim_layout setting (default: %(default)s, what a real DeepSeek model needs)")
     parser.add_argument("--interval-ms", type=float, default=0, help="type at this pace instead of waiting")
     parser.add_argument("--log-level", default="warning", help="the server's log level (default: %(default)s)")
     parser.add_argument("--server-log", type=Path, default=None, help="write the server's stderr here")
