@@ -9,7 +9,9 @@
 3. cut where the model starts repeating the suffix's next non-blank line;
 4. cut repetition loops (a block of lines three times in a row; when the model ran out of
    tokens, a short unit repeated at the end);
-5. trim trailing whitespace; empty or whitespace-only answers become "".
+5. trim trailing whitespace; empty or whitespace-only answers become "";
+6. drop an echo: a suggestion that only writes again what is right before the cursor (the text
+   just accepted, or the line above) — after an accept, the model likes to repeat it.
 
 `covered_length` is the range rule: how many characters right of the cursor the suggestion
 replaces (see its docstring). `adds_errors` rejects a suggestion that gives the document
@@ -60,9 +62,22 @@ def clean(raw: str, plan: Plan, *, hit_limit: bool = False) -> str:
     text = _cut_suffix_repeat(text, plan)
     text = _cut_loops(text, plan, hit_limit)
     text = text.rstrip() if plan.mode == "block" or not plan.tail.strip() else text
-    if not text.strip():
+    if not text.strip() or echoes(text, plan):
         return ""
     return _close_block(text, plan)
+
+
+def echoes(text: str, plan: Plan) -> bool:
+    """Whether `text` only repeats what precedes the cursor: the end of its line, or (on an
+    empty line, or as the next line after a written one) the line above it."""
+    first = text.strip("\n").split("\n")[0].strip()
+    if len(first.replace(" ", "")) < 3:
+        return False
+    if not text.startswith("\n") and plan.head.rstrip().endswith(first):
+        return True
+    above = plan.head if text.startswith("\n") else (plan.before.rstrip("\n").split("\n")[-1]
+                                                     if not plan.head.strip() else "")
+    return above.strip() == first
 
 
 def why_empty(raw: str, plan: Plan, *, hit_limit: bool = False) -> str:
@@ -73,6 +88,8 @@ def why_empty(raw: str, plan: Plan, *, hit_limit: bool = False) -> str:
     text = _cut_suffix_repeat(text, plan)
     if not text.strip():
         return "suffix-repeat"
+    if echoes(text.rstrip(), plan):
+        return "echo"
     return "repetition"
 
 

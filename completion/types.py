@@ -58,6 +58,7 @@ REASONS = {
     "nothing": "The model suggested nothing here.",
     "suffix-repeat": "The suggestion only repeated the text after the cursor.",
     "repetition": "The suggestion repeated itself.",
+    "echo": "The suggestion only repeated the text before the cursor.",
     "syntax-error": "The suggestion would have introduced a syntax error.",
     "cancelled": "A newer keystroke replaced this request.",
 }

@@ -31,6 +31,14 @@ CASES = {
         "\n        a += 1\n        return a\n    return a", "\n        a += 1", 0),
     "py block: no indentation means no body": (
         "python", "def f():█\n", "\nreturn 1\n", None, 0),
+    "py line: after an accept, the text just accepted is not offered again": (
+        "python", "###█\n", "###", None, 0),
+    "py line: the line just written is not offered again as the next one": (
+        "python", "total = 0█\n", "\ntotal = 0", None, 0),
+    "py line: on a new line, the line above is not offered again": (
+        "python", "def f(xs):\n    total = 0\n    █\n", "total = 0", None, 0),
+    "py line: a similar but different next line is kept": (
+        "python", "def f(a, b):\n    self.a = a\n    █\n", "self.b = b", "self.b = b", 0),
     "py line: first line only": (
         "python", "def f(x):\n    total = █\n", "x * 2\n    return total\n", "x * 2", 0),
     "py line: closing paren already there is replaced": (
