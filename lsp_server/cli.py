@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     complete.add_argument("--language", metavar="L",
                           help="language id (python, rust, …); from the file name by default")
     complete.add_argument("--at", metavar="LINE:COL", help="with --stdin: the cursor (default: the end of the text)")
+    complete.add_argument("-v", "--explain", action="store_true",
+                          help="on stderr: where the answer came from, why it is empty, and the timings in ms")
     settings.add_arguments(complete)
     complete.set_defaults(run=_complete)
 
@@ -163,7 +165,7 @@ def _complete(args) -> int:
         position = _position(Lines(text), line, col)
     settings, _, _ = _settings(args)
     with _quiet(args.log_level):
-        suggestion = _suggest(settings, uri, path, language, text, position)
+        suggestion = _suggest(settings, uri, path, language, text, position, args.explain)
     sys.stdout.write(suggestion)
     if suggestion and sys.stdout.isatty() and not suggestion.endswith("\n"):
         sys.stdout.write("\n")
@@ -171,11 +173,15 @@ def _complete(args) -> int:
     return 0
 
 
-def _suggest(settings, uri: str, path, language: str, text: str, position) -> str:
+def _suggest(settings, uri: str, path, language: str, text: str, position, explain: bool = False) -> str:
+    import time
+
     from completion import CompletionService
     from completion.types import REASONS
 
+    started = time.perf_counter()
     engine = _load(settings)
+    loaded = time.perf_counter()
     try:
         service = CompletionService(engine, settings.completion_config())
     except ValueError as e:
@@ -183,9 +189,30 @@ def _suggest(settings, uri: str, path, language: str, text: str, position) -> st
     service.workspace.open(uri, language, text, 1, path)
     result = service.complete(service.workspace.snapshot(uri), position)
     log.info("%s/%s, %s ms, engine %s", result.source, result.mode, result.timings_ms, result.engine_stats)
-    if result.reason.startswith("language-"):     # a whole file gets nothing: say why, once
+    if explain:
+        print(explanation(result, (loaded - started) * 1e3, engine), file=sys.stderr)
+    elif result.reason.startswith("language-"):     # a whole file gets nothing: say why, once
         print(f"latent: no suggestion: {REASONS[result.reason]}", file=sys.stderr)
     return result.suggestions[0].text if result.suggestions else ""
+
+
+def explanation(result, load_ms: float, engine) -> str:
+    """What `latent complete -v` prints: the outcome, the reason when empty, and the timings."""
+    from completion.types import REASONS
+
+    stats = result.engine_stats or {}
+    timings = ", ".join(f"{stage} {ms:.1f}" for stage, ms in result.timings_ms.items() if stage != "total")
+    lines = [f"latent: {result.mode} completion, answered by {result.source}: "
+             + (f"{len(result.suggestions[0].text)} characters" if result.suggestions
+                else f"no suggestion — {REASONS.get(result.reason, result.reason or 'none')}")]
+    lines.append(f"latent: model {getattr(engine, 'model_name', '?')} loaded in {load_ms:.0f} ms; "
+                 f"pipeline {sum(result.timings_ms.values()):.1f} ms ({timings or 'no stages'})")
+    if stats:
+        lines.append(f"latent: prompt {stats.get('prompt_tokens', 0)} tokens, {stats.get('reused_tokens', 0)} "
+                     f"reused, {stats.get('prefilled_tokens', 0)} prefilled in {stats.get('prefill_ms', 0):.1f} ms; "
+                     f"{stats.get('generated_tokens', 0)} generated in {stats.get('decode_ms', 0):.1f} ms "
+                     f"({stats.get('finish_reason') or 'done'})")
+    return "\n".join(lines)
 
 
 def _info(args) -> int:

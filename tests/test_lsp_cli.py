@@ -52,6 +52,17 @@ def test_complete_from_stdin_at_the_end_or_at_a_position(tmp_path):
     assert (done.returncode, done.stdout) == (0, want), done.stderr
 
 
+def test_complete_explain_says_why_and_how_long_on_stderr_only(tmp_path):
+    file, text, line, col, want = _case(tmp_path, lambda f: f.as_uri())
+    done = _run(tmp_path, "complete", "-v", f"{file.name}:{line}:{col}")
+    assert (done.returncode, done.stdout) == (0, want), done.stderr
+    explained = done.stderr.strip().splitlines()
+    assert explained[0].startswith("latent: ") and "answered by model" in explained[0]
+    assert "loaded in" in explained[1] and " ms" in explained[1] and "{" not in done.stderr   # no raw dict
+    inside = _run(tmp_path, "complete", "-v", "--stdin", "--language", "python", "--at", "1:6", stdin="x = abc")
+    assert inside.stdout == "" and "no suggestion — The cursor is inside a word." in inside.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["complete", "nowhere.py"], "FILE:LINE:COL"),
     (["complete", "{missing}:1:1"], "cannot read"),
