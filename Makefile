@@ -5,17 +5,27 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install editors-deps vscode demo test test-fast test-editors test-remote bench clean
+.PHONY: install install-user editors-deps vscode demo test test-fast test-editors test-remote bench bench-llamacpp clean
 
 install: $(STAMP)
 
 # torch first, pinned to the CPU build that these machines carry; the package asks for a range.
+# Installer output goes to .venv/install.log; one line says what is happening.
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
-	touch $(STAMP)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing Latent into $(VENV) (torch, transformers, tree-sitter grammars; log: $(VENV)/install.log) ..."
+	@( $(PIP) install --upgrade pip && $(PIP) install torch==2.13.0 && $(PIP) install -e '.[dev]' ) \
+		> $(VENV)/install.log 2>&1 || { tail -20 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
+	@touch $(STAMP)
+	@echo "Installed."
+
+# `latent` on PATH: a link in ~/.local/bin (or $(BINDIR)) to the virtual environment's command.
+BINDIR ?= $(HOME)/.local/bin
+install-user: install
+	@mkdir -p $(BINDIR)
+	@ln -sf $(abspath $(VENV))/bin/latent $(BINDIR)/latent
+	@echo "Linked $(BINDIR)/latent -> $(abspath $(VENV))/bin/latent"
+	@case ":$$PATH:" in *":$(BINDIR):"*) ;; *) echo "Add $(BINDIR) to PATH, e.g. in ~/.bashrc: export PATH=\"$(BINDIR):\$$PATH\"";; esac
 
 # Editors the tests drive (tmux, Neovim 0.11 / 0.12, code-server + Chromium, the extension's
 # node modules): installed once into editors/.deps/, a no-op afterwards.
@@ -26,7 +36,7 @@ vscode:
 	$(MAKE) -C editors/vscode vsix
 
 demo: install
-	$(PY) benchmarks/demo.py
+	@$(PY) benchmarks/demo.py
 
 test: install editors-deps
 	$(PY) -m pytest -q
@@ -45,6 +55,14 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/engine_bench.py --write docs/benchmarks.md
+
+# Not in CI: builds llama.cpp's llama-server once into .remote/ (~8 minutes on 2 cores), converts
+# the bundled model to an f32 GGUF and measures Latent against it on the same weights.
+bench-llamacpp: install
+	benchmarks/llamacpp/build.sh $(PY)
+	[ .remote/bundled-f32.gguf -nt model/bundled/model.safetensors ] || \
+		$(PY) tests/remote/convert.py .remote/llama.cpp model/bundled .remote/bundled-f32.gguf
+	$(PY) benchmarks/llamacpp_bench.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from completion.types import REASONS
+
 SAMPLE = '''import json
 from pathlib import Path
 
@@ -73,8 +75,9 @@ def main() -> int:
         ahead = second.suggestions[0].text[0]
         _type(service, uri, Position(cursor.line, cursor.character + 1), ahead)
         third = _complete(service, uri, Position(cursor.line, cursor.character + 2))
-        print(f"\ntyping {ahead!r}, the suggestion's own next character: answered by {third.source} "
-              f"in {sum(third.timings_ms.values()):.1f} ms with no model call")
+        print(f"\ntyping-through: typing {ahead!r}, the suggestion's own next character, is answered by "
+              f"{third.source} in {sum(third.timings_ms.values()):.1f} ms with no model call — the ghost text "
+              f"just gets shorter.")
     return 0
 
 
@@ -99,19 +102,34 @@ def _complete(service, uri, position):
     return result
 
 
+MODES = {"line": "complete the rest of the line", "block": "write the body of the block just opened",
+         "none": "offer nothing here"}
+SOURCES = {"model": "the model ran", "typing-through": "no model call: the text typed so far starts the last "
+           "suggestion, so its rest is shown at once", "cache": "no model call: the same request was answered "
+           "before", "skipped": "no model call", "cancelled": "cancelled"}
+
+
 def _show(title: str, before: str, result) -> None:
+    """A few lines of the file with the ghost text in place, then one plain sentence each for
+    what the pipeline decided to do, where the answer came from and what the engine computed."""
     print(f"\n== {title} ==")
-    last_line = before.split("\n")[-1]
-    if result.suggestions:
-        text = result.suggestions[0].text
-        print(f"{last_line}\033[2m{text}\033[0m" if sys.stdout.isatty() else f"{last_line}«{text}»")
-    else:
-        print(f"(no suggestion; mode {result.mode}, source {result.source})")
+    lines = before.split("\n")
+    for line in lines[-4:-1]:
+        print(f"    {line}")
+    ghost = result.suggestions[0].text if result.suggestions else ""
+    shown = ghost.replace("\n", "\n    ")
+    print(f"    {lines[-1]}\033[2m{shown}\033[0m" if sys.stdout.isatty() else f"    {lines[-1]}«{shown}»")
+    for line in SUFFIX.split("\n")[1:3]:
+        print(f"    {line}")
     s = result.engine_stats or {}
     total = result.timings_ms.get("total", sum(result.timings_ms.values()))
-    print(f"latency {total:.0f} ms (mode {result.mode}, answered by {result.source}); "
-          f"prompt {s.get('prompt_tokens', 0)} tokens: {s.get('reused_tokens', 0)} reused from the latent cache, "
-          f"{s.get('prefilled_tokens', 0)} prefilled; {s.get('generated_tokens', 0)} generated")
+    print(f"mode: {result.mode} — the pipeline chose to {MODES.get(result.mode, result.mode)}.")
+    print(f"answer: {total:.0f} ms — {SOURCES.get(result.source, result.source)}."
+          + ("" if ghost else f" No suggestion: {REASONS.get(result.reason, result.reason)}"))
+    if result.source == "model":
+        print(f"prefilled: {s.get('prefilled_tokens', 0)} of the prompt's {s.get('prompt_tokens', 0)} tokens were "
+              f"computed; the other {s.get('reused_tokens', 0)} came from the latent cache; "
+              f"{s.get('generated_tokens', 0)} tokens generated.")
 
 
 if __name__ == "__main__":
