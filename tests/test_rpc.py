@@ -261,21 +261,23 @@ def test_idle_daemon_exits(engine, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # HTTP face and the remote backend
 
+HTTP_KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {HTTP_KEY}"}
+
+
 @pytest.fixture
-def http_url(engine):
+def http_url(daemon):
     from model.serve.openai_http import serve_http
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = serve_http(engine, "127.0.0.1", port)
-    yield f"http://127.0.0.1:{port}"
-    server.shutdown()
+    server = serve_http(daemon, "127.0.0.1", 0, HTTP_KEY)
+    yield f"http://{server.address}"
+    server.close()
 
 
-def test_remote_backend_streams_from_the_http_face(http_url, engine, checkpoint):
+def test_remote_backend_streams_from_the_http_face(http_url, engine, checkpoint, monkeypatch):
     expected = engine.generate(PROMPT, SamplingParams(max_new_tokens=10)).run()
-    remote = RemoteEngine(http_url, tokenizer_dir=str(checkpoint))
+    monkeypatch.setenv("LATENT_TEST_KEY", HTTP_KEY)
+    remote = RemoteEngine(http_url, tokenizer_dir=str(checkpoint), api_key_env="LATENT_TEST_KEY")
     gen = remote.generate(PROMPT, SamplingParams(max_new_tokens=10))
     assert gen.run() == expected
     assert remote.fim_format == "deepseek"
@@ -289,7 +291,7 @@ def test_http_face_non_streaming_and_suffix(http_url, engine):
 
     body = {"prompt": "def add(a, b):\n    ", "suffix": "\n", "max_tokens": 8, "temperature": 0}
     req = urllib.request.Request(f"{http_url}/v1/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **AUTH})
     reply = json.loads(urllib.request.urlopen(req, timeout=30).read())
     expected = engine.generate(PROMPT, SamplingParams(max_new_tokens=8)).run()
     assert reply["choices"][0]["text"] == expected
@@ -303,7 +305,7 @@ def test_http_face_answers_a_bad_sampling_value_with_its_sentence(http_url):
 
     body = {"prompt": "x = ", "max_tokens": -3}
     req = urllib.request.Request(f"{http_url}/v1/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **AUTH})
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, timeout=10)
     message = json.loads(info.value.read())["error"]["message"]
@@ -316,7 +318,7 @@ def test_http_face_rejects_bad_requests(http_url):
     import urllib.request
 
     req = urllib.request.Request(f"{http_url}/v1/completions", data=b"{broken",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **AUTH})
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, timeout=10)
     assert info.value.code == 400 and "JSON" in json.loads(info.value.read())["error"]["message"]

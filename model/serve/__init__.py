@@ -1,10 +1,14 @@
 """Serving the engine: the shared daemon, its client, the OpenAI face and the remote backend.
 
-- framing.py     the wire: length-prefixed msgpack frames, the socket's place, shared helpers
-- daemon.py      EngineDaemon (connections, dispatch) and its FairScheduler
+- framing.py     the wire: length-prefixed msgpack frames, limits, the socket's place, shared helpers
+- scheduler.py   clients, jobs and the FairScheduler that hands jobs to the one worker
+- daemon.py      EngineDaemon: the socket, its clients, the worker
+- connection.py  one socket client: handshake, requests, quick calls, replies
 - client.py      EngineClient and starting a daemon; what a language server imports (no torch)
 - remote.py      RemoteEngine: the engine protocol over an OpenAI-compatible server
-- openai_http.py the OpenAI-compatible /v1/completions face of an engine
+- openai_api.py  the OpenAI completions format: request parsing, response bodies
+- openai_http.py the daemon's OpenAI-compatible HTTP face (loopback, API key, limits)
+- keys.py        the HTTP face's API key: made, kept beside the socket, checked
 - cli.py         `latent engine serve | stop | status` (also `python -m model.serve`)
 
 Importing this package imports none of them.

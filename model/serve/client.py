@@ -19,8 +19,8 @@ from model import options
 from model.params import RuntimeConfig, SamplingParams
 from model.protocol import CancelToken, Generation, GenerationStats
 
-from .framing import (PROTOCOL_VERSION, FrameError, RPCError, close_quietly, default_socket_path, recv_frame,
-                      runtime_dir, send_frame)
+from .framing import (PROTOCOL_VERSION, FrameError, RPCError, check_socket_path, close_quietly, default_socket_path,
+                      recv_frame, runtime_dir, send_frame)
 
 __all__ = ["EngineClient", "RPCError", "daemon_argv", "start_daemon"]
 
@@ -62,6 +62,7 @@ class EngineClient:
 
     # -- connection -------------------------------------------------------------------------
     def _connect(self) -> None:
+        check_socket_path(self.socket_path)   # too long a path: say so, rather than wait for a daemon
         deadline = time.monotonic() + self.connect_timeout
         started = False
         while True:

@@ -10,14 +10,21 @@ connection opens with a handshake, then carries requests by id:
     → {"id": 8, "method": "cancel", "params": {"target": 7}}                  ← {"id": 8, "result": true}
     → {"id": 9, "method": "tokenize" | "info" | "stats" | "clear_cache" | "shutdown", "params": {...}}
     ← {"id": 9, "result": ...}
-    ← {"id": n, "error": "one sentence"}
+    ← {"id": n, "error": "one sentence"}           (with "bad_request": true when the request was at fault)
+
+Limits: a frame is at most MAX_FRAME bytes, a prompt at most MAX_PROMPT_CHARS characters or
+MAX_PROMPT_IDS token ids, and a client has at most MAX_QUEUED generations waiting (daemon.py).
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import socket
 import struct
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,11 @@ import msgpack
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 8 << 20
+MAX_PROMPT_CHARS = 1 << 20       # a prompt's (or a text to tokenize's) characters
+MAX_PROMPT_IDS = 262_144         # a prompt's token ids
+FRAME_PATIENCE = 30.0            # seconds a frame that has begun may take to arrive whole
+# sizeof(sockaddr_un.sun_path): the longest a Unix socket's path may be, in bytes
+UNIX_PATH_MAX = 104 if sys.platform == "darwin" or "bsd" in sys.platform else 108
 
 
 class FrameError(Exception):
@@ -38,17 +50,40 @@ class RPCError(Exception):
 # ---------------------------------------------------------------------------------------------
 # where the socket lives
 
-def runtime_dir() -> Path:
-    """$XDG_RUNTIME_DIR/latent (else ~/.cache/latent), made private to this user."""
+def runtime_dir(create: bool = True) -> Path:
+    """$XDG_RUNTIME_DIR/latent (else ~/.cache/latent), made (unless `create` is false) and
+    kept private to this user."""
     base = os.environ.get("XDG_RUNTIME_DIR")
     folder = Path(base) / "latent" if base else Path.home() / ".cache" / "latent"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(folder, 0o700)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)
     return folder
 
 
-def default_socket_path() -> Path:
-    return runtime_dir() / "engine.sock"
+def default_socket_path(create: bool = True) -> Path:
+    return runtime_dir(create) / "engine.sock"
+
+
+def socket_alive(path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket at `path`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def check_socket_path(path: Path) -> None:
+    """RPCError, in one sentence, for a path too long to bind or connect a Unix socket to."""
+    size = len(os.fsencode(path))
+    if size >= UNIX_PATH_MAX:
+        raise RPCError(f"The socket path {path} is {size} bytes long, but a Unix socket path must be shorter "
+                       f"than {UNIX_PATH_MAX} bytes here; choose a shorter one.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,9 +118,19 @@ def recv_frame(sock: socket.socket, max_size: int = MAX_FRAME) -> dict | None:
 
 
 def _recv_exact(sock: socket.socket, n: int, allow_eof: bool) -> bytes | None:
-    chunks, got = [], 0
+    """n bytes. A socket timeout before the frame began is raised (the caller polls); once it
+    has begun, the rest may take FRAME_PATIENCE seconds, so no frame is ever cut in two."""
+    chunks, got, deadline = [], 0, None
     while got < n:
-        chunk = sock.recv(n - got)
+        try:
+            chunk = sock.recv(n - got)
+        except socket.timeout:
+            if allow_eof and got == 0:
+                raise
+            deadline = deadline or time.monotonic() + FRAME_PATIENCE
+            if time.monotonic() > deadline:
+                raise FrameError(f"a frame stalled halfway for {FRAME_PATIENCE:.0f} s") from None
+            continue
         if not chunk:
             if allow_eof and got == 0:
                 return None
@@ -100,6 +145,32 @@ def close_quietly(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
+
+
+class AcceptBackoff:
+    """What a listener does when accept() runs out of file descriptors (EMFILE, ENFILE): log
+    once, pause a moment and keep serving; the waiting connections are accepted once some
+    descriptors are free again."""
+
+    ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+    def __init__(self, what: str, pause: float = 0.2) -> None:
+        self.what, self.pause, self.warned = what, pause, False
+
+    def __call__(self, error: OSError) -> bool:
+        """True when `error` is a shortage this waited out; False for any other error."""
+        if error.errno not in self.ERRORS:
+            return False
+        if not self.warned:
+            logging.getLogger("latent.engine").warning(
+                "%s: out of file descriptors (%s); new connections wait until some are free",
+                self.what, error.strerror)
+            self.warned = True
+        time.sleep(self.pause)
+        return True
+
+    def accepted(self) -> None:
+        self.warned = False    # the next shortage is logged again
 
 
 # ---------------------------------------------------------------------------------------------

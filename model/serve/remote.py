@@ -4,6 +4,11 @@ For teams that run the model on a serving engine — vLLM or SGLang across GPUs,
 server, or Latent's own daemon with `--http`. FIM prompts are built locally with the family's
 special tokens in the prompt text (servers' `suffix` support varies), so the remote server
 only ever sees a plain completion request. Cancellation closes the stream.
+
+The API key comes from the environment variable named by `api_key_env`. Without one, a URL
+naming the loopback address where this user's own daemon serves its HTTP face
+(http://127.0.0.1:PORT or http://[::1]:PORT, as `latent engine serve --http` printed it) uses
+the key that daemon wrote beside its socket (keys.py); no other server is ever sent it.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from model.fim import FORMATS
 from model.params import SamplingParams
 from model.protocol import CancelToken, Generation, GenerationStats
 from model.tokenizer import Tokenizer
+
+from . import keys
 
 STOP_LIMIT = 4   # stop strings OpenAI accepts; most servers take as many
 
@@ -74,6 +81,8 @@ class RemoteEngine:
             self.api_key = os.environ.get(api_key_env)
             if not self.api_key:
                 raise RemoteError(f"The API key variable {api_key_env} named in the configuration is not set.")
+        elif parsed.hostname in ("127.0.0.1", "::1"):
+            self.api_key = keys.local_key(parsed.hostname, parsed.port)   # our own daemon's face, if it is
         if tokenizer_dir:
             self.tokenizer = Tokenizer.from_dir(Path(tokenizer_dir).expanduser())
         else:

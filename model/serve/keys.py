@@ -1,0 +1,84 @@
+"""The HTTP face's API key: chosen at start, kept beside the socket, checked in constant time.
+
+`latent engine serve --http …` takes `--api-key-file FILE` or `--api-key KEY`, else makes a
+new key with secrets.token_urlsafe. The key in effect is written to `engine.key` beside
+`engine.sock` (mode 0600, in the 0700 runtime folder) and the face's address to
+`engine.http`; both go when the daemon exits. RemoteEngine reads that key for a URL naming
+exactly that address (http://127.0.0.1:PORT, not localhost) while the daemon at the default
+socket is up, so `engine = "openai:http://127.0.0.1:PORT"` needs no `api_key_env`.
+Imports no torch.
+"""
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from .framing import default_socket_path, socket_alive
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def read_key_file(path: Path) -> str:
+    """The key in a file (its first line); ValueError, one sentence, for an empty file."""
+    text = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    key = text.splitlines()[0].strip() if text else ""
+    if not key:
+        raise ValueError(f"The API key file {path} is empty.")
+    return key
+
+
+def authorized(header: str | None, key: str) -> bool:
+    """Whether an Authorization header carries `Bearer <key>`, compared in constant time."""
+    given = (header or "").strip().encode("latin-1", "replace")   # http.client decodes headers as latin-1
+    return hmac.compare_digest(given, f"Bearer {key}".encode("latin-1", "replace"))
+
+
+def address(host: str, port: int) -> str:
+    """host:port as in a URL: [::1]:8012 for IPv6."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def key_path(socket_path: Path) -> Path:
+    return Path(socket_path).with_suffix(".key")
+
+
+def publish(socket_path: Path, key: str, where: str) -> Path:
+    """Write the key and the face's address beside the socket, readable by this user only;
+    returns the key file."""
+    _write_private(key_path(socket_path), key + "\n")
+    _write_private(Path(socket_path).with_suffix(".http"), where + "\n")
+    return key_path(socket_path)
+
+
+def withdraw(socket_path: Path) -> None:
+    for path in (key_path(socket_path), Path(socket_path).with_suffix(".http")):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def local_key(host: str, port: int | None) -> str | None:
+    """The key of this user's daemon (default socket) when its face serves exactly host:port."""
+    sock = default_socket_path(create=False)
+    try:
+        served = sock.with_suffix(".http").read_text(encoding="utf-8").strip()
+        key = key_path(sock).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    if port is None or served != address(host, port) or not key or not socket_alive(sock):
+        return None
+    return key
+
+
+def _write_private(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(partial, path)

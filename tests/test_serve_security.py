@@ -1,0 +1,509 @@
+"""What the engine daemon and its HTTP face withstand (issue #12): other users, clients that
+stop reading or flood, exhausted descriptors, hostile HTTP input, impossible socket paths.
+
+Everything goes through the real wire: a daemon served in a thread (or, where the process
+itself matters, started from the command line) and real sockets and HTTP requests against it.
+Scheduling tests use `Scripted`, an engine stand-in whose generations last as long as a test
+needs; the rest use the tiny real engine.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import resource
+import select
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from model.engine import Engine
+from model.params import RuntimeConfig, SamplingParams
+from model.protocol import CancelToken, Generation, GenerationStats
+from model.serve.cli import main as engine_cli
+from model.serve.client import EngineClient, daemon_argv
+from model.serve.daemon import EngineDaemon
+from model.serve.framing import RPCError, recv_frame, send_frame
+from model.serve.openai_http import serve_http
+from model.serve.remote import RemoteEngine
+from tiny_models import save_checkpoint
+
+KEY = "the-owners-key"
+ONE_THREAD = RuntimeConfig(threads=1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint("v2-greedy-yarn", folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint):
+    return Engine.load(checkpoint)
+
+
+class Scripted:
+    """The real engine's tokenizer and names; each generation yields "x" every `pause` seconds
+    up to max_new_tokens, after the prompt "hold" has waited for `gate`. Records the prompts
+    it started and those whose generation saw its cancel token."""
+
+    def __init__(self, real, pause: float = 0.0) -> None:
+        self.tokenizer, self.model_name = real.tokenizer, "scripted"
+        self.fim_format, self.fim_layouts, self.languages = real.fim_format, real.fim_layouts, real.languages
+        self.pause, self.gate = pause, threading.Event()
+        self.started: list = []
+        self.cancelled: list = []
+
+    def stats(self) -> dict:
+        return {"requests": len(self.started)}
+
+    def generate(self, prompt, params: SamplingParams, *, cancel: CancelToken | None = None) -> Generation:
+        stats = GenerationStats(prompt_tokens=1)
+        return Generation(self._pieces(prompt, params, cancel or CancelToken(), stats), stats)
+
+    def _pieces(self, prompt, params, cancel, stats):
+        self.started.append(prompt)
+        while prompt == "hold" and not self.gate.wait(0.01) and not cancel.cancelled:
+            pass
+        for _ in range(params.max_new_tokens):
+            if cancel.cancelled:
+                stats.finish_reason = "cancelled"
+                self.cancelled.append(prompt)
+                return
+            time.sleep(self.pause)
+            stats.generated_tokens += 1
+            yield "x"
+        stats.finish_reason = "length"
+
+
+def _serve(engine, path) -> EngineDaemon:
+    d = EngineDaemon(engine, path)
+    d.bind()
+    threading.Thread(target=d.serve_forever, daemon=True).start()
+    return d
+
+
+@pytest.fixture
+def daemon(engine, tmp_path):
+    d = _serve(engine, tmp_path / "engine.sock")
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def scripted(engine):
+    return Scripted(engine)
+
+
+@pytest.fixture
+def scripted_daemon(scripted, tmp_path):
+    d = _serve(scripted, tmp_path / "scripted.sock")
+    yield d
+    scripted.gate.set()
+    d.close()
+
+
+@pytest.fixture
+def face(daemon):
+    server = serve_http(daemon, "127.0.0.1", 0, KEY)
+    yield server
+    server.close()
+
+
+def _raw(daemon) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(daemon.socket_path))
+    s.settimeout(10)
+    send_frame(s, {"type": "hello", "version": 1})
+    assert recv_frame(s)["type"] == "hello"
+    return s
+
+
+def _generate(s, request_id, prompt, **params) -> None:
+    send_frame(s, {"id": request_id, "method": "generate", "params": {"prompt": prompt, **params}})
+
+
+def _final(s, ids) -> dict:
+    """Read until each of `ids` has its last reply (done or error); {id: that reply}."""
+    final = {}
+    while set(ids) - set(final):
+        reply = recv_frame(s)
+        assert reply is not None, f"the daemon closed the connection with {set(ids) - set(final)} unanswered"
+        if reply.get("id") in ids and "chunk" not in reply:
+            assert reply["id"] not in final, f"request {reply['id']} answered twice"
+            final[reply["id"]] = reply
+    return final
+
+
+def _wait(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _request(server, method, path, body=None, key=KEY, headers=None, timeout=30):
+    """(status, parsed JSON body) of one HTTP request to the face."""
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    if key is not None:
+        sent["Authorization"] = f"Bearer {key}"
+    conn.request(method, path, body=json.dumps(body) if isinstance(body, dict) else body, headers=sent)
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, json.loads(data) if data else None
+
+
+def _exchange(port, data: bytes, timeout=10) -> tuple[int, dict | None]:
+    """Send raw bytes, read until the face closes: (status, JSON body); (0, None) for no answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return (int(head.split()[1]), json.loads(body) if body else None) if head else (0, None)
+
+
+def _is_openai_error(body, code=None) -> bool:
+    error = (body or {}).get("error") or {}
+    return (isinstance(error.get("message"), str) and error["message"].endswith(".")
+            and error.get("type") == "invalid_request_error" and "code" in error
+            and (code is None or error["code"] == code))
+
+
+# ---------------------------------------------------------------------------------------------
+# the HTTP face: a key, limits, turns, hang-ups
+
+def test_the_http_face_answers_only_requests_with_its_key(face):
+    completion = {"prompt": "x = ", "max_tokens": 2}
+    for key in (None, "wrong", KEY + "x", ""):
+        status, body = _request(face, "POST", "/v1/completions", completion, key=key)
+        assert status == 401 and _is_openai_error(body, "invalid_api_key"), (key, status, body)
+        assert _request(face, "GET", "/v1/models", key=key)[0] == 401
+    status, body = _request(face, "POST", "/v1/completions", completion)
+    assert status == 200 and body["usage"]["completion_tokens"] >= 1
+    assert _request(face, "GET", "/v1/models")[0] == 200
+
+
+def test_connections_beyond_the_limit_get_503_and_the_owner_is_still_served(face, daemon):
+    port = face.server_address[1]
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(32)]
+    try:
+        status, body = _exchange(port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 503 and body["error"]["code"] == "too_many_connections"
+        assert EngineClient(daemon.socket_path).call("info")["version"] == 1   # the socket is untouched
+    finally:
+        for s in idle:
+            s.close()
+    assert _wait(lambda: _request(face, "GET", "/v1/models")[0] == 200)
+
+
+def test_idle_connections_are_closed(daemon):
+    server = serve_http(daemon, "127.0.0.1", 0, KEY, idle_timeout=0.5)
+    try:
+        for opening in (b"", b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"):   # silent; headers cut off
+            with socket.create_connection(server.server_address, timeout=10) as s:
+                s.sendall(opening)
+                t0 = time.monotonic()
+                assert s.recv(65536) == b""                                     # closed by the face
+                assert time.monotonic() - t0 < 5
+    finally:
+        server.close()
+
+
+def test_headers_over_the_limit_get_431(face):
+    filler = "".join(f"X-Filler-{i}: {'a' * 1000}\r\n" for i in range(40))   # 40 KB, no line too long
+    request = (f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n{filler}\r\n").encode()
+    status, body = _exchange(face.server_address[1], request)
+    assert status == 431 and body["error"]["type"] == "invalid_request_error"
+
+
+def test_http_completions_take_their_turn_with_the_socket_clients(scripted_daemon, scripted):
+    server = serve_http(scripted_daemon, "127.0.0.1", 0, KEY)
+    try:
+        owner = _raw(scripted_daemon)
+        _generate(owner, 1, "hold", max_new_tokens=1)
+        assert _wait(lambda: scripted.started == ["hold"])
+        for i in (2, 3, 4):
+            _generate(owner, i, f"a{i}", max_new_tokens=1)
+        answer = {}
+        http_thread = threading.Thread(target=lambda: answer.update(
+            reply=_request(server, "POST", "/v1/completions", {"prompt": "h1", "max_tokens": 1})))
+        http_thread.start()
+        time.sleep(1.0)
+        assert answer == {}                       # it waits: the one worker is busy with the owner's job
+        scripted.gate.set()
+        http_thread.join(timeout=10)
+        assert answer["reply"][0] == 200 and answer["reply"][1]["choices"][0]["text"] == "x"
+        assert all("done" in r for r in _final(owner, [1, 2, 3, 4]).values())
+        assert scripted.started == ["hold", "h1", "a4", "a3", "a2"]   # clients in turn, newest first
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_completion_stops_when_its_http_client_hangs_up(scripted_daemon, scripted, stream):
+    scripted.pause = 0.005                          # 60000 tokens would take five minutes
+    server = serve_http(scripted_daemon, "127.0.0.1", 0, KEY)
+    try:
+        body = json.dumps({"prompt": "long", "max_tokens": 60000, "stream": stream}).encode()
+        with socket.create_connection(server.server_address, timeout=10) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                      + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            assert _wait(lambda: scripted.started == ["long"])
+            if stream:
+                assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        assert _wait(lambda: scripted.cancelled == ["long"], 5)
+        client = EngineClient(scripted_daemon.socket_path)
+        assert client.generate("next", SamplingParams(max_new_tokens=2)).run() == "xx"   # the worker is free
+    finally:
+        server.close()
+
+
+def _post_raw(length_header: str, body: bytes) -> bytes:
+    return (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+            f"{length_header}\r\n").encode() + body
+
+
+@pytest.mark.parametrize("request_bytes", [
+    _post_raw("Content-Length: 200000\r\n", b"[" * 100_000 + b"]" * 100_000),   # nested too deep
+    _post_raw("Content-Length: abc\r\n", b"{}"),
+    _post_raw("Content-Length: -5\r\n", b"{}"),
+    _post_raw("Content-Length: 2\r\nContent-Length: 3\r\n", b"{}"),
+    _post_raw("Content-Length: 99999999999\r\n", b"{}"),
+    _post_raw("", b'{"prompt": "x"}'),                                                 # no length at all
+], ids=["deep", "letters", "negative", "two-lengths", "too-large", "missing"])
+def test_malformed_http_bodies_get_an_openai_error(face, request_bytes):
+    status, body = _exchange(face.server_address[1], request_bytes)
+    assert status in (400, 411, 413) and _is_openai_error(body), (status, body)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"prompt": "x", "max_tokens": 1e999}',
+    b'{"prompt": "x", "max_tokens": -1}',
+    b'{"prompt": "x", "max_tokens": 65537}',
+    b'{"prompt": "x", "max_tokens": 2.5}',
+    b'{"prompt": "x", "temperature": NaN}',
+    b'{"prompt": "x", "temperature": Infinity}',
+    b'{"prompt": "x", "top_p": -3}',
+    b'{"prompt": "x", "n": "1"}',
+    b'{"prompt": "x", "n": true}',
+    b'{"prompt": "x", "n": 2}',
+    b'{"prompt": "x", "stream": "yes"}',
+    b'{"prompt": "x", "suffix": 7}',
+    b'{"max_tokens": 2}',
+    b'[1, 2]',
+])
+def test_bad_completion_fields_get_400_with_an_openai_error(face, raw):
+    status, body = _request(face, "POST", "/v1/completions", raw)
+    assert status == 400 and _is_openai_error(body), (status, body)
+
+
+def test_max_tokens_is_capped_at_sampling_params_limit(face):
+    status, body = _request(face, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 70000})
+    assert status == 400 and "65536" in body["error"]["message"]
+
+
+def test_a_prompt_beyond_the_context_is_a_400_not_a_dropped_connection(face):
+    status, body = _request(face, "POST", "/v1/completions", {"prompt": "x " * 5000, "max_tokens": 1})
+    assert status == 400 and "context" in body["error"]["message"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line: loopback only, the port bound, the key kept private
+
+@pytest.mark.parametrize("address", ["0.0.0.0:8012", "192.168.1.5:8012", "[::]:8012",
+                                     "127.0.0.1:99999", "127.0.0.1:http"])
+def test_a_non_loopback_http_address_is_refused_before_the_model_loads(tmp_path, capsys, address):
+    sock = tmp_path / "s.sock"
+    assert engine_cli(["serve", "--http", address, "--model", str(tmp_path / "missing"), "--socket", str(sock)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("latent: error: --http takes a loopback HOST:PORT") and err.count("\n") == 1
+    assert not sock.exists()
+
+
+def test_a_taken_http_port_is_refused_before_the_model_loads(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["serve", "--http", f"127.0.0.1:{port}", "--model", str(tmp_path / "missing"),
+                "--socket", str(tmp_path / "s.sock")]
+        assert engine_cli(argv) == 2
+    assert capsys.readouterr().err.startswith(f"latent: error: --http cannot listen on 127.0.0.1:{port}")
+    assert not (tmp_path / "s.sock").exists()
+
+
+def _line(stream, pattern: str, seconds: float) -> re.Match:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if select.select([stream], [], [], 0.5)[0]:
+            line = stream.readline()
+            if not line:
+                break
+            if match := re.search(pattern, line):
+                return match
+    raise AssertionError(f"no line matching {pattern!r}")
+
+
+@pytest.mark.slow
+def test_serve_prints_the_port_it_bound_and_keeps_the_key_private(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    folder = tmp_path / "latent"
+    argv = daemon_argv(str(checkpoint), ONE_THREAD, persist="none") + ["--http", "[::1]:0"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = int(_line(proc.stdout, r"^latent engine: HTTP on \[::1\]:(\d+) ", 120)[1])
+        key_file = folder / "engine.key"
+        assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600 and stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        key = key_file.read_text().strip()
+        assert len(key) >= 32
+        conn = http.client.HTTPConnection("::1", port, timeout=30)
+        conn.request("GET", "/v1/models")
+        assert conn.getresponse().status == 401
+        conn.close()
+        remote = RemoteEngine(f"http://[::1]:{port}", tokenizer_dir=str(checkpoint))   # finds the key itself
+        assert remote.api_key == key and remote.generate("x = ", SamplingParams(max_new_tokens=2)).run()
+        assert engine_cli(["stop"]) == 0
+        assert proc.wait(timeout=60) == 0
+        assert not key_file.exists() and not (folder / "engine.http").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# the socket: no client holds up the others
+
+def test_a_client_that_stops_reading_is_dropped_and_the_others_go_on(scripted_daemon, scripted):
+    greedy = _raw(scripted_daemon)
+    for i in range(1, 41):
+        _generate(greedy, i, f"g{i}", max_new_tokens=4000)   # never read
+    done = []
+
+    def other():
+        client = EngineClient(scripted_daemon.socket_path)
+        for _ in range(3):
+            done.append(client.generate("o", SamplingParams(max_new_tokens=2)).run())
+
+    thread = threading.Thread(target=other, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert done == ["xx"] * 3
+    assert scripted.cancelled and scripted.cancelled[0].startswith("g")   # its generation was stopped
+    greedy.close()
+
+
+def test_a_client_queues_at_most_8_requests_and_a_cancelled_one_is_answered_at_once(scripted_daemon, scripted):
+    s = _raw(scripted_daemon)
+    _generate(s, 1, "hold", max_new_tokens=1)
+    assert _wait(lambda: scripted.started == ["hold"])
+    for i in range(2, 12):
+        _generate(s, i, f"q{i}", max_new_tokens=1)
+    send_frame(s, {"id": 20, "method": "cancel", "params": {"target": 5}})
+    early = _final(s, [10, 11, 5, 20])
+    assert early[10]["error"].startswith("Too many requests queued (8)") and "error" in early[11]
+    assert early[5] == {"id": 5, "done": True, "stats": {"finish_reason": "cancelled"}} and early[20]["result"] is True
+    scripted.gate.set()
+    rest = _final(s, [1, 2, 3, 4, 6, 7, 8, 9])
+    assert all(reply["stats"]["finish_reason"] == "length" for reply in rest.values())
+    assert "q5" not in scripted.started
+
+
+@pytest.mark.parametrize("target", [[1], {"a": 1}, "1", True, 1.5, None])
+def test_cancel_with_a_malformed_target_gets_an_error_frame(scripted_daemon, scripted, target):
+    s = _raw(scripted_daemon)
+    _generate(s, 1, "hold", max_new_tokens=1)
+    send_frame(s, {"id": 2, "method": "cancel", "params": {"target": target}})
+    assert _final(s, [2])[2]["error"] == "A cancel needs the integer id of a request as its 'target'."
+    scripted.gate.set()
+    assert _final(s, [1])[1]["stats"]["finish_reason"] == "length"   # True is not request 1
+    send_frame(s, {"id": 3, "method": "info", "params": {}})
+    assert _final(s, [3])[3]["result"]["version"] == 1
+
+
+@pytest.mark.parametrize("method, params, limit", [
+    ("generate", {"prompt": "x" * 1_500_000}, "1048576 characters"),
+    ("generate", {"prompt": [7] * 300_000}, "262144 token ids"),
+    ("tokenize", {"text": "x" * 1_500_000}, "1048576"),
+])
+def test_a_huge_prompt_is_refused_at_once(daemon, method, params, limit):
+    s = _raw(daemon)
+    t0 = time.monotonic()
+    send_frame(s, {"id": 1, "method": method, "params": params})
+    reply = _final(s, [1])[1]
+    assert limit in reply["error"] and time.monotonic() - t0 < 2
+    assert EngineClient(daemon.socket_path).call("info")["version"] == 1
+
+
+@pytest.mark.slow
+def test_running_out_of_descriptors_does_not_stop_the_daemon(checkpoint, tmp_path):
+    sock = tmp_path / "fd.sock"
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(daemon_argv(str(checkpoint), ONE_THREAD, socket_path=sock, persist="none"),
+                                stdout=log, stderr=log)
+    try:
+        assert _wait(lambda: _answers(sock), 120)
+        in_use = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (in_use + 4, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        held = []
+        for _ in range(10):                     # more than the daemon may open
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            s.connect(str(sock))
+            send_frame(s, {"type": "hello", "version": 1})
+            held.append(s)
+        time.sleep(1.0)
+        assert proc.poll() is None and sock.exists()   # still serving
+        for s in held:
+            s.close()
+        assert _wait(lambda: _answers(sock), 20)
+        assert open(log_path).read().count("out of file descriptors") == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _answers(sock) -> bool:
+    try:
+        client = EngineClient(sock, connect_timeout=1)
+    except RPCError:
+        return False
+    ok = client.call("info")["version"] == 1
+    client.close()
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------
+# socket paths the OS cannot bind
+
+def test_a_socket_path_over_the_limit_is_one_sentence_for_a_client(tmp_path):
+    path = tmp_path / ("s" * 120 + ".sock")
+    t0 = time.monotonic()
+    with pytest.raises(RPCError, match=r"bytes long, but a Unix socket path must be shorter than 10[48] bytes"):
+        EngineClient(path, spawn=[sys.executable, "-c", "pass"], connect_timeout=60)
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_socket_path_over_the_limit_is_one_sentence_when_serving(tmp_path, capsys):
+    path = tmp_path / ("s" * 120 + ".sock")
+    assert engine_cli(["serve", "--socket", str(path), "--model", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "a Unix socket path must be shorter than" in err and err.count("\n") == 1
