@@ -4,7 +4,8 @@ Routed experts are stored stacked — w13 (E, 2I, D) with the gate rows first, w
 so one expert is one slice. Two dispatch paths, held equal by the tests:
 - grouped (prefill): tokens are sorted by expert and each chosen expert runs one matrix
   product over all of its tokens;
-- gathered (decode, one token): only the k chosen experts are touched.
+- gathered (decode, one token): only the k chosen experts are touched — one by one, or on a
+  GPU gathered into one batched product with no host round trip.
 """
 from __future__ import annotations
 
@@ -73,6 +74,9 @@ class Experts(nn.Module):
         self.inter_dim = inter_dim
         self.w13 = nn.Parameter(torch.empty(n, 2 * inter_dim, dim))   # gate rows, then up rows
         self.w2 = nn.Parameter(torch.empty(n, dim, inter_dim))
+        # decode: the k experts gathered into one batched product (no host sync: what a GPU
+        # wants, set by the engine on CUDA), or one by one (on CPU the gather's copy costs more)
+        self.batched_decode = False
 
     def expert_weights(self, e: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.w13[e], self.w2[e]
@@ -82,6 +86,14 @@ class Experts(nn.Module):
         w13, w2 = self.expert_weights(e)
         gate, up = F.linear(x, w13).chunk(2, dim=-1)
         return F.linear(F.silu(gate) * up, w2)
+
+    def run_chosen(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """One token x (1, D) through its k experts idx (k,), weighted and summed -> (1, D):
+        batched products over the gathered experts, no host round trip."""
+        h = torch.matmul(self.w13[idx], x[0])                               # (k, 2I)
+        gate, up = h.chunk(2, dim=-1)
+        out = torch.matmul(self.w2[idx], (F.silu(gate) * up).unsqueeze(-1)).squeeze(-1)  # (k, D)
+        return (weights.unsqueeze(-1) * out).sum(0, keepdim=True)
 
 
 class MoE(nn.Module):
@@ -107,6 +119,8 @@ class MoE(nn.Module):
 
     def _gathered(self, x, weights, idx) -> torch.Tensor:
         """Per token, only its k experts (decode)."""
+        if x.shape[0] == 1 and self.experts.batched_decode:
+            return self.experts.run_chosen(x, idx[0], weights[0])
         y = torch.zeros_like(x)
         for t, (experts, w) in enumerate(zip(idx.tolist(), weights)):
             xt = x[t : t + 1]

@@ -52,6 +52,7 @@ class Int8Experts(Experts):
         self.register_buffer("s13", s13.to(dtype))        # (E, 2I)
         self.register_buffer("w2", w2)                    # (E, D, I) int8
         self.register_buffer("s2", s2.to(dtype))          # (E, D)
+        self.batched_decode = False   # one expert at a time, through the int8 kernel
 
     @classmethod
     def from_experts(cls, experts: Experts) -> "Int8Experts":

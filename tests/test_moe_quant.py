@@ -37,6 +37,10 @@ def test_grouped_prefill_equals_gathered_decode(routing):
         moe.grouped_min_tokens = 10**9
         gathered = moe(x)
     assert (grouped - gathered).abs().max().item() < 1e-5
+    moe.experts.batched_decode = True              # the GPU's decode: the k experts in one product
+    with torch.no_grad():
+        batched = torch.cat([moe(x[t : t + 1]) for t in range(len(x))])
+    assert (batched - gathered).abs().max().item() < 1e-5
 
 
 def test_group_limited_routing_only_picks_experts_of_the_best_groups():

@@ -23,7 +23,8 @@ from ..config import ModelArgs
 from ..loader import BUNDLED_DIR, ModelLoadError, load_model, read_args, resolve_model_dir
 from ..params import RuntimeConfig, SamplingParams
 from ..protocol import CancelToken, Generation, GenerationStats
-from ..quant import quantize_int8, weight_bytes
+from ..moe import Experts
+from ..quant import Int8Experts, quantize_int8, weight_bytes
 from ..tokenizer import Tokenizer, TokenizerError
 from ..transformer import Transformer
 from . import persist
@@ -72,6 +73,9 @@ class Engine:
         torch.set_num_threads(runtime.threads or _auto_threads(model))
         if runtime.quantize == "int8":
             quantize_int8(model)
+        for experts in model.modules():        # a GPU decodes without host syncs; see moe.py
+            if isinstance(experts, Experts) and not isinstance(experts, Int8Experts):
+                experts.batched_decode = runtime.device != "cpu"
         engine = cls(model, tokenizer, runtime, name="bundled" if path_or_id is None else str(path_or_id),
                      model_dir=model_dir)
         if warmup:
