@@ -169,6 +169,12 @@ def _short(e: Exception) -> str:
 
 def load_model(model_dir: Path, args: ModelArgs, dtype: str = "float32", device: str = "cpu"):
     """The Transformer with the checkpoint's weights, on `device` in `dtype`."""
+    return build_model(_iter_tensors(_weight_files(model_dir)), args, dtype, device)
+
+
+def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = "cpu"):
+    """The Transformer from (checkpoint name, tensor) pairs — a folder's files, or a
+    transformers model's state_dict() items (its fused experts are taken as they are)."""
     import torch
 
     from .transformer import Transformer
@@ -193,7 +199,7 @@ def load_model(model_dir: Path, args: ModelArgs, dtype: str = "float32", device:
         keep_fp32 = target.endswith("gate.bias")
         state[target] = tensor.to(device=device, dtype=torch.float32 if keep_fp32 else torch_dtype)
 
-    for name, tensor in _iter_tensors(_weight_files(model_dir)):
+    for name, tensor in tensors:
         layer = _layer_of(name)
         if _IGNORED.search(name) or (layer is not None and layer >= args.n_layers):
             continue  # rope buffers of old exports; multi-token-prediction layers
