@@ -155,8 +155,14 @@ def edit_tree(tree: tree_sitter.Tree, text: str, start: int, end: int, inserted:
     )
 
 
-def parse(language: LanguageSpec, text: str) -> tree_sitter.Tree:
-    """A fresh tree of `text` (used for snapshots whose document has moved on)."""
+MAX_PARSE_CHARS = 1 << 20   # longer texts are not parsed (a Workspace's default; the server's max_parse_kb)
+
+
+def parse(language: LanguageSpec, text: str, max_chars: int = MAX_PARSE_CHARS) -> tree_sitter.Tree | None:
+    """A fresh tree of `text` (used for snapshots whose document has moved on); None when the
+    text is longer than `max_chars`: parsing it would hold up every other request."""
+    if len(text) > max_chars:
+        return None
     return language.parser().parse(encode(text))
 
 
@@ -170,14 +176,16 @@ class DocumentState(NamedTuple):
 
 
 class Document:
-    """The text and incremental tree-sitter tree of one open document."""
+    """The text and incremental tree-sitter tree of one open document (no tree while the text
+    is longer than `max_parse_chars`)."""
 
     def __init__(self, uri: str, language_id: str, text: str, version: int,
-                 path: str | None = None) -> None:
+                 path: str | None = None, max_parse_chars: int = MAX_PARSE_CHARS) -> None:
         self.uri = uri
         self.language_id = language_id
         self.path = path
         self.language = language_for(language_id, path or uri)
+        self.max_parse_chars = max_parse_chars
         self._parser = self.language.parser() if self.language else None
         self._state = self._parsed(text, version, None)
 
@@ -231,7 +239,7 @@ class Document:
 
     def _parsed(self, text: str, version: int, old_tree: tree_sitter.Tree | None) -> DocumentState:
         tree = None
-        if self._parser is not None:
+        if self._parser is not None and len(text) <= self.max_parse_chars:
             tree = self._parser.parse(encode(text), old_tree) if old_tree else self._parser.parse(encode(text))
         return DocumentState(text, version, Lines(text), tree)
 
@@ -239,17 +247,19 @@ class Document:
 class Workspace:
     """The open documents. Mutated by notifications; read (briefly locked) by requests."""
 
-    def __init__(self, on_close: Callable[[str], None] | None = None) -> None:
+    def __init__(self, on_close: Callable[[str], None] | None = None,
+                 max_parse_chars: int = MAX_PARSE_CHARS) -> None:
         self._documents: dict[str, Document] = {}
         self._lock = threading.Lock()
         self.on_close = on_close   # the owner's hook: free its per-document state
+        self.max_parse_chars = max_parse_chars   # for documents opened from now on
 
     def open(self, uri: str, language_id: str, text: str, version: int,
              path: str | None = None) -> Document:
         """Open (or re-open, replacing all state of) a document."""
         if uri in self._documents:
             self.close(uri)
-        document = Document(uri, language_id, text, version, path)
+        document = Document(uri, language_id, text, version, path, self.max_parse_chars)
         with self._lock:
             self._documents[uri] = document
         return document

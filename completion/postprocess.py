@@ -25,11 +25,14 @@ from dataclasses import dataclass
 
 import tree_sitter
 
-from completion.windows import indent_width
-from completion.document import edit_tree, encode
+from completion.context import block_opener
+from completion.document import edit_tree, encode, line_ending
 from completion.languages import LanguageSpec
+from completion.types import Range, Suggestion
+from completion.windows import Cursor, indent_width
 
 _WORD = re.compile(r"\w")
+BEFORE_LINES = 10          # lines before the cursor scanned for open brackets (the range rule)
 MAX_LOOP_PERIOD = 8        # lines in a repeated block
 LOOP_COPIES = 3            # copies in a row that make a loop
 MIN_CHAR_LOOP = 12         # characters a repeated unit must cover at the end of a truncated answer
@@ -53,6 +56,38 @@ class Plan:
         """*line* mode at the end of a written line may offer the next line instead (after an
         accept the cursor sits there, and the next suggestion starts with a line break)."""
         return self.mode == "line" and bool(self.head.strip()) and not self.tail.strip()
+
+
+def plan_for(mode: str, language: LanguageSpec | None, tree, cursor: Cursor,
+             specials: tuple[str, ...]) -> Plan:
+    """What postprocessing needs of a request at `cursor`, worked out before the model runs."""
+    lines = cursor.lines
+    opener_indent = ""
+    if mode == "block":
+        opener = block_opener(language, tree, cursor)
+        text = lines.line_text(opener if opener is not None else cursor.line)
+        opener_indent = text[:len(text) - len(text.lstrip(" \t"))]
+    first = lines.starts[max(cursor.line - BEFORE_LINES, 0)]
+    return Plan(mode, cursor.head, cursor.tail, before=cursor.text[first:cursor.line_start].replace("\r\n", "\n"),
+                next_line=cursor.next_line(), opener_indent=opener_indent, specials=specials)
+
+
+def suggestion(raw: str, plan: Plan, language: LanguageSpec | None, tree, cursor: Cursor, *,
+               hit_limit: bool = False) -> tuple[Suggestion | None, str]:
+    """The suggestion to show for the model's answer `raw`, with its range and the document's
+    line ends; or None and why (a key of completion.types.REASONS)."""
+    text = clean(raw, plan, hit_limit=hit_limit)
+    if not text:
+        return None, why_empty(raw, plan, hit_limit=hit_limit)
+    covered = covered_length(text, plan)
+    eol = line_ending(cursor.text)
+    if eol != "\n":
+        text = text.replace("\n", eol)
+    start, end = cursor.offset, cursor.offset + covered
+    if tree is not None and adds_errors(language, tree, cursor.text, start, end, text):
+        return None, "syntax-error"
+    lines = cursor.lines
+    return Suggestion(text, Range(lines.position(start), lines.position(end))), ""
 
 
 def clean(raw: str, plan: Plan, *, hit_limit: bool = False) -> str:

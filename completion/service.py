@@ -30,22 +30,20 @@ from collections import Counter
 from dataclasses import replace
 
 from completion import postprocess
+from completion.alternatives import branches
 from completion.cache import LruCache
 from completion.config import CompletionConfig
-from completion.context import block_opener, build_context, decide
-from completion.document import Lines, Workspace, line_ending, parse
+from completion.context import build_context, decide
+from completion.document import Lines, Workspace, parse
 from completion.languages import LanguageSpec, language_for
 from completion.postprocess import Plan
 from completion.prompt import build_prompt, overhead, resolve_format, resolve_layout
 from completion.recall import Recall
 from completion.related import RelatedIndex, Source
-from completion.types import CompletionResult, Position, Range, Snapshot, Suggestion
+from completion.types import CompletionResult, Position, Snapshot, Suggestion
 from completion.windows import Cursor, TokenCounter
 from model.params import SamplingParams
 from model.protocol import CancelToken, EngineProtocol
-
-BEFORE_LINES = 10  # lines before the cursor scanned for open brackets (the range rule)
-
 
 class CompletionService:
     """The completion pipeline over one engine, with the open documents it completes in."""
@@ -79,9 +77,11 @@ class CompletionService:
         self._cache.resize(config.lru_size)
         self.clear_cache()
 
-    def complete(self, snapshot: Snapshot, position: Position,
-                 cancel: CancelToken | None = None) -> CompletionResult:
-        """Suggestions for `position` in `snapshot` (raises InvalidPosition outside the text)."""
+    def complete(self, snapshot: Snapshot, position: Position, cancel: CancelToken | None = None,
+                 count: int = 1) -> CompletionResult:
+        """Suggestions for `position` in `snapshot`, up to `count` distinct ones, best first
+        (raises InvalidPosition outside the text). The first is ready before alternatives
+        are computed; asking for more than one skips the typing-through shortcuts."""
         started = time.perf_counter()
         cancel = cancel or CancelToken()
         state = self._state_for(snapshot)
@@ -94,15 +94,15 @@ class CompletionService:
         off = self._language_off(snapshot, language)
         if off:
             return self._skipped(off)
-        result = self._recall.type_through(snapshot.uri, cursor)
+        result = self._recall.type_through(snapshot.uri, cursor) if count == 1 else None
         if result is not None:
             self._bump("typing_through" if result.source == "typing-through" else "cache_hits")
-        elif (result := self._recall.take(snapshot.uri, cursor)) is not None:
+        elif count == 1 and (result := self._recall.take(snapshot.uri, cursor)) is not None:
             self._bump("precompute_hits")
         if result is not None:
             result.timings_ms.setdefault("context", _ms(started))  # answered without the model
             return result
-        result = self._run(snapshot, language, cursor, cancel, state.tree if state is not None else None)
+        result = self._run(snapshot, language, cursor, cancel, state.tree if state is not None else None, count)
         self._recall.remember(snapshot.uri, cursor, result)
         return result
 
@@ -148,7 +148,7 @@ class CompletionService:
     # One completion through the pipeline
 
     def _run(self, snapshot: Snapshot, language: LanguageSpec | None, cursor: Cursor,
-             cancel: CancelToken, tree=None) -> CompletionResult:
+             cancel: CancelToken, tree=None, count: int = 1) -> CompletionResult:
         """Context, prompt, engine, postprocess; `tree` is the snapshot's when already known."""
         config, fmt, layout = self.config, self._format, self._layout
         timings: dict[str, float] = {}
@@ -172,7 +172,7 @@ class CompletionService:
 
         prompt = build_prompt(fmt, context, self._count, max_tokens=config.max_prompt_tokens, bos=self._bos,
                               layout=layout, specials=self._specials)
-        plan = self._plan(mode, language, tree, cursor)
+        plan = postprocess.plan_for(mode, language, tree, cursor, self._format.special_strings)
         params = self._params(mode, plan)
         key = (prompt.text, params)   # everything the engine sees
         timings["prompt"], clock = _ms(clock), time.perf_counter()
@@ -192,20 +192,26 @@ class CompletionService:
 
         suggestions, why = self._postprocess(raw, stats, plan, language, tree, cursor)
         timings["postprocess"] = _ms(clock)
+        if count > 1:
+            clock = time.perf_counter()
+            for alt_raw, alt_stats in branches(self.engine, prompt.text, params, stats, cancel,
+                                               lambda text: postprocess.finished(text, plan)):
+                more, _ = self._postprocess(alt_raw, alt_stats, plan, language, tree, cursor)
+                if more and all(more[0].text != s.text for s in suggestions):
+                    suggestions += more
+                if len(suggestions) >= count:
+                    break
+            timings["alternatives"] = _ms(clock)
+            why = "" if suggestions else why
         return CompletionResult(suggestions, mode, source, timings, stats, reason=why)
 
-    def _plan(self, mode: str, language, tree, cursor: Cursor) -> Plan:
-        lines = cursor.lines
-        opener_indent = ""
-        if mode == "block":
-            opener = block_opener(language, tree, cursor)
-            text = lines.line_text(opener if opener is not None else cursor.line)
-            opener_indent = text[:len(text) - len(text.lstrip(" \t"))]
-        first = lines.starts[max(cursor.line - BEFORE_LINES, 0)]
-        return Plan(mode, cursor.head, cursor.tail,
-                    before=cursor.text[first:cursor.line_start].replace("\r\n", "\n"),
-                    next_line=cursor.next_line(), opener_indent=opener_indent,
-                    specials=self._format.special_strings)
+    def _postprocess(self, raw: str, stats: dict, plan: Plan, language, tree,
+                     cursor: Cursor) -> tuple[list[Suggestion], str]:
+        """The suggestions, or none and why."""
+        found, why = postprocess.suggestion(raw, plan, language, tree, cursor,
+                                            hit_limit=stats.get("finish_reason") == "length")
+        self._bump("suggestions" if found else "dropped_syntax" if why == "syntax-error" else "dropped_empty", why)
+        return ([found] if found else []), why
 
     def _params(self, mode: str, plan: Plan) -> SamplingParams:
         """The configured sampling with this mode's token limit and stop rules."""
@@ -236,27 +242,6 @@ class CompletionService:
         if stopped_early:
             stats.update(finish_reason="stop", stopped_early=True)
         return generation.text, stats
-
-    def _postprocess(self, raw: str, stats: dict, plan: Plan, language, tree,
-                     cursor: Cursor) -> tuple[list[Suggestion], str]:
-        """The suggestions, or none and why."""
-        hit_limit = stats.get("finish_reason") == "length"
-        text = postprocess.clean(raw, plan, hit_limit=hit_limit)
-        if not text:
-            why = postprocess.why_empty(raw, plan, hit_limit=hit_limit)
-            self._bump("dropped_empty", why)
-            return [], why
-        covered = postprocess.covered_length(text, plan)
-        eol = line_ending(cursor.text)
-        if eol != "\n":
-            text = text.replace("\n", eol)
-        start, end = cursor.offset, cursor.offset + covered
-        if tree is not None and postprocess.adds_errors(language, tree, cursor.text, start, end, text):
-            self._bump("dropped_syntax", "syntax-error")
-            return [], "syntax-error"
-        self._bump("suggestions")
-        lines = cursor.lines
-        return [Suggestion(text, Range(lines.position(start), lines.position(end)))], ""
 
     def _precompute(self, snapshot: Snapshot, offset: int, cancel: CancelToken) -> CompletionResult | None:
         try:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from completion import CompletionConfig, CompletionService
+from completion.types import Position
 from fakes import FakeEngine, cursor_at
 from model.params import SamplingParams
 
@@ -137,3 +138,20 @@ def test_the_bundled_model_completes_a_python_file():
     if not result.suggestions and not any(c.isalpha() for c in answers[0].text):
         pytest.skip(f"the bundled model answered {answers[0].text[:40]!r}: nothing to keep")
     assert result.suggestions and result.suggestions[0].text.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (BUNDLED / "config.json").is_file(), reason="model/bundled is not there yet")
+def test_alternatives_branch_from_the_same_prompt_and_keep_the_greedy_answer_first():
+    from model.engine import Engine
+
+    service = CompletionService(Engine.load())
+    text = "import os\n\ndef main():\n    path = "
+    service.workspace.open("file:///p/a.py", "python", text + "\n", 1, path="a.py")
+    snapshot = service.workspace.snapshot("file:///p/a.py")
+    one = service.complete(snapshot, Position(3, 11))
+    three = service.complete(snapshot, Position(3, 11), count=3)
+    texts = [s.text for s in three.suggestions]
+    assert texts[0] == one.suggestions[0].text and 2 <= len(texts) <= 3
+    assert len(set(texts)) == len(texts)                       # distinct, all through postprocessing
+    assert "alternatives" in three.timings_ms and "alternatives" not in one.timings_ms

@@ -63,6 +63,7 @@ def decode(model: Transformer, live: LiveBuffer, tokenizer: Tokenizer, req: Requ
     drafts = Drafts(req.tokens, speculate) if speculate and req.params.greedy else None
     start = len(live.tokens)                     # rows of the prompt are in place up to here
     chosen = [sample(logits)]                    # decided tokens not yet shown
+    stats.extra["first_choices"] = first_choices(logits)
     stats.finish_reason = "length"
     try:
         while True:
@@ -93,6 +94,12 @@ def decode(model: Transformer, live: LiveBuffer, tokenizer: Tokenizer, req: Requ
     finally:  # also when the consumer stops early and closes the generation
         del live.tokens[start + max(stats.generated_tokens - 1, 0):]   # rows of tokens fed, as plain decoding
         stats.decode_ms = (time.perf_counter() - t0) * 1e3
+
+
+def first_choices(logits: torch.Tensor, k: int = 4) -> list[list]:
+    """The k most likely first tokens and their log-probabilities: where alternatives branch."""
+    top = logits.float().log_softmax(-1).topk(min(k, logits.shape[-1]))
+    return [[int(i), round(float(lp), 4)] for lp, i in zip(top.values.tolist(), top.indices.tolist())]
 
 
 def _step(model: Transformer, live: LiveBuffer, token: int, drafts: "Drafts | None", sample: "Sampler",
