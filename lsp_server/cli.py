@@ -232,7 +232,7 @@ def _info(args) -> int:
         ("model", f"{stats.get('model')} ({stats.get('model_type', '?')})"),
         ("parameters", _count(stats.get("parameters"))),
         ("weights", f"{_bytes(stats.get('weight_bytes'))} ({stats.get('quantize') or stats.get('dtype')})"),
-        ("device", f"{stats.get('device')}, {stats.get('threads', '?')} threads"),
+        ("device", f"{stats.get('device')}, {_threads(stats.get('threads'))}"),
         ("fim format", stats.get("fim_format") or "none"),
         ("context", f"{stats.get('max_context')} tokens"),
         ("latent cache", f"{per_token} bytes per token; budget {_bytes(budget)}"
@@ -335,6 +335,12 @@ def _quiet(level: str | None):
             yield
     finally:
         logs.restore(saved)
+
+
+def _threads(threads) -> str:
+    if isinstance(threads, dict):
+        return f"{threads.get('prefill')} threads for prefill, {threads.get('decode')} for decode"
+    return f"{threads or '?'} threads"
 
 
 def _count(n) -> str:

@@ -197,3 +197,13 @@ def test_prompt_lookup_speculation_writes_exactly_what_greedy_decoding_writes(pa
     engine.runtime = replace(engine.runtime, speculate=RuntimeConfig().speculate)
     assert runs[8][:3] == runs[0][:3]
     assert "draft_tokens" not in runs[0][3]       # off means off (the bundled-model test sees drafts taken)
+
+
+def test_a_small_models_decode_keeps_one_thread_whatever_prefill_gets():
+    """Decode of a small model is per-operation overhead: a second thread made it slower."""
+    from model.engine.core import _threads
+
+    assert _threads(2, 4_000_000) == (2, 1)
+    assert _threads(0, 4_000_000) == (1, 1)
+    assert _threads(4, 16_000_000_000) == (4, 4)
+    assert _threads(0, 16_000_000_000)[0] == _threads(0, 16_000_000_000)[1] >= 1

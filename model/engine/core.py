@@ -52,6 +52,7 @@ class Engine:
         self.model_name = name
         self.cache = LatentCache(runtime.cache_bytes)
         self.live = LiveBuffer(model.new_cache(runtime.max_context), model.args)
+        self.threads = _threads(runtime.threads, self.parameters)   # (prefill, decode)
         self._lock = threading.Lock()
         self.last_stats: GenerationStats | None = None
         self.requests = 0
@@ -70,7 +71,6 @@ class Engine:
         except TokenizerError as e:
             raise ModelLoadError(str(e)) from None
         model = load_model(model_dir, args, dtype=runtime.dtype, device=runtime.device)
-        torch.set_num_threads(runtime.threads or _auto_threads(model))
         if runtime.quantize == "int8":
             quantize_int8(model)
         for experts in model.modules():        # a GPU decodes without host syncs; see moe.py
@@ -130,7 +130,7 @@ class Engine:
             "dtype": self.runtime.dtype,
             "quantize": self.runtime.quantize,
             "device": self.runtime.device,
-            "threads": torch.get_num_threads(),
+            "threads": {"prefill": self.threads[0], "decode": self.threads[1]},
             "fim_format": self.fim_format,
             "fim_layouts": list(self.fim_layouts),
             "languages": list(self.languages),
@@ -156,6 +156,7 @@ class Engine:
         tokens = torch.tensor(list(token_ids), dtype=torch.long, device=self.live.rows.device)
         scratch = self.model.new_cache(len(tokens))
         with self._lock:
+            torch.set_num_threads(self.threads[0])
             return self.model(tokens, scratch, 0, absorbed=self._absorbed(len(tokens)), all_logits=True).cpu()
 
     def score(self, token_ids: Sequence[int]) -> torch.Tensor:
@@ -167,6 +168,7 @@ class Engine:
             plan = self.live.plan(tokens, self.cache, self.runtime)
             self._count(plan, stats)
             self.cache.pin(plan.match)
+            torch.set_num_threads(self.threads[0])
             try:
                 logits = self._fill(tokens, plan, CancelToken())
             finally:
@@ -219,11 +221,13 @@ class Engine:
         self._count(plan, stats)
         self.cache.pin(plan.match)
         try:
+            torch.set_num_threads(self.threads[0])
             logits = self._fill(req.tokens, plan, req.cancel)
             stats.prefill_ms = (time.perf_counter() - t0) * 1e3
             if logits is None:
                 stats.finish_reason = "cancelled"
                 return
+            torch.set_num_threads(self.threads[1])
             yield from decode(self.model, self.live, self.tokenizer, req, logits, stats, self._absorbed,
                               self.runtime.speculate)
         finally:
@@ -257,10 +261,13 @@ class Engine:
         return persist.fingerprint(self.model_dir, self.runtime.dtype, self.runtime.quantize)
 
 
-def _auto_threads(model: Transformer) -> int:
-    """Small models are bound by per-operation overhead, where a second thread only adds
-    synchronisation (and, on a busy machine, stalls of many milliseconds): use one. Large
-    models are bound by memory bandwidth: use the cores torch found."""
-    if model.parameter_count() < SMALL_MODEL_PARAMETERS:
-        return 1
-    return torch.get_num_threads()
+def _threads(asked: int, parameters: int) -> tuple[int, int]:
+    """Threads for prefill and for decode. A small model's decode is bound by per-operation
+    overhead, where a second thread only adds synchronisation (measured slower with 2 threads
+    than with 1 — and on a busy machine, stalls of many milliseconds): one thread, whatever was
+    asked. Prefill runs large products and takes the threads asked for (0: one for small
+    models, else every core); large models are bound by memory bandwidth in both phases."""
+    cores = os.cpu_count() or 1
+    small = parameters < SMALL_MODEL_PARAMETERS
+    prefill = asked or (1 if small else cores)
+    return prefill, 1 if small else prefill
