@@ -54,8 +54,8 @@ class RuntimeConfig:
     dtype: str = option("float32", "weight dtype (bfloat16 is many times slower than float32 on most CPUs)",
                         choices=("float32", "bfloat16", "float16"))
     quantize: str | None = option(None, "weight-only quantization at load", choices=(None, "int8"))
-    threads: int = option(0, "PyTorch CPU threads; 0 picks them by model size (1 below 100M parameters, "
-                             "else every core)", min=0, max=1024)
+    threads: int = option(0, "PyTorch CPU threads for prefill; 0 picks them by model size (1 below 100M "
+                             "parameters, else every core); a small model decodes on one", min=0, max=1024)
     attention: str = option("auto", "MLA path: absorbed into the latent, naive decompression, or auto",
                             choices=("auto", "absorbed", "naive"))
     absorb_threshold: int = option(64, "auto attention: absorbed when a forward adds at most this many tokens",
