@@ -1,27 +1,41 @@
-"""`latent train`: tokenizer, FIM samples, packing, export, and one end-to-end run.
+"""`latent train`: the corpus command (licenses, filters, held-out packages), tokenizer, FIM
+samples in both layouts, packing, export, and one end-to-end run.
 
-The end-to-end run trains the `tiny` preset on a handful of standard-library files for a
-few seconds and loads the result with transformers, as a user's `latent train` would.
+The corpus tests build small fake wheels and sdists in a temporary folder and never touch
+the network. The end-to-end run trains the `tiny` preset on a handful of standard-library
+files for a few seconds and loads the result with transformers and with Latent's engine, as
+a user's `latent train` would.
 """
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import shutil
 import sysconfig
+import tarfile
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
+from email.message import Message
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from model.fim import DEEPSEEK
 from model.train import main
+from model.train.collect import collect
 from model.train.corpus import (BOS_ID, EOS_ID, FIM_BEGIN_ID, FIM_END_ID, FIM_HOLE_ID, SPECIAL_TOKENS, Corpus,
                                 is_heldout, load_corpus, prepare_corpus)
-from model.train.export import export_state_dict
+from model.train.export import export_state_dict, write_model_folder
+from model.train.filters import NearDuplicates, Overlap, file_problem
+from model.train.licenses import classify
 from model.train.loop import lr_factor
 from model.train.presets import PRESETS, build_model, hf_config
-from model.train.samples import EpochFeeder, choose_hole, epoch_rows, make_samples, pack_rows
+from model.train.samples import (EpochFeeder, choose_hole, epoch_rows, fim_ids, make_samples, marked_samples,
+                                 pack_rows)
+from model.train.sources import HELDOUT, read_manifest, vendored_heldout
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 TINY_FILES = ("textwrap.py", "colorsys.py", "bisect.py", "keyword.py", "heapq.py",
@@ -121,16 +135,23 @@ def test_pack_rows_never_splits_a_sample():
 
 
 def test_worker_processes_build_the_epochs_the_loop_would_build(prepared):
-    feeder = EpochFeeder(prepared, seed=3, row_len=129, fim_rate=0.5, workers=1)
+    feeder = EpochFeeder(prepared, seed=3, row_len=129, fim_rate=0.5, workers=1, parts=2)
     try:
         built_here = feeder.get(0)
         built_ahead = feeder.get(1)                    # by a worker, from the corpus cache folder
     finally:
         feeder.close()
     assert isinstance(feeder.pool, ProcessPoolExecutor)      # the worker did not fail over to a thread
-    assert np.array_equal(built_here, epoch_rows(prepared, 3, 0, 129, 0.5))
-    assert np.array_equal(built_ahead, epoch_rows(prepared, 3, 1, 129, 0.5))
+    assert np.array_equal(built_here, epoch_rows(prepared, 3, 0, 129, 0.5, parts=2))
+    assert np.array_equal(built_ahead, epoch_rows(prepared, 3, 1, 129, 0.5, parts=2))
     assert not np.array_equal(built_here, built_ahead)
+
+
+def test_the_parts_of_an_epoch_hold_each_training_file_once(prepared):
+    parts = [epoch_rows(prepared, 5, chunk, 129, fim_rate=0.0, parts=3) for chunk in range(3)]
+    file_ends = sum(int((rows == EOS_ID).sum()) for rows in parts)
+    assert file_ends == len(prepared.files(heldout=False))
+    assert all(len(rows) for rows in parts)
 
 
 def test_lr_warms_up_then_decays_to_the_floor():
@@ -176,25 +197,36 @@ def test_train_end_to_end_writes_a_folder_transformers_loads(tiny_corpus, tmp_pa
                      "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "deepseek_v2" and config["q_lora_rank"] and config["n_shared_experts"] == 1
+    assert config["fim_layouts"] == ["psm", "spm"] and config["languages"] == ["python"]
 
     tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     ids = tok(TRICKY).input_ids
     assert ids[0] == BOS_ID and tok.decode(ids[1:]) == TRICKY
 
-    # The saved weights are the training run's best weights, loaded under the fused layout.
+    # The saved weights are the training run's best weights in bf16, loaded under the fused layout.
     best = torch.load(out / "checkpoint.pt", weights_only=False)["best"]
     reference = build_model(config, "auto").eval()
-    reference.load_state_dict(best)
+    reference.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in best.items()})
     with torch.no_grad():
         x = torch.tensor([ids])
         assert torch.equal(model(x).logits, reference(x).logits)
+
+    # Latent's engine loads it and, since the folder declares SPM, completes a suffix-first prompt.
+    from model.engine import Engine
+    from model.params import RuntimeConfig, SamplingParams
+
+    engine = Engine.load(folder, RuntimeConfig(threads=1))
+    assert "spm" in engine.args.fim_layouts
+    generation = engine.generate(DEEPSEEK.fill("def f(x):\n    return ", "\n", "spm"), SamplingParams(max_new_tokens=4))
+    generation.run()
+    assert generation.stats.generated_tokens >= 1
 
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     evals = [r["eval"] for r in log if "eval" in r]
     assert evals[-1]["loss"] < evals[0]["loss"]                   # it learned something
     card = (folder / "README.md").read_text()
-    assert "latent train --corpus-dir" in card and "bits per byte" in card
+    assert "latent train --corpus-dir" in card and "bits per byte" in card and "FIM middle SPM" in card
 
     # --resume continues from the checkpoint instead of starting over.
     resume = argv[:argv.index("--minutes")] + ["--max-steps", str(evals[-1]["step"] + 3),
@@ -203,3 +235,231 @@ def test_train_end_to_end_writes_a_folder_transformers_loads(tiny_corpus, tmp_pa
     steps = [r["train"]["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
              if "train" in r]
     assert steps[-1] == evals[-1]["step"] + 3
+
+
+# -- the corpus command: manifest, licenses, filters, held-out packages --------------------
+
+def test_manifest_pins_at_least_150_packages_and_no_heldout_one():
+    pins = read_manifest()
+    assert len(pins) >= 150
+    assert all(p.version and p.version[0].isdigit() for p in pins)
+    assert len({p.name for p in pins}) == len(pins)                   # one pin per package
+    assert not {p.name for p in pins} & HELDOUT
+    assert {"django", "sympy", "sqlalchemy"} <= {p.name for p in pins}
+
+
+def _meta(**fields) -> Message:
+    m = Message()
+    for key, value in fields.items():
+        for v in value if isinstance(value, list) else [value]:
+            m[key.replace("_", "-")] = v
+    return m
+
+
+@pytest.mark.parametrize("fields, allowed", [
+    ({"License_Expression": "MIT"}, True),
+    ({"License_Expression": "Apache-2.0 OR BSD-3-Clause"}, True),
+    ({"License_Expression": "MIT OR GPL-3.0-or-later"}, True),            # either may be chosen
+    ({"License_Expression": "MIT AND GPL-3.0-only"}, False),              # both apply
+    ({"License_Expression": "MPL-2.0"}, False),
+    ({"Classifier": ["License :: OSI Approved :: BSD License", "Programming Language :: Python"]}, True),
+    ({"Classifier": ["License :: OSI Approved :: MIT License",
+                     "License :: OSI Approved :: GNU General Public License v3 (GPLv3)"]}, False),
+    ({"License": "Permission is hereby granted, free of charge, to any person obtaining a copy"}, True),
+    ({"License": "GNU Lesser General Public License v3"}, False),
+    ({"License": "Apache 2.0"}, True),
+    ({"License": "UNKNOWN"}, False),
+    ({}, False),
+])
+def test_license_allowlist_reads_expression_classifiers_and_text(fields, allowed):
+    assert classify(_meta(**fields))[1] is allowed
+
+
+def test_expression_decides_before_classifiers():
+    meta = _meta(License_Expression="GPL-3.0-only", Classifier="License :: OSI Approved :: MIT License")
+    assert classify(meta) == ("GPL-3.0-only", False)
+
+
+CODE = "\n".join(f"def function_{i}(x, y):\n    total = x * {i} + y\n    return total - {i}\n" for i in range(30))
+
+
+def test_filters_drop_generated_code_literal_tables_and_long_lines():
+    assert file_problem(CODE.encode()) is None
+    assert file_problem(("# Generated by the protocol buffer compiler.  DO NOT EDIT!\n" + CODE).encode()) == "generated"
+    assert file_problem(('"""Auto-generated file."""\n' + CODE).encode()) == "generated"
+    table = "TABLE = [\n" + "".join(f"    {i}, {i * 7}, 0x{i:04x}, {i * 0.5},\n" for i in range(300)) + "]\n"
+    assert file_problem(table.encode()) == "literal_table"
+    assert file_problem((CODE + "x = '" + "a" * 2000 + "'\n").encode()) == "long_lines"
+    assert file_problem(b"import os\n") == "too_small"
+    assert file_problem(b"\xff\xfe" + CODE.encode()) == "not_utf8"
+
+
+def test_near_duplicates_are_found_and_different_files_are_not():
+    near = NearDuplicates()
+    assert not near.check_and_add(CODE)
+    edited = CODE.replace("def function_7(x, y):", "def function_7(x, y):  # one edit")
+    assert near.check_and_add(edited)                                 # Jaccard ~0.95
+    other = "\n".join(f"class Thing{i}:\n    name = 'thing {i}'\n    size = {i * 3}\n" for i in range(30))
+    assert not near.check_and_add(other)
+    half = "\n".join(CODE.splitlines()[:45]) + "\n" + "\n".join(other.splitlines()[45:])
+    assert near.similar(near.signature(half)) < 0.85                 # about half shared: kept
+
+
+def _write_humaneval(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    item = {"task_id": "HumanEval/0", "prompt": 'def has_close_elements(numbers, threshold):\n    """ Check if any two numbers are closer than threshold.\n    >>> has_close_elements([1.0, 2.0, 3.0], 0.5)\n    False\n    """\n',
+            "canonical_solution": "    for idx, elem in enumerate(numbers):\n        for idx2, elem2 in enumerate(numbers):\n            if idx != idx2:\n                distance = abs(elem - elem2)\n                if distance < threshold:\n                    return True\n\n    return False\n",
+            "suffix": ""}
+    with gzip.open(folder / "HumanEval-Fake.jsonl.gz", "wt") as f:
+        f.write(json.dumps(item) + "\n")
+    return folder
+
+
+def test_humaneval_overlap_catches_a_copied_solution_in_other_whitespace(tmp_path):
+    overlap = Overlap.humaneval(_write_humaneval(tmp_path / "he"))
+    copied = ("import math\n\n\ndef close(numbers, threshold):\n  for idx, elem in enumerate(numbers):\n"
+              "    for idx2, elem2 in enumerate(numbers):\n      if idx != idx2:\n"
+              "        distance   = abs(elem - elem2)\n        if distance < threshold:\n          return True\n")
+    assert overlap.hits(copied)
+    assert not overlap.hits(CODE)
+
+
+def _wheel(folder: Path, name: str, version: str, files: dict[str, str], **meta) -> Path:
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    header = "".join(f"{k.replace('_', '-')}: {v}\n" for k, vs in meta.items() for v in (vs if isinstance(vs, list) else [vs]))
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{name}-{version}.dist-info/METADATA", f"Metadata-Version: 2.4\nName: {name}\nVersion: {version}\n{header}")
+        for rel, text in files.items():
+            z.writestr(rel, text)
+    return path
+
+
+def _sdist(folder: Path, name: str, version: str, files: dict[str, str], **meta) -> Path:
+    path = folder / f"{name}-{version}.tar.gz"
+    header = "".join(f"{k.replace('_', '-')}: {v}\n" for k, v in meta.items())
+    entries = {f"{name}-{version}/PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{header}",
+               **{f"{name}-{version}/{rel}": text for rel, text in files.items()}}
+    with tarfile.open(path, "w:gz") as t:
+        for rel, text in entries.items():
+            data = text.encode()
+            info = tarfile.TarInfo(rel)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_vendored_heldout_packages_are_found_in_folders_and_vendor_modules():
+    assert vendored_heldout(["pip/_vendor/pygments/lexer.py", "pip/__init__.py"]) == ["pygments"]
+    assert vendored_heldout(["setuptools/_vendor/pyparsing.py"]) == ["pyparsing"]
+    assert vendored_heldout(["anyio/_backends/_trio.py", "sphinx/util/docutils.py"]) == []
+
+
+def test_corpus_command_keeps_permissive_filtered_unique_files_and_reports(tmp_path):
+    cache = tmp_path / "cache"
+    downloads = cache / "downloads"
+    downloads.mkdir(parents=True)
+    other = "\n".join(f"class Thing{i}:\n    name = 'thing {i}'\n    size = {i * 3}\n" for i in range(30))
+    solution = ("def close(numbers, threshold):\n    for idx, elem in enumerate(numbers):\n"
+                "        for idx2, elem2 in enumerate(numbers):\n            if idx != idx2:\n"
+                "                distance = abs(elem - elem2)\n                if distance < threshold:\n"
+                "                    return True\n    return False\n")
+    _wheel(downloads, "goodpkg", "1.0", {"goodpkg/__init__.py": CODE, "goodpkg/things.py": other,
+                                         "goodpkg/copy.py": CODE, "goodpkg/leak.py": solution + CODE[:200]},
+           License_Expression="MIT")
+    _sdist(downloads, "apachepkg", "2.0", {"apachepkg/near.py": CODE.replace("return total - 7", "return total - 8"),
+                                           "apachepkg/gen_pb2.py": "# Generated by the protocol buffer compiler.  DO NOT EDIT!\n" + other + "\n# v2\n"},
+           Classifier="License :: OSI Approved :: Apache Software License")
+    _sdist(downloads, "gplpkg", "0.1", {"gplpkg/core.py": other + "\n# gpl\n"}, License="GPL-3.0")
+    _wheel(downloads, "vendoring", "3.0", {"vendoring/_vendor/click/core.py": other + "\n# click\n",
+                                           "vendoring/main.py": other + "\n# main\n"}, License_Expression="BSD-3-Clause")
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("# test\ngoodpkg==1.0\napachepkg==2.0\ngplpkg==0.1\nvendoring==3.0\n")
+
+    report = collect(cache, manifest, _write_humaneval(tmp_path / "he"), stdlib=False, log=lambda *_: None)
+
+    kept = sorted(p.relative_to(cache / "files").as_posix() for p in (cache / "files").rglob("*.py"))
+    assert kept == ["goodpkg/goodpkg/__init__.py", "goodpkg/goodpkg/things.py"]
+    by_name = {p["name"]: p for p in report["packages"]}
+    assert by_name["goodpkg"]["dropped"] == {"exact_duplicate": 1, "humaneval": 1}
+    assert by_name["apachepkg"]["dropped"] == {"generated": 1, "near_duplicate": 1}
+    assert by_name["gplpkg"]["status"] == "dropped: license"
+    assert by_name["vendoring"]["status"] == "dropped: vendors held-out click"
+    assert report["totals"]["kept_files"] == 2
+    assert report["totals"]["dropped"]["humaneval"] == 1
+    md = (cache / "report.md").read_text()
+    assert "| MIT | 1 | 1 |" in md and "| gplpkg | 0.1 | GPL-family | dropped: license |" in md
+    assert json.loads((cache / "report.json").read_text())["manifest_sha256"]
+
+    manifest.write_text("goodpkg==1.0\nclick==8.0\n")
+    with pytest.raises(ValueError, match="held-out"):
+        collect(cache, manifest, None, stdlib=False, log=lambda *_: None)
+
+
+# -- both FIM layouts, sizes, export --------------------------------------------------------
+
+def test_spm_sample_is_the_tokenizers_encoding_of_the_spm_prompt_then_the_middle(prepared):
+    tok = prepared.tokenizer
+    prefix, middle, suffix = "def area(r):\n    return ", "3.14159 * r", " ** 2\n\nprint(area(2))\n"
+    enc = lambda text: tok.encode(text, add_special_tokens=False).ids        # noqa: E731
+    ids, middle_at = fim_ids(enc(prefix), enc(suffix), enc(middle), row_len=512, layout="spm")
+    prompt = tok.encode(DEEPSEEK.fill(prefix, suffix, "spm"), add_special_tokens=True).ids
+    assert ids == prompt + enc(middle) + [EOS_ID]
+    assert middle_at == len(prompt)
+    psm, _ = fim_ids(enc(prefix), enc(suffix), enc(middle), row_len=512, layout="psm")
+    assert psm == tok.encode(DEEPSEEK.fill(prefix, suffix, "psm"), add_special_tokens=True).ids + enc(middle) + [EOS_ID]
+
+
+def test_fim_samples_come_in_both_layouts_about_half_each(prepared):
+    rng = np.random.default_rng(4)
+    samples, middles = marked_samples(prepared, prepared.files(heldout=False), rng, 129, fim_rate=1.0, spm_rate=0.5)
+    spm = [s for s in samples if s[1:3] == [FIM_BEGIN_ID, FIM_HOLE_ID]]
+    psm = [s for s in samples if s[1] == FIM_BEGIN_ID and s[2] != FIM_HOLE_ID]
+    assert len(spm) + len(psm) == len(samples) and 0.35 < len(spm) / len(samples) < 0.65
+    tok = prepared.tokenizer
+    corpus_text = b"".join(prepared.texts).decode()
+    for s, m in zip(samples, middles):
+        if s in spm:                     # BOS begin hole suffix end prefix | middle EOS
+            end = s.index(FIM_END_ID)
+            suffix, prefix, middle = (tok.decode(x, skip_special_tokens=False) for x in (s[3:end], s[end + 1:m], s[m:-1]))
+            assert prefix + middle + suffix in corpus_text
+
+
+def test_config_declares_layouts_and_language():
+    config = hf_config(PRESETS["tiny"], vocab_size=600)
+    assert config["fim_layouts"] == ["psm", "spm"] and config["languages"] == ["python"]
+
+
+@pytest.mark.parametrize("preset", ["small", "medium", "large"])
+def test_presets_hold_15_to_40m_parameters_and_fit_64_mib_in_bf16(preset):
+    from model.train.sizing import parameter_count
+
+    n = parameter_count(preset, 8192)
+    assert 15e6 <= n <= 40e6 and 2 * n <= 64 * 2**20
+
+
+def test_prepared_ids_fit_a_size_budget_by_leaving_out_training_files(tiny_corpus, tmp_path):
+    full = prepare_corpus(tiny_corpus, tmp_path / "full", vocab_size=600, log=lambda *_: None)
+    small = prepare_corpus(tiny_corpus, tmp_path / "small", vocab_size=600, log=lambda *_: None, max_mib=0.005)
+    assert (tmp_path / "small" / "ids.xz").stat().st_size <= (tmp_path / "full" / "ids.xz").stat().st_size
+    assert small.meta["left_out_for_size"]["files"] > 0
+    assert len(small.paths) + small.meta["left_out_for_size"]["files"] == len(full.paths)
+    assert small.files(heldout=True) and small.meta["heldout"] == full.meta["heldout"]   # held-out files stay
+
+
+def test_sharded_bf16_folder_loads_into_the_engine_widened_to_float32(prepared, tmp_path):
+    from model.loader import load_model, read_args
+
+    config = hf_config(PRESETS["tiny"], vocab_size=600)
+    torch.manual_seed(0)
+    model = build_model(config, "auto")
+    tensors = export_state_dict(model.state_dict(), config)
+    folder = tmp_path / "sharded"
+    write_model_folder(tensors, config, prepared.root, folder, "# card\n", shard_mib=0.2)
+    shards = sorted(p.name for p in folder.glob("*.safetensors"))
+    assert len(shards) > 1 and (folder / "model.safetensors.index.json").is_file()
+    assert all((folder / s).stat().st_size <= 0.2 * 2**20 for s in shards)
+    args = read_args(folder)
+    assert args.fim_layouts == ("psm", "spm") and args.languages == ("python",)
+    ours = load_model(folder, args)
+    assert ours.embed.weight.dtype == torch.float32
+    assert torch.equal(ours.embed.weight, tensors["model.embed_tokens.weight"].float())

@@ -20,7 +20,8 @@ from model.train.presets import PRESETS
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="latent train",
-        description="Train Latent's bundled DeepSeek-V2-architecture coder on the standard library.")
+        description="Train Latent's bundled DeepSeek-V2-architecture coder (on the standard library, or "
+                    "on the corpus `latent train corpus` builds: --corpus-dir ~/.cache/latent/corpus/files).")
     p.add_argument("--out", type=Path, default=Path("runs/bundled"),
                    help="run directory: corpus/, checkpoint.pt, log.jsonl, model/ (default %(default)s)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="bundled", help="model shape")
@@ -35,7 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
-    p.add_argument("--fim-rate", type=float, default=0.5, help="share of samples in PSM form")
+    p.add_argument("--fim-rate", type=float, default=0.5, help="share of samples in FIM form (default %(default)s)")
+    p.add_argument("--spm-rate", type=float, default=0.5, help="share of the FIM samples laid out suffix-first "
+                   "(SPM), the rest prefix-first (PSM) (default %(default)s)")
     p.add_argument("--balance-coef", type=float, default=0.01, help="expert balance loss weight")
     p.add_argument("--eval-every", type=float, help="minutes between held-out checks "
                    "(default: a tenth of --minutes, 0.5–5)")
@@ -43,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "0 = all (default 24 on CPU, all on CUDA)")
     p.add_argument("--final-eval-rows", type=int, help="rows of each held-out set in the final "
                    "check of the best weights, 0 = all (default 96 on CPU, all on CUDA)")
+    p.add_argument("--heldout-tokens", type=int, default=1_000_000, help="evaluate on the held-out files "
+                   "up to this many tokens, 0 = all (default %(default)s)")
     p.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--data-workers", type=int, help="processes building epochs ahead, 0 = one "
@@ -51,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="transformers' experts implementation (default: its own choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--shard-mib", type=float, default=16, help="largest weights file of the exported "
+                   "model; bigger models are sharded (default %(default)s)")
     corpus = p.add_argument_group("corpus")
     corpus.add_argument("--corpus-dir", type=Path, help="train on the .py files under this folder "
                         "instead of the running interpreter's standard library")
@@ -59,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     corpus.add_argument("--vocab-size", type=int, default=8192, help="BPE entries, specials included")
     corpus.add_argument("--prepare-only", action="store_true",
                         help="write OUT/corpus (tokenizer + token ids) and stop")
+    corpus.add_argument("--max-mib", type=float, default=0, help="keep the prepared token ids (ids.xz) "
+                        "within this many MiB by leaving out a random share of training files, e.g. to "
+                        "carry the corpus to a GPU machine (default: no limit)")
+    corpus.add_argument("--tokenizer-mb", type=float, default=0, help="train the tokenizer on this many MB "
+                        "of the training split, a stable sample (default: all of it)")
     args = p.parse_args(argv)
     _fill_defaults(args)
     return args
@@ -87,6 +99,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise TrainError("--device cuda: no CUDA device is available to this torch")
     if not args.device.startswith(("cpu", "cuda")):
         raise TrainError(f"--device {args.device}: use cpu or cuda")
+    if not (0 <= args.fim_rate <= 1 and 0 <= args.spm_rate <= 1):
+        raise TrainError("--fim-rate and --spm-rate must lie between 0 and 1")
     if args.vocab_size > 65535 or args.vocab_size < 300:
         raise TrainError("--vocab-size must lie between 300 and 65535")
     if args.seq_len + 1 > MAX_POSITIONS or args.seq_len < 32:
@@ -100,13 +114,14 @@ def get_corpus(args: argparse.Namespace, log) -> Corpus:
     made again with --prepare-only)."""
     if args.corpus_cache:
         corpus = load_corpus(args.corpus_cache)
-    elif (args.out / "corpus" / "corpus.npz").is_file() and not args.prepare_only:
+    elif (args.out / "corpus" / "ids.xz").is_file() and not args.prepare_only:
         corpus = load_corpus(args.out / "corpus")
     else:
         source = args.corpus_dir or stdlib_root()
         if not source.is_dir():
             raise TrainError(f"corpus folder {source} does not exist")
-        return prepare_corpus(source, args.out / "corpus", args.vocab_size, log)
+        return prepare_corpus(source, args.out / "corpus", args.vocab_size, log, args.max_mib,
+                              args.tokenizer_mb)
     if corpus.tokenizer.get_vocab_size() != args.vocab_size:
         args.vocab_size = corpus.tokenizer.get_vocab_size()
     log(f"corpus: {describe(corpus.meta)} (cache {corpus.root})")
@@ -131,15 +146,51 @@ def train(args: argparse.Namespace, command: str, log=print) -> int:
         f"start-up {time.time() - started:.0f} s")
     final = trainer.run(Budget(args.minutes, args.max_steps, started))
     model_dir = args.out / "model"
-    export_model(trainer.best, trainer.config, corpus, model_dir, model_card(trainer, final, command))
+    export_model(trainer.best, trainer.config, corpus, model_dir, model_card(trainer, final, command),
+                 args.shard_mib)
     log(f"wrote {model_dir} ({trainer.state.tokens / 1e6:.2f}M tokens seen, "
         f"{trainer.state.step} steps, {(time.time() - started) / 60:.1f} min)")
     return 0
 
 
+def corpus_main(argv: list[str]) -> int:
+    """`latent train corpus`: download, filter and report the training corpus."""
+    from model.train.collect import DEFAULT_CACHE, HUMANEVAL, collect
+    from model.train.sources import MANIFEST
+
+    p = argparse.ArgumentParser(
+        prog="latent train corpus",
+        description="Download the manifest's packages with pip, keep the permissively licensed, filtered, "
+                    "de-duplicated .py files (plus the standard library) and write report.json / report.md.")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                   help="downloads/, files/ and the reports go here (default %(default)s)")
+    p.add_argument("--manifest", type=Path, default=MANIFEST, help="name==version lines (default: the "
+                   "committed model/train/manifest.txt)")
+    p.add_argument("--humaneval", type=Path, default=HUMANEVAL, help="folder of HumanEval *.jsonl.gz whose "
+                   "prompts and solutions no kept file may share lines with (default %(default)s)")
+    p.add_argument("--no-stdlib", action="store_true", help="leave out the CPython standard library")
+    p.add_argument("--jobs", type=int, default=4, help="pip downloads at once (default %(default)s)")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    if args.humaneval and not args.humaneval.is_dir():
+        print(f"latent train corpus: error: HumanEval folder {args.humaneval} does not exist", file=sys.stderr)
+        return 2
+    try:
+        collect(args.cache.expanduser(), args.manifest, args.humaneval, not args.no_stdlib, args.jobs)
+    except (OSError, ValueError) as e:
+        print(f"latent train corpus: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`latent train` / `python -m model.train`; returns the exit status."""
+    """`latent train` / `python -m model.train`; returns the exit status. `latent train corpus …`
+    builds the corpus instead (see model/train/collect.py)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["corpus"]:
+        return corpus_main(argv[1:])
     try:
         args = parse_args(argv)
     except SystemExit as e:                      # --help, or a usage error already printed

@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import lzma
 import platform
+import shutil
 import sysconfig
 import time
 from dataclasses import dataclass
@@ -143,6 +145,16 @@ def token_bytes(tok) -> list[bytes]:
 
 
 # -- the corpus cache: tokenizer files + token ids per file -------------------------------
+#
+# A cache folder holds the tokenizer files, `corpus.json` (paths, split, figures), `corpus.npz`
+# (per file: id offsets and the held-out flag) and `ids.xz`: every file's token ids, uint16,
+# compressed with LZMA in streams of about STREAM_TOKENS ids (≈0.6 byte per token). Held-out
+# files come first, then the training files in a stable shuffled order (by path hash), so a
+# size budget (`max_mib`) that cuts the stream leaves out a random share of training files.
+
+STREAM_TOKENS = 4_000_000
+ENCODE_BATCH = 512            # files tokenised at once: tokenizers' Encoding objects are large
+
 
 @dataclass
 class Corpus:
@@ -161,27 +173,90 @@ class Corpus:
         return [i for i in range(len(self.paths)) if bool(self.heldout[i]) == heldout]
 
 
-def prepare_corpus(source: Path, out: Path, vocab_size: int, log=print) -> Corpus:
-    """Read the sources, train the tokenizer on the train split, check the byte-for-byte
-    round trip of every file, tokenise, and write the cache folder `out`."""
+def tokenizer_sample(files: list[SourceFile], max_mb: float) -> list[str]:
+    """Training files for the tokenizer: all, or a stable sample (by path hash) of `max_mb` MB."""
+    train = sorted((f for f in files if not f.heldout), key=lambda f: hashlib.sha256(f.path.encode()).digest())
+    picked, size = [], 0
+    for f in train:
+        if max_mb and size > max_mb * 1e6:
+            break
+        picked.append(f.text)
+        size += len(f.text)
+    return picked
+
+
+def encode_files(tok, texts: list[str]):
+    """uint16 ids of each text, batch by batch (a generator: encoding stops when the caller
+    does); every text must round-trip byte for byte."""
+    for i in range(0, len(texts), ENCODE_BATCH):
+        batch = texts[i:i + ENCODE_BATCH]
+        encodings = tok.encode_batch(batch, add_special_tokens=False)
+        decoded = tok.decode_batch([e.ids for e in encodings], skip_special_tokens=False)
+        for k, (text, e, back) in enumerate(zip(batch, encodings, decoded)):
+            if back != text:
+                raise TrainError(f"tokenizer round trip failed on file {i + k}")
+            yield np.asarray(e.ids, dtype=np.uint16)
+
+
+def prepare_corpus(source: Path, out: Path, vocab_size: int, log=print, max_mib: float = 0,
+                   tokenizer_mb: float = 0) -> Corpus:
+    """Read the sources, train the tokenizer on the train split (or `tokenizer_mb` MB of it),
+    check the byte-for-byte round trip of every file, tokenise, and write the cache folder
+    `out`, its ids.xz within `max_mib` MiB if given (0: no limit)."""
     t0 = time.time()
     files, skipped = read_corpus(source)
-    train_texts = [f.text for f in files if not f.heldout]
-    tok = train_tokenizer(train_texts, vocab_size)
-    encodings = tok.encode_batch([f.text for f in files], add_special_tokens=False)
-    ids = [np.asarray(e.ids, dtype=np.uint16) for e in encodings]
-    for f, e in zip(files, encodings):
-        if tok.decode(e.ids, skip_special_tokens=False) != f.text:
-            raise TrainError(f"tokenizer round trip failed on {f.path}")
-    meta = _corpus_meta(source, files, skipped, ids, tok.get_vocab_size())
+    tok = train_tokenizer(tokenizer_sample(files, tokenizer_mb), vocab_size)
+    log(f"corpus: {len(files):,} files read, tokenizer trained ({time.time() - t0:.0f} s)")
+    order = sorted(range(len(files)), key=lambda i: (not files[i].heldout,
+                                                     hashlib.sha256(files[i].path.encode()).digest()))
+    files = [files[i] for i in order]
     out.mkdir(parents=True, exist_ok=True)
     save_tokenizer_files(tok, out)
+    texts = [f.text for f in files]
+    ids = write_ids(out / "ids.xz", encode_files(tok, texts), sum(map(len, texts)),
+                    max_mib * 2**20 if max_mib else 0, sum(f.heldout for f in files))
+    left_out = files[len(ids):]
+    files = files[:len(ids)]
+    meta = _corpus_meta(source, files, skipped, ids, tok.get_vocab_size())
+    meta["left_out_for_size"] = {"files": len(left_out), "bytes": sum(len(f.text.encode()) for f in left_out),
+                                 "max_mib": max_mib}
+    meta["ids_xz_bytes"] = (out / "ids.xz").stat().st_size
     offsets = np.cumsum([0] + [len(x) for x in ids])
-    np.savez_compressed(out / "corpus.npz", ids=np.concatenate(ids), offsets=offsets,
-                        heldout=np.array([f.heldout for f in files]))
+    np.savez(out / "corpus.npz", offsets=offsets, heldout=np.array([f.heldout for f in files]))
     (out / "corpus.json").write_text(json.dumps({**meta, "paths": [f.path for f in files]}, indent=1) + "\n")
+    for name in ("report.json", "report.md"):             # `latent train corpus` wrote them beside files/
+        if (source.parent / name).is_file() and (source.parent / "files") == source:
+            shutil.copyfile(source.parent / name, out / name)
     log(f"corpus: {describe(meta)}; prepared in {time.time() - t0:.0f} s → {out}")
     return load_corpus(out)
+
+
+def write_ids(path: Path, ids, chars: int, max_bytes: float, always: int = 1) -> list[np.ndarray]:
+    """Write the files' ids (an iterable) as LZMA streams until `max_bytes` (0: all); returns
+    the ids of the files that went in. The first `always` files (the held-out ones, which
+    lead the order) always go in. Streams hold STREAM_TOKENS ids, or about a hundredth of a
+    smaller corpus (`chars` characters in all), so the cut falls near the budget."""
+    size = max(1000, min(STREAM_TOKENS, chars // 300))
+    ids = iter(ids)
+    kept: list[np.ndarray] = []
+    written = 0
+    with open(path, "wb") as f:
+        while True:
+            batch, count = [], 0
+            for x in ids:
+                batch.append(x)
+                count += len(x)
+                if count >= size:
+                    break
+            if not batch:
+                break
+            stream = lzma.compress(np.concatenate(batch).astype("<u2").tobytes(), preset=6)
+            if max_bytes and written + len(stream) > max_bytes and len(kept) >= always:
+                break
+            f.write(stream)
+            written += len(stream)
+            kept += batch
+    return kept
 
 
 def _corpus_meta(source: Path, files, skipped, ids, vocab_size: int) -> dict:
@@ -190,10 +265,19 @@ def _corpus_meta(source: Path, files, skipped, ids, vocab_size: int) -> dict:
         return {"files": len(chosen), "bytes": sum(len(f.text.encode()) for f, _ in chosen),
                 "tokens": int(sum(len(x) for _, x in chosen))}
     is_stdlib = source.resolve() == stdlib_root().resolve()
+    report = source.parent / "report.json"
+    collected = json.loads(report.read_text()) if (source.parent / "files") == source and report.is_file() else None
+    if collected:
+        described = f"latent train corpus ({collected['manifest']}, sha256 {collected['manifest_sha256'][:12]}…)"
+    else:
+        described = "CPython standard library" if is_stdlib else str(source)
     return {
-        "source": "CPython standard library" if is_stdlib else str(source),
+        "source": described,
         "python": platform.python_version() if is_stdlib else None,
-        "license": "PSF-2.0" if is_stdlib else "see source",
+        "license": "PSF-2.0" if is_stdlib else "per package, see report.md" if collected else "see source",
+        "manifest_sha256": collected["manifest_sha256"] if collected else None,
+        "collected": {k: collected[k] for k in ("totals", "by_license", "filters", "heldout_packages", "humaneval")}
+        if collected else None,
         "skipped_not_utf8": skipped,
         "vocab_size": vocab_size,
         "train": split(False),
@@ -205,28 +289,46 @@ def _corpus_meta(source: Path, files, skipped, ids, vocab_size: int) -> dict:
 def describe(meta: dict) -> str:
     """One line on a corpus cache: its source and the size of both splits."""
     tr, ho = meta["train"], meta["heldout"]
+    left = meta.get("left_out_for_size") or {}
     return (f"{meta['source']} {meta.get('python') or ''} — train {tr['files']} files, "
             f"{tr['bytes'] / 1e6:.1f} MB, {tr['tokens'] / 1e6:.2f}M tokens; held-out {ho['files']} "
             f"files, {ho['bytes'] / 1e6:.2f} MB, {ho['tokens'] / 1e6:.3f}M tokens "
             f"({ho['bytes'] / max(ho['tokens'], 1):.2f} bytes/token); "
-            f"{len(meta['skipped_not_utf8'])} files skipped (not UTF-8)")
+            f"{len(meta['skipped_not_utf8'])} files skipped (not UTF-8)"
+            + (f"; {left['files']} training files ({left['bytes'] / 1e6:.1f} MB) left out to fit "
+               f"{left['max_mib']} MiB" if left.get("files") else ""))
 
 
 def load_corpus(folder: Path) -> Corpus:
     from tokenizers import Tokenizer
 
-    for name in (*TOKENIZER_FILES, "corpus.npz", "corpus.json"):
+    for name in (*TOKENIZER_FILES, "ids.xz", "corpus.npz", "corpus.json"):
         if not (folder / name).is_file():
             raise TrainError(f"{folder} is not a corpus cache: {name} is missing "
                              f"(make one with --prepare-only)")
     info = json.loads((folder / "corpus.json").read_text())
     arrays = np.load(folder / "corpus.npz")
     offsets = arrays["offsets"]
-    flat = arrays["ids"]
+    flat = np.frombuffer(lzma.decompress((folder / "ids.xz").read_bytes()), dtype="<u2")
+    if len(flat) != offsets[-1]:
+        raise TrainError(f"{folder}/ids.xz holds {len(flat)} ids, corpus.npz expects {offsets[-1]}")
     ids = [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     table = token_bytes(tok)
-    texts = [b"".join([table[i] for i in x.tolist()]) for x in ids]
+    nbytes = np.array([len(b) for b in table], dtype=np.int64)
     paths = info.pop("paths")
-    return Corpus(folder, paths, arrays["heldout"], ids, info, tok,
-                  np.array([len(b) for b in table], dtype=np.int64), texts)
+    return Corpus(folder, paths, arrays["heldout"], ids, info, tok, nbytes, rebuild_texts(ids, table))
+
+
+def rebuild_texts(ids: list[np.ndarray], table: list[bytes]) -> list[bytes]:
+    """Each file's bytes from its ids: one gather from the concatenated token table per file."""
+    blob = np.frombuffer(b"".join(table), dtype=np.uint8)
+    lengths = np.array([len(b) for b in table], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    texts = []
+    for x in ids:
+        n = lengths[x]
+        first = np.cumsum(n) - n                                    # where each token lands
+        index = np.repeat(starts[x] - first, n) + np.arange(int(n.sum()))
+        texts.append(blob[index].tobytes())
+    return texts

@@ -1,4 +1,5 @@
-"""Evaluation on the held-out files: bits per byte (plain text) and FIM middle loss."""
+"""Evaluation on the held-out files: bits per byte (plain text) and the FIM middle loss of
+each layout (PSM and SPM)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.train.corpus import BOS_ID, EOS_ID, FIM_END_ID, Corpus
-from model.train.samples import make_samples, pack_rows
+from model.train.corpus import Corpus
+from model.train.samples import marked_samples, pack_rows
 
 EVAL_SEED = 1234              # held-out samples are the same whatever the training seed
 
@@ -29,61 +30,70 @@ def inputs_targets(rows: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor
     return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
 
-def _middle_mask(rows: np.ndarray) -> np.ndarray:
-    """(B, T) True where the target is a middle token (after fim_end, up to EOS inclusive)."""
-    mask = np.zeros((rows.shape[0], rows.shape[1] - 1), dtype=bool)
-    for r, row in enumerate(rows):
-        inside = False
-        for j in range(1, len(row)):
-            prev = row[j - 1]
-            if prev == FIM_END_ID:
-                inside = True
-            elif prev in (BOS_ID, EOS_ID, -1):
-                inside = False
-            mask[r, j - 1] = inside and row[j] >= 0
-    return mask
+def _middle_mask(samples: list[list[int]], middles: list[int | None], row_len: int) -> np.ndarray:
+    """(B, T) True where the target is a middle token or the EOS closing it, in the rows that
+    `pack_rows(samples)` makes (packing depends on the lengths only, so a mask packs alike)."""
+    marks = [[1 if m is not None and j >= m else 0 for j in range(len(s))] for s, m in zip(samples, middles)]
+    packed = pack_rows(marks, row_len)
+    return packed[:, 1:] == 1
 
 
 class HeldOut:
-    """Fixed held-out rows: the held-out files cut into windows once as plain text and once
-    in PSM form, with a seed of their own."""
+    """Fixed held-out rows: the held-out files (or the first of them, up to `max_tokens`) cut
+    into windows three times, with a seed of their own — as plain text, as PSM samples and as
+    SPM samples (the same windows and holes in both layouts)."""
 
-    def __init__(self, corpus: Corpus, row_len: int, device, batch_size: int):
+    def __init__(self, corpus: Corpus, row_len: int, device, batch_size: int, max_tokens: int = 0):
         files = corpus.files(heldout=True)
-        self.plain = pack_rows(make_samples(corpus, files, np.random.default_rng(EVAL_SEED), row_len, 0.0), row_len)
-        self.fim = pack_rows(make_samples(corpus, files, np.random.default_rng(EVAL_SEED), row_len, 1.0), row_len)
-        self.middle = _middle_mask(self.fim)
+        if max_tokens > 0:                  # the first files (a random share: the cache's order is by hash)
+            ends = np.cumsum([len(corpus.ids[f]) for f in files])
+            files = files[:max(1, int(np.searchsorted(ends, max_tokens)) + 1)]
+        rng = lambda: np.random.default_rng(EVAL_SEED)                    # noqa: E731
+        self.plain = pack_rows(marked_samples(corpus, files, rng(), row_len, 0.0)[0], row_len)
+        self.fim, self.middle = {}, {}
+        for layout, spm_rate in (("psm", 0.0), ("spm", 1.0)):
+            samples, middles = marked_samples(corpus, files, rng(), row_len, 1.0, spm_rate)
+            self.fim[layout] = pack_rows(samples, row_len)
+            self.middle[layout] = _middle_mask(samples, middles, row_len)
         self.nbytes = torch.from_numpy(corpus.nbytes)
         self.device, self.batch_size = device, batch_size
 
     @property
     def tokens(self) -> int:
-        return int((self.plain >= 0).sum() + (self.fim >= 0).sum())
+        return int((self.plain >= 0).sum() + sum((rows >= 0).sum() for rows in self.fim.values()))
 
     def rows(self, max_rows: int) -> int:
         """Rows evaluated with a `max_rows` cap per set (0 = no cap)."""
         cap = lambda n: min(n, max_rows) if max_rows > 0 else n          # noqa: E731
-        return cap(len(self.plain)) + cap(len(self.fim))
+        return cap(len(self.plain)) + sum(cap(len(rows)) for rows in self.fim.values())
 
     @torch.no_grad()
     def evaluate(self, model, max_rows: int = 0) -> dict:
-        """Mean loss over all targets, bits per byte of the plain text, FIM middle loss.
+        """Mean loss over all targets, bits per byte of the plain text, the FIM middle loss of
+        each layout and of both together.
 
         `max_rows` > 0 evaluates an evenly spread subset of each set."""
         model.eval()
         plain_nll, plain_targets = self._nll(model, self._subset(self.plain, max_rows))
-        fim_rows = self._subset(np.arange(len(self.fim)), max_rows)
-        fim_nll, fim_targets = self._nll(model, self.fim[fim_rows])
-        middle = torch.from_numpy(self.middle[fim_rows])
         text = self.nbytes[plain_targets.clamp(min=0)] * (plain_targets >= 0)
-        valid_plain, valid_fim = plain_targets >= 0, fim_targets >= 0
+        valid = plain_targets >= 0
+        total, count = plain_nll[valid].sum(), valid.sum()
+        middles, figures = [], {}
+        for layout, rows in self.fim.items():
+            picked = self._subset(np.arange(len(rows)), max_rows)
+            nll, targets = self._nll(model, rows[picked])
+            middle = torch.from_numpy(self.middle[layout][picked])
+            total, count = total + nll[targets >= 0].sum(), count + (targets >= 0).sum()
+            middles.append(nll[middle])
+            figures[f"fim_middle_loss_{layout}"] = float(nll[middle].mean()) if middle.any() else float("nan")
         model.train()
-        total = plain_nll[valid_plain].sum() + fim_nll[valid_fim].sum()
+        both = torch.cat(middles)
         return {
-            "loss": float(total / (valid_plain.sum() + valid_fim.sum())),
+            "loss": float(total / count),
             "bpb": float(plain_nll[text > 0].sum() / math.log(2) / text.sum()),
-            "fim_middle_loss": float(fim_nll[middle].mean()) if middle.any() else float("nan"),
-            "targets": int(valid_plain.sum() + valid_fim.sum()),
+            "fim_middle_loss": float(both.mean()) if len(both) else float("nan"),
+            **figures,
+            "targets": int(count),
         }
 
     @staticmethod

@@ -1,5 +1,5 @@
-"""Export: the Hugging Face model folder (config, per-expert tensor names, tokenizer files)
-and its model card."""
+"""Export: the Hugging Face model folder (config, per-expert tensor names in bf16, shards of at
+most 16 MiB, tokenizer files) and its model card."""
 from __future__ import annotations
 
 import json
@@ -12,16 +12,19 @@ import torch
 
 from model.fim import BOS, DEEPSEEK, EOS
 from model.train.corpus import BOS_ID, EOS_ID, TOKENIZER_FILES, Corpus
-from model.train.loop import Trainer
+from model.train.loop import H200_BF16_FLOPS, Trainer, active_params
+
+SHARD_MIB = 16                # the largest file a GPU machine hands back; also fine for git
 
 
-def export_state_dict(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
-    """Tensors under DeepSeek's on-disk names, whatever layout transformers uses in memory:
-    fused `experts.gate_up_proj` (E, 2I, d) / `experts.down_proj` (E, d, I) are split into
-    `experts.{e}.{gate,up,down}_proj.weight`."""
+def export_state_dict(state: dict[str, torch.Tensor], config: dict,
+                      dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """Tensors under DeepSeek's on-disk names in `dtype`, whatever layout transformers uses in
+    memory: fused `experts.gate_up_proj` (E, 2I, d) / `experts.down_proj` (E, d, I) are split
+    into `experts.{e}.{gate,up,down}_proj.weight`. The engine widens bf16 to float32 on load."""
     out, inter = {}, config["moe_intermediate_size"]
     for name, tensor in state.items():
-        tensor = tensor.detach().to("cpu", torch.float32).contiguous()
+        tensor = tensor.detach().to("cpu", dtype).contiguous()
         if name.endswith("experts.gate_up_proj"):
             base = name[: -len("gate_up_proj")]
             for e in range(tensor.shape[0]):
@@ -36,9 +39,24 @@ def export_state_dict(state: dict[str, torch.Tensor], config: dict) -> dict[str,
     return dict(sorted(out.items()))
 
 
-def export_model(state: dict, config: dict, corpus: Corpus, out: Path, card: str) -> None:
-    """Write config.json, generation_config.json, model.safetensors, the tokenizer files and
-    README.md (7 files) into `out`, replacing what was there."""
+def shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Consecutive groups of tensors of at most `max_bytes` each (a bigger tensor alone)."""
+    groups, size = [{}], 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        if groups[-1] and size + n > max_bytes - 64 * 1024:          # room for the header
+            groups.append({})
+            size = 0
+        groups[-1][name] = t
+        size += n
+    return groups
+
+
+def write_model_folder(tensors: dict[str, torch.Tensor], config: dict, tokenizer_dir: Path, out: Path,
+                       card: str, shard_mib: float = SHARD_MIB) -> None:
+    """config.json, generation_config.json, the weights (model.safetensors, or shards of at most
+    `shard_mib` MiB with model.safetensors.index.json), the tokenizer files and README.md,
+    replacing whatever `out` held."""
     from safetensors.torch import save_file
 
     tmp = out.with_name(out.name + ".tmp")
@@ -47,74 +65,102 @@ def export_model(state: dict, config: dict, corpus: Corpus, out: Path, card: str
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     generation = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "do_sample": False}
     (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    save_file(export_state_dict(state, config), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    groups = shard(tensors, int(shard_mib * 2**20))
+    if len(groups) == 1:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, group in enumerate(groups, 1):
+            name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+            save_file(group, str(tmp / name), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(group, name))
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     for name in TOKENIZER_FILES:
-        shutil.copyfile(corpus.root / name, tmp / name)
+        shutil.copyfile(tokenizer_dir / name, tmp / name)
     (tmp / "README.md").write_text(card)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
 
 
+def export_model(state: dict, config: dict, corpus: Corpus, out: Path, card: str,
+                 shard_mib: float = SHARD_MIB) -> None:
+    """The finished model folder: bf16 weights under DeepSeek's names, the corpus's tokenizer."""
+    write_model_folder(export_state_dict(state, config), config, corpus.root, out, card, shard_mib)
+
+
 def model_card(trainer: Trainer, final: dict, command: str) -> str:
     """README.md of the model folder: data, license, command, tokens seen, curve, figures."""
     meta, args, cfg, state = trainer.corpus.meta, trainer.args, trainer.config, trainer.state
-    tr, ho = meta["train"], meta["heldout"]
-    data = (f"The `.py` files of the CPython {meta['python']} standard library (PSF License 2.0)"
-            if meta.get("python") else f"The `.py` files under `{meta['source']}`")
+    tr = meta["train"]
     curve = "\n".join(
-        f"| {h['step']} | {h['tokens'] / 1e6:.2f} | {h['minutes']:.1f} | {h['loss']:.3f} | "
-        f"{h['bpb']:.3f} | {h['fim_middle_loss']:.3f} |" for h in _thin(state.history, 12))
+        f"| {h['step']} | {h['tokens'] / 1e6:.2f} | {h['minutes']:.1f} | {h['loss']:.3f} | {h['bpb']:.3f} | "
+        f"{h['fim_middle_loss_psm']:.3f} | {h['fim_middle_loss_spm']:.3f} |" for h in _thin(state.history, 12))
+    tok_s = state.tokens / max(state.train_seconds, 1)
+    speed = f"{tok_s:,.0f} tokens/s on average, checks included"
+    if args.device.startswith("cuda"):
+        speed += (f"; model FLOPs utilisation {6 * active_params(cfg) * tok_s / H200_BF16_FLOPS:.1%} "
+                  f"(6 · {active_params(cfg) / 1e6:.1f}M active parameters · tokens/s over 989 TFLOP/s)")
+    layouts = " and ".join(x.upper() for x in cfg["fim_layouts"])
     return f"""---
 license: mit
 library_name: transformers
 pipeline_tag: text-generation
 tags: [code, fill-in-the-middle, deepseek_v2, latent]
+fim_layouts: {json.dumps(cfg['fim_layouts'])}
+languages: {json.dumps(cfg['languages'])}
 heldout_bpb: {final['bpb']:.4f}
-heldout_fim_middle_loss: {final['fim_middle_loss']:.4f}
+heldout_fim_middle_loss_psm: {final['fim_middle_loss_psm']:.4f}
+heldout_fim_middle_loss_spm: {final['fim_middle_loss_spm']:.4f}
 tokens_seen: {state.tokens}
 parameters: {trainer.n_params}
+corpus_manifest_sha256: {meta.get('manifest_sha256') or 'none'}
 ---
 
 # Latent bundled coder
 
 A {trainer.n_params / 1e6:.2f}M-parameter DeepSeek-V2-architecture model that ships with
-Latent so a fresh clone completes code with no download. It is a toy next to DeepSeek-Coder-V2-Lite:
-it knows the idioms of Python's standard library and little else. It exists so that the real
+Latent so a fresh clone completes Python with no download. It is small next to
+DeepSeek-Coder-V2-Lite; it exists so that completions work out of the box and the real
 loading and serving path (MLA latent cache, MoE dispatch, FIM prompts) always runs.
 
 ## Architecture
-DeepSeek-V2 (`model_type` `deepseek_v2`), fp32, {cfg['num_hidden_layers']} layers, hidden
-{cfg['hidden_size']}, {cfg['num_attention_heads']} heads. MLA: q_lora_rank {cfg['q_lora_rank']},
-kv_lora_rank {cfg['kv_lora_rank']} (the cached latent, smaller than the hidden size),
-qk_nope {cfg['qk_nope_head_dim']} + qk_rope {cfg['qk_rope_head_dim']}, v_head {cfg['v_head_dim']}.
-MoE from layer {cfg['first_k_dense_replace']} on: {cfg['n_routed_experts']} routed experts
-(top-{cfg['num_experts_per_tok']}, greedy softmax, no renormalisation) + {cfg['n_shared_experts']}
-shared expert of width {cfg['moe_intermediate_size']}; the first layer is a dense SwiGLU of width
-{cfg['intermediate_size']}. Plain RoPE (theta 10000), max positions {cfg['max_position_embeddings']}
-(trained at {args.seq_len}). Untied embeddings. Tensors are stored per expert, as in DeepSeek's
-checkpoints.
+DeepSeek-V2 (`model_type` `deepseek_v2`), weights stored in bfloat16 (the engine widens them to
+float32 on the CPU), {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']},
+{cfg['num_attention_heads']} heads. MLA: q_lora_rank {cfg['q_lora_rank']}, kv_lora_rank
+{cfg['kv_lora_rank']} (the cached latent), qk_nope {cfg['qk_nope_head_dim']} + qk_rope
+{cfg['qk_rope_head_dim']}, v_head {cfg['v_head_dim']}. MoE from layer {cfg['first_k_dense_replace']} on:
+{cfg['n_routed_experts']} routed experts (top-{cfg['num_experts_per_tok']}, greedy softmax, no
+renormalisation) + {cfg['n_shared_experts']} shared expert of width {cfg['moe_intermediate_size']};
+the first layer is a dense SwiGLU of width {cfg['intermediate_size']}. Plain RoPE (theta 10000),
+max positions {cfg['max_position_embeddings']} (trained at {args.seq_len}). Untied embeddings.
+Tensors are stored per expert, as in DeepSeek's checkpoints. `config.json` declares
+`"fim_layouts": {json.dumps(cfg['fim_layouts'])}` and `"languages": {json.dumps(cfg['languages'])}`.
 
 ## Tokenizer
-Byte-level BPE, {cfg['vocab_size']} entries (trained with `tokenizers` on the training split),
-GPT-2 pre-tokenizer regex, no prefix space; every file round-trips byte for byte. The
-DeepSeek-Coder special tokens are single tokens: `{BOS}` 0, `{EOS}` 1, `{DEEPSEEK.prefix}` 2,
-`{DEEPSEEK.suffix}` 3, `{DEEPSEEK.middle}` 4. `AutoTokenizer` prepends BOS (`add_bos_token`).
+Byte-level BPE, {cfg['vocab_size']:,} entries (trained with `tokenizers` on the training split; the
+size was chosen by measurement, see `docs/training.md`), GPT-2 pre-tokenizer regex, no prefix
+space; every file round-trips byte for byte. The DeepSeek-Coder special tokens are single
+tokens: `{BOS}` 0, `{EOS}` 1, `{DEEPSEEK.prefix}` 2, `{DEEPSEEK.suffix}` 3, `{DEEPSEEK.middle}` 4.
+`AutoTokenizer` prepends BOS (`add_bos_token`).
 
 ## Data
-{data}: {tr['files']} training files ({tr['bytes'] / 1e6:.1f} MB, {tr['tokens'] / 1e6:.2f}M
-tokens) and {ho['files']} held-out files ({ho['bytes'] / 1e6:.2f} MB, {ho['tokens'] / 1e3:.0f}k tokens),
-split by a stable hash of each file's path (sha256, ≈2 %); {len(meta['skipped_not_utf8'])} files
-that are not UTF-8 are skipped. The weights are released under the MIT license, like Latent;
-the training data is © Python Software Foundation, PSF License 2.0.
+{_data_section(meta)}
 
 ## Objective
-Windows of {args.seq_len} tokens at a phase re-drawn every epoch. {args.fim_rate:.0%} of them in
-PSM form, `BOS fim_begin prefix fim_hole suffix fim_end middle EOS`, with the three pieces
-tokenised separately as a prompt is; holes open uniformly at random (30 %), at the rest of a
-line (20 %), inside a line (15 %), over whole lines from column 0 or the indentation (25 %),
-and over the body of a block just opened by a colon (10 %). The others are plain text.
-Packed into rows without splitting a sample. Loss on every token, plus a {args.balance_coef} × expert balance
-loss.
+Windows of {args.seq_len} tokens at a phase re-drawn every epoch. {args.fim_rate:.0%} of them are
+fill-in-the-middle samples, {args.spm_rate:.0%} of those suffix-first, the rest prefix-first
+({layouts}):
+
+    PSM  BOS {DEEPSEEK.prefix} prefix {DEEPSEEK.suffix} suffix {DEEPSEEK.middle} middle EOS
+    SPM  BOS {DEEPSEEK.prefix}{DEEPSEEK.suffix} suffix {DEEPSEEK.middle} prefix middle EOS
+
+with the three pieces tokenised separately, as a prompt is. Holes open uniformly at random
+(30 %), at the rest of a line (20 %), inside a line (15 %), over whole lines from column 0 or
+the indentation (25 %), and over the body of a block just opened by a colon (10 %). The other
+windows are plain left-to-right text. Packed into rows without splitting a sample. Loss on
+every token, plus a {args.balance_coef} × expert balance loss.
 
 ## Training
 ```
@@ -123,22 +169,69 @@ loss.
 Device {args.device}, seed {args.seed}, batch {args.batch_size} × {args.seq_len}, AdamW
 (lr {args.lr}, betas 0.9/0.95, weight decay {args.weight_decay}), {args.warmup_steps} warm-up
 steps then cosine to 10 %, gradient clipping {args.clip}. {state.step} steps,
-**{state.tokens / 1e6:.1f}M tokens seen** ({state.epoch} full epochs), {state.train_seconds / 60:.1f}
-minutes ({state.tokens / max(state.train_seconds, 1):,.0f} tokens/s on average, checks included).
-The weights are those of step {state.best_step}, the best held-out loss. The curve's held-out
-figures come from {_rows_note(args.eval_rows)}.
+**{state.tokens / 1e6:.1f}M tokens seen** ({state.epoch // trainer.parts} full epochs of {tr['tokens'] / 1e6:.1f}M
+training tokens), {state.train_seconds / 60:.1f} minutes ({speed}). The weights are those of step
+{state.best_step}, the best held-out loss. The curve's held-out figures come from
+{_rows_note(args.eval_rows)}; FIM columns are nats per middle token.
 
-| step | tokens (M) | minutes | held-out loss | bits/byte | FIM middle loss |
-|---|---|---|---|---|---|
+| step | tokens (M) | minutes | held-out loss | bits/byte | FIM middle PSM | FIM middle SPM |
+|---|---|---|---|---|---|---|
 {curve}
 
 ## Held-out figures ({_rows_note(args.final_eval_rows)}: {final['targets']:,} targets)
+The held-out files up to {int((trainer.heldout.plain >= 0).sum()):,} tokens{' (all of them)' if not args.heldout_tokens else ''}, cut
+into windows as plain text, as PSM and as SPM samples:
 - **{final['bpb']:.3f} bits per byte** on plain text (text tokens only),
-- {final['fim_middle_loss']:.3f} nats per middle token on PSM samples,
-- {final['loss']:.3f} nats per token over both.
+- FIM middle loss: **{final['fim_middle_loss_psm']:.3f}** nats per middle token in PSM,
+  **{final['fim_middle_loss_spm']:.3f}** in SPM (the same held-out windows and holes),
+- {final['loss']:.3f} nats per token over all three sets.
 
 Single-line HumanEval infilling: see `docs/benchmarks.md` (`benchmarks/humaneval_infill.py`).
-"""
+{_report_appendix(trainer.corpus.root)}"""
+
+
+def _data_section(meta: dict) -> str:
+    tr, ho = meta["train"], meta["heldout"]
+    split = (f"{tr['files']:,} training files ({tr['bytes'] / 1e6:.1f} MB, {tr['tokens'] / 1e6:.2f}M tokens) "
+             f"and {ho['files']:,} held-out files ({ho['bytes'] / 1e6:.2f} MB, {ho['tokens'] / 1e6:.2f}M "
+             f"tokens), split by a stable hash of each file's path (sha256, ≈2 %)")
+    left = meta.get("left_out_for_size") or {}
+    if left.get("files"):
+        split += (f"; {left['files']:,} training files ({left['bytes'] / 1e6:.1f} MB) were left out so the "
+                  f"pre-tokenized corpus fits {left['max_mib']} MiB")
+    collected = meta.get("collected")
+    if not collected:
+        source = (f"The `.py` files of the CPython {meta['python']} standard library (PSF License 2.0)"
+                  if meta.get("python") else f"The `.py` files under `{meta['source']}`")
+        return f"{source}: {split}. The weights are released under the MIT license, like Latent."
+    t = collected["totals"]
+    licenses = "\n".join(f"| {name} | {row['kept_packages']} | {row['kept_files']:,} | {row['kept_bytes'] / 1e6:.1f} |"
+                         for name, row in collected["by_license"].items() if row["kept_packages"])
+    return f"""Permissively licensed Python from PyPI and the CPython standard library, built by
+`latent train corpus` from the committed manifest `model/train/manifest.txt` (sha256
+`{meta['manifest_sha256']}`): {t['packages_kept']} of {t['packages']} sources kept, {t['kept_files']:,}
+files, {t['kept_bytes'] / 1e6:.1f} MB. Licenses are read from each package's own metadata and only
+an allowlist is kept (MIT, BSD, Apache-2.0, PSF, ISC, Unlicense, Zlib, …); files are filtered
+for encoding, size, generated code, long lines and literal tables; exact duplicates (sha256)
+and near duplicates ({collected['filters']['near_duplicate']}) are dropped, and so is every file
+with {collected['filters']['humaneval']} ({t['dropped'].get('humaneval', 0):,} dropped). Held out
+for evaluation, never trained on: {', '.join(collected['heldout_packages'])} (and any package
+that vendors one), and this project's own code. Of that corpus: {split}.
+
+| license | packages kept | files | MB |
+|---|---|---|---|
+{licenses}
+
+Each file keeps its own license; the per-package table is in the appendix. The weights are
+released under the MIT license, like Latent."""
+
+
+def _report_appendix(corpus_root: Path) -> str:
+    report = corpus_root / "report.md"
+    if not report.is_file():
+        return ""
+    body = report.read_text().split("\n", 1)[1]
+    return "\n## Appendix: the corpus report (`latent train corpus`)\n" + body.replace("\n## ", "\n### ")
 
 
 def _rows_note(max_rows: int) -> str:

@@ -19,7 +19,26 @@ import torch.nn.functional as F
 from model.train.corpus import Corpus, TrainError
 from model.train.evaluate import HeldOut, autocast, inputs_targets
 from model.train.presets import PRESETS, build_model, hf_config
-from model.train.samples import EpochFeeder
+from model.train.samples import EpochFeeder, epoch_parts, trained_layouts
+
+
+H200_BF16_FLOPS = 989e12       # dense bf16 peak of an H200 (SXM), the model FLOPs utilisation's yardstick
+
+
+def active_params(config: dict) -> int:
+    """Parameters one token passes through: all but the embedding table (a lookup) and the
+    routed experts it is not sent to — the N of the 6·N FLOPs per trained token."""
+    d, L, V = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    H, nope, rope, v = (config[k] for k in ("num_attention_heads", "qk_nope_head_dim", "qk_rope_head_dim",
+                                            "v_head_dim"))
+    q_rank, kv_rank = config["q_lora_rank"], config["kv_lora_rank"]
+    q = d * q_rank + q_rank * H * (nope + rope) if q_rank else d * H * (nope + rope)
+    attention = q + d * (kv_rank + rope) + kv_rank * H * (nope + v) + H * v * d
+    dense = 3 * d * config["intermediate_size"]
+    k, shared = config["num_experts_per_tok"], config["n_shared_experts"]
+    moe = 3 * d * config["moe_intermediate_size"] * (k + shared) + d * config["n_routed_experts"]
+    first = config["first_k_dense_replace"]
+    return L * attention + first * dense + (L - first) * moe + d * V
 
 
 class BalanceLoss:
@@ -63,8 +82,8 @@ class BalanceLoss:
 @dataclass
 class TrainState:
     step: int = 0
-    epoch: int = 0
-    row: int = 0                     # next row of the epoch
+    epoch: int = 0                   # the part of an epoch being read: epoch × parts + part
+    row: int = 0                     # next row of that part
     tokens: int = 0                  # non-padding tokens trained on
     train_seconds: float = 0.0       # wall time in the loop: steps, data, periodic checks
     plan_seconds: float = 0.0        # loop time the --minutes budget allows (re-fitted at checks)
@@ -127,16 +146,20 @@ class Trainer:
         self.args, self.corpus, self.run_dir, self.log = args, corpus, run_dir, log
         self.device = torch.device(args.device)
         self.row_len = args.seq_len + 1
-        self.config = hf_config(PRESETS[args.preset], corpus.tokenizer.get_vocab_size())
+        self.config = hf_config(PRESETS[args.preset], corpus.tokenizer.get_vocab_size(),
+                                trained_layouts(args.fim_rate, args.spm_rate))
         torch.manual_seed(args.seed)
         self.model = build_model(self.config, args.experts).to(self.device)
         self.optimizer = make_optimizer(self.model, args.lr, args.weight_decay, self.device)
         self.balance = BalanceLoss(self.model, PRESETS[args.preset].experts_per_token)
         self.state = TrainState()
         self.best = None                       # state dict (CPU) of the best held-out loss
-        self.heldout = HeldOut(corpus, self.row_len, self.device, args.batch_size)
+        self.heldout = HeldOut(corpus, self.row_len, self.device, args.batch_size, args.heldout_tokens)
         self.step_fn = torch.compile(self._loss) if args.compile else self._loss
-        self.feeder = EpochFeeder(corpus, args.seed, self.row_len, args.fim_rate, args.data_workers)
+        self.parts = epoch_parts(corpus)
+        self.feeder = EpochFeeder(corpus, args.seed, self.row_len, args.fim_rate, args.data_workers,
+                                  args.spm_rate, self.parts)
+        self.flops_per_token = 6 * active_params(self.config)    # forward + backward, attention aside
 
     @property
     def n_params(self) -> int:
@@ -144,7 +167,7 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------
     def _resume_key(self) -> dict:
-        keys = ("preset", "seq_len", "batch_size", "seed", "fim_rate", "vocab_size")
+        keys = ("preset", "seq_len", "batch_size", "seed", "fim_rate", "spm_rate", "vocab_size")
         return {k: getattr(self.args, k) for k in keys}
 
     def save_checkpoint(self) -> None:
@@ -177,7 +200,7 @@ class Trainer:
         return loss + self.args.balance_coef * self.balance.pop().to(loss.device), loss.detach()
 
     def _batches(self):
-        """Batches of rows from the current epoch and row on; `_step` advances the row."""
+        """Batches of rows from the current epoch part and row on; `_step` advances the row."""
         B = self.args.batch_size
         while True:
             rows = self.feeder.get(self.state.epoch)
@@ -241,14 +264,17 @@ class Trainer:
         """Write a training record and reset the meter; reading the loss back from the device
         waits for the queued steps, so it happens every `--log-every` steps only."""
         now = time.time()
+        tok_s = meter["tokens"] / (now - meter["start"])
         record = {"step": self.state.step, "loss": round(float(meter["loss"]) / meter["steps"], 4),
-                  "tok_s": round(meter["tokens"] / (now - meter["start"])),
+                  "tok_s": round(tok_s),
                   "lr": round(self.optimizer.param_groups[0]["lr"], 6),
                   "max_expert_load": round(float(self.balance.max_load), 2),
-                  "epoch": self.state.epoch, "tokens": self.state.tokens}
+                  "epoch": round(self.state.epoch / self.parts, 2), "tokens": self.state.tokens}
+        if self.device.type == "cuda":
+            record["mfu"] = round(self.flops_per_token * tok_s / H200_BF16_FLOPS, 4)
         self._write_log({"train": record})
         meter.update(tokens=0, steps=0, start=now, loss=None)
-        return {k: record[k] for k in ("loss", "tok_s", "epoch")}
+        return {k: record[k] for k in ("loss", "tok_s", "epoch", "mfu") if k in record}
 
     def _set_lr(self, budget: Budget) -> None:
         lr = self.args.lr * lr_factor(self.state.step, budget.progress(self.state), self.args.warmup_steps)
@@ -272,7 +298,8 @@ class Trainer:
         self._write_log({"eval": record})
         left = budget.seconds_left()
         self.log(f"step {self.state.step}: held-out loss {figures['loss']:.3f}, "
-                 f"{figures['bpb']:.3f} bits/byte, FIM middle loss {figures['fim_middle_loss']:.3f}"
+                 f"{figures['bpb']:.3f} bits/byte, FIM middle loss PSM {figures['fim_middle_loss_psm']:.3f} "
+                 f"SPM {figures['fim_middle_loss_spm']:.3f}"
                  + (f" ({left / 60:.1f} min left to train)" if math.isfinite(left) else ""))
         self.save_checkpoint()
 
@@ -283,7 +310,7 @@ class Trainer:
         final = self.heldout.evaluate(self.model, self.args.final_eval_rows)
         self.log(f"best step {self.state.best_step}: held-out ({final['targets']} targets) "
                  f"{final['bpb']:.3f} bits/byte, loss {final['loss']:.3f}, "
-                 f"FIM middle loss {final['fim_middle_loss']:.3f}")
+                 f"FIM middle loss PSM {final['fim_middle_loss_psm']:.3f} SPM {final['fim_middle_loss_spm']:.3f}")
         self._write_log({"final": {"step": self.state.best_step, **final}})
         return final
 

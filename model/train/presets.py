@@ -31,21 +31,33 @@ PRESETS = {
     "tiny": Shape(hidden=64, layers=2, heads=2, q_lora_rank=32, kv_lora_rank=16, qk_nope=16,
                   qk_rope=8, v_head=24, dense_intermediate=128, expert_intermediate=32,
                   experts=4, experts_per_token=2),
-    # The shipped model: 3.96M parameters with an 8,192 vocabulary, fp32 file < 16 MiB.
+    # The model shipped until now: 3.96M parameters with an 8,192 vocabulary.
     # v_head == qk_nope + qk_rope lets PyTorch's CPU flash-attention kernel run.
     "bundled": Shape(hidden=160, layers=4, heads=4, q_lora_rank=64, kv_lora_rank=48, qk_nope=32,
                      qk_rope=16, v_head=48, dense_intermediate=384, expert_intermediate=64,
                      experts=8, experts_per_token=2),
-    # For a GPU: 37M parameters, too big to ship in the repository.
-    "large": Shape(hidden=384, layers=8, heads=6, q_lora_rank=192, kv_lora_rank=128, qk_nope=48,
-                   qk_rope=16, v_head=64, dense_intermediate=1024, expert_intermediate=192,
-                   experts=16, experts_per_token=2, shared_experts=1),
+    # GPU-trained candidates of 15–40M parameters at the 8,192 vocabulary; sizes, bytes per
+    # token and per-keystroke latency measured by `python -m model.train.sizing` (see
+    # docs/training.md). At one CPU thread a decode step costs about the same per layer
+    # whatever its width, and routed experts add parameters without adding work per token:
+    # "small" is shallow with many experts, the one that answers a keystroke in ≤ 80 ms.
+    "small": Shape(hidden=224, layers=4, heads=4, q_lora_rank=112, kv_lora_rank=64, qk_nope=32,
+                   qk_rope=16, v_head=48, dense_intermediate=672, expert_intermediate=128,
+                   experts=40, experts_per_token=2),
+    "medium": Shape(hidden=320, layers=6, heads=5, q_lora_rank=160, kv_lora_rank=80, qk_nope=32,
+                    qk_rope=16, v_head=48, dense_intermediate=960, expert_intermediate=160,
+                    experts=16, experts_per_token=2),
+    "large": Shape(hidden=384, layers=6, heads=6, q_lora_rank=192, kv_lora_rank=96, qk_nope=32,
+                   qk_rope=16, v_head=48, dense_intermediate=1152, expert_intermediate=160,
+                   experts=16, experts_per_token=2),
 }
 
 
-def hf_config(shape: Shape, vocab_size: int) -> dict:
+def hf_config(shape: Shape, vocab_size: int, fim_layouts: tuple[str, ...] = ("psm", "spm"),
+              languages: tuple[str, ...] = ("python",)) -> dict:
     """config.json in the layout of DeepSeek-Coder-V2-Lite (plus transformers 5's
-    `rope_parameters`); greedy softmax routing, no top-k renormalisation, untied head."""
+    `rope_parameters`); greedy softmax routing, no top-k renormalisation, untied head; the FIM
+    layouts and languages it is trained on, which the engine reads (model/config.py)."""
     return {
         "architectures": ["DeepseekV2ForCausalLM"],
         "model_type": "deepseek_v2",
@@ -86,7 +98,9 @@ def hf_config(shape: Shape, vocab_size: int) -> dict:
         "eos_token_id": EOS_ID,
         "pad_token_id": None,
         "use_cache": True,
-        "torch_dtype": "float32",
+        "torch_dtype": "bfloat16",
+        "fim_layouts": list(fim_layouts),
+        "languages": list(languages),
     }
 
 

@@ -1,5 +1,14 @@
-"""Training samples: windows of a file, some cut into prefix / middle / suffix (PSM), packed
-into rows; the rows of an epoch; the feeder that builds epochs ahead of the training loop."""
+"""Training samples: windows of a file, some cut into prefix / middle / suffix and laid out
+prefix-first (PSM) or suffix-first (SPM), packed into rows; the rows of an epoch; the feeder
+that builds epochs ahead of the training loop.
+
+The two layouts are `model.fim.DEEPSEEK.fill(prefix, suffix, layout)` followed by the middle
+and EOS, as ids (tokens never cross a special token, so this is the tokenizer's encoding of
+that text, each piece on its own):
+
+    psm   BOS fim_begin prefix fim_hole suffix fim_end middle EOS
+    spm   BOS fim_begin fim_hole suffix fim_end prefix middle EOS
+"""
 from __future__ import annotations
 
 import functools
@@ -12,13 +21,21 @@ import numpy as np
 
 from model.train.corpus import BOS_ID, EOS_ID, FIM_BEGIN_ID, FIM_END_ID, FIM_HOLE_ID, Corpus, load_corpus
 
-PSM_IDS = 5        # BOS fim_begin fim_hole fim_end EOS: the ids a PSM sample adds to its text
+PSM_IDS = 5        # BOS fim_begin fim_hole fim_end EOS: the ids a FIM sample (either layout) adds
 FIM_SLACK = 8      # room for the extra tokens a window takes when re-tokenised in three pieces
+PART_TOKENS = 8_000_000   # training tokens per part of an epoch (see `epoch_parts`)
 
 # Where the hole opens. Besides uniformly random spans (Bavarian et al. 2022), the places
 # an editor asks from: the rest of a line, a span inside a line, whole lines starting at
 # column 0 or after the indentation, and the body of a block just opened by a colon.
 HOLE_KINDS = {"random": 0.30, "line_rest": 0.20, "mid_line": 0.15, "lines": 0.25, "block": 0.10}
+
+
+def trained_layouts(fim_rate: float, spm_rate: float) -> tuple[str, ...]:
+    """The FIM layouts a run with these rates trains on, as config.json declares them."""
+    if fim_rate <= 0:
+        return ()
+    return tuple(layout for layout, share in (("psm", 1 - spm_rate), ("spm", spm_rate)) if share > 0)
 
 
 # -- holes --------------------------------------------------------------------------------
@@ -93,24 +110,37 @@ def _snap(data: bytes, pos: int) -> int:
     return pos
 
 
-def _fim_ids(prefix: list[int], suffix: list[int], middle: list[int], row_len: int) -> list[int]:
-    """BOS fim_begin prefix fim_hole suffix fim_end middle EOS, trimmed to fit one row
-    (the prefix loses its oldest tokens first, as a prompt builder would crop it)."""
+def fim_ids(prefix: list[int], suffix: list[int], middle: list[int], row_len: int,
+            layout: str = "psm") -> tuple[list[int], int]:
+    """A FIM sample in `layout` ("psm" or "spm", see the module docstring) trimmed to fit one
+    row — the prefix loses its oldest tokens first, as a prompt builder would crop it, then
+    the suffix its end — and the index of its first middle id."""
     excess = len(prefix) + len(suffix) + len(middle) + PSM_IDS - row_len
     if excess > 0:
         cut = min(excess, len(prefix))
         prefix, excess = prefix[cut:], excess - cut
         suffix = suffix[:max(0, len(suffix) - excess)]
-    return [BOS_ID, FIM_BEGIN_ID, *prefix, FIM_HOLE_ID, *suffix, FIM_END_ID, *middle, EOS_ID]
+    if layout == "spm":
+        head = [BOS_ID, FIM_BEGIN_ID, FIM_HOLE_ID, *suffix, FIM_END_ID, *prefix]
+    else:
+        head = [BOS_ID, FIM_BEGIN_ID, *prefix, FIM_HOLE_ID, *suffix, FIM_END_ID]
+    return [*head, *middle, EOS_ID], len(head)
 
 
 def make_samples(corpus: Corpus, files: list[int], rng: np.random.Generator,
-                 row_len: int, fim_rate: float) -> list[list[int]]:
+                 row_len: int, fim_rate: float, spm_rate: float = 0.5) -> list[list[int]]:
     """Cut each file into windows at a random phase; a `fim_rate` share of windows become
-    PSM samples (their text split at a hole and re-tokenised piece by piece, as the engine
-    tokenises a prompt), the rest plain `BOS text [EOS at the end of a file]` samples."""
+    FIM samples (their text split at a hole and re-tokenised piece by piece, as the engine
+    tokenises a prompt), `spm_rate` of those suffix-first, the rest prefix-first; the other
+    windows are plain `BOS text [EOS at the end of a file]` samples."""
+    return marked_samples(corpus, files, rng, row_len, fim_rate, spm_rate)[0]
+
+
+def marked_samples(corpus: Corpus, files: list[int], rng: np.random.Generator, row_len: int,
+                   fim_rate: float, spm_rate: float = 0.5) -> tuple[list[list[int]], list[int | None]]:
+    """`make_samples`, and for each sample the index of its first middle id (None: plain)."""
     width = row_len - PSM_IDS - FIM_SLACK
-    samples, pieces, fim_at = [], [], []
+    samples, pieces, fim_at, layouts = [], [], [], []
     for f in files:
         ids, n = corpus.ids[f], len(corpus.ids[f])
         phase = int(rng.integers(0, width)) if n > width else 0
@@ -122,15 +152,17 @@ def make_samples(corpus: Corpus, files: list[int], rng: np.random.Generator,
             if rng.random() < fim_rate and len(text.strip()) >= 8:
                 h0, h1 = choose_hole(text, rng)
                 fim_at.append(len(samples))
+                layouts.append("spm" if rng.random() < spm_rate else "psm")
                 pieces += [text[:h0], text[h1:], text[h0:h1]]
                 samples.append(None)
             else:
                 samples.append([BOS_ID, *ids[a:b].tolist(), *([EOS_ID] if b == n else [])])
     encoded = corpus.tokenizer.encode_batch(pieces, add_special_tokens=False) if pieces else []
+    middles: list[int | None] = [None] * len(samples)
     for k, at in enumerate(fim_at):
         p, s, m = (encoded[3 * k + j].ids for j in range(3))
-        samples[at] = _fim_ids(p, s, m, row_len)
-    return samples
+        samples[at], middles[at] = fim_ids(p, s, m, row_len, layouts[k])
+    return samples, middles
 
 
 def pack_rows(samples: list[list[int]], row_len: int, open_limit: int = 64) -> np.ndarray:
@@ -160,12 +192,24 @@ def pack_rows(samples: list[list[int]], row_len: int, open_limit: int = 64) -> n
     return out
 
 
-def epoch_rows(corpus: Corpus, seed: int, epoch: int, row_len: int, fim_rate: float) -> np.ndarray:
-    """The shuffled training rows of one epoch; windows and holes are re-drawn every epoch."""
-    rng = np.random.default_rng([seed, epoch])
+def epoch_parts(corpus: Corpus) -> int:
+    """How many parts an epoch is built in: one per PART_TOKENS training tokens, so the first
+    rows are ready soon and worker processes build the parts of one epoch side by side."""
+    tokens = sum(len(corpus.ids[f]) for f in corpus.files(heldout=False))
+    return max(1, tokens // PART_TOKENS)
+
+
+def epoch_rows(corpus: Corpus, seed: int, chunk: int, row_len: int, fim_rate: float,
+               spm_rate: float = 0.5, parts: int = 1) -> np.ndarray:
+    """The shuffled training rows of part `chunk % parts` of epoch `chunk // parts`: the files
+    are shuffled once per epoch and dealt to its parts; windows, holes and layouts are re-drawn
+    every epoch."""
+    epoch, part = divmod(chunk, parts)
     files = corpus.files(heldout=False)
-    files = [files[i] for i in rng.permutation(len(files))]
-    rows = pack_rows(make_samples(corpus, files, rng, row_len, fim_rate), row_len)
+    order = np.random.default_rng([seed, epoch]).permutation(len(files))
+    files = [files[i] for i in order[part::parts]]
+    rng = np.random.default_rng([seed, epoch, part])
+    rows = pack_rows(make_samples(corpus, files, rng, row_len, fim_rate, spm_rate), row_len)
     return rows[rng.permutation(len(rows))]
 
 
@@ -181,13 +225,14 @@ def _open_corpus(cache: Path) -> Corpus:
     return load_corpus(cache)
 
 
-def _build_epoch(cache: Path, seed: int, row_len: int, fim_rate: float, epoch: int) -> np.ndarray:
+def _build_epoch(cache: Path, seed: int, row_len: int, fim_rate: float, spm_rate: float, parts: int,
+                 chunk: int) -> np.ndarray:
     """`epoch_rows` in a worker process, which is handed the corpus cache folder, not the corpus."""
-    return epoch_rows(_open_corpus(cache), seed, epoch, row_len, fim_rate)
+    return epoch_rows(_open_corpus(cache), seed, chunk, row_len, fim_rate, spm_rate, parts)
 
 
 class EpochFeeder:
-    """Builds epochs ahead of the training loop.
+    """Builds epochs (or their parts: `get(chunk)` with `parts` > 1) ahead of the training loop.
 
     With `workers` = 0, one background thread (CPU training: the cores are busy training).
     With `workers` > 0, that many forked processes, each building a whole epoch (GPU
@@ -195,7 +240,8 @@ class EpochFeeder:
     takes to re-tokenise its FIM samples). A worker reads the corpus from its cache folder
     and uses only numpy and tokenizers."""
 
-    def __init__(self, corpus: Corpus, seed: int, row_len: int, fim_rate: float, workers: int):
+    def __init__(self, corpus: Corpus, seed: int, row_len: int, fim_rate: float, workers: int,
+                 spm_rate: float = 0.5, parts: int = 1):
         if workers > 0:
             import multiprocessing
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
@@ -204,6 +250,7 @@ class EpochFeeder:
             self.pool = ThreadPoolExecutor(max_workers=1)
         self.ahead = max(1, workers)
         self.corpus, self.seed, self.row_len, self.fim_rate = corpus, seed, row_len, fim_rate
+        self.spm_rate, self.parts = spm_rate, parts
         self.pending: dict = {}
 
     def get(self, epoch: int) -> np.ndarray:
@@ -230,9 +277,10 @@ class EpochFeeder:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _build(self, epoch: int) -> np.ndarray:
-        return epoch_rows(self.corpus, self.seed, epoch, self.row_len, self.fim_rate)
+        return epoch_rows(self.corpus, self.seed, epoch, self.row_len, self.fim_rate, self.spm_rate, self.parts)
 
     def _submit(self, epoch: int):
         if isinstance(self.pool, ThreadPoolExecutor):
             return self.pool.submit(self._build, epoch)
-        return self.pool.submit(_build_epoch, self.corpus.root, self.seed, self.row_len, self.fim_rate, epoch)
+        return self.pool.submit(_build_epoch, self.corpus.root, self.seed, self.row_len, self.fim_rate,
+                                self.spm_rate, self.parts, epoch)
