@@ -88,21 +88,19 @@ def spdx_allowed(expression: str) -> bool:
             return value
         return tok.rstrip("+").removeprefix("LicenseRef-") in ALLOWED
 
-    def both() -> bool:
-        nonlocal pos
-        value = term()
-        while pos < len(tokens) and tokens[pos].upper() == "AND":
-            pos += 1
-            value = term() and value
-        return value
+    def joined(word: str, part, combine):
+        """part (word part)*, folded with combine: AND binds tighter than OR."""
+        def parse() -> bool:
+            nonlocal pos
+            value = part()
+            while pos < len(tokens) and tokens[pos].upper() == word:
+                pos += 1
+                value = combine(part(), value)
+            return value
+        return parse
 
-    def either() -> bool:
-        nonlocal pos
-        value = both()
-        while pos < len(tokens) and tokens[pos].upper() == "OR":
-            pos += 1
-            value = both() or value
-        return value
+    both = joined("AND", term, lambda a, b: a and b)
+    either = joined("OR", both, lambda a, b: a or b)
 
     try:
         return either() and pos == len(tokens)

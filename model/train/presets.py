@@ -14,14 +14,15 @@ class Shape:
     # mla
     q_lora_rank: int
     kv_lora_rank: int
-    qk_nope: int
-    qk_rope: int
-    v_head: int
-    # moe
     dense_intermediate: int
     expert_intermediate: int
     experts: int
-    experts_per_token: int
+    # mla heads: v_head == qk_nope + qk_rope lets PyTorch's CPU flash-attention kernel run
+    qk_nope: int = 32
+    qk_rope: int = 16
+    v_head: int = 48
+    # moe
+    experts_per_token: int = 2
     shared_experts: int = 1
     first_dense: int = 1
 
@@ -29,27 +30,21 @@ class Shape:
 PRESETS = {
     # For tests: trains in seconds.
     "tiny": Shape(hidden=64, layers=2, heads=2, q_lora_rank=32, kv_lora_rank=16, qk_nope=16,
-                  qk_rope=8, v_head=24, dense_intermediate=128, expert_intermediate=32,
-                  experts=4, experts_per_token=2),
+                  qk_rope=8, v_head=24, dense_intermediate=128, expert_intermediate=32, experts=4),
     # The model shipped until now: 3.96M parameters with an 8,192 vocabulary.
-    # v_head == qk_nope + qk_rope lets PyTorch's CPU flash-attention kernel run.
-    "bundled": Shape(hidden=160, layers=4, heads=4, q_lora_rank=64, kv_lora_rank=48, qk_nope=32,
-                     qk_rope=16, v_head=48, dense_intermediate=384, expert_intermediate=64,
-                     experts=8, experts_per_token=2),
+    "bundled": Shape(hidden=160, layers=4, heads=4, q_lora_rank=64, kv_lora_rank=48,
+                     dense_intermediate=384, expert_intermediate=64, experts=8),
     # GPU-trained candidates of 15–40M parameters at the 8,192 vocabulary; sizes, bytes per
     # token and per-keystroke latency measured by `python -m model.train.sizing` (see
     # docs/training.md). At one CPU thread a decode step costs about the same per layer
     # whatever its width, and routed experts add parameters without adding work per token:
     # "small" is shallow with many experts, the one that answers a keystroke in ≤ 80 ms.
-    "small": Shape(hidden=224, layers=4, heads=4, q_lora_rank=112, kv_lora_rank=64, qk_nope=32,
-                   qk_rope=16, v_head=48, dense_intermediate=672, expert_intermediate=128,
-                   experts=40, experts_per_token=2),
-    "medium": Shape(hidden=320, layers=6, heads=5, q_lora_rank=160, kv_lora_rank=80, qk_nope=32,
-                    qk_rope=16, v_head=48, dense_intermediate=960, expert_intermediate=160,
-                    experts=16, experts_per_token=2),
-    "large": Shape(hidden=384, layers=6, heads=6, q_lora_rank=192, kv_lora_rank=96, qk_nope=32,
-                   qk_rope=16, v_head=48, dense_intermediate=1152, expert_intermediate=160,
-                   experts=16, experts_per_token=2),
+    "small": Shape(hidden=224, layers=4, heads=4, q_lora_rank=112, kv_lora_rank=64,
+                   dense_intermediate=672, expert_intermediate=128, experts=40),
+    "medium": Shape(hidden=320, layers=6, heads=5, q_lora_rank=160, kv_lora_rank=80,
+                    dense_intermediate=960, expert_intermediate=160, experts=16),
+    "large": Shape(hidden=384, layers=6, heads=6, q_lora_rank=192, kv_lora_rank=96,
+                   dense_intermediate=1152, expert_intermediate=160, experts=16),
 }
 
 
