@@ -3,14 +3,17 @@
     latent repl [--model M] [--device D …] [--set NAME=VALUE …] [--no-history]
 
 Keys: Tab accepts the ghost text (or indents when there is none), Ctrl-Right (or Alt-F)
-accepts its next word, Right / Ctrl-E / Ctrl-F accept all of it, Up / Down walk the history.
-Enter runs the input once it is a complete statement and opens a new line inside a block.
+accepts its next word, Right / Ctrl-E / Ctrl-F accept all of it, Escape hides it until the
+next keystroke, Up / Down walk the history. Enter runs the input once it is a complete
+statement and opens a new line inside a block. Ghost text too long for the line is shown cut
+with an ellipsis (it never wraps onto a line of its own); the keys accept all of it.
 
 The completion pipeline runs in this process (`completion.CompletionService` over the engine
 the settings ask for, as `latent complete` does), so there is no server to start. The model
-loads in the background: the prompt is usable at once and the bottom bar says when
-suggestions are ready. The document the model completes is this session's inputs so far
-followed by the current one, as if they were one file, so earlier definitions inform it.
+loads in the background: the prompt is usable at once. The bottom bar says when suggestions
+are ready, how long the last one took, and why there is none when there is none. The document
+the model completes is this session's inputs so far followed by the current one, as if they
+were one file, so earlier definitions inform it.
 
 History is kept in $XDG_STATE_HOME/latent/repl_history (~/.local/state/…).
 """
@@ -27,6 +30,8 @@ import traceback
 from pathlib import Path
 
 URI = "untitled:latent-repl.py"
+PROMPT, CONTINUATION = ">>> ", "... "   # the same width: wrapped rows start after either
+ELLIPSIS = "…"
 _WORD = re.compile(r"[ \t]*\w+|[ \t]*[^\w\s]+|[ \t]+")
 
 
@@ -39,6 +44,18 @@ def next_word(text: str) -> str:
     """The next word of a suggestion (blanks, then a word or a run of punctuation)."""
     match = _WORD.match(text)
     return match.group(0) if match else text
+
+
+def fit(text: str, room: int, width=len) -> str:
+    """`text` cut to `room` columns, ending with an ellipsis when cut ('' when not even that fits).
+    `width`: the columns a string takes (prompt_toolkit's get_cwidth counts wide characters)."""
+    if width(text) <= room:
+        return text
+    if room < 2:
+        return ""
+    while text and width(text) > room - 1:
+        text = text[:-1]
+    return text + ELLIPSIS
 
 
 def document_text(inputs: list[str], current: str) -> str:
@@ -75,11 +92,13 @@ def _definitely_broken(source: str) -> bool:
 
 class Suggester:
     """The completion pipeline for one repl: loads in the background, one request at a time,
-    a newer request cancels the one running."""
+    a newer request cancels the one running. After each answered request, `last_ms` is its
+    latency and `reason` says why there was no suggestion ('' when there was one)."""
 
     def __init__(self, settings) -> None:
         self.settings = settings
-        self.state, self.message, self.last_ms = "loading", "loading the model…", None
+        self.model = settings.model or "bundled"
+        self.state, self.message, self.last_ms, self.reason = "loading", "loading the model…", None, ""
         self.service = None
         self._lock = threading.Lock()
         self._cancel = None
@@ -95,15 +114,15 @@ class Suggester:
             engine = make_engine(self.settings)
             self.service = CompletionService(engine, self.settings.completion_config())
         except Exception as e:  # a model that does not load leaves a plain Python prompt
-            self.state, self.message = "error", one_sentence(e, self.settings.model or "bundled")
+            self.state, self.message = "error", one_sentence(e, self.model)
             return
         self.state = "ready"
-        self.message = f"{self.settings.model or 'bundled'} loaded in {time.perf_counter() - started:.1f} s"
+        self.message = f"{self.model} loaded in {time.perf_counter() - started:.1f} s"
 
     def suggest(self, text: str) -> str:
         """The first line of the suggestion at the end of `text` ('' when none)."""
         from completion.document import Lines
-        from completion.types import TextChange
+        from completion.types import REASONS, TextChange
         from model.protocol import CancelToken
 
         service = self.service
@@ -123,16 +142,26 @@ class Suggester:
                 service.workspace.change(URI, self._version, [TextChange(text)])
             started = time.perf_counter()
             result = service.complete(service.workspace.snapshot(URI), Lines(text).position(len(text)), cancel)
-        if result.source == "cancelled" or not result.suggestions:
+        if result.source == "cancelled" or cancel.cancelled:
             return ""
         self.last_ms = (time.perf_counter() - started) * 1000
-        suggestion = result.suggestions[0]
-        return suggestion.text.split("\n")[0] if suggestion.range.start == suggestion.range.end else ""
+        if not result.suggestions:
+            self.reason = REASONS.get(result.reason, REASONS["nothing"])
+            return ""
+        suggestion = result.suggestions[0]   # the cursor is at the end: nothing to replace
+        line = suggestion.text.split("\n")[0] if suggestion.range.start == suggestion.range.end else ""
+        self.reason = "" if line.strip() else "The suggestion starts on a new line."
+        return line if line.strip() else ""
 
-    def toolbar(self) -> str:
-        if self.state == "ready" and self.last_ms is not None:
-            return f" latent: ready, {self.last_ms:.0f} ms · Tab accept · Ctrl-Right word · Ctrl-D quit"
-        return f" latent: {self.state} — {self.message} · Ctrl-D quit"
+    def toolbar(self, showing: bool = False) -> str:
+        """The bottom bar; `showing`: whether ghost text is on screen now."""
+        if self.state != "ready":
+            return f" latent: {self.state} — {self.message} · Ctrl-D quit"
+        if self.last_ms is None:
+            return f" latent: ready · {self.model} · Ctrl-D quit"
+        said = ("Tab accept · Ctrl-Right word · Esc hide" if showing
+                else f"no suggestion: {self.reason}" if self.reason else "Ctrl-D quit")
+        return f" latent: ready · {self.last_ms:.0f} ms · {said} · {self.model}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,16 +209,33 @@ def make_session(suggester: Suggester, inputs: list[str], history_file: Path | N
     from prompt_toolkit.filters import Condition
     from prompt_toolkit.history import FileHistory, InMemoryHistory
     from prompt_toolkit.key_binding import KeyBindings
+    from prompt_toolkit.layout.processors import Processor, Transformation
     from prompt_toolkit.lexers import PygmentsLexer
     from prompt_toolkit.styles import Style
+    from prompt_toolkit.utils import get_cwidth
     from pygments.lexers.python import PythonLexer
+
+    dismissed: str | None = None   # the input whose ghost text Escape hid, until it changes
 
     class ModelSuggest(AutoSuggest):
         def get_suggestion(self, buffer, document):
-            if not document.is_cursor_at_the_end or not document.text.strip():
+            if not document.is_cursor_at_the_end or not document.text.strip() or dismissed == document.text:
                 return None
             text = suggester.suggest(document_text(inputs, document.text))
-            return Suggestion(text) if text else None
+            return Suggestion(text) if text and dismissed != document.text else None
+
+    class FitSuggestion(Processor):
+        """Cut the ghost text (AppendAutoSuggestion's last fragment) to the room left on the
+        cursor's screen row, so that it never wraps onto a row that looks like an input line."""
+
+        def apply_transformation(self, ti):
+            fragments = ti.fragments
+            if ti.lineno != ti.document.line_count - 1 or not fragments or fragments[-1][0] != "class:auto-suggestion":
+                return Transformation(fragments)
+            typed = sum(get_cwidth(text) for _, text, *_ in fragments[:-1])
+            row = max(ti.width - len(PROMPT), 1)    # every screen row starts with a prompt's width
+            shown = fit(fragments[-1][1], row - typed % row - 1, get_cwidth)
+            return Transformation([*fragments[:-1], (fragments[-1][0], shown)])
 
     bindings = KeyBindings()
 
@@ -200,7 +246,12 @@ def make_session(suggester: Suggester, inputs: list[str], history_file: Path | N
         buffer = get_app().current_buffer
         return bool(buffer.suggestion and buffer.suggestion.text and buffer.document.is_cursor_at_the_end)
 
+    # Accepting inserts text, and every insert asks the model afresh at the new cursor (the
+    # buffer drops its suggestion on any change): the accepted text is never offered again.
     @bindings.add("tab", filter=has_suggestion)
+    @bindings.add("right", filter=has_suggestion)
+    @bindings.add("c-e", filter=has_suggestion)
+    @bindings.add("c-f", filter=has_suggestion)
     def accept(event) -> None:
         buffer = event.current_buffer
         buffer.insert_text(buffer.suggestion.text)
@@ -215,6 +266,16 @@ def make_session(suggester: Suggester, inputs: list[str], history_file: Path | N
         buffer = event.current_buffer
         buffer.insert_text(next_word(buffer.suggestion.text))
 
+    @bindings.add("escape", filter=has_suggestion)
+    def dismiss(event) -> None:
+        nonlocal dismissed
+        buffer = event.current_buffer
+        dismissed, buffer.suggestion = buffer.text, None
+
+    def undismiss(_buffer) -> None:
+        nonlocal dismissed
+        dismissed = None
+
     @bindings.add("enter")
     def enter(event) -> None:
         buffer = event.current_buffer
@@ -228,13 +289,18 @@ def make_session(suggester: Suggester, inputs: list[str], history_file: Path | N
         buffer.insert_text("\n" + indent_)
 
     history = FileHistory(str(history_file)) if history_file is not None else InMemoryHistory()
-    return PromptSession(
-        message=lambda: ">>> ", prompt_continuation=lambda width, line, wrap: "... ",
+    session = PromptSession(
+        message=lambda: PROMPT, prompt_continuation=lambda width, line, wrap: CONTINUATION,
         multiline=True, history=history, auto_suggest=ThreadedAutoSuggest(ModelSuggest()),
-        key_bindings=bindings, lexer=PygmentsLexer(PythonLexer),
-        bottom_toolbar=suggester.toolbar, refresh_interval=0.5,
+        input_processors=[FitSuggestion()], key_bindings=bindings, lexer=PygmentsLexer(PythonLexer),
+        bottom_toolbar=lambda: suggester.toolbar(has_suggestion()), refresh_interval=0.5,
         style=Style.from_dict({"auto-suggestion": "#808080 italic", "bottom-toolbar": "noreverse #808080"}),
     )
+    # Escape alone hides the ghost text: wait briefly for the key after it (Alt-F arrives as
+    # Escape + f at once), not prompt_toolkit's default second and a half
+    session.app.ttimeoutlen, session.app.timeoutlen = 0.05, 0.3
+    session.default_buffer.on_text_changed += undismiss   # a keystroke brings suggestions back
+    return session
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,15 @@
 """The terminal clients in tmux, read off the screen as a person sees them: `latent repl`
-(ghost text while typing Python, Tab accepts it, Ctrl-Right accepts a word) and the bash
-key binding in editors/terminal/latent.bash (completes the command line in place).
+(ghost text while typing Python, Tab accepts it, Ctrl-Right accepts a word, Escape hides it,
+a long one is cut at the terminal's edge, the bottom bar says why there is none) and the key
+bindings in editors/terminal/: bash completes the command line in place, zsh shows a preview
+that Tab takes; both use the engine daemon and say in one line when something fails.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,9 +51,9 @@ def repl_context() -> tuple[harness.Model, tuple[list[str], str, str]]:
 def terminal(tmp_path):
     panes = []
 
-    def start(command: list[str], model: harness.Model, **env) -> Tmux:
+    def start(command: list[str], model: harness.Model, width: int = 100, **env) -> Tmux:
         try:
-            pane = Tmux(command, harness.clean_env(tmp_path, model, **env), cwd=tmp_path, width=100, height=20)
+            pane = Tmux(command, harness.clean_env(tmp_path, model, **env), cwd=tmp_path, width=width, height=20)
         except harness.Missing as e:
             pytest.fail(str(e))
         panes.append(pane)
@@ -58,6 +62,7 @@ def terminal(tmp_path):
     yield start
     for pane in panes:
         pane.close()
+        harness.stop_daemon(pane.env)
 
 
 def prompt_line(screen: list[str], prompt: str) -> str | None:
@@ -66,26 +71,52 @@ def prompt_line(screen: list[str], prompt: str) -> str | None:
     return lines[-1][len(prompt):].rstrip() if lines else None
 
 
-def start_repl(terminal):
+def open_repl(terminal, *args: str, width: int = 100, context=None):
+    """`latent repl ARGS` in tmux, the model loaded, the context's earlier inputs run and its
+    line typed; (pane, model, typed, the pipeline's suggestion there)."""
     try:
-        model, (inputs, typed, suggestion) = repl_context()
+        model, (inputs, typed, suggestion) = context or repl_context()
     except harness.Missing as e:
         pytest.fail(str(e))
-    pane = terminal([harness.PYTHON, "-m", "lsp_server.repl"], model)
+    pane = terminal([harness.PYTHON, "-m", "lsp_server.repl", *args], model, width=width)
     pane.wait_screen(lambda s: any("latent: ready" in line for line in s), 60, "the repl's model to load")
     for line in inputs:
         pane.type(line)
         pane.send("Enter")
-        # the next prompt must be up before typing on: keys sent earlier land mid-redraw
-        pane.wait_screen(lambda s: prompt_line(s, ">>> ") == "", 10, f"a fresh prompt after {line!r}")
+        # the next prompt must be up before typing on (keys sent between two prompts are echoed
+        # by the terminal): an empty prompt below the input run, with the bar, which shows once
+        # the prompt knows where it is on screen
+        pane.wait_screen(lambda s: fresh_prompt_after(s, line), 10, f"a fresh prompt after {line!r}")
     pane.type(typed)
-    ghost = pane.wait_screen(
-        lambda s: (lambda line: line[len(typed):] if line and line.startswith(typed) and len(line) > len(typed) else None)(
-            prompt_line(s, ">>> ")), 30, f"ghost text after {typed!r}")
+    return pane, model, typed, suggestion
+
+
+def fresh_prompt_after(screen: list[str], line: str) -> bool:
+    rows = [row.rstrip() for row in screen]
+    ran = [i for i, row in enumerate(rows) if row == (">>> " + line).rstrip()]
+    return bool(ran) and ">>>" in rows[ran[-1] + 1:] and bool(toolbar(screen))
+
+
+def after_typed(typed: str):
+    """A screen check: what follows `typed` on the input line (None while nothing does)."""
+    def check(screen):
+        line = prompt_line(screen, ">>> ")
+        return line[len(typed):] if line and line.startswith(typed) and len(line) > len(typed) else None
+    return check
+
+
+def start_repl(terminal):
+    pane, model, typed, suggestion = open_repl(terminal)
+    ghost = pane.wait_screen(after_typed(typed), 30, f"ghost text after {typed!r}")
     assert ghost == suggestion.rstrip(), f"on screen {ghost!r}, the pipeline suggests {suggestion!r}"
     if model.answer:
         assert ghost == model.answer
     return pane, typed, ghost
+
+
+def toolbar(screen: list[str]) -> str:
+    lines = [line for line in screen if line.startswith(" latent: ")]
+    return lines[-1].rstrip() if lines else ""
 
 
 @pytest.mark.slow
@@ -100,6 +131,81 @@ def test_repl_shows_ghost_text_and_tab_accepts_it(terminal):
     wait_for(lambda: pane.cursor()[1] == len(">>> " + typed + ghost), 10,
              f"the cursor after the accepted text (at {pane.cursor()})")
     assert prompt_line(pane.screen(), ">>> ").startswith(typed + ghost)
+
+
+@pytest.mark.slow
+def test_repl_tab_twice_never_repeats_the_accepted_text(terminal):
+    """After an accept the repl asks afresh at the new cursor: the second Tab takes a new
+    suggestion or indents, and never inserts the accepted text again (issue #14: `###`)."""
+    pane, typed, ghost = start_repl(terminal)
+    pane.send("Tab")
+    accepted = typed + ghost
+    wait_for(lambda: pane.cursor()[1] == len(">>> " + accepted), 10, f"the cursor after {accepted!r}")
+    # the answer at the new cursor: ghost text after the accepted text, or the bar says why not
+    pane.wait_screen(lambda s: after_typed(accepted)(s) or "no suggestion: " in toolbar(s), 30,
+                     "the suggestion after the accepted text, or the reason there is none")
+    second = after_typed(accepted)(pane.screen()) or ""
+    assert second != ghost, f"the accepted text {ghost!r} is offered again"
+    pane.send("Tab")
+    expected = accepted + (second or "    ")  # the new suggestion, or an indent
+    wait_for(lambda: pane.cursor()[1] == len(">>> " + expected), 10, f"the second Tab to make {expected!r}")
+    line = prompt_line(pane.screen(), ">>> ").ljust(len(expected))[:len(expected)]  # not the next ghost text
+    assert line == expected and ghost + ghost not in line, f"after Tab Tab: {line!r}"
+
+
+@pytest.mark.slow
+def test_repl_escape_hides_the_ghost_text_until_the_next_keystroke(terminal):
+    pane, typed, ghost = start_repl(terminal)
+    pane.send("Escape")
+    pane.wait_screen(lambda s: prompt_line(s, ">>> ") == typed, 5, "Escape to hide the ghost text")
+    time.sleep(1.0)  # a suggestion still on its way, or the next redraw, must not bring it back
+    assert prompt_line(pane.screen(), ">>> ") == typed
+    assert pane.cursor()[1] == len(">>> " + typed)
+    pane.send("BSpace")
+    pane.type(typed[-1])  # a keystroke: suggestions are back
+    shown = pane.wait_screen(after_typed(typed), 30, "the ghost text after typing again")
+    assert shown == ghost
+
+
+@pytest.mark.slow
+def test_repl_cuts_a_long_ghost_text_at_the_terminal_width(terminal):
+    """Ghost text longer than the room left on the row is cut with an ellipsis on that row,
+    never wrapped onto a row of its own under a `... ` prompt; Tab still takes all of it."""
+    model, (inputs, typed, suggestion) = context = repl_context()
+    ghost = suggestion.rstrip()
+    assert len(ghost) >= 3, f"the suggestion {ghost!r} is too short to cut"
+    room = max(2, len(ghost) // 2)
+    width = len(">>> " + typed) + room + 1  # the cursor's column stays free of ghost text
+    pane, _, _, _ = open_repl(terminal, width=width, context=context)
+    shown = repl.fit(ghost, room)
+    assert shown.endswith("…") and len(shown) == room
+    pane.wait_screen(lambda s: prompt_line(s, ">>> ") == typed + shown, 30, f"the cut ghost text {shown!r}")
+    screen = pane.screen()
+    assert not any(line.startswith("...") for line in screen), "the ghost text wrapped:\n" + "\n".join(screen)
+    pane.send("Tab")
+    accepted = typed + ghost  # now real input: it wraps as input does
+
+    def input_text(screen):
+        rows = [i for i, line in enumerate(screen) if line.startswith(">>> ")]
+        text = screen[rows[-1]][4:]
+        for line in screen[rows[-1] + 1:]:
+            if not line.startswith("... "):
+                break
+            text += line[4:]
+        return text.startswith(accepted)
+
+    pane.wait_screen(input_text, 10, f"the whole suggestion accepted: {accepted!r}")
+
+
+@pytest.mark.slow
+def test_repl_bar_says_why_there_is_no_suggestion_and_how_long_it_took(terminal):
+    from completion.types import REASONS
+
+    pane, _, _, _ = open_repl(terminal, "--set", "disabled_languages=python", context=(
+        harness.candidates()[0](), ([], "x = ", "")))
+    bar = pane.wait_screen(lambda s: "no suggestion" in toolbar(s) and toolbar(s), 30, "the reason in the bar")
+    assert re.search(r"latent: ready · \d+ ms · no suggestion: " + re.escape(REASONS["language-disabled"]), bar), bar
+    assert prompt_line(pane.screen(), ">>> ") == "x ="
 
 
 @pytest.mark.slow
@@ -133,41 +239,144 @@ def bash_line(tmp: Path) -> tuple[harness.Model, tuple[str, str]]:
     return harness.pick("bash", find)
 
 
-def check_binding(terminal, tmp_path, shell: list[str], **env) -> None:
-    """Type a command line in `shell`, press Ctrl-Space: the line reads typed text + suggestion."""
-    model, (line, suggestion) = bash_line(tmp_path / "expected")
-    pane = terminal(shell, model, LATENT_COMMAND=LATENT, **env)
-    pane.wait_screen(lambda s: prompt_line(s, "$ ") == "", 10, f"the {shell[0]} prompt")
-    pane.type(line)
+def need_shell(shell: str) -> None:
+    try:
+        harness.need(LATENT, "The `latent` command (`make install`; it is the venv's console script)")
+        if shell == "zsh":
+            harness.need("zsh", "zsh (`make editors-deps` installs it)")
+    except harness.Missing as e:
+        pytest.fail(str(e))
+
+
+def shell_pane(terminal, tmp_path, shell: str, model: harness.Model, **env) -> Tmux:
+    """`shell` with the prompt `$ ` and editors/terminal/latent.SHELL sourced, at its prompt."""
+    need_shell(shell)
+    binding = EDITORS / "terminal" / f"latent.{shell}"
+    rc = f"PS1='$ '\nHISTFILE={tmp_path / (shell + '_history')}\nsource {binding}\n"
+    if shell == "bash":
+        (tmp_path / "bashrc").write_text(rc)
+        command = ["bash", "--noprofile", "--rcfile", str(tmp_path / "bashrc"), "-i"]
+    else:
+        (tmp_path / "zdot").mkdir(exist_ok=True)
+        (tmp_path / "zdot" / ".zshrc").write_text(rc)
+        command, env = ["zsh", "-i"], {"ZDOTDIR": str(tmp_path / "zdot"), **env}
+    env.setdefault("LATENT_COMMAND", LATENT)
+    pane = terminal(command, model, **env)
+    pane.wait_screen(lambda s: prompt_line(s, "$ ") == "", 10, f"the {shell} prompt")
+    return pane
+
+
+def run_command(pane: Tmux, command: str) -> None:
+    """Type `command` on an empty line and run it; back when the next prompt is up."""
+    pane.type(command)
+    pane.send("Enter")
+
+    def done(screen):
+        rows = [row.rstrip() for row in screen]
+        ran = [i for i, row in enumerate(rows) if row.startswith("$ ") and command.startswith(row[2:]) and row[2:]]
+        return bool(ran) and "$" in rows[ran[-1] + 1:]
+    pane.wait_screen(done, 10, f"the prompt after {command!r}")
+
+
+def press(pane: Tmux, line: str, timeout: float, what: str) -> float:
+    """Ctrl-Space; the seconds until the command line reads `line`."""
+    started = time.monotonic()
     pane.send("C-Space")
+    pane.wait_screen(lambda s: prompt_line(s, "$ ") == line.rstrip(), timeout, what)
+    return time.monotonic() - started
+
+
+def daemon_serves(pane: Tmux) -> str:
+    out = subprocess.run([LATENT, "engine", "status"], env=pane.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"no engine daemon runs after a press: {out.stderr.strip()}"
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_bash_binding_completes_the_command_line_through_the_daemon(terminal, tmp_path):
+    model, (line, suggestion) = bash_line(tmp_path / "expected")
+    pane = shell_pane(terminal, tmp_path, "bash", model)
+    pane.type(line)
     completed = line + suggestion
-    pane.wait_screen(lambda s: prompt_line(s, "$ ") == completed.rstrip(), 60,
-                     f"the command line to read {completed!r}")
+    first = press(pane, completed, 120, f"the command line to read {completed!r}")
     assert pane.cursor()[1] == len("$ " + completed), "the cursor goes after the inserted text"
     if model.answer:
         assert suggestion == model.answer
+    assert "serving" in daemon_serves(pane)   # engine = auto: the model stays warm between presses
+    pane.send("C-u")
+    pane.type(line)
+    again = press(pane, completed, 30, f"the command line to read {completed!r} again")
+    print(f"bash binding: first press {first:.2f} s (starts the daemon), next {again:.2f} s")
 
 
 @pytest.mark.slow
-def test_bash_binding_completes_the_command_line(terminal, tmp_path):
-    try:
-        harness.need(LATENT, "The `latent` command (`make install`; it is the venv's console script)")
-    except harness.Missing as e:
-        pytest.fail(str(e))
-    rc = tmp_path / "bashrc"
-    rc.write_text(f"PS1='$ '\nHISTFILE={tmp_path / 'bash_history'}\nsource {EDITORS / 'terminal' / 'latent.bash'}\n")
-    check_binding(terminal, tmp_path, ["bash", "--noprofile", "--rcfile", str(rc), "-i"])
+def test_bash_binding_shows_a_waiting_mark_and_says_what_failed(terminal, tmp_path):
+    # a `latent` that answers when the test lets it: the mark must be on screen meanwhile
+    release = tmp_path / "release"
+    slow = tmp_path / "slow-latent"
+    slow.write_text(f"#!/bin/sh\ncat >/dev/null\nwhile [ ! -e {release} ]; do sleep 0.05; done\nprintf ' --all'\n")
+    slow.chmod(0o755)
+    pane = shell_pane(terminal, tmp_path, "bash", harness.candidates()[0](), LATENT_COMMAND=str(slow))
+    pane.type("git status")
+    pane.send("C-Space")
+    pane.wait_screen(lambda s: prompt_line(s, "$ ") == "git status latent…", 10, "the waiting mark after the line")
+    release.touch()
+    pane.wait_screen(lambda s: prompt_line(s, "$ ") == "git status --all", 10, "the answer in place of the mark")
+
+    # no such command: one line says so, the command line stays as it was
+    pane.send("C-u")
+    run_command(pane, "LATENT_COMMAND=/nowhere/latent")
+    pane.type("ls ")
+    pane.send("C-Space")
+    said = "latent: /nowhere/latent: command not found (set LATENT_COMMAND to the latent command)"
+    screen = pane.wait_screen(lambda s: said in s and s, 10, "one line saying latent is missing")
+    assert prompt_line(screen, "$ ") == "ls" and pane.cursor()[1] == len("$ ls ")
+
+    # a model that does not load: latent's own error, in one line
+    pane.send("C-u")
+    run_command(pane, f"LATENT_COMMAND={LATENT}; export LATENT_MODEL={tmp_path / 'no-model'} LATENT_ENGINE=inprocess")
+    pane.type("ls ")
+    pane.send("C-Space")
+    screen = pane.wait_screen(lambda s: any(line.startswith("latent: error: ") for line in s) and s, 60,
+                              "one line with the model's error")
+    errors = [line for line in screen if line.startswith("latent: error: ")]
+    assert len(errors) == 1 and "no-model" in errors[0], screen
+    assert prompt_line(screen, "$ ") == "ls"
 
 
 @pytest.mark.slow
-def test_zsh_binding_completes_the_command_line(terminal, tmp_path):
-    try:
-        harness.need(LATENT, "The `latent` command (`make install`; it is the venv's console script)")
-        harness.need("zsh", "zsh (`make editors-deps` installs it)")
-    except harness.Missing as e:
-        pytest.fail(str(e))
-    zdot = tmp_path / "zdot"
-    zdot.mkdir()
-    (zdot / ".zshrc").write_text(f"PS1='$ '\nHISTFILE={tmp_path / 'zsh_history'}\n"
-                                 f"source {EDITORS / 'terminal' / 'latent.zsh'}\n")
-    check_binding(terminal, tmp_path, ["zsh", "-i"], ZDOTDIR=str(zdot))
+def test_zsh_binding_previews_the_suggestion_and_tab_takes_it(terminal, tmp_path):
+    model, (line, suggestion) = bash_line(tmp_path / "expected")
+    pane = shell_pane(terminal, tmp_path, "zsh", model)
+    pane.type(line)
+    completed = line + suggestion
+    press(pane, completed, 120, f"the preview {completed!r}")
+    row = [s for s in pane.screen(escapes=True) if s.startswith("$ ")][-1]
+    assert harness.styled_before(row, suggestion.strip()), f"the preview is not dimmed: {row!r}"
+    assert pane.cursor()[1] == len("$ " + line), "the cursor stays before the preview"
+    pane.send("Tab")
+    wait_for(lambda: pane.cursor()[1] == len("$ " + completed), 10, "the cursor after the accepted text")
+    assert prompt_line(pane.screen(), "$ ") == completed.rstrip()
+    assert "serving" in daemon_serves(pane)
+
+    # any other key hides the preview and does what it does; Escape only hides it
+    pane.send("C-u")
+    pane.type(line)
+    press(pane, completed, 30, f"the preview {completed!r} again")
+    pane.type("x")
+    pane.wait_screen(lambda s: prompt_line(s, "$ ") == line + "x", 10, "the preview gone and x typed")
+    pane.send("BSpace")
+    press(pane, completed, 30, f"the preview {completed!r} once more")
+    pane.send("Escape")
+    pane.wait_screen(lambda s: prompt_line(s, "$ ") == line.rstrip(), 10, "Escape to hide the preview")
+    assert pane.cursor()[1] == len("$ " + line)
+
+
+@pytest.mark.slow
+def test_zsh_binding_says_when_latent_is_missing(terminal, tmp_path):
+    pane = shell_pane(terminal, tmp_path, "zsh", harness.candidates()[0](), LATENT_COMMAND="/nowhere/latent")
+    pane.type("ls ")
+    pane.send("C-Space")
+    said = "latent: /nowhere/latent: command not found (set LATENT_COMMAND to the latent command)"
+    screen = pane.wait_screen(lambda s: said in s and s, 10, "one line saying latent is missing")
+    assert prompt_line(screen, "$ ") == "ls"

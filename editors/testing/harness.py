@@ -176,6 +176,12 @@ def server_command() -> list[str]:
     return [PYTHON, "-m", "lsp_server", "lsp"]
 
 
+def stop_daemon(env: dict[str, str]) -> None:
+    """Stop the engine daemon a test started (engine = auto) in its private XDG_RUNTIME_DIR."""
+    if (Path(env["XDG_RUNTIME_DIR"]) / "latent" / "engine.sock").exists():
+        subprocess.run([PYTHON, "-m", "lsp_server", "engine", "stop"], env=env, capture_output=True, timeout=60)
+
+
 # ---------------------------------------------------------------------------------------------
 # A terminal
 

@@ -1,6 +1,7 @@
 -- :checkhealth latent
 local M = {}
 
+local api = vim.api
 local health = vim.health
 
 function M.check()
@@ -16,6 +17,25 @@ function M.check()
   else
     health.ok('ghost text: latent extmark renderer' ..
       (vim.fn.has('nvim-0.12') == 1 and ' (ghost = "extmark")' or ' (Neovim < 0.12)'))
+  end
+
+  health.start('latent: help and highlights')
+  for _, help in ipairs(api.nvim_get_runtime_file('doc/latent.txt', true)) do
+    local tags = vim.fs.dirname(help) .. '/tags'
+    if vim.uv.fs_stat(tags) then
+      health.ok('help tags: ' .. tags)
+    else
+      health.warn('help tags missing: ' .. tags .. ' (:help latent fails)',
+        { (':helptags %s'):format(vim.fs.dirname(help)) })
+    end
+  end
+  local hl = latent.renderer() == 'native' and 'ComplHint' or 'LatentGhost'
+  local style = api.nvim_get_hl(0, { name = hl, link = false })
+  if vim.o.termguicolors or style.ctermfg or (style.cterm and next(style.cterm)) then
+    health.ok(('ghost text is drawn with %s'):format(hl))
+  else
+    health.warn(('%s has no terminal colour: ghost text looks like code'):format(hl),
+      { ('Give %s a ctermfg in your colour scheme, or set termguicolors.'):format(hl) })
   end
 
   health.start('latent: server')
@@ -45,7 +65,7 @@ function M.check()
       .. table.concat(latent.config.filetypes, ', '))
   end
   for _, client in ipairs(clients) do
-    local s = latent.status[client.id]
+    local s = latent.servers[client.id]
     local caps = client.server_capabilities or {}
     if caps.inlineCompletionProvider then
       health.ok(('client %d attached; the server offers inline completions'):format(client.id))

@@ -14,13 +14,14 @@ M.server_settings = {
   -- the model and how it runs (a change reloads the model)
   'model', 'engine', 'device', 'dtype', 'quantize', 'threads', 'max_context', 'cache_mb',
   'reuse', 'attention', 'absorb_threshold', 'shift_min_tokens', 'shift_max_steps', 'shift_max_drift',
-  'daemon_idle_minutes', 'api_key_env', 'tokenizer',
+  'speculate', 'daemon_idle_minutes', 'api_key_env', 'tokenizer', 'allow_insecure_remote',
   -- what is asked of it (a change applies to the next request)
   'max_prompt_tokens', 'prefix_fraction', 'snippet_tokens', 'max_new_tokens_line',
   'max_new_tokens_block', 'multiline', 'temperature', 'top_p', 'top_k', 'seed', 'fim_format',
   'fim_layout', 'lru_size',
   -- the server
   'enable', 'languages', 'disabled_languages', 'all_languages', 'completion_items', 'log_level',
+  'max_message_mb', 'max_parse_kb',
 }
 
 M.defaults = {
@@ -42,10 +43,11 @@ M.defaults = {
     dismiss = '<C-]>',
   },
   settings = {},                  -- server settings (any of M.server_settings); also accepted at the top level
+  notify = true,                  -- say when the model starts loading and when it is ready
 }
 
 M.config = vim.deepcopy(M.defaults)
-M.status = {}                     -- client id -> the last latent/status params
+M.servers = {}                    -- client id -> the last latent/status params
 
 local function has(version)
   return vim.fn.has('nvim-' .. version) == 1
@@ -131,11 +133,25 @@ local function split_options(opts)
   return config
 end
 
+--- Say when the model starts loading and when it is ready, in the server's words ("Loading
+--- the model bundled.", "Loaded bundled in 2.1 s."). A failure the server shows itself
+--- (window/showMessage).
+local function announce(previous, params)
+  if not M.config.notify or params.state == previous or type(params.message) ~= 'string' then
+    return
+  end
+  if params.state == 'loading' or (params.state == 'ready' and previous == 'loading') then
+    notify(params.message)
+  end
+end
+
 local function on_status(err, params, ctx)
   if err or type(params) ~= 'table' then
     return
   end
-  M.status[ctx.client_id] = params
+  local previous = M.servers[ctx.client_id]
+  M.servers[ctx.client_id] = params
+  announce(previous and previous.state, params)
   api.nvim_exec_autocmds('User', { pattern = 'LatentStatus', modeline = false })
 end
 
@@ -185,7 +201,7 @@ function M.start(bufnr)
       attach_ghost(client, b)
     end,
     on_exit = function(_, _, client_id)
-      M.status[client_id] = nil
+      M.servers[client_id] = nil
       vim.schedule(function()
         api.nvim_exec_autocmds('User', { pattern = 'LatentStatus', modeline = false })
       end)
@@ -215,6 +231,35 @@ local function set_keymaps()
   map(k.dismiss, M.dismiss, true, 'dismiss the suggestion')
 end
 
+--- Whether a highlight group (its links followed) changes how text looks in a terminal
+--- without 'termguicolors'.
+local function has_terminal_style(name)
+  local hl = api.nvim_get_hl(0, { name = name, link = false })
+  return hl.ctermfg ~= nil or hl.ctermbg ~= nil or (hl.cterm ~= nil and next(hl.cterm) ~= nil)
+end
+
+--- LatentGhost: grey in 256-colour and true-colour terminals alike (Neovim's default scheme
+--- gives Comment and NonText no terminal colour); a colour scheme or `:hi LatentGhost`
+--- overrides it. The built-in renderer (0.12) draws with ComplHint: without 'termguicolors'
+--- and without a terminal colour of its own it would look like typed code, so it links to
+--- LatentGhost then.
+function M.highlights()
+  api.nvim_set_hl(0, 'LatentGhost', { fg = '#808080', ctermfg = 244, italic = true, default = true })
+  if M.renderer() == 'native' and not vim.o.termguicolors and not has_terminal_style('ComplHint') then
+    api.nvim_set_hl(0, 'ComplHint', { link = 'LatentGhost' })
+  end
+end
+
+--- `:help latent` needs doc/tags beside doc/latent.txt: it ships with the plugin; write it if a
+--- copy lacks it (or it is older than the help file) and the folder is writable.
+local function help_tags()
+  local doc = vim.fs.dirname(vim.fs.dirname(vim.fs.dirname(debug.getinfo(1, 'S').source:sub(2)))) .. '/doc'
+  local help, tags = vim.uv.fs_stat(doc .. '/latent.txt'), vim.uv.fs_stat(doc .. '/tags')
+  if help and (not tags or tags.mtime.sec < help.mtime.sec) then
+    pcall(vim.cmd.helptags, vim.fn.fnameescape(doc))
+  end
+end
+
 function M.setup(opts)
   if not has('0.10') then
     notify('Neovim 0.10 or newer is needed', vim.log.levels.ERROR)
@@ -222,10 +267,11 @@ function M.setup(opts)
   end
   M.config = split_options(opts)
   ghost.setup({ debounce_ms = M.config.debounce_ms })
-  -- grey in 256-colour and true-colour terminals alike (Comment has no cterm colour in
-  -- Neovim's default scheme); a colour scheme or `:hi LatentGhost` overrides it
-  api.nvim_set_hl(0, 'LatentGhost', { fg = '#808080', ctermfg = 244, italic = true, default = true })
+  help_tags()
   local group = api.nvim_create_augroup('latent', { clear = true })
+  M.highlights()
+  api.nvim_create_autocmd('ColorScheme', { group = group, callback = M.highlights })
+  api.nvim_create_autocmd('OptionSet', { group = group, pattern = 'termguicolors', callback = M.highlights })
   api.nvim_create_autocmd('FileType', {
     group = group,
     pattern = M.config.filetypes,
@@ -323,51 +369,157 @@ local function figure(n, unit)
   return type(n) == 'number' and (string.format('%.0f', n) .. unit) or '?'
 end
 
---- One line for a status line: "Latent ready 12 ms", "Latent loading", "Latent off".
-function M.statusline()
-  for _, s in pairs(M.status) do
-    if s.enabled == false then
-      return 'Latent off'
-    end
-    if s.state == 'ready' and s.lastLatencyMs then
-      return 'Latent ' .. figure(s.lastLatencyMs, ' ms')
-    end
-    return 'Latent ' .. (s.state or '?')
-  end
-  return ''
+local function value(v)
+  return v ~= nil and v ~= vim.NIL and v or nil
 end
 
---- The status as lines of text (what :LatentStatus prints).
+--- The last status of the server of a buffer (the current one by default), else of any.
+local function server(bufnr)
+  bufnr = (bufnr == nil or bufnr == 0) and api.nvim_get_current_buf() or bufnr
+  for _, client in ipairs(clients(bufnr)) do
+    if M.servers[client.id] then
+      return M.servers[client.id]
+    end
+  end
+  return select(2, next(M.servers))
+end
+
+--- Latent's state for a status line, from the server's last `latent/status`:
+---   state       'ready' | 'loading' | 'error' | 'off' (completion turned off) |
+---               'starting' (no status yet) | 'stopped' (no server)
+---   model       the model's name ('' before the server says)
+---   latency_ms  the last completion's latency (nil before the first)
+---   reason      why the last completion had no suggestion (a sentence; nil when it had one)
+---   message     the server's message (the error when state is 'error')
+function M.status(bufnr)
+  local s = server(bufnr)
+  if not s then
+    return { state = #clients() > 0 and 'starting' or 'stopped', model = '' }
+  end
+  local last = value(s.last) or {}
+  local reason = last.suggestions == 0 and value(last.reasonText) or nil
+  return {
+    state = s.enabled == false and s.state == 'ready' and 'off' or s.state or '?',
+    model = value(s.model) or '',
+    latency_ms = value(s.lastLatencyMs),
+    reason = reason ~= '' and reason or nil,
+    message = value(s.message),
+  }
+end
+
+--- One short line for a status line: "Latent 12 ms", "Latent loading", "Latent off", "".
+function M.statusline(bufnr)
+  local s = M.status(bufnr)
+  if s.state == 'stopped' then
+    return ''
+  end
+  if s.state == 'ready' and s.latency_ms then
+    return 'Latent ' .. figure(s.latency_ms, ' ms')
+  end
+  return 'Latent ' .. s.state
+end
+
+--- What :LatentStatus prints: "Latent: ready, model bundled", then the last completion
+--- and the cache.
 function M.status_lines()
   local lines = {}
-  for id, s in pairs(M.status) do
-    local cache = s.cache or {}
-    table.insert(lines, ('Latent (client %d): %s%s, model %s'):format(
-      id, s.state or '?', s.enabled == false and ', off' or '', s.model or '?'))
-    if s.message and s.message ~= '' then
+  local several = vim.tbl_count(M.servers) > 1
+  for id, s in pairs(M.servers) do
+    local cache, last = value(s.cache) or {}, value(s.last) or {}
+    local state = s.enabled == false and (s.state or '?') .. ', completion off' or (s.state or '?')
+    table.insert(lines, ('Latent%s: %s, model %s'):format(several and (' (client %d)'):format(id) or '',
+      state, value(s.model) or '?'))
+    if value(s.message) and s.message ~= '' and s.state ~= 'ready' then
       table.insert(lines, '  ' .. s.message)
     end
-    if s.lastLatencyMs then
-      table.insert(lines, '  last completion ' .. figure(s.lastLatencyMs, ' ms'))
+    if value(s.lastLatencyMs) then
+      local why = last.suggestions == 0 and value(last.reasonText) or nil
+      table.insert(lines, '  last completion ' .. figure(s.lastLatencyMs, ' ms')
+        .. (why and why ~= '' and (', no suggestion: ' .. why) or ''))
     end
-    if cache.tokens then
+    if value(cache.tokens) then
       table.insert(lines, ('  cache %s tokens, hit rate %s'):format(
-        cache.tokens, cache.hitRate and string.format('%.0f%%', 100 * cache.hitRate) or '?'))
+        cache.tokens, value(cache.hitRate) and string.format('%.0f%%', 100 * cache.hitRate) or '?'))
     end
   end
   if #lines == 0 then
-    lines = { #clients() > 0 and 'Latent: starting' or 'Latent: not running' }
+    lines = { #clients() > 0 and 'Latent: starting' or 'Latent: not running (open a file of a configured filetype)' }
   end
   return lines
 end
 
+--- A number as people read it: integers whole, others with three significant digits.
+local function number(n)
+  if n == math.floor(n) and math.abs(n) < 1e15 then
+    return string.format('%d', n)
+  end
+  return string.format('%.3g', n)
+end
+
+local function scalar(v)
+  if v == vim.NIL or v == nil then
+    return 'none'
+  elseif type(v) == 'number' then
+    return number(v)
+  end
+  return tostring(v)
+end
+
+--- Figures (nested tables from latent.stats) as indented "name  value" lines, names sorted.
+function M.figure_lines(t, indent, out)
+  indent, out = indent or '', out or {}
+  local keys = vim.tbl_keys(t)
+  table.sort(keys, function(a, b)
+    if type(a) == 'number' and type(b) == 'number' then
+      return a < b
+    end
+    return tostring(a) < tostring(b)
+  end)
+  local width = 0
+  for _, k in ipairs(keys) do
+    width = math.max(width, #tostring(k))
+  end
+  local row = '%s%-' .. width .. 's  %s'
+  for _, k in ipairs(keys) do
+    local v = t[k]
+    local flat = type(v) ~= 'table' or next(v) == nil
+      or (vim.islist(v) and not vim.iter(v):any(function(x) return type(x) == 'table' end))
+    if not flat then
+      table.insert(out, indent .. tostring(k))
+      M.figure_lines(v, indent .. '  ', out)
+    elseif type(v) == 'table' then
+      table.insert(out, row:format(indent, k, next(v) == nil and 'none' or table.concat(vim.tbl_map(scalar, v), ', ')))
+    else
+      table.insert(out, row:format(indent, k, scalar(v)))
+    end
+  end
+  return out
+end
+
+--- Show lines in a scratch window at the bottom (q closes it).
+local function scratch(name, lines)
+  local existing = vim.fn.bufnr(name)
+  if existing > 0 then
+    api.nvim_buf_delete(existing, { force = true })
+  end
+  vim.cmd('botright new')
+  local bufnr = api.nvim_get_current_buf()
+  vim.bo[bufnr].buftype, vim.bo[bufnr].bufhidden, vim.bo[bufnr].swapfile = 'nofile', 'wipe', false
+  api.nvim_buf_set_name(bufnr, name)
+  api.nvim_buf_set_lines(bufnr, 0, -1, false, lines)
+  vim.bo[bufnr].modifiable = false
+  vim.keymap.set('n', 'q', '<cmd>close<cr>', { buffer = bufnr, nowait = true, desc = 'Latent: close' })
+end
+
 function M.show_status(all)
   if not all then
-    notify(table.concat(M.status_lines(), '\n'):gsub('^Latent: ', ''))
+    api.nvim_echo({ { table.concat(M.status_lines(), '\n') } }, true, {})
     return
   end
-  command('latent.stats', {}, function(result)
-    notify(vim.inspect(result))
+  command('latent.stats', {}, function(result, client)
+    local lines = { ('Latent statistics (client %d); q closes'):format(client.id), '' }
+    vim.list_extend(lines, M.figure_lines(type(result) == 'table' and result or {}))
+    scratch(('latent://statistics/%d'):format(client.id), lines)
   end)
 end
 
