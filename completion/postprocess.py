@@ -106,8 +106,8 @@ def echoes(text: str, plan: Plan) -> bool:
     """Whether `text` only repeats what precedes the cursor: the end of its line, or (on an
     empty line, or as the next line after a written one) the line above it."""
     first = text.strip("\n").split("\n")[0].strip()
-    if len(first.replace(" ", "")) < 3:
-        return False
+    if not first or len(first.replace(" ", "")) < 3 and _WORD.search(first):
+        return False        # a short word may well come twice (`x = x`); `#` after `#` is an echo
     if not text.startswith("\n") and plan.head.rstrip().endswith(first):
         return True
     above = plan.head if text.startswith("\n") else (plan.before.rstrip("\n").split("\n")[-1]

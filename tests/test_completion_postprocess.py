@@ -33,6 +33,10 @@ CASES = {
         "python", "def f():█\n", "\nreturn 1\n", None, 0),
     "py line: after an accept, the text just accepted is not offered again": (
         "python", "###█\n", "###", None, 0),
+    "py line: a comment mark after a comment mark is an echo too": (
+        "python", "y = x  #█\n", "#", None, 0),
+    "py line: a short word may come twice": (
+        "python", "x = █\n", "x", "x", 0),
     "py line: the line just written is not offered again as the next one": (
         "python", "total = 0█\n", "\ntotal = 0", None, 0),
     "py line: on a new line, the line above is not offered again": (
