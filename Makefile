@@ -56,6 +56,10 @@ test-fast: install
 bench: install
 	$(PY) benchmarks/engine_bench.py --write docs/benchmarks.md
 
+# Malformed frames and hostile params against `latent lsp` for a few minutes (make test runs a short one).
+fuzz: install
+	$(PY) benchmarks/fuzz_lsp.py --minutes $(or $(MINUTES),5)
+
 # Not in CI: builds llama.cpp's llama-server once into .remote/ (~8 minutes on 2 cores), converts
 # the bundled model to an f32 GGUF and measures Latent against it on the same weights.
 bench-llamacpp: install

@@ -3,16 +3,23 @@
 The command line
     cli              the `latent` command: lsp, complete, info, and the commands it hands on
     repl             `latent repl`: a Python prompt with ghost text (no server; no pygls)
-    settings         Settings derived from the options they set, their layers and merging,
-                     and the settings flags every command shares (no pygls)
+    settings         Settings derived from the options they set, their layers and merging
+                     (which are the user's own), and the settings flags every command shares
+                     (no pygls)
     engines          the engine the settings ask for: in-process, daemon or OpenAI-compatible
+                     (plain http to another machine only with the user's opt-in)
     logs             log records to stderr and, in a server, to the client
 
 The server
-    server           the pygls server: wiring, the stdio transport, errors outside requests
-    protocol         what pygls' protocol leaves out, through its public methods: UTF-16,
-                     request arrival and cancellation, document sync without a copy, errors
-                     for unreadable messages
+    server           the pygls server: wiring, stdio and TCP through the transport, errors
+                     outside requests
+    transport        LSP frames cut from a byte stream, robust to malformed ones: size limit,
+                     resynchronisation, exit when the stream cannot be read
+    messages         what a JSON-RPC message must be before pygls reads it: ids, methods,
+                     positions, a didChange's valid changes (no pygls)
+    protocol         what pygls' protocol leaves out, through its public methods: strict
+                     decoding, the lifecycle (not initialized, shutting down), UTF-16, request
+                     arrival and cancellation, document sync without a copy
     session          one server's state: documents, settings, status, worker, engine/service
     requests         a background request's life: snapshot, job, supersession, cancellation,
                      exactly one answer
@@ -21,7 +28,8 @@ The server
     status           the `latent/status` notification
   one module per LSP method or group:
     lifecycle        initialize, initialized, shutdown, exit
-    documents        didOpen, didChange, didClose (and LSP ↔ completion positions)
+    documents        didOpen, didChange, didClose (and LSP ↔ completion positions), documents
+                     too large to parse, copies that diverged
     inline           textDocument/inlineCompletion
     completion_list  textDocument/completion
     commands         workspace/executeCommand: latent.toggle, .stats, .clearCache, .accepted

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
 
 from completion.types import Position, Range, Suggestion
-from lsp_server import status
+from lsp_server import messages, status
 from model.serve.framing import plain
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,15 @@ def register(server, session) -> None:
 
         figures = await on_worker(read) or {}
         return plain({"status": session.status.params(), "documents": len(session.documents),
+                      "open": [describe(document) for document in session.documents.documents()],
                       "settings": dataclasses.asdict(session.settings), **figures})
+
+    def describe(document) -> dict:
+        """An open document as the server holds it (what a client can compare with its own)."""
+        text = document.text
+        return {"uri": document.uri, "version": document.version, "chars": len(text),
+                "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
+                "parsed": document.tree is not None, "stale": document.uri in session.stale}
 
     @server.command("latent.clearCache")
     async def clear_cache(*args) -> dict:
@@ -71,9 +81,14 @@ def register(server, session) -> None:
     @server.command(ACCEPTED)
     def accepted(uri: str, text: str, span: list) -> None:
         """A client accepted a suggestion (the items' command): precompute the next one."""
+        if not isinstance(uri, str) or not isinstance(text, str):
+            raise JsonRpcInvalidParams(f"{ACCEPTED} takes a document URI and the suggestion's text (strings).")
+        if not isinstance(span, list) or len(span) != 4 or not all(messages.whole(n) for n in span):
+            raise JsonRpcInvalidParams(f"{ACCEPTED} takes the suggestion's range as four whole numbers from 0 to "
+                                       f"{messages.UINTEGER_MAX}: start line, character, end line, character.")
         service = session.service
-        if service is None or not isinstance(text, str) or len(span) != 4:
+        if service is None:
             return None
-        suggestion = Suggestion(text, Range(Position(int(span[0]), int(span[1])), Position(int(span[2]), int(span[3]))))
+        suggestion = Suggestion(text, Range(Position(span[0], span[1]), Position(span[2], span[3])))
         session.worker.submit((uri, "precompute"), lambda cancel: service.precompute(uri, suggestion, cancel))
         return None

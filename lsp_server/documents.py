@@ -3,7 +3,12 @@ conversions between LSP's positions and completion's (both count UTF-16 code uni
 server announces).
 
 The text lives in the session's completion.Workspace (which keeps each tree-sitter tree
-incrementally up to date); pygls keeps no copy (see protocol.LatentProtocol).
+incrementally up to date, for documents up to max_parse_kb); pygls keeps no copy (see
+protocol.LatentProtocol).
+
+A didChange with an invalid change keeps its valid ones (messages.split_changes); the
+server's copy can no longer be trusted then, so the document is marked diverged
+(`session.stale`) and answers nothing until it is opened again or sent whole.
 """
 from __future__ import annotations
 
@@ -57,21 +62,57 @@ def relative_path(workspace, uri: str) -> str | None:
     return posixpath.relpath(path, best) if best else None
 
 
+DIVERGED = "the server's copy of this document diverged; reopen it"
+
+
+def diverged(session, uri: str, rejected: list[str], stale: bool) -> None:
+    """Some changes of a didChange were left out (each a sentence): log them and, when the
+    copy can no longer be trusted, mark the document diverged."""
+    for sentence in rejected:
+        log.warning("%s", sentence)
+    if stale and session.documents.get(uri) is not None and uri not in session.stale:
+        session.stale.add(uri)
+        log.warning("The server's copy of %s diverged from the editor's; it gets no completions until it is "
+                    "reopened or sent whole.", _name(uri))
+
+
 def register(server, session) -> None:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(params: types.DidOpenTextDocumentParams) -> None:
         doc = params.text_document
-        session.documents.open(doc.uri, doc.language_id, clean(doc.text), doc.version,
-                               path=relative_path(server.workspace, doc.uri))
+        document = session.documents.open(doc.uri, doc.language_id, clean(doc.text), doc.version,
+                                          path=relative_path(server.workspace, doc.uri))
+        session.stale.discard(doc.uri)
+        session.unparsed.discard(doc.uri)
+        _note_size(session, document)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(params: types.DidChangeTextDocumentParams) -> None:
         doc = params.text_document
+        changes = [to_change(c) for c in params.content_changes]
         try:
-            session.documents.change(doc.uri, doc.version, [to_change(c) for c in params.content_changes])
+            session.documents.change(doc.uri, doc.version, changes)
         except UnknownDocument as e:
             log.warning("%s The change is ignored.", e)
+            return
+        if any(change.range is None for change in changes):
+            session.stale.discard(doc.uri)   # the whole text: the copy is the editor's again
+        _note_size(session, session.documents.get(doc.uri))
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(params: types.DidCloseTextDocumentParams) -> None:
         session.close_document(params.text_document.uri)
+
+
+def _note_size(session, document) -> None:
+    """Say once (per opening) that a document is too large to parse."""
+    if document.language is None or document.tree is not None:
+        session.unparsed.discard(document.uri)
+    elif document.uri not in session.unparsed:
+        session.unparsed.add(document.uri)
+        log.info("%s has %d characters, more than max_parse_kb (%d KiB) allows to parse: completions there see "
+                 "its text only.", _name(document.uri), len(document.text), document.max_parse_chars >> 10)
+
+
+def _name(uri: str) -> str:
+    return uri.rsplit("/", 1)[-1] or uri

@@ -5,11 +5,14 @@
   none runs, so every editor window and terminal shares one model and one warm latent cache;
 - "auto": the daemon when it can be reached or started, else in-process;
 - "openai:URL": an OpenAI-compatible completions server (vLLM, SGLang, llama.cpp, or the
-  daemon's own `--http` face).
+  daemon's own `--http` face). Plain http to a host other than this machine needs the user's
+  `allow_insecure_remote = true`: the code around the cursor would cross the network in clear.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
+import urllib.parse
 
 from lsp_server.settings import Settings
 from model.protocol import EngineProtocol, ModelLoadError
@@ -79,12 +82,30 @@ def _remote(settings: Settings) -> EngineProtocol:
     from model.tokenizer import TokenizerError
 
     url = settings.engine[len("openai:"):]
+    if plain_http_elsewhere(url) and not settings.allow_insecure_remote:
+        raise ModelLoadError(f"The engine {url} would receive your code unencrypted on another machine; use https, "
+                             "or set allow_insecure_remote = true in your config file if you trust that network.")
     try:
         return RemoteEngine(url, model=settings.model, api_key_env=settings.api_key_env,
                             tokenizer_dir=settings.tokenizer,
                             fim_format=settings.fim_format if settings.fim_format in FORMATS else "deepseek")
     except (RemoteError, TokenizerError) as e:
         raise ModelLoadError(str(e)) from None
+
+
+def plain_http_elsewhere(url: str) -> bool:
+    """An http:// URL whose host is not this machine (by name or loopback address; names are not
+    resolved, so only `localhost` counts)."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme != "http":
+        return False
+    host = (parsed.hostname or "").rstrip(".").lower()
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 def describe(engine: EngineProtocol) -> str:

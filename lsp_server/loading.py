@@ -2,6 +2,7 @@
 engine depends on change. Meanwhile completions get empty results; progress goes to the
 client as `$/progress` (when it supports work-done progress) and as `latent/status`.
 A failure is one sentence in `window/showMessage`; the server keeps running without a model.
+A remote engine is named once in `window/showMessage` (info): the user learns where code goes.
 """
 from __future__ import annotations
 
@@ -57,8 +58,20 @@ async def _load(session, settings) -> None:
     name = describe(engine)   # e.g. "bundled (daemon)" or "model @ host:port"
     state.state, state.model, state.message = "ready", name, f"Loaded {name} in {seconds:.1f} s."
     log.info("Loaded the model %s in %.1f s.", name, seconds)
+    _tell_where_code_goes(session, settings, name)
     _progress_end(server, token, state.message)
     status.send(session)
+
+
+def _tell_where_code_goes(session, settings, name: str) -> None:
+    if not settings.engine.startswith("openai:"):
+        return
+    url = settings.engine[len("openai:"):]
+    if url not in session.told_remote:
+        session.told_remote.add(url)
+        session.server.window_show_message(types.ShowMessageParams(
+            type=types.MessageType.Info,
+            message=f"Latent: completions come from {url} ({name}), which receives the code around your cursor."))
 
 
 def in_thread(fn, *args) -> asyncio.Future:

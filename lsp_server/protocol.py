@@ -1,20 +1,23 @@
 """pygls' LanguageServerProtocol, changed through its public methods only.
 
-1. positions are always UTF-16 (completion's documents count in UTF-16 code units), and the
+1. messages come in through `receive` (from transport.serve), which decodes each body strictly
+   and checks it before pygls structures it (messages.py): invalid UTF-8 or JSON is a
+   ParseError, a message that is no JSON-RPC request an InvalidRequest (id null when the id
+   itself is unusable), a position that is not two whole numbers InvalidParams; a request whose
+   params cannot be read is answered with InvalidParams (MethodNotFound for a method the server
+   does not serve). A notification is never answered: its problems are logged;
+2. the lifecycle: a request before `initialize` is answered with ServerNotInitialized, a second
+   `initialize` or any request after `shutdown` with InvalidRequest; notifications then are
+   dropped, but `exit`;
+3. positions are always UTF-16 (completion's documents count in UTF-16 code units), and the
    completion provider is advertised as completion_list.offered says (`lsp_initialize`);
-2. a background request (requests.py) takes its snapshot as it is dispatched, before any
-   later message is read, whatever the transport, and $/cancelRequest reaches its job
-   (`handle_message`): pygls starts an async handler only when the event loop next gets
-   control, which on a stream holding several messages is after the didChange that follows;
-3. didOpen / didChange / didClose go straight to our handlers: pygls keeps no second copy of
-   the text (the builtin `lsp_text_document__did_*` methods are replaced);
-4. workspace/executeCommand checks the arguments against the command's signature and awaits
-   async commands itself (pygls' generator dispatch would keep a future per call);
-5. a request whose params cannot be read is answered with InvalidParams (MethodNotFound for a
-   method the server does not serve), and a body that is not a JSON-RPC message with a
-   ParseError or InvalidRequest whose "id" is null (LatentServer.report_server_error):
-   pygls drops the first and would leave the id out of the second, so both are written to
-   the transport here (`send_error`).
+4. a background request (requests.py) takes its snapshot as it is dispatched, before any
+   later message is read, and $/cancelRequest reaches its job (`handle_message`);
+5. didOpen / didChange / didClose go straight to our handlers: pygls keeps no second copy of
+   the text (the builtin `lsp_text_document__did_*` methods are replaced); a didChange keeps
+   its valid changes when one is invalid, and the document is then marked diverged;
+6. workspace/executeCommand checks the arguments against the command's signature and awaits
+   async commands itself (pygls' generator dispatch would keep a future per call).
 """
 from __future__ import annotations
 
@@ -23,12 +26,14 @@ import json
 import logging
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcMethodNotFound
+from pygls.exceptions import (JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest, JsonRpcMethodNotFound,
+                              JsonRpcParseError, JsonRpcServerNotInitialized)
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.json_rpc import RPCNotification, RPCRequest
 from pygls.protocol.language_server import lsp_method
 
-from lsp_server import completion_list
+from lsp_server import completion_list, documents, messages
+from lsp_server.transport import Oversized
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,83 @@ class LatentProtocol(LanguageServerProtocol):
         return result
 
     # -- messages ------------------------------------------------------------------------------
+    phase = "new"   # "running" once initialize is read, "down" once shutdown is
+
+    def receive(self, body: bytes) -> None:
+        """One message's bytes, from the transport: checked, structured and dispatched."""
+        try:
+            data = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        except UnicodeDecodeError:
+            return self.refuse_unreadable(JsonRpcParseError("Parse error: the message is not valid UTF-8."))
+        except (ValueError, RecursionError) as e:
+            return self.refuse_unreadable(JsonRpcParseError(f"Parse error: the message is not JSON ({e})."))
+        kind, msg_id, problem = messages.classify(data)
+        if kind == "invalid":
+            return self.refuse_unreadable(JsonRpcInvalidRequest(problem))
+        method = data.get("method")
+        if problem is not None:
+            return self.answer_error(kind, msg_id, method, JsonRpcInvalidRequest(problem))
+        if kind != "response" and (refusal := self.lifecycle(method)) is not None:
+            return self.answer_error(kind, msg_id, method, refusal, quiet=True)
+        rejected, diverged = [], False
+        if method == types.TEXT_DOCUMENT_DID_CHANGE:
+            data, rejected, diverged = messages.split_changes(data)
+        elif kind != "response" and (problem := messages.bad_position(data.get("params"))) is not None:
+            return self.answer_error(kind, msg_id, method, JsonRpcInvalidParams(problem))
+        self.dispatch(kind, data)
+        if rejected or diverged:
+            documents.diverged(self.session, data["params"]["textDocument"]["uri"], rejected, diverged)
+
+    def dispatch(self, kind: str, data: dict) -> None:
+        """Structure a checked message and hand it to pygls (with our handle_message)."""
+        try:
+            message = self.structure_message(data)
+        except JsonRpcException:   # a notification or response whose params cannot be read
+            log.warning("The %s %s could not be read and is ignored.", kind, data.get("method") or data.get("id"))
+            return
+        if data.get("method") == types.INITIALIZE and not isinstance(message, Unreadable):
+            self.phase = "running"
+        elif data.get("method") == types.SHUTDOWN:
+            self.phase = "down"
+        try:
+            self.handle_message(message)
+        except Exception:   # pygls answers a request's errors; anything else is a bug, logged
+            log.exception("The %s %s failed.", kind, data.get("method"))
+
+    def lifecycle(self, method: str) -> JsonRpcException | None:
+        """Why the server cannot take `method` now (None: it can)."""
+        if method == types.EXIT:
+            return None
+        if self.phase == "new" and method != types.INITIALIZE:
+            return JsonRpcServerNotInitialized("The server is not initialized: the client must send initialize first.")
+        if self.phase != "new" and method == types.INITIALIZE:
+            return JsonRpcInvalidRequest("The server is already initialized: initialize is sent once.")
+        if self.phase == "down":
+            return JsonRpcInvalidRequest("The server is shutting down: it takes only exit now.")
+        return None
+
+    def answer_error(self, kind: str, msg_id, method, error: JsonRpcException, quiet: bool = False) -> None:
+        """A request is answered with `error`; a notification never is: its error is logged
+        (at debug level when `quiet`: one the lifecycle drops)."""
+        if kind == "request":
+            log.warning("Request %s (%s): %s", msg_id, method, error.message)
+            self.send_error(msg_id, error)
+        else:
+            log.log(logging.DEBUG if quiet else logging.WARNING, "The %s %s is ignored: %s", kind, method,
+                    error.message)
+
+    def refuse_unreadable(self, error: JsonRpcException) -> None:
+        log.warning("An unreadable message was answered with %s", error.message)
+        self.send_error(None, error)
+
+    def refuse_oversized(self, oversized: Oversized) -> None:
+        """A body the transport skipped unread for its size: its request is answered."""
+        if oversized.msg_id is not None:
+            limit = self.session.settings.max_message_mb
+            self.send_error(oversized.msg_id, JsonRpcInvalidRequest(
+                f"The message is {oversized.size} bytes, more than max_message_mb ({limit} MiB) allows; "
+                "it was not read."))
+
     def structure_message(self, data):
         try:
             return super().structure_message(data)
@@ -77,7 +159,7 @@ class LatentProtocol(LanguageServerProtocol):
         super().handle_message(message)
 
     def send_error(self, msg_id, error: JsonRpcException) -> None:
-        """Answer `msg_id` (None: a message that could not be read at all) with `error`."""
+        """Answer `msg_id` (None: a message whose id could not be read) with `error`."""
         if self.writer is None:
             return
         body = json.dumps({"jsonrpc": self.VERSION, "id": msg_id,
@@ -119,3 +201,7 @@ class LatentProtocol(LanguageServerProtocol):
             raise JsonRpcInvalidParams(f"Command {params.command} takes other arguments: {e}.") from None
         result = handler(*arguments)
         return await result if inspect.isawaitable(result) else result
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")

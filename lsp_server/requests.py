@@ -12,8 +12,8 @@ ruff_server's background document requests).
              (shutdown).
 
 A request is answered with an empty result when the model is not ready, completion is off for
-the document's language or the method, a newer request superseded it, or the pipeline failed
-(logged). A position outside the document or an unknown document is an InvalidParams error.
+the document's language or the method, the server's copy of the document diverged from the
+editor's (documents.diverged), a newer request superseded it, or the pipeline failed (logged). A position outside the document or an unknown document is an InvalidParams error.
 Each answered completion is one log line with its figures, and a `latent/status`.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from completion.errors import InvalidPosition
 from completion.types import REASONS, CompletionResult, Position, Suggestion
 from lsp_server import status
+from lsp_server.documents import DIVERGED
 from lsp_server.worker import Job
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,9 @@ class Requests:
             request.error = str(e)
             return request
         service, engine = session.service, session.engine
-        if service is None:
+        if uri in session.stale:
+            request.skipped = DIVERGED
+        elif service is None:
             request.skipped = session.status.state
         elif not session.settings.language_enabled(document.language_id):
             request.skipped = "disabled"

@@ -7,23 +7,20 @@
 
 Each LSP method group lives in its own module with a `register(server, session)` function;
 the session (session.py) holds the state they share. The protocol (protocol.py) adds what
-pygls leaves out, through its public methods.
+pygls leaves out, through its public methods; the transport (transport.py) reads stdin.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import threading
 from typing import BinaryIO
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidRequest, JsonRpcParseError
-from pygls.io_ import StdoutWriter, run_async
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import default_converter
 
-from lsp_server import VERSION, commands, completion_list, documents, inline, lifecycle, settings_sync
+from lsp_server import VERSION, commands, completion_list, documents, inline, lifecycle, settings_sync, transport
 from lsp_server.protocol import LatentProtocol
 from lsp_server.session import Session
 
@@ -33,36 +30,55 @@ MODULES = (lifecycle, documents, inline, completion_list, commands, settings_syn
 
 class LatentServer(LanguageServer):
     session: Session
+    protocol: LatentProtocol
 
     def serve_stdio(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
         """Serve one client on stdio until it exits or closes stdin.
 
         pygls' start_io reads stdin on its thread pool and joins that pool when it stops, so a
-        client that leaves stdin open after `exit` would keep the process alive; here stdin is
-        read on a daemon thread that feeds an asyncio stream (`_pump`), and pygls' public
-        message loop (`pygls.io_.run_async`) reads the stream."""
-        async def serve() -> None:
-            reader = asyncio.StreamReader()
-            threading.Thread(target=_pump, args=(stdin, reader, asyncio.get_running_loop()),
-                             name="latent-stdin", daemon=True).start()
-            await run_async(stop_event=threading.Event(), reader=reader, protocol=self.protocol, logger=log,
-                            error_handler=self.report_server_error)
+        client that leaves stdin open after `exit` would keep the process alive, and its reader
+        goes deaf after one malformed frame: transport.py reads instead."""
+        async def serve() -> str | None:
+            return await self.serve_stream(transport.stdin_reader(stdin))
 
         self.protocol.set_writer(StdoutWriter(stdout))
         try:
-            asyncio.run(serve())
+            reason = asyncio.run(serve())
         except BrokenPipeError:
             log.error("The connection to the client is lost.")
-        except (KeyboardInterrupt, SystemExit, asyncio.IncompleteReadError):
+        except (KeyboardInterrupt, SystemExit):
             pass
+        else:
+            self.stream_ended(reason)
+
+    def start_tcp(self, host: str, port: int) -> None:
+        """Serve the client that connects to a TCP port, with the same transport; the server ends
+        with the connection."""
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.protocol.set_writer(writer)
+            self.stream_ended(await self.serve_stream(reader))
+            raise SystemExit   # the client is gone (as with pygls' start_tcp, the server ends)
+
+        async def listen() -> None:
+            async with await asyncio.start_server(connection, host, port) as server:
+                log.info("Serving on %s:%s.", host, port)
+                await server.serve_forever()
+
+        asyncio.run(listen())
+
+    async def serve_stream(self, reader: asyncio.StreamReader) -> str | None:
+        def limit() -> int:   # read for every frame: max_message_mb may change
+            return self.session.settings.max_message_mb << 20
+
+        return await transport.serve(reader, self.protocol.receive, self.protocol.refuse_oversized, limit)
+
+    def stream_ended(self, reason: str | None) -> None:
+        if reason is not None:   # an unreadable stream: exit, and the editor restarts the server
+            log.error("%s The server exits so that the editor can restart it.", reason)
+            self.session.exit_code = 1
 
     def report_server_error(self, error: Exception, source) -> None:
         """Errors outside a request's answer are logged (pygls would pop up a message)."""
-        if source is JsonRpcException:  # the read loop: a body that is not a JSON-RPC message
-            reply = JsonRpcParseError if isinstance(error, json.JSONDecodeError) else JsonRpcInvalidRequest
-            log.warning("An unreadable message was answered with %s: %s", reply.MESSAGE, error)
-            self.protocol.send_error(None, reply(f"{reply.MESSAGE}: {error}"))
-            return
         if getattr(source, "__name__", "") == "FeatureRequestError":
             return  # already answered with the error, and logged by pygls
         data = getattr(error, "data", None)
@@ -79,14 +95,3 @@ def create(session: Session) -> LatentServer:
     for module in MODULES:
         module.register(server, session)
     return server
-
-
-def _pump(stream: BinaryIO, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
-    """Copy `stream` into `reader` as bytes arrive (a daemon thread)."""
-    read = getattr(stream, "read1", stream.read)
-    try:
-        while chunk := read(1 << 16):
-            loop.call_soon_threadsafe(reader.feed_data, chunk)
-        loop.call_soon_threadsafe(reader.feed_eof)
-    except (OSError, ValueError, RuntimeError):  # stdin closed, or the loop is gone
-        pass

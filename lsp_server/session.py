@@ -29,7 +29,9 @@ class Session:
         self.store = store
         self.settings, more = store.settings()
         self.startup_warnings = list(warnings or []) + more
-        self.documents = Workspace()
+        self.documents = Workspace(max_parse_chars=self.settings.max_parse_kb << 10)
+        self.stale: set[str] = set()             # documents whose copy diverged (documents.diverged)
+        self.unparsed: set[str] = set()          # documents over max_parse_kb, said once
         self.status = Status(enabled=self.settings.enable, model=self.settings.model or "bundled")
         self.worker = Worker()
         self.requests = Requests(self)
@@ -38,6 +40,7 @@ class Session:
         self.server = None                       # the pygls LanguageServer (server.create)
         self.loading = False                     # loading.ensure_model's: a load runs …
         self.attempted_key: tuple | None = None  # … or ran, for these engine settings
+        self.told_remote: set[str] = set()       # remote engine URLs named to the user (loading.py)
         self.initialized = False
         self.shut_down = False
         self.exit_code: int | None = None
@@ -60,14 +63,17 @@ class Session:
         """didClose: cancel the document's jobs and drop everything kept for it."""
         self.worker.forget(uri)
         self.documents.close(uri)
+        self.stale.discard(uri)
+        self.unparsed.discard(uri)
         if self.service is not None:
             self.service.forget(uri)
 
     # -- settings ------------------------------------------------------------------------------
     def reread_settings(self) -> list[str]:
-        """Merge the layers again (no side effects); the warnings."""
+        """Merge the layers again (nothing reloads); the warnings."""
         self.settings, warnings = self.store.settings()
         self.status.enabled = self.settings.enable
+        self.documents.max_parse_chars = self.settings.max_parse_kb << 10   # for documents opened from now on
         return warnings
 
     def apply_settings(self) -> None:

@@ -3,6 +3,13 @@
     defaults < ~/.config/latent/config.toml < LATENT_* environment < command line
              < initializationOptions < workspace/didChangeConfiguration < latent.toggle
 
+The user's own layers are the config file, the environment, the command line and the
+initializationOptions (an editor builds them from its user settings when it starts the
+server). A didChangeConfiguration push or a workspace/configuration pull may carry a
+workspace's settings — a cloned repository's `.vscode/settings.json` — so it replaces the
+initializationOptions' values of the settings it may set, and never sets USER_ONLY: the
+settings that choose where code goes or what runs, and the limits that protect the server.
+
 `Settings` is flat: one name per setting, as users write it in config.toml
 (`max_prompt_tokens`), in the environment (`LATENT_MAX_PROMPT_TOKENS`) and from a client
 (`maxPromptTokens`, optionally nested under a `latent` section). Its fields are not declared
@@ -15,8 +22,10 @@ declared once with its help and limits:
     SamplingParams   its temperature, top_p, top_k, seed                    (model/params.py)
     ServerOptions    what the server does with requests                     (here)
 
-A value that does not fit its setting, that its group rejects, or a name that is not a setting
-is a one-sentence warning, and the previous value stays: a typo never stops the server.
+A value that does not fit its setting, that its group rejects, that breaks a limit spanning
+settings (max_prompt_tokens and the new tokens must fit in max_context), or a name that is not a
+setting is a one-sentence warning, and the previous value stays: a typo never stops the server.
+Nor does the config file: only a regular file of at most 1 MiB of UTF-8 TOML is read.
 
 No pygls here: `latent complete` and `latent repl` read settings too, with `from_command_line`.
 """
@@ -26,6 +35,7 @@ import argparse
 import dataclasses
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +65,8 @@ class EngineOptions:
                                      keep_case=True)
     tokenizer: str | None = option(None, "openai:URL engines: a folder with the served model's tokenizer files",
                                    keep_case=True)
+    allow_insecure_remote: bool = option(False, "let an openai:http:// engine on another machine receive your "
+                                                "code unencrypted (https and this machine need no opt-in)")
 
     def __post_init__(self) -> None:
         check(self)
@@ -72,6 +84,10 @@ class ServerOptions:
     completion_items: str = option("auto", "textDocument/completion items: auto (for clients without inline "
                                            "completion), always or never", choices=("auto", "always", "never"))
     log_level: str = option("info", "log level of stderr and window/logMessage", choices=LOG_LEVELS)
+    max_message_mb: int = option(64, "the largest LSP message the server reads, MiB; a larger one is refused "
+                                     "unread", min=1, max=4096)
+    max_parse_kb: int = option(1024, "documents larger than this many KiB (of characters) are not parsed with "
+                                     "tree-sitter: completions there see text only", min=0, max=1 << 20)
 
     def __post_init__(self) -> None:
         check(self)
@@ -79,6 +95,9 @@ class ServerOptions:
 
 GROUPS = (EngineOptions, RuntimeConfig, CompletionConfig, SamplingParams, ServerOptions)
 PER_REQUEST = ("max_new_tokens", "stop", "stop_token_ids")   # SamplingParams' fields the pipeline sets
+# Where code goes and what runs, and the server's own limits: from the user's layers only.
+USER_ONLY = frozenset({"model", "engine", "api_key_env", "tokenizer", "allow_insecure_remote",
+                       "max_message_mb", "max_parse_kb"})
 
 
 class _Derived:
@@ -88,6 +107,12 @@ class _Derived:
         check(self)
         for build in (self.engine_options, self.runtime, self.completion_config, self.server_options):
             build()   # each group checks what spans its fields (e.g. device: cpu, cuda or cuda:N)
+        name, tokens = max(("max_new_tokens_line", self.max_new_tokens_line),
+                           ("max_new_tokens_block", self.max_new_tokens_block), key=lambda pair: pair[1])
+        if self.max_prompt_tokens + tokens > self.max_context:
+            raise OptionError(f"Setting 'max_prompt_tokens' ({self.max_prompt_tokens}) plus {name!r} ({tokens}) "
+                              f"would not fit in 'max_context' ({self.max_context}); raise max_context or "
+                              "lower the others.")
 
     def engine_options(self) -> EngineOptions:
         return self._group(EngineOptions)
@@ -147,15 +172,30 @@ def config_path(env: Mapping[str, str] | None = None) -> Path:
 
 
 def file_layer(path: Path) -> tuple[dict, list[str]]:
-    """The settings in a TOML file (a missing file is an empty layer)."""
+    """The settings in a TOML file (a missing file is an empty layer). Only a regular file of at
+    most MAX_CONFIG_BYTES is read; anything else is one warning and an empty layer."""
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        data = _read_config(path)
     except FileNotFoundError:
         return {}, []
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        return {}, [f"The config file {path} was not read: {e}."]
+    except (OSError, ValueError) as e:   # UnicodeDecodeError and TOMLDecodeError are ValueErrors
+        return {}, [f"The config file {path} was not read: {str(e).rstrip('.')}."]
     return client_layer(data)[0], []
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_config(path: Path) -> dict:
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; its type is checked before any read
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("it is not a regular file")
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(f"it is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    return tomllib.loads(data.decode("utf-8"))
 
 
 def env_layer(env: Mapping[str, str] | None = None) -> dict:
@@ -184,18 +224,36 @@ def _snake(name: str) -> str:
 
 
 def merge(*layers: Mapping[str, Any], base=None) -> tuple[Settings, list[str]]:
-    """Settings from `base` (the defaults) with each layer applied in turn, and the warnings."""
+    """Settings from `base` (the defaults) with each layer applied in turn, and the warnings.
+
+    A layer's values are applied one by one, then those refused once are tried again: settings
+    whose limits span each other (max_context, max_prompt_tokens) may come in either order."""
     settings, warnings = base or Settings(), []
     for layer in layers:
+        values = {}
         for name, raw in layer.items():
             if name not in SPECS:
                 warnings.append(f"Unknown setting {name!r} is ignored.")
                 continue
             try:
-                settings = dataclasses.replace(settings, **{name: options.coerce(SPECS[name], raw)})
+                values[name] = options.coerce(SPECS[name], raw)
             except ValueError as e:   # OptionError: one sentence naming the setting
                 warnings.append(str(e))
+        settings, refused = _apply(settings, values, values)
+        settings, refused = _apply(settings, values, refused)   # again: limits that span settings
+        warnings += refused.values()
     return settings, warnings
+
+
+def _apply(settings, values: dict, names) -> tuple[Settings, dict[str, str]]:
+    """`settings` with values[name] for each of `names` that fits, and the refusals."""
+    refused = {}
+    for name in names:
+        try:
+            settings = dataclasses.replace(settings, **{name: values[name]})
+        except ValueError as e:   # OptionError: one sentence
+            refused[name] = str(e)
+    return settings, refused
 
 
 @dataclass
@@ -216,6 +274,28 @@ class SettingsStore:
 
     def settings(self) -> tuple[Settings, list[str]]:
         return merge(self.file, self.env, self.command_line, self.init, self.client, self.toggled)
+
+    def reread_file(self, env: Mapping[str, str] | None = None) -> list[str]:
+        """The config file again (the server does so when the client's settings change)."""
+        self.file, warnings = file_layer(config_path(env))
+        return warnings
+
+    def set_client(self, layer: dict) -> list[str]:
+        """A didChangeConfiguration push or a workspace/configuration pull: the client's whole
+        settings now, so they replace the initializationOptions' values too, except USER_ONLY
+        ones, which they cannot set. Returns the USER_ONLY names they tried to change."""
+        current, _ = self.settings()
+        refused = sorted(name for name in layer if name in USER_ONLY and _differs(current, name, layer[name]))
+        self.client = {name: value for name, value in layer.items() if name not in USER_ONLY}
+        self.init = {name: value for name, value in self.init.items() if name in USER_ONLY}
+        return refused
+
+
+def _differs(settings, name: str, raw: Any) -> bool:
+    try:
+        return options.coerce(SPECS[name], raw) != getattr(settings, name)
+    except ValueError:
+        return True
 
 
 # ---------------------------------------------------------------------------------------------

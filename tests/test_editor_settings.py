@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from lsp_server.settings import SPECS, Settings, client_layer, merge
+from lsp_server.settings import SPECS, USER_ONLY, Settings, client_layer, merge
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = json.loads((ROOT / "editors" / "vscode" / "package.json").read_text())
@@ -39,6 +39,18 @@ def test_vscode_configuration_mirrors_the_server_settings():
         # the server takes every value the editor offers as a default, under its camelCase name
         _, warnings = merge(client_layer({"latent": {key: spec["default"]}})[0])
         assert not warnings, warnings
+
+
+def test_vscode_reads_where_code_goes_and_what_runs_from_user_settings_only():
+    """A cloned repository's .vscode/settings.json must not choose the server command, its
+    environment, the model or the engine: those settings are machine-scoped (user settings
+    only), restricted in untrusted workspaces, and exactly the server's USER_ONLY settings."""
+    scoped = {key[len("latent."):] for block in PACKAGE["contributes"]["configuration"]
+              for key, spec in block["properties"].items() if spec.get("scope") in ("machine", "application")}
+    assert scoped == SERVER_ONLY | {re.sub(r"_([a-z])", lambda m: m.group(1).upper(), n) for n in USER_ONLY}
+    trust = PACKAGE["capabilities"]["untrustedWorkspaces"]
+    assert trust["supported"] == "limited"
+    assert set(trust["restrictedConfigurations"]) == {f"latent.{key}" for key in scoped}
 
 
 def test_vscode_commands_do_not_collide_with_the_servers():

@@ -17,10 +17,12 @@ PLAIN = "hello world\nthe quick brown fox "
 
 
 async def test_failed_load_is_one_message_then_settings_reload_the_model(tmp_path):
-    config = tmp_path / "xdg-config" / "latent"
-    config.mkdir(parents=True)
-    (config / "config.toml").write_text("max_new_tokens_line = 7\nsnippet_tokens = 100\ntemperature = 0.5\n")
-    env = server_env(tmp_path, model=str(tmp_path / "no-such-model"), snippet_tokens="200", temperature="0.3")
+    config = tmp_path / "xdg-config" / "latent" / "config.toml"
+    config.parent.mkdir(parents=True)
+    lines = "max_new_tokens_line = 7\nsnippet_tokens = 100\ntemperature = 0.5\n"
+    config.write_text(lines + f'model = "{tmp_path / "no-such-model"}"\n')   # the model is the user's to choose
+    env = server_env(tmp_path, snippet_tokens="200", temperature="0.3")
+    env.pop("LATENT_MODEL", None)
     capabilities = types.ClientCapabilities(window=types.WindowClientCapabilities(work_done_progress=True))
     s = await Session.start(env, init_options={"latent": {"temperature": 0}}, capabilities=capabilities)
     try:
@@ -38,7 +40,8 @@ async def test_failed_load_is_one_message_then_settings_reload_the_model(tmp_pat
         assert s.result.capabilities.completion_provider is not None
 
         before = len(s.statuses)
-        s.configure({"latent": {"model": model_path(), "maxNewTokensLine": 48}})   # None: the bundled model
+        config.write_text(lines + (f'model = "{model_path()}"\n' if model_path() else ""))   # none: the bundled model
+        s.configure({"latent": {"temperature": 0, "maxNewTokensLine": 48}})   # a client sends all its settings
         assert (await s.ready(after=before)).state == "ready"
         assert s.client.messages == [message]
         want = expected([("file:///a.txt", "plaintext", PLAIN)], "file:///a.txt", 1, 20, snippet_tokens=200)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from completion.config import CompletionConfig
-from lsp_server.settings import (EngineOptions, ServerOptions, Settings, SettingsStore, add_arguments, client_layer,
-                                 config_path, env_layer, from_command_line, merge)
+from lsp_server.settings import (USER_ONLY, EngineOptions, ServerOptions, Settings, SettingsStore, add_arguments,
+                                 client_layer, config_path, env_layer, from_command_line, merge)
 from model.options import OptionError, specs
 from model.params import RuntimeConfig, SamplingParams
 
@@ -141,14 +143,16 @@ def test_the_command_line_is_a_layer_over_the_file_and_environment(tmp_path):
     (tmp_path / "latent").mkdir()
     (tmp_path / "latent" / "config.toml").write_text('threads = 3\ndtype = "bfloat16"\n')
     env = {"XDG_CONFIG_HOME": str(tmp_path), "LATENT_TEMPERATURE": "0.25", "LATENT_CACHE_MB": "10"}
-    args = _command_line("--threads", "2", "--max-context", "512", "--model", "Org/M", "--set", "cache_mb=20")
+    args = _command_line("--threads", "2", "--max-context", "512", "--model", "Org/M", "--set", "cache_mb=20",
+                         "--set", "max_prompt_tokens=300")
     settings, store, warnings = from_command_line(args, env)
     assert warnings == []
     assert (settings.threads, settings.max_context, settings.model) == (2, 512, "Org/M")
     assert (settings.dtype, settings.temperature, settings.cache_mb) == ("bfloat16", 0.25, 20)
-    assert store.command_line == {"threads": "2", "max_context": "512", "model": "Org/M", "cache_mb": "20"}
+    assert store.command_line == {"threads": "2", "max_context": "512", "model": "Org/M", "cache_mb": "20",
+                                  "max_prompt_tokens": "300"}
     for argv, message in ((("--dtype", "float8"), "'dtype'"), (("--set", "colour=blue"), "--set"),
-                          (("--device", "gpu"), "'device'")):
+                          (("--device", "gpu"), "'device'"), (("--max-context", "512"), "'max_context'")):
         with pytest.raises(OptionError, match=message):
             from_command_line(_command_line(*argv), {})
 
@@ -165,3 +169,53 @@ def test_settings_are_read_without_pygls():
                           env={"PYTHONPATH": str(ROOT), "HOME": "/nonexistent", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert "--threads" in done.stdout and done.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("kind", ["invalid UTF-8", "a FIFO", "/dev/zero", "a directory", "two megabytes"])
+def test_a_config_file_is_read_only_when_it_is_a_small_regular_file(tmp_path, kind):
+    path = tmp_path / "config.toml"
+    if kind == "invalid UTF-8":
+        path.write_bytes(b'model = "\xff"\n')
+    elif kind == "a FIFO":
+        os.mkfifo(path)                  # no writer: a plain open() would wait for ever
+    elif kind == "/dev/zero":
+        path = Path("/dev/zero")         # a plain read() would never end
+    elif kind == "a directory":
+        path.mkdir()
+    else:
+        path.write_text("# padding\n" * (2 << 17))
+    done: list = []
+    reader = threading.Thread(target=lambda: done.append(SettingsStore.from_environment({"LATENT_CONFIG": str(path)})),
+                              daemon=True)
+    reader.start()
+    reader.join(10)
+    assert done, "reading the config file did not return"
+    store, warnings = done[0]
+    assert store.file == {} and len(warnings) == 1
+    assert str(path) in warnings[0] and warnings[0].count(". ") == 0 and warnings[0].endswith(".")
+
+
+def test_limits_that_span_settings_hold_whatever_order_they_come_in():
+    for layer in ({"max_prompt_tokens": 6000, "max_context": 8192}, {"max_context": 8192, "max_prompt_tokens": 6000}):
+        settings, warnings = merge(layer)
+        assert warnings == [] and (settings.max_prompt_tokens, settings.max_context) == (6000, 8192)
+    settings, warnings = merge({"max_context": 8192}, {"max_prompt_tokens": 5000}, {"max_context": 4096})
+    assert (settings.max_prompt_tokens, settings.max_context) == (5000, 8192)   # the previous value stays
+    [warning] = warnings
+    assert "'max_prompt_tokens' (5000)" in warning and "'max_context' (4096)" in warning
+    _, warnings = merge({"max_context": 10 ** 9})
+    assert len(warnings) == 1 and "'max_context'" in warnings[0]
+
+
+def test_the_client_cannot_set_user_only_settings_and_replaces_the_initialization_options():
+    store = SettingsStore(file={"engine": "daemon"})
+    store.init, _ = client_layer({"latent": {"model": "/mine", "maxNewTokensLine": 5, "temperature": 0.5}})
+    refused = store.set_client(client_layer({"latent": {
+        "model": "/mine", "engine": "openai:https://elsewhere/v1", "apiKeyEnv": "HOME", "temperature": 0.25}})[0])
+    assert refused == ["api_key_env", "engine"]          # the same model as now is not a change
+    settings, warnings = store.settings()
+    assert warnings == []
+    assert (settings.model, settings.engine, settings.api_key_env) == ("/mine", "daemon", None)
+    assert settings.temperature == 0.25
+    assert settings.max_new_tokens_line == 48            # removed by the client: back to the default
+    assert USER_ONLY >= {"model", "engine", "api_key_env", "tokenizer", "allow_insecure_remote"}

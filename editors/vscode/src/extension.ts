@@ -28,33 +28,60 @@ let lastStatus: Status | undefined;
 
 // ---------------------------------------------------------------------------------------------
 // Settings
+//
+// Settings that choose where code goes or what runs (the server command and its environment,
+// the model, the engine, its API key variable, ...) are `"scope": "machine"` in package.json:
+// they are read from the user's settings only, never from a workspace's `.vscode/settings.json`
+// (a cloned repository could set them), and travel to the server as initializationOptions —
+// the server refuses them in workspace/didChangeConfiguration. A change to one restarts it.
 
-/** The server settings the user has set (camelCase, as the server accepts them); unset ones
- *  are left out so that the server's own defaults apply. */
-export function serverSettings(config = vscode.workspace.getConfiguration(SECTION)): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
+interface Setting {
+  key: string; // without the "latent." prefix
+  userOnly: boolean; // "scope": "machine"
+}
+
+function declaredSettings(): Setting[] {
   const pkg = vscode.extensions.getExtension("latent.latent")?.packageJSON;
-  const keys: string[] = [];
+  const out: Setting[] = [];
   for (const block of pkg?.contributes?.configuration ?? []) {
-    for (const full of Object.keys(block.properties ?? {})) {
-      const key = full.slice(SECTION.length + 1);
-      if (!SERVER_KEYS.includes(key)) keys.push(key);
+    for (const [full, spec] of Object.entries<{ scope?: string }>(block.properties ?? {})) {
+      out.push({ key: full.slice(SECTION.length + 1), userOnly: spec.scope === "machine" });
     }
   }
-  for (const key of keys) {
-    const seen = config.inspect(key);
-    const value = seen?.workspaceFolderValue ?? seen?.workspaceValue ?? seen?.globalValue;
-    if (value !== undefined) out[key] = value;
+  return out;
+}
+
+/** A user-only setting: the user's own value, else the default (workspace values are ignored). */
+function userValue<T>(config: vscode.WorkspaceConfiguration, key: string, fallback: T): T {
+  const seen = config.inspect<T>(key);
+  return seen?.globalValue ?? seen?.defaultValue ?? fallback;
+}
+
+/** The server settings the user has set (camelCase, as the server accepts them); unset ones
+ *  are left out so that the server's own defaults apply. `userOnly`: the user-only settings
+ *  (from the user's settings alone), else the others (the workspace may set those). */
+export function serverSettings(
+  userOnly: boolean,
+  config = vscode.workspace.getConfiguration(SECTION),
+): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const setting of declaredSettings()) {
+    if (SERVER_KEYS.includes(setting.key) || setting.userOnly !== userOnly) continue;
+    const seen = config.inspect(setting.key);
+    const value = userOnly
+      ? seen?.globalValue
+      : seen?.workspaceFolderValue ?? seen?.workspaceValue ?? seen?.globalValue;
+    if (value !== undefined) out[setting.key] = value;
   }
   return out;
 }
 
 function serverOptions(): ServerOptions {
   const config = vscode.workspace.getConfiguration(SECTION);
-  const python = config.get<string>("server.pythonPath", "").trim();
-  const args = config.get<string[]>("server.args", []);
-  const env = { ...process.env, ...config.get<Record<string, string>>("server.env", {}) };
-  const command = python || config.get<string>("server.path", "latent").trim() || "latent";
+  const python = userValue(config, "server.pythonPath", "").trim();
+  const args = userValue<string[]>(config, "server.args", []);
+  const env = { ...process.env, ...userValue<Record<string, string>>(config, "server.env", {}) };
+  const command = python || userValue(config, "server.path", "latent").trim() || "latent";
   const commandArgs = python ? ["-m", "lsp_server", "lsp", ...args] : ["lsp", ...args];
   output.info(`Starting ${command} ${commandArgs.join(" ")}`);
   // no `transport`: stdio is the default (TransportKind.stdio would append `--stdio`, which `latent lsp` also accepts)
@@ -104,7 +131,7 @@ function showStatus(status: Status | undefined, clientState?: string): void {
 async function start(context: vscode.ExtensionContext): Promise<void> {
   const clientOptions: LanguageClientOptions = {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
-    initializationOptions: serverSettings(),
+    initializationOptions: { ...serverSettings(false), ...serverSettings(true) },
     outputChannel: output,
     traceOutputChannel: output,
   };
@@ -182,13 +209,14 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("latent.showLog", () => output.show()),
     vscode.workspace.onDidChangeConfiguration(async (e) => {
       if (!e.affectsConfiguration(SECTION)) return;
-      if (SERVER_KEYS.some((key) => e.affectsConfiguration(`${SECTION}.${key}`))) {
-        output.info("The server settings changed: restarting.");
+      const restart = declaredSettings().filter((s) => s.userOnly); // the server.* keys too
+      if (restart.some((s) => e.affectsConfiguration(`${SECTION}.${s.key}`))) {
+        output.info("A server or user-only setting changed: restarting the server.");
         await stop();
         await start(context);
       } else if (client?.isRunning()) {
         await client.sendNotification("workspace/didChangeConfiguration", {
-          settings: { [SECTION]: serverSettings() },
+          settings: { [SECTION]: serverSettings(false) },
         });
       }
     }),
