@@ -154,7 +154,7 @@ class CompletionService:
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         if tree is None and language is not None:
-            tree = parse(language, snapshot.text)
+            tree = parse(language, snapshot.text, self.workspace.max_parse_chars)
         mode, why = decide(language, tree, cursor, config.multiline)
         if mode == "none":
             timings["context"] = _ms(clock)
@@ -262,9 +262,11 @@ class CompletionService:
         return document.state_for(snapshot) if document is not None else None
 
     def _other_sources(self, uri: str) -> list[Source]:
+        """The other open documents snippets may come from; one too large to parse is too large
+        to scan for windows on every keystroke, so it offers none."""
         sources = []
         for document in self.workspace.documents():
-            if document.uri == uri:
+            if document.uri == uri or len(document.state.text) > self.workspace.max_parse_chars:
                 continue
             state = document.state
             sources.append(Source(document.uri, _display_path(document), document.language,
