@@ -25,17 +25,18 @@ def offered(settings, capabilities: types.ClientCapabilities) -> bool:
 
 
 def respond(uri: str, suggestions: list[Suggestion]) -> types.CompletionList:
-    return types.CompletionList(is_incomplete=True, items=[item(uri, s) for s in suggestions])
+    return types.CompletionList(is_incomplete=True, items=[item(uri, s, rank) for rank, s in enumerate(suggestions)])
 
 
-def item(uri: str, suggestion: Suggestion) -> types.CompletionItem:
+def item(uri: str, suggestion: Suggestion, rank: int = 0) -> types.CompletionItem:
+    """One suggestion as an item; the best (rank 0) sorts first and is preselected."""
     text = suggestion.text
     multiline = "\n" in text.rstrip("\r\n")
     return types.CompletionItem(
         label=label(text), kind=types.CompletionItemKind.Text, detail="Latent",
         documentation=text if multiline else None,
         text_edit=types.TextEdit(lsp_range(suggestion.range), text),
-        insert_text_format=types.InsertTextFormat.PlainText, sort_text="0", preselect=True,
+        insert_text_format=types.InsertTextFormat.PlainText, sort_text=str(rank), preselect=rank == 0,
         command=accept_command(uri, suggestion),
     )
 
@@ -51,4 +52,4 @@ def register(server, session) -> None:
         return "items are off" if session.settings.completion_items == "never" else None
 
     session.requests.register(server, types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False),
-                              "completion", respond, off)
+                              "completion", respond, off, count=lambda params: session.settings.suggestions)

@@ -16,5 +16,11 @@ def respond(uri: str, suggestions: list[Suggestion]) -> types.InlineCompletionLi
 
 
 def register(server, session) -> None:
+    def count(params: types.InlineCompletionParams) -> int:
+        """Several only when the user asked (Invoked: a key to trigger or to cycle); ghost text
+        while typing gets the first, as fast as ever."""
+        invoked = params.context is not None and params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        return session.settings.suggestions if invoked else 1
+
     session.requests.register(server, types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions(),
-                              "inline", respond)
+                              "inline", respond, count=count)

@@ -56,6 +56,7 @@ class Kind:
     name: str
     respond: Callable[[str, list[Suggestion]], Any]   # (uri, suggestions) -> the LSP result
     off: Callable[[], str | None]                     # why the method answers empty now, or None
+    count: Callable[[Any], int]                       # params -> how many suggestions to compute
 
 
 class Requests:
@@ -66,9 +67,10 @@ class Requests:
         self.kinds: dict[str, Kind] = {}          # LSP method -> its kind
         self.inflight: dict[object, Request] = {}  # request id -> the request, until answered
 
-    def register(self, server, method: str, options, name: str, respond, off=lambda: None) -> None:
+    def register(self, server, method: str, options, name: str, respond, off=lambda: None,
+                 count=lambda params: 1) -> None:
         """Serve `method` as a background request; `respond` builds its result."""
-        kind = self.kinds[method] = Kind(name, respond, off)
+        kind = self.kinds[method] = Kind(name, respond, off, count)
 
         @server.feature(method, options)
         async def handle(params):
@@ -123,10 +125,11 @@ class Requests:
         if request.skipped:
             return request
         snapshot = document.snapshot()
+        count = kind.count(params)
 
         def run(cancel) -> tuple[CompletionResult, float]:
             started = time.perf_counter()
-            result = service.complete(snapshot, request.position, cancel)
+            result = service.complete(snapshot, request.position, cancel, count=count)
             session.status.refresh_cache(engine)
             return result, started
 

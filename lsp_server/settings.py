@@ -84,6 +84,9 @@ class ServerOptions:
     completion_items: str = option("auto", "textDocument/completion items: auto (for clients without inline "
                                            "completion), always or never", choices=("auto", "always", "never"))
     log_level: str = option("info", "log level of stderr and window/logMessage", choices=LOG_LEVELS)
+    suggestions: int = option(3, "suggestions to offer when the user asks (an invoked inline completion, to "
+                                 "cycle; the completion list): the first as usual, the others branching from "
+                                 "the same prompt; automatic ghost text computes only the first", min=1, max=4)
     max_message_mb: int = option(64, "the largest LSP message the server reads, MiB; a larger one is refused "
                                      "unread", min=1, max=4096)
     max_parse_kb: int = option(1024, "documents larger than this many KiB (of characters) are not parsed with "

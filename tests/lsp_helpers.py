@@ -194,16 +194,19 @@ class Session:
         future = self.client.protocol.send_request(method, params, msg_id=msg_id)
         return msg_id, asyncio.wrap_future(future)
 
-    def inline_params(self, uri: str, line: int, character: int) -> types.InlineCompletionParams:
+    def inline_params(self, uri: str, line: int, character: int,
+                      invoked: bool = False) -> types.InlineCompletionParams:
+        kind = types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
         return types.InlineCompletionParams(
-            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+            context=types.InlineCompletionContext(trigger_kind=kind),
             text_document=types.TextDocumentIdentifier(uri), position=types.Position(line, character))
 
     def send_inline(self, uri: str, line: int, character: int) -> tuple[str, asyncio.Future]:
         return self.send(types.TEXT_DOCUMENT_INLINE_COMPLETION, self.inline_params(uri, line, character))
 
-    async def inline(self, uri: str, line: int, character: int) -> list:
-        result = await self.client.text_document_inline_completion_async(self.inline_params(uri, line, character))
+    async def inline(self, uri: str, line: int, character: int, invoked: bool = False) -> list:
+        params = self.inline_params(uri, line, character, invoked)
+        result = await self.client.text_document_inline_completion_async(params)
         return list(result.items) if isinstance(result, types.InlineCompletionList) else list(result or [])
 
     async def completion(self, uri: str, line: int, character: int) -> types.CompletionList:

@@ -45,7 +45,7 @@ async def test_failed_load_is_one_message_then_settings_reload_the_model(tmp_pat
         assert (await s.ready(after=before)).state == "ready"
         assert s.client.messages == [message]
         want = expected([("file:///a.txt", "plaintext", PLAIN)], "file:///a.txt", 1, 20, snippet_tokens=200)
-        assert pairs((await s.completion("file:///a.txt", 1, 20)).items) == want   # the document survived the reload
+        assert pairs((await s.completion("file:///a.txt", 1, 20)).items[:1]) == want   # the document survived
         assert await s.stop() == 0
     finally:
         await s.kill()
@@ -95,7 +95,7 @@ async def test_tcp_transport(tmp_path):
         result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
             context=types.InlineCompletionContext(types.InlineCompletionTriggerKind.Invoked),
             text_document=types.TextDocumentIdentifier(uri), position=types.Position(1, 20)))
-        assert pairs(result.items) == expected([(uri, "plaintext", PLAIN)], uri, 1, 20)
+        assert pairs(result.items[:1]) == expected([(uri, "plaintext", PLAIN)], uri, 1, 20)   # best first
         await client.shutdown_async(None)
         client.exit(None)
         assert await asyncio.wait_for(process.wait(), 30) == 0

@@ -77,7 +77,7 @@ async def test_inline_and_completion_answer_the_pipeline_suggestion_after_increm
     assert "edits.txt" in logged and "engine" in logged and "prefilled" in logged and "reused" in logged
 
     result = await session.completion(uri, line, character)
-    assert pairs(result.items) == want
+    assert pairs(result.items[:1]) == want                # the best first; alternatives follow
     first_line = next((line for line in want[0][0].splitlines() if line.strip()), want[0][0].strip())
     assert result.items[0].label == first_line
     session.close(uri)
@@ -300,4 +300,22 @@ async def test_an_empty_answer_carries_its_reason_in_the_status(session):
     last = session.statuses[-1].last
     assert last.source == "skipped" and last.reason == "inside-word"
     assert last.reasonText == "The cursor is inside a word."
+    session.close(uri)
+
+
+async def test_invoking_inline_completion_offers_several_suggestions_best_first(session):
+    """Typing gets one suggestion as fast as ever; asking (Invoked: the key to trigger or to
+    cycle) gets up to `suggestions`, the first unchanged, all distinct."""
+    uri = "file:///work/several.py"
+    text = "import os\n\ndef main():\n    path = "
+    session.open(uri, text + "\n", "python")
+    typed = await session.inline(uri, 3, 11)
+    asked = await session.inline(uri, 3, 11, invoked=True)
+    assert len(typed) <= 1 and 2 <= len(asked) <= 3
+    if typed:
+        assert asked[0].insert_text == typed[0].insert_text
+    assert len({item.insert_text for item in asked}) == len(asked)
+    listed = await session.completion(uri, 3, 11)
+    assert [i.text_edit.new_text for i in listed.items] == [item.insert_text for item in asked]
+    assert [i.preselect for i in listed.items] == [True] + [False] * (len(listed.items) - 1)
     session.close(uri)
