@@ -21,10 +21,7 @@ class Shape:
     qk_nope: int = 32
     qk_rope: int = 16
     v_head: int = 48
-    # moe
-    experts_per_token: int = 2
-    shared_experts: int = 1
-    first_dense: int = 1
+    experts_per_token: int = 2       # routed; plus one shared expert, and the first layer dense
 
 
 PRESETS = {
@@ -69,9 +66,9 @@ def hf_config(shape: Shape, vocab_size: int, fim_layouts: tuple[str, ...] = ("ps
         "intermediate_size": shape.dense_intermediate,
         "moe_intermediate_size": shape.expert_intermediate,
         "n_routed_experts": shape.experts,
-        "n_shared_experts": shape.shared_experts,
+        "n_shared_experts": 1,
         "num_experts_per_tok": shape.experts_per_token,
-        "first_k_dense_replace": shape.first_dense,
+        "first_k_dense_replace": 1,
         "moe_layer_freq": 1,
         "topk_method": "greedy",
         "n_group": 1,
