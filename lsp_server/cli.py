@@ -101,15 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args):
+def _settings(args, report: bool = True):
     """Settings from the config file, the environment and the command line, the store of
-    their layers, and the warnings."""
+    their layers, and the warnings — each said on stderr (`latent lsp` sends them to the
+    client instead: report=False)."""
     from lsp_server.settings import from_command_line
 
     try:
-        return from_command_line(args)
+        settings, store, warnings = from_command_line(args)
     except ValueError as e:
         raise UsageError(str(e).rstrip(".")) from None
+    for warning in dict.fromkeys(warnings) if report else ():
+        print(f"latent: warning: {warning}", file=sys.stderr)
+    return settings, store, warnings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +128,7 @@ def _lsp(args) -> int:
         host, _, port = args.tcp.rpartition(":")
         if not host or not port.isdigit():
             raise UsageError(f"--tcp takes HOST:PORT, not {args.tcp!r}")
-    settings, store, warnings = _settings(args)
+    settings, store, warnings = _settings(args, report=False)
     logs.setup(settings.log_level)
     session = Session(store, warnings)
     server = create(session)

@@ -30,8 +30,10 @@ def register(server, session) -> None:
     @server.feature(types.INITIALIZED)
     def initialized(params: types.InitializedParams) -> None:
         session.initialized = True
-        for warning in dict.fromkeys(session.startup_warnings):
-            log.warning("%s", warning)
+        for warning in dict.fromkeys(session.startup_warnings):   # a settings problem: in the log and
+            log.warning("%s", warning)                              # where the user looks
+            server.window_show_message(types.ShowMessageParams(type=types.MessageType.Warning,
+                                                               message=f"Latent: {warning}"))
         session.spawn(ensure_model(session))
 
     @server.feature(types.SHUTDOWN)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import re
 import stat
@@ -174,13 +175,14 @@ def config_path(env: Mapping[str, str] | None = None) -> Path:
     return Path(base).expanduser() / "latent" / "config.toml"
 
 
-def file_layer(path: Path) -> tuple[dict, list[str]]:
-    """The settings in a TOML file (a missing file is an empty layer). Only a regular file of at
-    most MAX_CONFIG_BYTES is read; anything else is one warning and an empty layer."""
+def file_layer(path: Path, named: bool = False) -> tuple[dict, list[str]]:
+    """The settings in a TOML file (a missing file is an empty layer, and a warning when the user
+    `named` it in LATENT_CONFIG). Only a regular file of at most MAX_CONFIG_BYTES is read;
+    anything else is one warning and an empty layer."""
     try:
         data = _read_config(path)
     except FileNotFoundError:
-        return {}, []
+        return {}, [f"The config file {path} named by LATENT_CONFIG does not exist."] if named else []
     except (OSError, ValueError) as e:   # UnicodeDecodeError and TOMLDecodeError are ValueErrors
         return {}, [f"The config file {path} was not read: {str(e).rstrip('.')}."]
     return client_layer(data)[0], []
@@ -236,7 +238,9 @@ def merge(*layers: Mapping[str, Any], base=None) -> tuple[Settings, list[str]]:
         values = {}
         for name, raw in layer.items():
             if name not in SPECS:
-                warnings.append(f"Unknown setting {name!r} is ignored.")
+                close = difflib.get_close_matches(name, SPECS, n=1, cutoff=0.75)
+                hint = f"; did you mean {close[0]!r}?" if close else "."
+                warnings.append(f"Unknown setting {name!r} is ignored{hint}")
                 continue
             try:
                 values[name] = options.coerce(SPECS[name], raw)
@@ -272,7 +276,7 @@ class SettingsStore:
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> tuple["SettingsStore", list[str]]:
-        layer, warnings = file_layer(config_path(env))
+        layer, warnings = file_layer(config_path(env), named=bool((os.environ if env is None else env).get("LATENT_CONFIG")))
         return cls(file=layer, env=env_layer(env)), warnings
 
     def settings(self) -> tuple[Settings, list[str]]:
@@ -280,7 +284,7 @@ class SettingsStore:
 
     def reread_file(self, env: Mapping[str, str] | None = None) -> list[str]:
         """The config file again (the server does so when the client's settings change)."""
-        self.file, warnings = file_layer(config_path(env))
+        self.file, warnings = file_layer(config_path(env), named=bool((os.environ if env is None else env).get("LATENT_CONFIG")))
         return warnings
 
     def set_client(self, layer: dict) -> list[str]:

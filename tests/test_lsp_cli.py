@@ -136,3 +136,22 @@ def test_complete_says_once_why_a_language_the_model_was_not_trained_on_gets_not
     assert done.returncode == 0 and done.stdout == ""
     assert done.stderr.strip().splitlines()[-1] == (
         "latent: no suggestion: The model was not trained on this language (the setting all_languages turns it on).")
+
+
+@pytest.mark.parametrize("config, env, warning", [
+    ("max_promt_tokens = 100\n", {}, "Unknown setting 'max_promt_tokens' is ignored; did you mean 'max_prompt_tokens'?"),
+    ("x = [\n", {}, "was not read"),
+    (None, {"LATENT_CONFIG": "{tmp}/missing.toml"}, "named by LATENT_CONFIG does not exist"),
+    ("", {"LATENT_ENGINE": "bogus"}, "Setting 'engine' cannot be 'bogus'"),
+])
+def test_configuration_problems_are_said_on_stderr_by_the_command_line(tmp_path, config, env, warning):
+    """`latent info` and `latent complete` once ignored them silently (exit 0, nothing said)."""
+    file = tmp_path / "config.toml"
+    if config is not None:
+        file.write_text(config)
+    environment = {**server_env(tmp_path), "LATENT_CONFIG": str(file),
+                   **{k: v.format(tmp=tmp_path) for k, v in env.items()}}
+    done = subprocess.run([sys.executable, "-m", "lsp_server", "info", *_model_args()], capture_output=True,
+                          text=True, cwd=tmp_path, env=environment, timeout=120)
+    assert done.returncode == 0 and "parameters" in done.stdout
+    assert any(line.startswith("latent: warning: ") and warning in line for line in done.stderr.splitlines()), done.stderr

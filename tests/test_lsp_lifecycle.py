@@ -103,3 +103,19 @@ async def test_tcp_transport(tmp_path):
         if process.returncode is None:
             process.kill()
         await client.stop()
+
+
+async def test_a_settings_problem_at_start_is_shown_to_the_user(tmp_path):
+    """A typo in the config file or initializationOptions is a warning the editor shows, with
+    a did-you-mean, not only a log line."""
+    config = tmp_path / "xdg-config" / "latent" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("max_promt_tokens = 100\n")
+    s = await Session.start(server_env(tmp_path), init_options={"temperture": 0.5})
+    try:
+        await s.ready()
+        shown = [m.message for m in s.client.messages if m.type == types.MessageType.Warning]
+        assert "Latent: Unknown setting 'max_promt_tokens' is ignored; did you mean 'max_prompt_tokens'?" in shown
+        assert "Latent: Unknown setting 'temperture' is ignored; did you mean 'temperature'?" in shown
+    finally:
+        await s.kill()
