@@ -311,7 +311,10 @@ def bench_lite(layers: int | None, new_tokens: int = 16) -> dict:
 def run(lite: bool, lite_layers: int | None) -> str:
     with tempfile.TemporaryDirectory() as d:
         reference, folder = build_medium(Path(d))
-        engine = Engine.load(folder)
+        # one thread for both engines; no prompt-lookup drafts: random weights never repeat the
+        # prompt, so drafts would only cost (speculation is measured on real code by make bench-llamacpp)
+        engine = Engine.load(folder, RuntimeConfig(threads=1, speculate=0))
+    torch.set_num_threads(1)
     cmd = "python benchmarks/engine_bench.py --lite" if lite else "make bench"
     lines = [SECTION, "", f"Command: `{cmd}`. One run on this machine ({torch.get_num_threads()} torch "
              "thread(s) for both engines), float32; ratios are within the run.", ""]

@@ -124,14 +124,17 @@ def _step(model: Transformer, live: LiveBuffer, token: int, drafts: "Drafts | No
 
 class Drafts:
     """Prompt-lookup drafts: code repeats its own names and lines, so the tokens that followed
-    the last earlier occurrence of the sequence's final n-gram (n = 3, else 2) are a cheap guess
-    of what comes next. The draft shrinks after misses, so a step rarely costs more than it saves."""
+    the last earlier occurrence of the sequence's final three tokens are a cheap guess of what
+    comes next. A verification costs more than a plain step when it fails, so the draft starts
+    short, doubles while it is taken whole, halves after a miss, and drafting stops for the rest
+    of the generation once fewer than a third of the drafted tokens were taken."""
 
     def __init__(self, prompt: list[int], limit: int) -> None:
         self.seq = list(prompt)
-        self.limit, self.size = limit, limit
-        self.where: dict[tuple[int, ...], int] = {}      # n-gram -> the position after its last end
-        for end in range(2, len(self.seq)):
+        self.limit, self.size = limit, min(limit, 2)
+        self.proposed = self.taken = 0
+        self.where: dict[tuple[int, ...], int] = {}      # trigram -> the position after its last end
+        for end in range(3, len(self.seq)):
             self._index(end)
 
     def add(self, token: int) -> None:
@@ -139,20 +142,20 @@ class Drafts:
         self._index(len(self.seq) - 1)
 
     def propose(self) -> list[int]:
-        for n in (3, 2):
-            at = self.where.get(tuple(self.seq[-n:])) if len(self.seq) > n else None
-            if at is not None:
-                return self.seq[at : at + self.size]
-        return []
+        if self.proposed >= 8 and self.taken * 3 < self.proposed:
+            return []                                    # it does not pay on this text
+        at = self.where.get(tuple(self.seq[-3:])) if len(self.seq) > 3 else None
+        return self.seq[at : at + self.size] if at is not None else []
 
     def record(self, proposed: int, taken: int) -> None:
-        self.size = min(self.limit, max(1, taken * 2)) if taken < proposed else self.limit
+        self.proposed += proposed
+        self.taken += taken
+        self.size = min(self.limit, self.size * 2) if taken == proposed else max(1, self.size // 2)
 
     def _index(self, end: int) -> None:
-        """Index the n-grams ending before position `end` (so the final one never finds itself)."""
-        for n in (2, 3):
-            if end >= n:
-                self.where[tuple(self.seq[end - n : end])] = end
+        """Index the trigram ending before position `end` (so the final one never finds itself)."""
+        if end >= 3:
+            self.where[tuple(self.seq[end - 3 : end])] = end
 
 
 class Sampler:
