@@ -237,13 +237,18 @@ def _info(args) -> int:
         ("parameters", _count(stats.get("parameters"))),
         ("weights", f"{_bytes(stats.get('weight_bytes'))} ({stats.get('quantize') or stats.get('dtype')})"),
         ("device", f"{stats.get('device')}, {_threads(stats.get('threads'))}"),
-        ("fim format", stats.get("fim_format") or "none"),
+        ("fim format", f"{stats.get('fim_format') or 'none'}, layouts {', '.join(stats.get('fim_layouts') or ['psm'])}"
+                       f" (setting fim_layout = {settings.fim_layout})"),
         ("context", f"{stats.get('max_context')} tokens"),
         ("latent cache", f"{per_token} bytes per token; budget {_bytes(budget)}"
                          + (f" ≈ {_count(budget // per_token)} tokens" if per_token else "")),
     ]
     if "resident_bytes" in stats:
         rows.append(("memory", f"{_bytes(stats['resident_bytes'])} resident"))
+    rows.append(("prompt", f"{settings.max_prompt_tokens} tokens, {settings.prefix_fraction:.0%} before the cursor, "
+                           f"{settings.snippet_tokens} for snippets; up to {settings.max_new_tokens_line} / "
+                           f"{settings.max_new_tokens_block} new tokens (line / block)"))
+    rows.append(("config", _config_files()))
     for name, value in rows:
         print(f"{name:<13} {value}")
     return 0
@@ -339,6 +344,14 @@ def _quiet(level: str | None):
             yield
     finally:
         logs.restore(saved)
+
+
+def _config_files() -> str:
+    """The config file the settings were read from, as `latent info` names it."""
+    from lsp_server.settings import config_path
+
+    path = config_path()
+    return f"{path} (read)" if path.is_file() else f"{path} (none; defaults and LATENT_* variables)"
 
 
 def _threads(threads) -> str:

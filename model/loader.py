@@ -43,7 +43,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
         raise ModelLoadError(
             f"Model {text!r} is neither a folder nor in the local Hugging Face cache "
             f"({_hf_hub_dir()}); Latent never downloads, so fetch it first "
-            f"(e.g. `huggingface-cli download {text}`) or give a folder path."
+            f"(e.g. `hf download {text}`) or give a folder path."
         )
     if path.exists():
         raise ModelLoadError(f"Model path {path} is a file; give the folder that holds config.json.")

@@ -155,3 +155,14 @@ def test_configuration_problems_are_said_on_stderr_by_the_command_line(tmp_path,
                           text=True, cwd=tmp_path, env=environment, timeout=120)
     assert done.returncode == 0 and "parameters" in done.stdout
     assert any(line.startswith("latent: warning: ") and warning in line for line in done.stderr.splitlines()), done.stderr
+
+
+def test_info_names_its_config_file_and_the_prompt_settings(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("max_prompt_tokens = 1024\n")
+    environment = {**server_env(tmp_path), "LATENT_CONFIG": str(config)}
+    done = subprocess.run([sys.executable, "-m", "lsp_server", "info", *_model_args()], capture_output=True,
+                          text=True, cwd=tmp_path, env=environment, timeout=120)
+    rows = dict(line.split(None, 1) for line in done.stdout.splitlines() if line.strip())
+    assert rows["config"] == f"{config} (read)"
+    assert rows["prompt"].startswith("1024 tokens, 75% before the cursor")
