@@ -21,7 +21,7 @@ import psutil
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from report import write_section
+from report import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Shared engine daemon (benchmarks/daemon_bench.py)"
@@ -158,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     mem = asyncio.run(memory(args.model))
     lat = hop(args.model)
     section = report(args.model, mem, lat)
-    print(section)
-    if args.write:
-        write_section(section, args.write)
+    publish(section, args.write)
     return 0
 
 

@@ -28,7 +28,7 @@ import torch
 from model.engine import Engine
 from model.loader import BUNDLED_DIR
 from model.params import RuntimeConfig, SamplingParams
-from report import write_section
+from report import publish
 
 SECTION = "## Engine (make bench)"
 
@@ -404,9 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, default=None, help="replace this section in a Markdown file")
     args = parser.parse_args(argv)
     section = run(args.lite, args.lite_layers)
-    print(section)
-    if args.write:
-        write_section(section, args.write)
+    publish(section, args.write)
     return 0
 
 

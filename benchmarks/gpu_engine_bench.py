@@ -82,9 +82,6 @@ def build(shape: dict, device: str, dtype: torch.dtype):
     model = build_model(reference.state_dict().items(), args, str(dtype).removeprefix("torch."), device)
     runtime = RuntimeConfig(device=device, dtype=str(dtype).removeprefix("torch."), max_context=4096, speculate=0)
     engine = Engine(model, IdTokenizer(), runtime, name="random Coder-V2-Lite shape")
-    for experts in model.modules():
-        if hasattr(experts, "batched_decode"):
-            experts.batched_decode = device != "cpu"
     return reference, engine, args
 
 

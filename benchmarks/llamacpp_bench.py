@@ -39,7 +39,7 @@ from engine_bench import _p95, fim_keystrokes
 from llamacpp.server import LlamaServer
 from model.engine import Engine
 from model.params import RuntimeConfig, SamplingParams
-from report import write_section
+from report import publish
 
 SECTION = "## Against llama.cpp (make bench-llamacpp)"
 THREADS = (1, 2)
@@ -333,9 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, default=None, help="replace this section in a Markdown file")
     args = parser.parse_args(argv)
     section = run(args.server, args.gguf, args.rounds, args.speed_rounds, args.keystrokes)
-    print(section)
-    if args.write:
-        write_section(section, args.write)
+    publish(section, args.write)
     return 0
 
 

@@ -27,7 +27,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 from pygls.lsp.client import LanguageClient
 
-from report import write_section
+from report import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Language server: typing replay (benchmarks/lsp_replay.py)"
@@ -294,9 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = asyncio.run(replay(args))
     section = report(args, run)
-    print(section)
-    if args.write:
-        write_section(section, args.write)
+    publish(section, args.write)
     return 0
 
 

@@ -1,5 +1,6 @@
 """Recording benchmark figures in docs/benchmarks.md: each benchmark owns one "## " section.
 
+    publish(section_text, path_or_None)          # print it, and replace it in the file if given
     write_section(section_text, path)            # the whole section, replaced
     write_row(path, empty_section, cells, key)   # one row of the section's table, replaced by key
 
@@ -8,6 +9,13 @@ Everything outside the section stays as it is.
 from __future__ import annotations
 
 from pathlib import Path
+
+
+def publish(section: str, path: Path | None) -> None:
+    """What every benchmark's command line ends with: the section on stdout, and in `path`."""
+    print(section)
+    if path is not None:
+        write_section(section, path)
 
 
 def write_section(section: str, path: Path) -> None:

@@ -8,32 +8,25 @@ give no alternatives.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from model.params import SamplingParams
-from model.protocol import CancelToken, EngineProtocol
+from model.protocol import CancelToken, TokenizerProtocol
+
+Generate = Callable[[list[int], str], "tuple[str, dict]"]   # (prompt ids, forced head) -> (text, figures)
 
 
-def branches(engine: EngineProtocol, prompt: str, params: SamplingParams, stats: dict,
-             cancel: CancelToken, finished) -> Iterator[tuple[str, dict]]:
-    """(raw text, figures) of each alternative, best-ranked first; `finished(text)` stops one
-    early as the greedy answer is stopped."""
+def branches(tokenizer: TokenizerProtocol, prompt: str, params: SamplingParams, stats: dict,
+             cancel: CancelToken, generate: Generate) -> Iterator[tuple[str, dict]]:
+    """(raw text, figures) of each alternative, best-ranked first: `generate` runs the prompt's
+    ids plus one forced first token, whose text heads the answer."""
     choices = stats.get("extra", {}).get("first_choices") or []
     if len(choices) < 2:
         return
-    tokenizer = engine.tokenizer
     ids = tokenizer.encode(prompt, add_bos=bool(getattr(tokenizer, "add_bos", False)))
     for token, _ in choices[1:]:
         if cancel.cancelled:
             return
         if token in params.stop_token_ids or token == tokenizer.eos_id:
             continue
-        head = tokenizer.decode([token])
-        generation = engine.generate([*ids, token], params, cancel=cancel)
-        text = head
-        for piece in generation:
-            text += piece
-            if finished(text):
-                generation.close()
-                break
-        yield text, generation.stats.as_dict()
+        yield generate([*ids, token], tokenizer.decode([token]))

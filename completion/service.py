@@ -194,8 +194,9 @@ class CompletionService:
         timings["postprocess"] = _ms(clock)
         if count > 1:
             clock = time.perf_counter()
-            for alt_raw, alt_stats in branches(self.engine, prompt.text, params, stats, cancel,
-                                               lambda text: postprocess.finished(text, plan)):
+            for alt_raw, alt_stats in branches(
+                    self.engine.tokenizer, prompt.text, params, stats, cancel,
+                    lambda ids, head: self._generate(ids, params, plan, cancel, head)):
                 more, _ = self._postprocess(alt_raw, alt_stats, plan, language, tree, cursor)
                 if more and all(more[0].text != s.text for s in suggestions):
                     suggestions += more
@@ -228,12 +229,14 @@ class CompletionService:
             stop_token_ids=(end_id,) if end_id is not None else (),
         )
 
-    def _generate(self, prompt: str, params: SamplingParams, plan: Plan,
-                  cancel: CancelToken) -> tuple[str, dict]:
+    def _generate(self, prompt: str | list[int], params: SamplingParams, plan: Plan,
+                  cancel: CancelToken, head: str = "") -> tuple[str, dict]:
+        """The answer to `prompt` (after `head`, text the prompt already forces), streamed and
+        stopped as soon as postprocessing would cut the rest."""
         generation = self.engine.generate(prompt, params, cancel=cancel)
         stopped_early = False
         for _ in generation:
-            if postprocess.finished(generation.text, plan):
+            if postprocess.finished(head + generation.text, plan):
                 stopped_early = True
                 break
         if stopped_early:
@@ -241,7 +244,7 @@ class CompletionService:
         stats = generation.stats.as_dict()
         if stopped_early:
             stats.update(finish_reason="stop", stopped_early=True)
-        return generation.text, stats
+        return head + generation.text, stats
 
     def _precompute(self, snapshot: Snapshot, offset: int, cancel: CancelToken) -> CompletionResult | None:
         try:

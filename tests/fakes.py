@@ -97,7 +97,7 @@ class FakeEngine:
         return {"model": self.model_name, "calls": self.calls}
 
     def clear_cache(self) -> None:
-        self.cleared = getattr(self, "cleared", 0) + 1
+        """The fake keeps no latent cache."""
 
     def generate(self, prompt, params: SamplingParams = SamplingParams(), *,
                  cancel: CancelToken | None = None) -> Generation:

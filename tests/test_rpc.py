@@ -12,6 +12,7 @@ import time
 import msgpack
 import pytest
 
+from daemon_helpers import raw_connection
 from model import options
 from model.engine import Engine
 from model.params import RuntimeConfig, SamplingParams
@@ -22,21 +23,9 @@ from model.serve.client import EngineClient, daemon_argv
 from model.serve.daemon import EngineDaemon
 from model.serve.framing import RPCError, recv_frame, send_frame
 from model.serve.remote import RemoteEngine, RemoteError
-from tiny_models import save_checkpoint
 
 ONE_THREAD = RuntimeConfig(threads=1)   # daemons this module starts share two cores with it
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint("v2-greedy-yarn", folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def engine(checkpoint):
-    return Engine.load(checkpoint)
 
 
 @pytest.fixture
@@ -116,22 +105,13 @@ def test_cancel_across_the_socket(daemon):
     assert client.generate("y = ", SamplingParams(max_new_tokens=2)).run() is not None   # the connection still works
 
 
-def _raw(daemon) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(str(daemon.socket_path))
-    s.settimeout(10)
-    send_frame(s, {"type": "hello", "version": 1})
-    assert recv_frame(s)["type"] == "hello"
-    return s
-
-
 @pytest.mark.parametrize("payload", [
     struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1",            # not msgpack
     struct.pack(">I", 3) + msgpack.packb([1, 2]),               # not a map
     struct.pack(">I", 1 << 30),                                 # oversized
 ])
 def test_bad_frames_get_an_error_and_that_connection_closes(daemon, payload):
-    bad = _raw(daemon)
+    bad = raw_connection(daemon)
     other = EngineClient(daemon.socket_path)
     bad.sendall(payload)
     reply = recv_frame(bad)
@@ -141,7 +121,7 @@ def test_bad_frames_get_an_error_and_that_connection_closes(daemon, payload):
 
 
 def test_truncated_frame_closes_only_that_connection(daemon):
-    bad = _raw(daemon)
+    bad = raw_connection(daemon)
     bad.sendall(struct.pack(">I", 100) + b"\x80")
     bad.shutdown(socket.SHUT_WR)
     time.sleep(0.2)
@@ -156,7 +136,7 @@ def test_wrong_protocol_version_is_refused(daemon):
 
 
 def test_a_bad_sampling_value_is_an_error_reply_not_a_dropped_connection(daemon):
-    s = _raw(daemon)
+    s = raw_connection(daemon)
     params = {"prompt": "x = ", **SamplingParams().as_dict(), "temperature": -1.0}
     send_frame(s, {"id": 1, "method": "generate", "params": params})
     reply = recv_frame(s)

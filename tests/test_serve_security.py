@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from model.engine import Engine
+from daemon_helpers import raw_connection
 from model.params import RuntimeConfig, SamplingParams
 from model.protocol import CancelToken, Generation, GenerationStats
 from model.serve.cli import main as engine_cli
@@ -32,22 +32,10 @@ from model.serve.daemon import EngineDaemon
 from model.serve.framing import RPCError, recv_frame, send_frame
 from model.serve.openai_http import serve_http
 from model.serve.remote import RemoteEngine
-from tiny_models import save_checkpoint
 
 KEY = "the-owners-key"
 ONE_THREAD = RuntimeConfig(threads=1)
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint("v2-greedy-yarn", folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def engine(checkpoint):
-    return Engine.load(checkpoint)
 
 
 class Scripted:
@@ -116,15 +104,6 @@ def face(daemon):
     server = serve_http(daemon, "127.0.0.1", 0, KEY)
     yield server
     server.close()
-
-
-def _raw(daemon) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(str(daemon.socket_path))
-    s.settimeout(10)
-    send_frame(s, {"type": "hello", "version": 1})
-    assert recv_frame(s)["type"] == "hello"
-    return s
 
 
 def _generate(s, request_id, prompt, **params) -> None:
@@ -237,7 +216,7 @@ def test_headers_over_the_limit_get_431(face):
 def test_http_completions_take_their_turn_with_the_socket_clients(scripted_daemon, scripted):
     server = serve_http(scripted_daemon, "127.0.0.1", 0, KEY)
     try:
-        owner = _raw(scripted_daemon)
+        owner = raw_connection(scripted_daemon)
         _generate(owner, 1, "hold", max_new_tokens=1)
         assert _wait(lambda: scripted.started == ["hold"])
         for i in (2, 3, 4):
@@ -392,7 +371,7 @@ def test_serve_prints_the_port_it_bound_and_keeps_the_key_private(checkpoint, tm
 # the socket: no client holds up the others
 
 def test_a_client_that_stops_reading_is_dropped_and_the_others_go_on(scripted_daemon, scripted):
-    greedy = _raw(scripted_daemon)
+    greedy = raw_connection(scripted_daemon)
     for i in range(1, 41):
         _generate(greedy, i, f"g{i}", max_new_tokens=4000)   # never read
     done = []
@@ -411,7 +390,7 @@ def test_a_client_that_stops_reading_is_dropped_and_the_others_go_on(scripted_da
 
 
 def test_a_client_queues_at_most_8_requests_and_a_cancelled_one_is_answered_at_once(scripted_daemon, scripted):
-    s = _raw(scripted_daemon)
+    s = raw_connection(scripted_daemon)
     _generate(s, 1, "hold", max_new_tokens=1)
     assert _wait(lambda: scripted.started == ["hold"])
     for i in range(2, 12):
@@ -428,7 +407,7 @@ def test_a_client_queues_at_most_8_requests_and_a_cancelled_one_is_answered_at_o
 
 @pytest.mark.parametrize("target", [[1], {"a": 1}, "1", True, 1.5, None])
 def test_cancel_with_a_malformed_target_gets_an_error_frame(scripted_daemon, scripted, target):
-    s = _raw(scripted_daemon)
+    s = raw_connection(scripted_daemon)
     _generate(s, 1, "hold", max_new_tokens=1)
     send_frame(s, {"id": 2, "method": "cancel", "params": {"target": target}})
     assert _final(s, [2])[2]["error"] == "A cancel needs the integer id of a request as its 'target'."
@@ -444,7 +423,7 @@ def test_cancel_with_a_malformed_target_gets_an_error_frame(scripted_daemon, scr
     ("tokenize", {"text": "x" * 1_500_000}, "1048576"),
 ])
 def test_a_huge_prompt_is_refused_at_once(daemon, method, params, limit):
-    s = _raw(daemon)
+    s = raw_connection(daemon)
     t0 = time.monotonic()
     send_frame(s, {"id": 1, "method": method, "params": params})
     reply = _final(s, [1])[1]

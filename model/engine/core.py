@@ -53,6 +53,9 @@ class Engine:
         self.cache = LatentCache(runtime.cache_bytes)
         self.live = LiveBuffer(model.new_cache(runtime.max_context), model.args)
         self.threads = _threads(runtime.threads, self.parameters)   # (prefill, decode)
+        for experts in model.modules():        # a GPU decodes without host syncs; see moe.py
+            if isinstance(experts, Experts) and not isinstance(experts, Int8Experts):
+                experts.batched_decode = runtime.device != "cpu"
         self._lock = threading.Lock()
         self.last_stats: GenerationStats | None = None
         self.requests = 0
@@ -73,9 +76,6 @@ class Engine:
         model = load_model(model_dir, args, dtype=runtime.dtype, device=runtime.device)
         if runtime.quantize == "int8":
             quantize_int8(model)
-        for experts in model.modules():        # a GPU decodes without host syncs; see moe.py
-            if isinstance(experts, Experts) and not isinstance(experts, Int8Experts):
-                experts.batched_decode = runtime.device != "cpu"
         engine = cls(model, tokenizer, runtime, name="bundled" if path_or_id is None else str(path_or_id),
                      model_dir=model_dir)
         if warmup:
