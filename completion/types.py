@@ -61,6 +61,13 @@ REASONS = {
     "echo": "The suggestion only repeated the text before the cursor.",
     "syntax-error": "The suggestion would have introduced a syntax error.",
     "cancelled": "A newer keystroke replaced this request.",
+    # the server's, before the pipeline runs
+    "loading": "The model is still loading.",
+    "load-failed": "The model did not load; the log says why.",
+    "off": "Latent is turned off (latent.toggle).",
+    "snoozed": "Latent is snoozed for a while (latent.toggle).",
+    "manual": "Suggestions come only when you ask (trigger = manual).",
+    "diverged": "The server's copy of this document diverged from the editor's; reopen the document.",
 }
 
 

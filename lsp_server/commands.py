@@ -20,6 +20,7 @@ from model.serve.framing import plain
 
 log = logging.getLogger(__name__)
 ACCEPTED = "latent.accepted"
+SNOOZE_MAX_MINUTES = 24 * 60
 
 
 def accept_command(uri: str, suggestion: Suggestion) -> types.Command:
@@ -35,12 +36,20 @@ def register(server, session) -> None:
 
     @server.command("latent.toggle")
     def toggle(*args) -> dict:
-        """Turn completion off or on (an argument true / false sets it)."""
-        enabled = bool(args[0]) if args else not session.settings.enable
-        session.store.toggled["enable"] = enabled
-        session.apply_settings()
-        log.info("Completion is %s.", "on" if enabled else "off")
-        return {"enabled": enabled}
+        """Turn completion off or on: no argument flips it, true / false sets it, and false with a
+        number of minutes snoozes it: off, and on again by itself after that long."""
+        if len(args) > 2 or (args and args[0] is not None and not isinstance(args[0], bool)) or (
+                len(args) == 2 and not _minutes(args[1])):
+            raise JsonRpcInvalidParams("latent.toggle takes nothing, true or false, or false and a number of minutes "
+                                       f"from 1 to {SNOOZE_MAX_MINUTES} (a snooze).")
+        enabled = not session.settings.enable if not args or args[0] is None else args[0]
+        minutes = args[1] if len(args) == 2 and not enabled else None
+        session.toggle(enabled, minutes)
+        log.info("Completion is %s.", "on" if enabled else f"snoozed for {minutes:g} minutes" if minutes else "off")
+        out = {"enabled": enabled}
+        if session.status.snoozed_until:
+            out["snoozedUntil"] = session.status.snoozed_until
+        return out
 
     @server.command("latent.stats")
     async def stats(*args) -> dict:
@@ -92,3 +101,8 @@ def register(server, session) -> None:
         suggestion = Suggestion(text, Range(Position(span[0], span[1]), Position(span[2], span[3])))
         session.worker.submit((uri, "precompute"), lambda cancel: service.precompute(uri, suggestion, cancel))
         return None
+
+
+def _minutes(value) -> bool:
+    """A snooze's length: a number of minutes, more than 0 and at most a day."""
+    return type(value) in (int, float) and 0 < value <= SNOOZE_MAX_MINUTES

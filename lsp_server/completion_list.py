@@ -12,6 +12,7 @@ from lsprotocol import types
 from completion.types import Suggestion
 from lsp_server.commands import accept_command
 from lsp_server.documents import lsp_range
+from lsp_server.requests import Ask
 
 LABEL_CHARS = 80
 
@@ -48,8 +49,10 @@ def label(text: str) -> str:
 
 
 def register(server, session) -> None:
-    def off() -> str | None:
-        return "items are off" if session.settings.completion_items == "never" else None
+    def ask(params) -> Ask:
+        if session.settings.completion_items == "never":
+            return Ask(skip="items are off")
+        return Ask(count=session.settings.suggestions)
 
     session.requests.register(server, types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False),
-                              "completion", respond, off, count=lambda params: session.settings.suggestions)
+                              "completion", respond, ask)

@@ -62,9 +62,6 @@ def relative_path(workspace, uri: str) -> str | None:
     return posixpath.relpath(path, best) if best else None
 
 
-DIVERGED = "the server's copy of this document diverged; reopen it"
-
-
 def diverged(session, uri: str, rejected: list[str], stale: bool) -> None:
     """Some changes of a didChange were left out (each a sentence): log them and, when the
     copy can no longer be trusted, mark the document diverged."""

@@ -11,10 +11,14 @@ ruff_server's background document requests).
              answers the request with RequestCancelled; so does any end of the handler's task
              (shutdown).
 
-A request is answered with an empty result when the model is not ready, completion is off for
-the document's language or the method, the server's copy of the document diverged from the
-editor's (documents.diverged), a newer request superseded it, or the pipeline failed (logged). A position outside the document or an unknown document is an InvalidParams error.
-Each answered completion is one log line with its figures, and a `latent/status`.
+A request is answered with an empty result when the model is not ready, completion is off
+(latent.toggle, a snooze, the language, or `trigger = manual` for ghost text while typing), the
+server's copy of the document diverged from the editor's (documents.diverged), a newer request
+superseded it, or the pipeline failed (logged). Each such skip has its reason (a key of
+completion.types.REASONS), which the status carries. A position outside the document or an
+unknown document is an InvalidParams error. Ghost text while typing waits `debounce_ms` on the
+worker first, so a keystroke that follows soon replaces it unrun. Each answered completion is
+one log line with its figures, and a `latent/status`.
 """
 from __future__ import annotations
 
@@ -29,7 +33,6 @@ from pygls.exceptions import JsonRpcInvalidParams
 from completion.errors import InvalidPosition
 from completion.types import REASONS, CompletionResult, Position, Suggestion
 from lsp_server import status
-from lsp_server.documents import DIVERGED
 from lsp_server.worker import Job
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,7 @@ class Request:
     arrived: float = field(default_factory=time.perf_counter)
     job: Job | None = None
     error: str | None = None   # an InvalidParams message
-    skipped: str = ""          # why no job runs: loading, disabled, …
+    skipped: str = ""          # why no job runs: a key of REASONS, or the method is off
 
     def where(self) -> str:
         name = self.uri.rsplit("/", 1)[-1]
@@ -52,11 +55,19 @@ class Request:
 
 
 @dataclass(frozen=True)
+class Ask:
+    """What a request asks of the pipeline, from its params and the settings."""
+
+    count: int = 1            # suggestions to compute
+    delay: float = 0.0        # seconds to wait on the worker first (the debounce while typing)
+    skip: str | None = None   # answer empty without running: a key of REASONS, or why the method is off
+
+
+@dataclass(frozen=True)
 class Kind:
     name: str
     respond: Callable[[str, list[Suggestion]], Any]   # (uri, suggestions) -> the LSP result
-    off: Callable[[], str | None]                     # why the method answers empty now, or None
-    count: Callable[[Any], int]                       # params -> how many suggestions to compute
+    ask: Callable[[Any], Ask]                         # params -> what to compute
 
 
 class Requests:
@@ -67,10 +78,9 @@ class Requests:
         self.kinds: dict[str, Kind] = {}          # LSP method -> its kind
         self.inflight: dict[object, Request] = {}  # request id -> the request, until answered
 
-    def register(self, server, method: str, options, name: str, respond, off=lambda: None,
-                 count=lambda params: 1) -> None:
+    def register(self, server, method: str, options, name: str, respond, ask=lambda params: Ask()) -> None:
         """Serve `method` as a background request; `respond` builds its result."""
-        kind = self.kinds[method] = Kind(name, respond, off, count)
+        kind = self.kinds[method] = Kind(name, respond, ask)
 
         @server.feature(method, options)
         async def handle(params):
@@ -103,7 +113,8 @@ class Requests:
     def _prepare(self, msg_id, kind: Kind, params) -> Request:
         session = self.session
         uri, p = params.text_document.uri, params.position
-        request = Request(msg_id, kind.name, uri, Position(p.line, p.character), skipped=kind.off() or "")
+        ask = kind.ask(params)
+        request = Request(msg_id, kind.name, uri, Position(p.line, p.character), skipped=ask.skip or "")
         if request.skipped:
             return request
         document = session.documents.get(uri)
@@ -117,15 +128,17 @@ class Requests:
             return request
         service, engine = session.service, session.engine
         if uri in session.stale:
-            request.skipped = DIVERGED
+            request.skipped = "diverged"
         elif service is None:
-            request.skipped = session.status.state
+            request.skipped = "load-failed" if session.status.state == "error" else "loading"
+        elif not session.settings.enable:
+            request.skipped = "snoozed" if session.status.snoozed_until else "off"
         elif not session.settings.language_enabled(document.language_id):
-            request.skipped = "disabled"
+            request.skipped = "language-disabled"
         if request.skipped:
             return request
         snapshot = document.snapshot()
-        count = kind.count(params)
+        count = ask.count
 
         def run(cancel) -> tuple[CompletionResult, float]:
             started = time.perf_counter()
@@ -133,7 +146,7 @@ class Requests:
             session.status.refresh_cache(engine)
             return result, started
 
-        request.job = session.worker.submit((uri, kind.name), run)
+        request.job = session.worker.submit((uri, kind.name), run, delay=ask.delay)
         return request
 
     async def _answer(self, request: Request) -> list[Suggestion]:
@@ -143,7 +156,10 @@ class Requests:
             log.warning("%s %s: %s", kind, where, request.error)
             raise JsonRpcInvalidParams(request.error)
         if request.job is None:
-            log.debug("%s %s: no completion (%s)", kind, where, request.skipped)
+            reason = request.skipped
+            log.debug("%s %s: no completion (%s)", kind, where, REASONS.get(reason, reason))
+            if reason in REASONS:
+                self._record(request, CompletionResult(source="skipped", reason=reason), request.arrived)
             return []
         try:
             outcome = await asyncio.wrap_future(request.job.future)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from completion import CompletionService, Workspace
 from lsp_server import logs, status
@@ -46,6 +47,7 @@ class Session:
         self.exit_code: int | None = None
         self.log_handler: logs.ClientHandler | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._snooze: asyncio.TimerHandle | None = None   # latent.toggle's timer that ends a snooze
 
     # -- the engine and its service ------------------------------------------------------------
     def install(self, engine, settings: Settings) -> None:
@@ -73,6 +75,8 @@ class Session:
         """Merge the layers again (nothing reloads); the warnings."""
         self.settings, warnings = self.store.settings()
         self.status.enabled = self.settings.enable
+        if self.settings.enable:
+            self.status.snoozed_until = None
         self.documents.max_parse_chars = self.settings.max_parse_kb << 10   # for documents opened from now on
         return warnings
 
@@ -93,6 +97,30 @@ class Session:
                 log.warning("The completion settings were not applied: %s", e)
         if self.initialized:
             self.spawn(ensure_model(self))
+
+    def toggle(self, enabled: bool, minutes: float | None = None) -> None:
+        """latent.toggle: completion on or off; off for `minutes` (a snooze), then on by itself."""
+        if self._snooze is not None:
+            self._snooze.cancel()
+            self._snooze = None
+        self.store.toggled["enable"] = enabled
+        self.status.snoozed_until = time.time() + minutes * 60 if minutes else None
+        if minutes:
+            self._snooze = asyncio.get_running_loop().call_later(minutes * 60, self._wake)
+        was = self.settings.enable
+        self.apply_settings()
+        if self.settings.enable == was:   # apply_settings sent nothing; the snooze changed
+            status.send(self)
+
+    def _wake(self) -> None:
+        self._snooze = None
+        self.store.toggled.pop("enable", None)
+        log.info("The snooze is over: completion is %s.", "on" if self.store.settings()[0].enable else "off")
+        self.status.snoozed_until = None
+        was = self.settings.enable
+        self.apply_settings()
+        if self.settings.enable == was:
+            status.send(self)
 
     # -- running -------------------------------------------------------------------------------
     def spawn(self, coroutine) -> asyncio.Task:

@@ -1,7 +1,8 @@
 """`latent/status`: a notification clients can show in a status bar.
 
     {"state": "loading" | "ready" | "error", "enabled": true, "model": "bundled",
-     "message": "…", "lastLatencyMs": 12.5, "last": {…}, "cache": {…}}
+     "message": "…", "lastLatencyMs": 12.5, "last": {…}, "cache": {…},
+     "snoozedUntil": 1796000000.0}                    # only while snoozed (latent.toggle)
 
 It is sent when the state changes, when `enable` flips and after every completion
 (`last` describes that completion; `cache` holds the engine's cache figures, refreshed at
@@ -22,6 +23,7 @@ class Status:
     model: str = ""
     message: str = ""
     enabled: bool = True
+    snoozed_until: float | None = None   # a snooze (latent.toggle false, minutes) ends then: Unix seconds
     last: dict | None = None
     cache: dict = field(default_factory=dict)
     _cache_at: float = -1e9
@@ -29,6 +31,8 @@ class Status:
     def params(self) -> dict:
         out = {"state": self.state, "enabled": self.enabled, "model": self.model, "message": self.message,
                "cache": self.cache}
+        if self.snoozed_until:
+            out["snoozedUntil"] = self.snoozed_until
         if self.last is not None:
             out["lastLatencyMs"] = self.last.get("latencyMs")
             out["last"] = self.last

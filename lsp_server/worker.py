@@ -6,7 +6,9 @@
 
 Keys are (document, kind) pairs. Submitting a job for a key cancels the previous job for that
 key: a queued one is answered with None without running; a running one has its CancelToken
-set, which the engine checks before prefill and between decode steps. Jobs without a key
+set, which the engine checks before prefill and between decode steps. A job may wait `delay`
+seconds before it runs (the debounce while typing): jobs behind it that are ready run first, and
+a newer job for its key replaces it unrun. Jobs without a key
 (reading the figures, clearing the cache) run in order and supersede nothing. `forget(document)`
 cancels every job of a document that closed. The event loop never waits on the worker's lock
 for longer than a queue operation.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable, Hashable
@@ -25,13 +28,18 @@ log = logging.getLogger(__name__)
 
 
 class Job:
-    __slots__ = ("key", "fn", "cancel", "future")
+    __slots__ = ("key", "fn", "cancel", "future", "not_before")
 
-    def __init__(self, key: Hashable | None, fn: Callable[[CancelToken], Any]) -> None:
+    def __init__(self, key: Hashable | None, fn: Callable[[CancelToken], Any], delay: float = 0.0) -> None:
         self.key = key
         self.fn = fn
         self.cancel = CancelToken()
         self.future: Future = Future()
+        self.not_before = time.monotonic() + delay
+
+    def wait(self, now: float) -> float:
+        """Seconds until the job may run (0: now; a cancelled job is answered at once)."""
+        return 0.0 if self.cancel.cancelled else max(0.0, self.not_before - now)
 
 
 class Worker:
@@ -43,9 +51,11 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._stopped = False
 
-    def submit(self, key: tuple[Hashable, str] | None, fn: Callable[[CancelToken], Any]) -> Job:
-        """Queue `fn(cancel)`; with a key, cancel the key's previous job."""
-        job = Job(key, fn)
+    def submit(self, key: tuple[Hashable, str] | None, fn: Callable[[CancelToken], Any],
+               delay: float = 0.0) -> Job:
+        """Queue `fn(cancel)` to run in `delay` seconds at the earliest; with a key, cancel the
+        key's previous job."""
+        job = Job(key, fn, delay)
         with self._wake:
             if self._stopped:
                 job.future.set_result(None)
@@ -90,12 +100,22 @@ class Worker:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._queue and not self._stopped:
-                    self._wake.wait()
-                if self._stopped:
+                job = self._next()
+                if job is None:
                     return
-                job = self._queue.popleft()
             self._run(job)
+
+    def _next(self) -> Job | None:
+        """The first queued job that may run now, waiting for one (None: stopped). Holds the lock."""
+        while not self._stopped:
+            now = time.monotonic()
+            waits = [job.wait(now) for job in self._queue]
+            for job, wait in zip(self._queue, waits):
+                if wait == 0.0:
+                    self._queue.remove(job)
+                    return job
+            self._wake.wait(min(waits) if waits else None)
+        return None
 
     def _run(self, job: Job) -> None:
         try:

@@ -637,7 +637,7 @@ def test_a_bad_change_keeps_the_good_ones_and_marks_the_document_stale(wire):
     assert len(rejected) == 1 and is_sentence(rejected[0])
     answer = server.answer(server.request(INLINE, inline_params(uri, 3, 0)))   # line 3 exists after the insert
     assert answer.get("result") == {"items": []}
-    assert any("diverged; reopen it" in line for line in server.logs("stale.py:4:1", count=1))
+    assert any("diverged from the editor's; reopen the document" in line for line in server.logs("stale.py:4:1", count=1))
 
     server.change(uri, 3, {"text": "fresh\n"})       # the whole text: the copy is right again
     assert server.document(uri)["stale"] is False

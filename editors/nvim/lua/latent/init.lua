@@ -20,7 +20,8 @@ M.server_settings = {
   'max_new_tokens_block', 'multiline', 'temperature', 'top_p', 'top_k', 'seed', 'fim_format',
   'fim_layout', 'lru_size',
   -- the server
-  'enable', 'languages', 'disabled_languages', 'all_languages', 'completion_items', 'suggestions', 'log_level',
+  'enable', 'languages', 'disabled_languages', 'all_languages', 'trigger', 'debounce_ms', 'completion_items',
+  'suggestions', 'log_level',
   'max_message_mb', 'max_parse_kb',
 }
 
