@@ -319,3 +319,73 @@ async def test_invoking_inline_completion_offers_several_suggestions_best_first(
     assert [i.text_edit.new_text for i in listed.items] == [item.insert_text for item in asked]
     assert [i.preselect for i in listed.items] == [True] + [False] * (len(listed.items) - 1)
     session.close(uri)
+
+
+async def test_manual_trigger_answers_only_when_asked_and_says_why(session):
+    uri = "file:///work/manual.txt"
+    language, text, line, character, want = await suggestion_case(session, uri)
+    session.open(uri, text, language)
+    session.configure({"latent": {"trigger": "manual"}})
+    await asyncio.sleep(0.3)
+    assert await session.inline(uri, line, character) == []       # typing: nothing
+    last = session.statuses[-1].last
+    assert (last.source, last.reason) == ("skipped", "manual") and "when you ask" in last.reasonText
+    asked = await session.inline(uri, line, character, invoked=True)
+    assert pairs(asked[:1]) == want                                 # the key: the same first suggestion
+    session.configure({})
+    await asyncio.sleep(0.3)
+    assert pairs(await session.inline(uri, line, character)) == want
+    session.close(uri)
+
+
+async def test_every_server_side_skip_carries_its_reason(session):
+    uri = "file:///work/skips.txt"
+    language, text, line, character, want = await suggestion_case(session, uri)
+    session.open(uri, text, language)
+    assert await session.command("latent.toggle", False) == {"enabled": False}
+    assert await session.inline(uri, line, character) == []
+    assert session.statuses[-1].last.reason == "off"
+    assert await session.command("latent.toggle", True) == {"enabled": True}
+    session.configure({"latent": {"disabledLanguages": [language]}})
+    await asyncio.sleep(0.3)
+    assert await session.inline(uri, line, character) == []
+    assert session.statuses[-1].last.reason == "language-disabled"
+    session.configure({})
+    await asyncio.sleep(0.3)
+    session.close(uri)
+
+
+async def test_a_snooze_turns_completion_off_and_back_on_by_itself(session):
+    uri = "file:///work/snooze.txt"
+    language, text, line, character, want = await suggestion_case(session, uri)
+    session.open(uri, text, language)
+    answer = await session.command("latent.toggle", False, 0.02)    # 1.2 seconds
+    assert answer["enabled"] is False and answer["snoozedUntil"] > 0
+    status = session.statuses[-1]
+    assert status.enabled is False and status.snoozedUntil == answer["snoozedUntil"]
+    assert await session.inline(uri, line, character) == []
+    assert session.statuses[-1].last.reason == "snoozed"
+    await asyncio.sleep(1.6)
+    status = session.statuses[-1]
+    assert status.enabled is True and getattr(status, "snoozedUntil", None) is None
+    assert pairs(await session.inline(uri, line, character)) == want
+    for bad in ((False, 0), (False, 10_000), ("off",), (False, 5, 1)):
+        with pytest.raises(Exception, match="minutes"):
+            await session.command("latent.toggle", *bad)
+    session.close(uri)
+
+
+async def test_keystrokes_within_the_debounce_never_reach_the_model(session):
+    uri = "file:///work/debounce.txt"
+    session.open(uri, PLAIN, "plaintext")
+    session.configure({"latent": {"debounceMs": 400}})
+    await asyncio.sleep(0.3)
+    before = (await session.command("latent.stats"))["service"]["requests"]
+    burst = [session.send_inline(uri, 1, 20)[1] for _ in range(3)]
+    answers = await asyncio.gather(*burst)
+    assert [list(a.items) for a in answers[:2]] == [[], []]          # replaced while waiting
+    assert pairs(answers[2].items) == expected([(uri, "plaintext", PLAIN)], uri, 1, 20)
+    assert (await session.command("latent.stats"))["service"]["requests"] == before + 1
+    session.configure({})
+    await asyncio.sleep(0.3)
+    session.close(uri)

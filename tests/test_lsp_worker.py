@@ -73,3 +73,18 @@ def test_forget_cancels_a_closed_documents_jobs_and_stop_answers_the_queue():
     assert running.future.result(1) == "running"
     assert time.perf_counter() - t0 < 5
     assert worker.submit(("c", "inline"), lambda cancel: "late").future.result(1) is None   # stopped: answered empty
+
+
+def test_a_delayed_job_waits_lets_ready_jobs_pass_and_is_replaced_unrun():
+    """The debounce: ghost text while typing waits on the worker; a newer keystroke's job
+    replaces it before it runs, and other jobs do not wait behind it."""
+    worker, ran = Worker(), []
+    t0 = time.monotonic()
+    typed = worker.submit(("a", "inline"), lambda cancel: ran.append("typed") or "typed", delay=0.4)
+    other = worker.submit(None, lambda cancel: ran.append("other") or time.monotonic())
+    assert other.future.result(5) - t0 < 0.3                      # not held up by the waiting job
+    newer = worker.submit(("a", "inline"), lambda cancel: ran.append("newer") or time.monotonic(), delay=0.2)
+    assert typed.future.result(5) is None                         # replaced before its time came
+    assert newer.future.result(5) - t0 >= 0.2                     # it waited its own delay
+    assert ran == ["other", "newer"]
+    worker.stop()
