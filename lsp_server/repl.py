@@ -4,7 +4,9 @@
 
 Keys: Tab accepts the ghost text (or indents when there is none), Ctrl-Right (or Alt-F)
 accepts its next word, Right / Ctrl-E / Ctrl-F accept all of it, Escape hides it until the
-next keystroke, Up / Down walk the history. Enter runs the input once it is a complete
+next keystroke, Alt-] / Alt-[ show the next / previous of several suggestions (the first press
+asks for them), Alt-\\ asks for a suggestion now (with `trigger = manual`, the only way), Up /
+Down walk the history. Enter runs the input once it is a complete
 statement and opens a new line inside a block. Ghost text too long for the line is shown cut
 with an ellipsis (it never wraps onto a line of its own); the keys accept all of it.
 
@@ -119,49 +121,84 @@ class Suggester:
         self.state = "ready"
         self.message = f"{self.model} loaded in {time.perf_counter() - started:.1f} s"
 
-    def suggest(self, text: str) -> str:
-        """The first line of the suggestion at the end of `text` ('' when none)."""
+    def suggest(self, text: str, asked: bool = False) -> list[str]:
+        """The first lines of the suggestions at the end of `text`, best first (none: []).
+        While typing (not `asked`): at most one, after the debounce, and none with
+        `trigger = manual`; asked (a key): up to `suggestions`, at once."""
         from completion.document import Lines
         from completion.types import REASONS, TextChange
         from model.protocol import CancelToken
 
-        service = self.service
-        if service is None or not self.settings.enable:
-            return ""
+        service, settings = self.service, self.settings
+        if service is None or not settings.enable or (settings.trigger == "manual" and not asked):
+            return []
         cancel = CancelToken()
         previous, self._cancel = self._cancel, cancel
         if previous is not None:
             previous.cancel()
+        if not asked and settings.debounce_ms:
+            time.sleep(settings.debounce_ms / 1000)   # a keystroke meanwhile cancels this one
         with self._lock:
             if cancel.cancelled:
-                return ""
+                return []
             self._version += 1
             if service.workspace.get(URI) is None:
                 service.workspace.open(URI, "python", text, self._version, "repl.py")
             else:
                 service.workspace.change(URI, self._version, [TextChange(text)])
             started = time.perf_counter()
-            result = service.complete(service.workspace.snapshot(URI), Lines(text).position(len(text)), cancel)
+            result = service.complete(service.workspace.snapshot(URI), Lines(text).position(len(text)), cancel,
+                                      count=settings.suggestions if asked else 1)
         if result.source == "cancelled" or cancel.cancelled:
-            return ""
+            return []
         self.last_ms = (time.perf_counter() - started) * 1000
         if not result.suggestions:
             self.reason = REASONS.get(result.reason, REASONS["nothing"])
-            return ""
-        suggestion = result.suggestions[0]   # the cursor is at the end: nothing to replace
-        line = suggestion.text.split("\n")[0] if suggestion.range.start == suggestion.range.end else ""
-        self.reason = "" if line.strip() else "The suggestion starts on a new line."
-        return line if line.strip() else ""
+            return []
+        lines = []   # the cursor is at the end: nothing to replace
+        for suggestion in result.suggestions:
+            line = suggestion.text.split("\n")[0] if suggestion.range.start == suggestion.range.end else ""
+            if line.strip() and line not in lines:
+                lines.append(line)
+        self.reason = "" if lines else "The suggestion starts on a new line."
+        return lines
 
-    def toolbar(self, showing: bool = False) -> str:
-        """The bottom bar; `showing`: whether ghost text is on screen now."""
+    def toolbar(self, showing: bool = False, place: str = "") -> str:
+        """The bottom bar; `showing`: whether ghost text is on screen now; `place`: which of
+        several it is ("2/3")."""
         if self.state != "ready":
             return f" latent: {self.state} — {self.message} · Ctrl-D quit"
+        manual = "Alt-\\ suggest · " if self.settings.trigger == "manual" else ""
         if self.last_ms is None:
-            return f" latent: ready · {self.model} · Ctrl-D quit"
-        said = ("Tab accept · Ctrl-Right word · Esc hide" if showing
+            return f" latent: ready · {manual}{self.model} · Ctrl-D quit"
+        said = (f"{place + ' · ' if place else ''}Tab accept · Ctrl-Right word · Alt-] next · Esc hide" if showing
                 else f"no suggestion: {self.reason}" if self.reason else "Ctrl-D quit")
-        return f" latent: ready · {self.last_ms:.0f} ms · {said} · {self.model}"
+        return f" latent: ready · {self.last_ms:.0f} ms · {manual}{said} · {self.model}"
+
+
+class Choices:
+    """Several suggestions asked for with a key, for one input, and which one is shown."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None   # the input they complete
+        self.lines: list[str] = []
+        self.index = -1                # the one shown; -1: none yet
+
+    def reset(self, text: str, lines: list[str], shown: str | None) -> None:
+        self.text, self.lines = text, lines
+        self.index = lines.index(shown) if shown in lines else -1
+
+    def move(self, step: int) -> str:
+        """The suggestion `step` after the shown one (0 or none shown yet: the first)."""
+        self.index = 0 if self.index < 0 else (self.index + step) % len(self.lines)
+        return self.lines[self.index]
+
+    def place(self, buffer) -> str:
+        """ "2/3" while the buffer shows one of several for their input, else ''."""
+        shown = buffer.suggestion.text if buffer.suggestion else None
+        if buffer.text != self.text or len(self.lines) < 2 or shown not in self.lines:
+            return ""
+        return f"{self.lines.index(shown) + 1}/{len(self.lines)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +242,9 @@ class Console:
 
 def make_session(suggester: Suggester, inputs: list[str], history_file: Path | None):
     from prompt_toolkit import PromptSession
+    from prompt_toolkit.application import get_app
     from prompt_toolkit.auto_suggest import AutoSuggest, Suggestion, ThreadedAutoSuggest
+    from prompt_toolkit.eventloop import run_in_executor_with_context
     from prompt_toolkit.filters import Condition
     from prompt_toolkit.history import FileHistory, InMemoryHistory
     from prompt_toolkit.key_binding import KeyBindings
@@ -216,13 +255,14 @@ def make_session(suggester: Suggester, inputs: list[str], history_file: Path | N
     from pygments.lexers.python import PythonLexer
 
     dismissed: str | None = None   # the input whose ghost text Escape hid, until it changes
+    choices = Choices()             # the suggestions asked for with a key, for the input they fit
 
     class ModelSuggest(AutoSuggest):
         def get_suggestion(self, buffer, document):
             if not document.is_cursor_at_the_end or not document.text.strip() or dismissed == document.text:
                 return None
-            text = suggester.suggest(document_text(inputs, document.text))
-            return Suggestion(text) if text and dismissed != document.text else None
+            lines = suggester.suggest(document_text(inputs, document.text))
+            return Suggestion(lines[0]) if lines and dismissed != document.text else None
 
     class FitSuggestion(Processor):
         """Cut the ghost text (AppendAutoSuggestion's last fragment) to the room left on the
@@ -241,8 +281,6 @@ def make_session(suggester: Suggester, inputs: list[str], history_file: Path | N
 
     @Condition
     def has_suggestion() -> bool:
-        from prompt_toolkit.application import get_app
-
         buffer = get_app().current_buffer
         return bool(buffer.suggestion and buffer.suggestion.text and buffer.document.is_cursor_at_the_end)
 
@@ -272,6 +310,34 @@ def make_session(suggester: Suggester, inputs: list[str], history_file: Path | N
         buffer = event.current_buffer
         dismissed, buffer.suggestion = buffer.text, None
 
+    async def ask(buffer, step: int) -> None:
+        """Show the next (step 1) or previous (-1) of several suggestions, or the first (0); the
+        first press for an input asks the model for them, off the event loop."""
+        text = buffer.text
+        if choices.text != text or not buffer.document.is_cursor_at_the_end:
+            shown = buffer.suggestion.text if buffer.suggestion else None
+            lines = await run_in_executor_with_context(suggester.suggest, document_text(inputs, text), True)
+            choices.reset(text, lines, shown)
+        if buffer.text == text and choices.lines:
+            buffer.suggestion = Suggestion(choices.move(step))
+            buffer.on_suggestion_set.fire()
+        get_app().invalidate()
+
+    def in_background(buffer, step: int) -> None:
+        get_app().create_background_task(ask(buffer, step))
+
+    @bindings.add("escape", "]")
+    def next_suggestion(event) -> None:
+        in_background(event.current_buffer, 1)
+
+    @bindings.add("escape", "[")
+    def previous_suggestion(event) -> None:
+        in_background(event.current_buffer, -1)
+
+    @bindings.add("escape", "\\")
+    def suggest_now(event) -> None:
+        in_background(event.current_buffer, 0)
+
     def undismiss(_buffer) -> None:
         nonlocal dismissed
         dismissed = None
@@ -293,7 +359,8 @@ def make_session(suggester: Suggester, inputs: list[str], history_file: Path | N
         message=lambda: PROMPT, prompt_continuation=lambda width, line, wrap: CONTINUATION,
         multiline=True, history=history, auto_suggest=ThreadedAutoSuggest(ModelSuggest()),
         input_processors=[FitSuggestion()], key_bindings=bindings, lexer=PygmentsLexer(PythonLexer),
-        bottom_toolbar=lambda: suggester.toolbar(has_suggestion()), refresh_interval=0.5,
+        bottom_toolbar=lambda: suggester.toolbar(has_suggestion(), choices.place(get_app().current_buffer)),
+        refresh_interval=0.5,
         style=Style.from_dict({"auto-suggestion": "#808080 italic", "bottom-toolbar": "noreverse #808080"}),
     )
     # Escape alone hides the ghost text: wait briefly for the key after it (Alt-F arrives as

@@ -1,5 +1,6 @@
 """The terminal clients in tmux, read off the screen as a person sees them: `latent repl`
 (ghost text while typing Python, Tab accepts it, Ctrl-Right accepts a word, Escape hides it,
+Alt-] / Alt-[ cycle through several, Alt-\\ asks for one with `trigger = manual`,
 a long one is cut at the terminal's edge, the bottom bar says why there is none) and the key
 bindings in editors/terminal/: bash completes the command line in place, zsh shows a preview
 that Tab takes; both use the engine daemon and say in one line when something fails.
@@ -39,12 +40,28 @@ def repl_context() -> tuple[harness.Model, tuple[list[str], str, str]]:
         wait_for(lambda: suggester.state != "loading", 60, "the model to load")
         assert suggester.state == "ready", suggester.message
         for inputs, typed in REPL_CONTEXTS:
-            text = suggester.suggest(repl.document_text(inputs, typed))
-            if text.strip():
-                return inputs, typed, text
+            lines = suggester.suggest(repl.document_text(inputs, typed))
+            if lines:
+                return inputs, typed, lines[0]
         return None
 
     return harness.pick("repl", find)
+
+
+def repl_choices() -> tuple[harness.Model, tuple[list[str], str, list[str]]]:
+    """(model, (inputs, typed, the suggestions the pipeline offers there when asked: two or more))."""
+    def find(model: harness.Model):
+        args = ["--set", f"threads={harness.THREADS}"] + (["--model", model.path] if model.path else [])
+        suggester = repl.Suggester(repl.settings_from(repl.make_parser().parse_args(args)))
+        wait_for(lambda: suggester.state != "loading", 60, "the model to load")
+        for inputs, typed in REPL_CONTEXTS:
+            typing = suggester.suggest(repl.document_text(inputs, typed))
+            asked = suggester.suggest(repl.document_text(inputs, typed), asked=True)
+            if typing and len(asked) >= 2 and asked[0] == typing[0]:
+                return inputs, typed, asked
+        return None
+
+    return harness.pick("repl-choices", find)
 
 
 @pytest.fixture
@@ -206,6 +223,38 @@ def test_repl_bar_says_why_there_is_no_suggestion_and_how_long_it_took(terminal)
     bar = pane.wait_screen(lambda s: "no suggestion" in toolbar(s) and toolbar(s), 30, "the reason in the bar")
     assert re.search(r"latent: ready · \d+ ms · no suggestion: " + re.escape(REASONS["language-disabled"]), bar), bar
     assert prompt_line(pane.screen(), ">>> ") == "x ="
+
+
+@pytest.mark.slow
+def test_repl_alt_bracket_cycles_through_suggestions_and_tab_accepts_the_second(terminal):
+    try:
+        model, (inputs, typed, choices) = repl_choices()
+    except harness.Missing as e:
+        pytest.fail(str(e))
+    pane, _, _, _ = open_repl(terminal, context=(model, (inputs, typed, choices[0])))
+    pane.wait_screen(lambda s: after_typed(typed)(s) == choices[0].rstrip(), 30, f"ghost text {choices[0]!r}")
+    pane.send("M-]")
+    pane.wait_screen(lambda s: after_typed(typed)(s) == choices[1].rstrip(), 30, f"the second suggestion {choices[1]!r}")
+    assert f" 2/{len(choices)} · " in toolbar(pane.screen()), toolbar(pane.screen())
+    pane.send("M-[")
+    pane.wait_screen(lambda s: after_typed(typed)(s) == choices[0].rstrip(), 10, "back to the first")
+    pane.send("M-]")
+    pane.wait_screen(lambda s: after_typed(typed)(s) == choices[1].rstrip(), 10, "the second again")
+    pane.send("Tab")
+    wait_for(lambda: pane.cursor()[1] == len(">>> " + typed + choices[1]), 10, "the cursor after the second")
+    assert prompt_line(pane.screen(), ">>> ").startswith(typed + choices[1].rstrip())
+
+
+@pytest.mark.slow
+def test_repl_manual_trigger_suggests_only_on_the_key(terminal):
+    pane, _, typed, suggestion = open_repl(terminal, "--set", "trigger=manual")
+    pane.wait_screen(lambda s: "Alt-\\ suggest" in toolbar(s), 10, "the bar to name the key")
+    time.sleep(1.0)                                    # typing: no request, no ghost text
+    assert prompt_line(pane.screen(), ">>> ") == typed.rstrip()
+    assert " ms · " not in toolbar(pane.screen())      # nothing was computed
+    pane.send("M-\\")
+    ghost = pane.wait_screen(after_typed(typed), 30, "ghost text after the key")
+    assert ghost == suggestion.rstrip()
 
 
 @pytest.mark.slow
