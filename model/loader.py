@@ -5,7 +5,10 @@ A model is a folder holding `config.json`, `model.safetensors` (or shards listed
 local Hugging Face cache. Nothing is ever downloaded.
 
 The model is built on the meta device; checkpoint tensors are renamed once by the table
-below (per-expert tensors are stacked into w13 / w2) and assigned. Every problem — missing
+below (per-expert tensors are stacked into w13 / w2) and assigned. With `quantize="int8"` each
+weight is quantized as soon as it is complete (a layer's experts once all are in), so loading
+never holds more than the int8 model and one layer's float experts: DeepSeek-Coder-V2-Lite in
+int8 loads in ~17 GB, not the 63 GB of its float32 form. Every problem — missing
 folder, unsupported model, missing / unexpected / mis-shaped tensor, truncated file — is one
 `ModelLoadError` whose message is a sentence a user can act on.
 """
@@ -167,16 +170,20 @@ def _short(e: Exception) -> str:
 # ---------------------------------------------------------------------------------------------
 # building the model
 
-def load_model(model_dir: Path, args: ModelArgs, dtype: str = "float32", device: str = "cpu"):
-    """The Transformer with the checkpoint's weights, on `device` in `dtype`."""
-    return build_model(_iter_tensors(_weight_files(model_dir)), args, dtype, device)
+def load_model(model_dir: Path, args: ModelArgs, dtype: str = "float32", device: str = "cpu",
+               quantize: str | None = None):
+    """The Transformer with the checkpoint's weights, on `device` in `dtype` (int8 weights and
+    `dtype` scales with quantize="int8")."""
+    return build_model(_iter_tensors(_weight_files(model_dir)), args, dtype, device, quantize)
 
 
-def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = "cpu"):
+def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = "cpu",
+                quantize: str | None = None):
     """The Transformer from (checkpoint name, tensor) pairs — a folder's files, or a
     transformers model's state_dict() items (its fused experts are taken as they are)."""
     import torch
 
+    from .quant import quantize_rows
     from .transformer import Transformer
 
     torch_dtype = getattr(torch, dtype)
@@ -186,6 +193,13 @@ def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = 
     state: dict[str, torch.Tensor] = {}
     filled: dict[str, set] = {}
     unexpected: list[str] = []
+    int8 = _int8_scales(model) if quantize == "int8" else {}   # weight key -> its scale's key
+
+    def settle(target: str) -> None:
+        """A weight is complete: quantize it now, if asked, so its float form is dropped."""
+        if target in int8 and state[target].dtype != torch.int8:
+            q, scale = quantize_rows(state[target])
+            state[target], state[int8[target]] = q, scale.to(torch_dtype)
 
     def put(target: str, source: str, tensor: torch.Tensor) -> None:
         if target not in expected:
@@ -198,13 +212,16 @@ def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = 
             )
         keep_fp32 = target.endswith("gate.bias")
         state[target] = tensor.to(device=device, dtype=torch.float32 if keep_fp32 else torch_dtype)
+        settle(target)
 
     for name, tensor in tensors:
         layer = _layer_of(name)
         if _IGNORED.search(name) or (layer is not None and layer >= args.n_layers):
             continue  # rope buffers of old exports; multi-token-prediction layers
         if m := _EXPERT.match(name):
-            _put_expert(m, name, tensor, args, expected, state, filled, torch_dtype, device, unexpected)
+            target = _put_expert(m, name, tensor, args, expected, state, filled, torch_dtype, device, unexpected)
+            if target is not None and len(filled[target]) == args.n_routed_experts * (1 if target.endswith("w2") else 2):
+                settle(target)
         elif m := _FUSED.match(name):
             target = f"layers.{m.group(1)}.ffn.experts.{'w13' if m.group(2) == 'gate_up_proj' else 'w2'}"
             put(target, name, tensor)
@@ -215,10 +232,59 @@ def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = 
 
     if args.tie_word_embeddings and "head.weight" not in state and "embed.weight" in state:
         state["head.weight"] = state["embed.weight"]
+        settle("head.weight")
     _check_complete(expected, state, filled, unexpected, args)
+    if int8:
+        _as_int8(model, torch_dtype)
     model.load_state_dict(state, assign=True, strict=True)
     model.init_rope(min(args.max_position_embeddings, 8192))
+    if int8:
+        from .mla import MLA
+
+        for module in model.modules():   # the absorbed-attention weights, from the int8 ones
+            if isinstance(module, MLA):
+                module.refresh_weights()
     return model.eval()
+
+
+def _int8_scales(model) -> dict[str, str]:
+    """The weights int8 quantization replaces (every Linear's and the experts'), each with the
+    key of its scale in the int8 modules (model/quant.py)."""
+    from torch import nn
+
+    from .moe import Experts
+
+    out = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.Linear):
+            out[f"{prefix}weight"] = f"{prefix}scale"
+        elif isinstance(module, Experts):
+            out.update({f"{prefix}w13": f"{prefix}s13", f"{prefix}w2": f"{prefix}s2"})
+    return out
+
+
+def _as_int8(model, dtype) -> None:
+    """Swap the meta model's Linear and Experts modules for their int8 forms (still on meta),
+    for the quantized state to be assigned to."""
+    import torch
+    from torch import nn
+
+    from .moe import Experts
+    from .quant import Int8Experts, Int8Linear
+
+    def empty(shape, kind=torch.int8):
+        return torch.empty(shape, dtype=kind, device="meta")
+
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                out, inp = child.weight.shape
+                setattr(module, child_name, Int8Linear(empty((out, inp)), empty((out,), dtype), dtype))
+            elif isinstance(child, Experts) and not isinstance(child, Int8Experts):
+                e, two_i, d = child.w13.shape
+                setattr(module, child_name, Int8Experts(empty((e, two_i, d)), empty((e, two_i), dtype),
+                                                        empty((e, d, two_i // 2)), empty((e, d), dtype), dtype))
 
 
 @contextlib.contextmanager
@@ -258,6 +324,7 @@ def _put_expert(m, name, tensor, args, expected, state, filled, dtype, device, u
     rows = {"gate": slice(0, inter), "up": slice(inter, 2 * inter), "down": slice(None)}[kind]
     state[target][e, rows] = tensor.to(dtype)
     filled.setdefault(target, set()).add((e, kind))
+    return target
 
 
 def _check_complete(expected, state, filled, unexpected, args) -> None:

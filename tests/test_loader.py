@@ -181,3 +181,28 @@ def test_the_folder_declares_its_fim_layouts_and_languages(copy):
     config["fim_layouts"] = ["middle-out"]
     (copy / "config.json").write_text(json.dumps(config))
     assert "'fim_layouts' holds 'middle-out'; it takes psm, spm" in _error(copy)
+
+
+@pytest.mark.parametrize("kind", ["v2-qlora-group", "v2-greedy-yarn"])
+def test_int8_quantized_while_loading_equals_quantizing_the_float_model(tmp_path, kind):
+    """Loading with quantize=int8 quantizes each weight as it completes (so a Lite-sized model
+    never exists in float32): the result is the float model quantized afterwards, exactly."""
+    from model.config import ModelArgs as Args
+    from model.loader import load_model
+    from model.quant import Int8Experts, Int8Linear, quantize_int8
+
+    save_checkpoint(kind, tmp_path)
+    args = Args.from_dict(json.loads((tmp_path / "config.json").read_text()))
+    streamed = load_model(tmp_path, args, quantize="int8")
+    after = quantize_int8(load_model(tmp_path, args))
+    assert any(isinstance(m, Int8Experts) for m in streamed.modules())
+    assert not any(isinstance(m, torch.nn.Linear) for m in streamed.modules())
+    a, b = streamed.state_dict(), after.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    assert sum(isinstance(m, Int8Linear) for m in streamed.modules()) == sum(
+        isinstance(m, Int8Linear) for m in after.modules())
+    engine = Engine.load(tmp_path, RuntimeConfig(quantize="int8"))
+    post = Engine(after, engine.tokenizer, engine.runtime, name="quantized after loading")
+    assert torch.equal(engine.logits(list(range(3, 40))), post.logits(list(range(3, 40))))

@@ -24,7 +24,7 @@ from ..loader import BUNDLED_DIR, ModelLoadError, load_model, read_args, resolve
 from ..params import RuntimeConfig, SamplingParams
 from ..protocol import CancelToken, Generation, GenerationStats
 from ..moe import Experts
-from ..quant import Int8Experts, quantize_int8, weight_bytes
+from ..quant import Int8Experts, weight_bytes
 from ..tokenizer import Tokenizer, TokenizerError
 from ..transformer import Transformer
 from . import persist
@@ -73,9 +73,7 @@ class Engine:
             tokenizer = Tokenizer.from_dir(model_dir)
         except TokenizerError as e:
             raise ModelLoadError(str(e)) from None
-        model = load_model(model_dir, args, dtype=runtime.dtype, device=runtime.device)
-        if runtime.quantize == "int8":
-            quantize_int8(model)
+        model = load_model(model_dir, args, dtype=runtime.dtype, device=runtime.device, quantize=runtime.quantize)
         engine = cls(model, tokenizer, runtime, name="bundled" if path_or_id is None else str(path_or_id),
                      model_dir=model_dir)
         if warmup:
