@@ -4,7 +4,10 @@ A real file is opened in `latent lsp` (stdio) with a stretch of it cut out, and 
 typed back one character at a time the way VS Code drives a server: a didChange per keystroke,
 then a textDocument/inlineCompletion at the cursor. By default each request is answered before
 the next key (latency per keystroke on an idle server); `--interval-ms` types at a fixed pace
-instead and cancels a request still pending when the next key comes, as VS Code does.
+instead, and `--pace human` at a person's (see `human_intervals`), cancelling a request still
+pending when the next key comes, as VS Code does. After every `--invoke-every`th ghost text
+(awaited mode) it also asks for several suggestions (an Invoked request, as a cycle key does) and
+reports what that costs against the ghost text's answer at the same keystroke.
 
 Per keystroke it reports p50 / p95 of the round trip the client sees, of the server's own time
 (arrival to answer), of the pipeline and of the engine; the LSP overhead (server time minus
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -43,6 +47,16 @@ NOTES = {
            "prefills the whole prompt (the cold request below).",
 }
 TIMEOUT_S = 120  # a request unanswered this long is a bug: fail instead of waiting
+PAUSE_MS = 400   # a gap this long before the next key: the person looks at the ghost text
+
+
+def human_intervals(count: int, seed: int = 0) -> list[float]:
+    """Milliseconds between keystrokes as a person types code: log-normal with a median of 180 ms
+    (large typing studies put the mean inter-key interval near 240 ms, skilled typists near
+    120 ms) and, one key in eight, a pause of 0.4–1.5 s to read or think. Synthetic, seeded."""
+    rng = random.Random(seed)
+    return [rng.uniform(PAUSE_MS, 1500) if rng.random() < 0.125 else 180 * rng.lognormvariate(0, 0.45)
+            for _ in range(count)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,6 +93,8 @@ async def start_server(args) -> tuple[LanguageClient, dict, asyncio.Task]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATENT_")}
     env.update({"PYTHONPATH": str(ROOT), "LATENT_THREADS": str(args.threads), "LATENT_LOG_LEVEL": args.log_level,
                 "LATENT_REUSE": args.reuse, "LATENT_FIM_LAYOUT": args.layout})
+    if args.debounce_ms is not None or not (args.pace or args.interval_ms):
+        env["LATENT_DEBOUNCE_MS"] = str(args.debounce_ms or 0)   # awaited keystrokes: the compute alone
     if args.model:
         env["LATENT_MODEL"] = args.model
     await client.start_io(sys.executable, "-m", "lsp_server", "lsp", env=env, cwd=str(ROOT))
@@ -106,10 +122,11 @@ async def replay(args) -> dict:
     ids = iter(range(1, 1 << 30))
     answered_at: dict[str, float] = {}
 
-    def request(line: int, character: int) -> tuple[str, asyncio.Future, float]:
+    def request(line: int, character: int, invoked: bool = False) -> tuple[str, asyncio.Future, float]:
         msg_id = f"k{next(ids)}"
+        kind = types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
         params = types.InlineCompletionParams(
-            context=types.InlineCompletionContext(types.InlineCompletionTriggerKind.Automatic),
+            context=types.InlineCompletionContext(kind),
             text_document=types.TextDocumentIdentifier(uri), position=types.Position(line, character))
         sent = time.perf_counter()
         future = client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id)
@@ -121,29 +138,49 @@ async def replay(args) -> dict:
     await asyncio.wait_for(first, TIMEOUT_S)
     cold = {"client_ms": (answered_at[first_id] - t0) * 1e3, **_server_figures(statuses.get(first_id))}
 
-    rows = await type_back(client, uri, typed, start_line, request, args.interval_ms)
+    intervals = (human_intervals(len(typed), args.seed) if args.pace == "human"
+                 else [args.interval_ms] * len(typed) if args.interval_ms else None)
+    before = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="latent.stats"))
+    rows, invoked = await type_back(client, uri, typed, start_line, request, intervals,
+                                    0 if intervals else args.invoke_every)
     results, cancelled = [], 0
-    for msg_id, future, sent in rows:
+    for index, (msg_id, future, sent) in enumerate(rows):
         try:
-            await asyncio.wait_for(future, TIMEOUT_S)
+            answer = await asyncio.wait_for(future, TIMEOUT_S)
         except JsonRpcRequestCancelled:
             cancelled += 1
             continue
-        results.append({"client_ms": (answered_at[msg_id] - sent) * 1e3, **_server_figures(statuses.get(msg_id))})
+        paused = intervals is not None and (index == len(rows) - 1 or intervals[index + 1] >= PAUSE_MS)
+        results.append({"client_ms": (answered_at[msg_id] - sent) * 1e3, "paused": paused,
+                        "shown": bool(answer and answer.items) and (
+                            intervals is None or index == len(rows) - 1
+                            or (answered_at[msg_id] - sent) * 1e3 < intervals[index + 1]),
+                        **_server_figures(statuses.get(msg_id))})
+    asked = []
+    for keystroke, (msg_id, future, sent) in invoked:
+        answer = await future
+        ghost_id, _, ghost_sent = rows[keystroke]
+        asked.append({"client_ms": (answered_at[msg_id] - sent) * 1e3, "items": len(answer.items) if answer else 0,
+                      "typed_ms": (answered_at[ghost_id] - ghost_sent) * 1e3})
 
     stats = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="latent.stats"))
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
     drain.cancel()
+    model_runs = _get(_get(stats, "engine"), "requests", 0) - _get(_get(before, "engine"), "requests", 0)
     return {"load": (load_before, os.getloadavg()[0]), "keystrokes": len(typed), "results": results,
-            "cancelled": cancelled, "cold": cold, "engine": _get(stats, "engine"), "start_line": start_line}
+            "cancelled": cancelled, "cold": cold, "engine": _get(stats, "engine"), "start_line": start_line,
+            "asked": asked, "model_runs": model_runs - len(asked)}
 
 
-async def type_back(client, uri: str, typed: str, line: int, request, interval_ms: float) -> list:
-    """One didChange and one inline request per character; with an interval, a request still
-    pending when the next key comes is cancelled (as VS Code does), else each is awaited."""
-    rows, character = [], 0
+async def type_back(client, uri: str, typed: str, line: int, request, intervals: list[float] | None,
+                    invoke_every: int = 0) -> tuple[list, list]:
+    """One didChange and one inline request per character; with intervals, a request still
+    pending when the next key comes is cancelled (as VS Code does), else each is awaited, and
+    after every `invoke_every`th answer with ghost text an Invoked request follows (rows:
+    (keystroke, request))."""
+    rows, invoked, character, shown = [], [], 0, 0
     for version, char in enumerate(typed, start=2):
         here = types.Position(line, character)
         client.text_document_did_change(types.DidChangeTextDocumentParams(
@@ -153,11 +190,15 @@ async def type_back(client, uri: str, typed: str, line: int, request, interval_m
         if rows and not rows[-1][1].done():
             client.cancel_request(types.CancelParams(id=rows[-1][0]))
         rows.append(request(line, character))
-        if interval_ms:
-            await asyncio.sleep(interval_ms / 1e3)
-        else:
-            await asyncio.wait_for(asyncio.gather(rows[-1][1], return_exceptions=True), TIMEOUT_S)
-    return rows
+        if intervals:
+            await asyncio.sleep(intervals[version - 2] / 1e3)
+            continue
+        [answer] = await asyncio.wait_for(asyncio.gather(rows[-1][1], return_exceptions=True), TIMEOUT_S)
+        shown += bool(getattr(answer, "items", None))
+        if invoke_every and getattr(answer, "items", None) and shown % invoke_every == 0:
+            invoked.append((len(rows) - 1, request(line, character, invoked=True)))
+            await asyncio.wait_for(asyncio.gather(invoked[-1][1][1], return_exceptions=True), TIMEOUT_S)
+    return rows, invoked
 
 
 async def _drain(stream, path: Path | None) -> None:
@@ -207,7 +248,8 @@ def report(args, run: dict) -> str:
                                                ("--threads", args.threads), ("--model", args.model),
                                                ("--layout", None if args.layout == "psm" else args.layout),
                                                ("--reuse", None if args.reuse == "exact" else args.reuse),
-                                               ("--interval-ms", args.interval_ms or None)) if value is not None)
+                                               ("--interval-ms", args.interval_ms or None), ("--pace", args.pace),
+                                               ("--debounce-ms", args.debounce_ms)) if value is not None)
     lines = [
         section_heading(args),
         "",
@@ -218,8 +260,10 @@ def report(args, run: dict) -> str:
         "",
         f"`{_shown(args.file)}` typed back from line {run['start_line'] + 1}: {run['keystrokes']} keystrokes, "
         f"each a didChange and an inlineCompletion"
-        + (f" every {args.interval_ms} ms (pending requests cancelled: {run['cancelled']})."
-           if args.interval_ms else ", the next key once the answer is in."),
+        + (f" at a person's pace (`human_intervals`, seed {args.seed}; pending requests cancelled: "
+           f"{run['cancelled']})." if args.pace else
+           f" every {args.interval_ms} ms (pending requests cancelled: {run['cancelled']})." if args.interval_ms
+           else ", the next key once the answer is in (the server's debounce_ms 0: the compute alone)."),
         "",
         "| per keystroke | p50 | p95 | mean |",
         "|---|---:|---:|---:|",
@@ -241,10 +285,50 @@ def report(args, run: dict) -> str:
         f"{run['cold'].get('prefilled', 0)} tokens. Engine cache after the replay: hit rate "
         f"{_get(engine, 'hit_rate', 0):.0%}, {_get(engine, 'cache_tokens')} tokens held.",
         "",
+        *asking(args, run),
+        *paced(args, run),
         NOTES["spm" if args.layout == "spm" else "psm"],
         "",
     ]
     return "\n".join(lines)
+
+
+def asking(args, run: dict) -> list[str]:
+    """What asking for several suggestions costs (an Invoked request after the ghost text)."""
+    asked = run["asked"]
+    if not asked:
+        return []
+    extra = [a["client_ms"] for a in asked]
+    return [f"Asking for several suggestions (an Invoked request, as a cycle key sends; `suggestions` = 3) after "
+            f"every {args.invoke_every}th ghost text: {len(asked)} requests, p50 "
+            f"{_percentile(extra, 50):.0f} ms (p95 {_percentile(extra, 95):.0f} ms) for "
+            f"{statistics.fmean(a['items'] for a in asked):.1f} suggestions on average, against "
+            f"{_percentile([a['typed_ms'] for a in asked], 50):.0f} ms p50 for the ghost text's one at the same "
+            "keystrokes. The ghost text itself never waits for the others: they are computed only when asked.", ""]
+
+
+def paced(args, run: dict) -> list[str]:
+    """At a typing pace: the model's work per keystroke and what the person sees at pauses."""
+    if not (args.pace or args.interval_ms):
+        return []
+    figures = paced_figures(run)
+    return [f"Paced: {figures['runs']} model runs for {run['keystrokes']} keystrokes ({figures['runs_per_key']:.2f} "
+            f"per keystroke); {figures['superseded']} requests superseded before or while they ran. At "
+            f"{figures['pauses']} pauses (the next key ≥ {PAUSE_MS} ms away) ghost text came at "
+            f"{figures['shown_at_pauses']}, p50 {figures['pause_p50']:.0f} ms and p95 {figures['pause_p95']:.0f} ms "
+            "after the key.", ""]
+
+
+def paced_figures(run: dict) -> dict:
+    """A paced replay's figures: the model's work, and the ghost text a person waits for at pauses."""
+    results = run["results"]
+    pauses = [r for r in results if r.get("paused")]
+    waited = [r["client_ms"] for r in pauses if r.get("shown")]
+    return {"runs": run["model_runs"], "runs_per_key": run["model_runs"] / run["keystrokes"],
+            "superseded": run["keystrokes"] - sum(1 for r in results if r["source"] != "superseded"),
+            "pauses": len(pauses), "shown_at_pauses": len(waited),
+            "pause_p50": _percentile(waited, 50) if waited else float("nan"),
+            "pause_p95": _percentile(waited, 95) if waited else float("nan")}
 
 
 def section_heading(args) -> str:
@@ -276,7 +360,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python benchmarks/lsp_replay.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE, help="the file to type (default: %(default)s)")
     parser.add_argument("--start-line", type=int, default=None, help="0-based line to type from (default: the middle)")
@@ -288,10 +372,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", default="psm", choices=["auto", "psm", "spm"],
                         help="the server's fim_layout setting (default: %(default)s, what a real DeepSeek model needs)")
     parser.add_argument("--interval-ms", type=float, default=0, help="type at this pace instead of waiting")
+    parser.add_argument("--pace", choices=["human"], default=None,
+                        help="type at a person's pace (human_intervals) instead of waiting")
+    parser.add_argument("--seed", type=int, default=0, help="the seed of --pace human (default: %(default)s)")
+    parser.add_argument("--debounce-ms", type=int, default=None,
+                        help="the server's debounce_ms (default: 0 when each answer is awaited, else the server's)")
+    parser.add_argument("--invoke-every", type=int, default=5,
+                        help="awaited mode: ask for several suggestions after every Nth ghost text; 0: never "
+                             "(default: %(default)s)")
     parser.add_argument("--log-level", default="warning", help="the server's log level (default: %(default)s)")
     parser.add_argument("--server-log", type=Path, default=None, help="write the server's stderr here")
     parser.add_argument("--write", type=Path, default=None, help="replace this section in a Markdown file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     run = asyncio.run(replay(args))
     section = report(args, run)
     publish(section, args.write)
