@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+from collections import Counter
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
@@ -53,13 +54,16 @@ def register(server, session) -> None:
 
     @server.command("latent.stats")
     async def stats(*args) -> dict:
-        """The server's, the pipeline's and the engine's figures."""
+        """The server's, the pipeline's and the engine's figures; `reasons` counts why answers were
+        empty, from the pipeline and from the server's skips (loading, off, manual…)."""
         service, engine = session.service, session.engine
 
         def read(cancel) -> dict:
             return {"service": service.stats() if service else {}, "engine": engine.stats() if engine else {}}
 
         figures = await on_worker(read) or {}
+        reasons = Counter(figures.get("service", {}).get("reasons", {})) + session.requests.skips
+        figures["reasons"] = dict(reasons)   # the pipeline's and the server's, counted together
         return plain({"status": session.status.params(), "documents": len(session.documents),
                       "open": [describe(document) for document in session.documents.documents()],
                       "settings": dataclasses.asdict(session.settings), **figures})

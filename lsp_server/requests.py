@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -77,6 +78,7 @@ class Requests:
         self.session = session
         self.kinds: dict[str, Kind] = {}          # LSP method -> its kind
         self.inflight: dict[object, Request] = {}  # request id -> the request, until answered
+        self.skips: Counter = Counter()            # why requests were answered before the pipeline ran
 
     def register(self, server, method: str, options, name: str, respond, ask=lambda params: Ask()) -> None:
         """Serve `method` as a background request; `respond` builds its result."""
@@ -159,6 +161,7 @@ class Requests:
             reason = request.skipped
             log.debug("%s %s: no completion (%s)", kind, where, REASONS.get(reason, reason))
             if reason in REASONS:
+                self.skips[reason] += 1
                 self._record(request, CompletionResult(source="skipped", reason=reason), request.arrived)
             return []
         try:

@@ -350,6 +350,8 @@ async def test_every_server_side_skip_carries_its_reason(session):
     await asyncio.sleep(0.3)
     assert await session.inline(uri, line, character) == []
     assert session.statuses[-1].last.reason == "language-disabled"
+    reasons = (await session.command("latent.stats"))["reasons"]
+    assert reasons["off"] >= 1 and reasons["language-disabled"] >= 1
     session.configure({})
     await asyncio.sleep(0.3)
     session.close(uri)
