@@ -143,14 +143,15 @@ async def replay(args) -> dict:
     before = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="latent.stats"))
     rows, invoked = await type_back(client, uri, typed, start_line, request, intervals,
                                     0 if intervals else args.invoke_every)
-    results, cancelled = [], 0
+    results, cancelled, paused_rows = [], 0, []   # paused_rows: the requests the client cancelled
     for index, (msg_id, future, sent) in enumerate(rows):
+        paused = intervals is not None and (index == len(rows) - 1 or intervals[index + 1] >= PAUSE_MS)
         try:
             answer = await asyncio.wait_for(future, TIMEOUT_S)
         except JsonRpcRequestCancelled:
             cancelled += 1
+            paused_rows.append({"paused": paused, "shown": False})
             continue
-        paused = intervals is not None and (index == len(rows) - 1 or intervals[index + 1] >= PAUSE_MS)
         results.append({"client_ms": (answered_at[msg_id] - sent) * 1e3, "paused": paused,
                         "shown": bool(answer and answer.items) and (
                             intervals is None or index == len(rows) - 1
@@ -171,7 +172,7 @@ async def replay(args) -> dict:
     model_runs = _get(_get(stats, "engine"), "requests", 0) - _get(_get(before, "engine"), "requests", 0)
     return {"load": (load_before, os.getloadavg()[0]), "keystrokes": len(typed), "results": results,
             "cancelled": cancelled, "cold": cold, "engine": _get(stats, "engine"), "start_line": start_line,
-            "asked": asked, "model_runs": model_runs - len(asked)}
+            "asked": asked, "model_runs": model_runs - len(asked), "cancelled_rows": paused_rows}
 
 
 async def type_back(client, uri: str, typed: str, line: int, request, intervals: list[float] | None,
@@ -322,7 +323,7 @@ def paced(args, run: dict) -> list[str]:
 def paced_figures(run: dict) -> dict:
     """A paced replay's figures: the model's work, and the ghost text a person waits for at pauses."""
     results = run["results"]
-    pauses = [r for r in results if r.get("paused")]
+    pauses = [r for r in results + run["cancelled_rows"] if r.get("paused")]
     waited = [r["client_ms"] for r in pauses if r.get("shown")]
     return {"runs": run["model_runs"], "runs_per_key": run["model_runs"] / run["keystrokes"],
             "superseded": run["keystrokes"] - sum(1 for r in results if r["source"] != "superseded"),
