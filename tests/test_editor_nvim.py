@@ -1,8 +1,10 @@
 """The Neovim plugin in real Neovim — 0.12 (vim.lsp.inline_completion) and 0.11 (the plugin's
 own extmark renderer): a person types in a buffer, the model's ghost text appears on the
-screen (tmux) in its own colour, Tab puts it in the line (read back over pynvim's RPC
-socket) and the next Tab never puts it there again; `:help latent`, the status (a
-notification while loading, :LatentStatus, require('latent').status()) and :checkhealth.
+screen (tmux) in its own colour with the latency after it, Tab puts it in the line (read back
+over pynvim's RPC socket) and the next Tab never puts it there again; Alt-] / Alt-[ cycle
+through several suggestions; with trigger = 'manual' typing sends nothing and Alt-\\ asks;
+`:help latent`, the status (a notification while loading, :LatentStatus,
+require('latent').status(), a snooze) and :checkhealth.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ def lua_list(items: list[str]) -> str:
     return "{" + ", ".join(f"[[{x}]]" for x in items) + "}"
 
 
-def init_lua() -> str:
+def init_lua(extra: str = "") -> str:
+    """The user's init.lua; `extra`: more setup() options (Lua)."""
     return textwrap.dedent(f"""\
         vim.opt.runtimepath:prepend([[{EDITORS / 'nvim'}]])
         vim.o.swapfile = false
@@ -37,9 +40,18 @@ def init_lua() -> str:
         vim.o.ruler = false
         vim.o.showmode = false
         vim.cmd('filetype on')
+        -- every inline completion request Neovim sends, whoever sends it (LspRequest is Neovim's)
+        vim.g.inline_requests = 0
+        vim.api.nvim_create_autocmd('LspRequest', {{ callback = function(ev)
+          local r = ev.data.request
+          if r.type == 'pending' and r.method == 'textDocument/inlineCompletion' then
+            vim.g.inline_requests = vim.g.inline_requests + 1
+          end
+        end }})
         require('latent').setup({{
           cmd = {lua_list(harness.server_command())},
           threads = {harness.THREADS},
+          {extra}
         }})
         """)
 
@@ -47,13 +59,14 @@ def init_lua() -> str:
 class Neovim:
     """Neovim in a tmux pane, with pynvim attached to its --listen socket."""
 
-    def __init__(self, version: str, tmp: Path, model: harness.Model, text: str, name: str = "demo.py") -> None:
+    def __init__(self, version: str, tmp: Path, model: harness.Model, text: str, name: str = "demo.py",
+                 setup: str = "") -> None:
         import pynvim
 
         nvim = harness.need(VERSIONS[version], f"Neovim {version}")
         (tmp / name).write_text(text)
         (tmp / ".git").mkdir(exist_ok=True)  # the project root
-        (tmp / "init.lua").write_text(init_lua())
+        (tmp / "init.lua").write_text(init_lua(setup))
         self.socket = str(tmp / "nvim.sock")
         env = harness.clean_env(tmp, model)
         self.tmux = Tmux([nvim, "--clean", "-u", str(tmp / "init.lua"), "--listen", self.socket, name],
@@ -61,7 +74,14 @@ class Neovim:
         wait_for(lambda: Path(self.socket).exists(), 20, "Neovim's RPC socket")
         self.api = pynvim.attach("socket", path=self.socket)
 
+    def unblocked(self) -> None:
+        """Fail, showing the screen, when Neovim waits at a prompt (hit-enter after an error or
+        two messages at once): it would queue any other request, and the test would hang."""
+        if self.api.request("nvim_get_mode").get("blocking"):
+            raise AssertionError("Neovim waits at a prompt:\n" + "\n".join(self.tmux.screen()).rstrip())
+
     def lua(self, code: str, *args):
+        self.unblocked()
         return self.api.exec_lua(code, *args)
 
     def wait_ready(self, timeout: float = 60) -> dict:
@@ -77,10 +97,16 @@ class Neovim:
 
     def output(self, command: str) -> str:
         """What an Ex command prints (no hit-enter prompt)."""
+        self.unblocked()
         return self.api.request("nvim_exec2", command, {"output": True})["output"]
 
     def line(self, row: int) -> str:
+        self.unblocked()
         return self.api.current.buffer[row]
+
+    def lines(self) -> list[str]:
+        self.unblocked()
+        return self.api.current.buffer[:]
 
     def close(self) -> None:
         try:
@@ -95,9 +121,10 @@ class Neovim:
 def neovim(tmp_path):
     opened = []
 
-    def start(version: str, text: str, name: str = "demo.py", model: harness.Model | None = None) -> Neovim:
+    def start(version: str, text: str, name: str = "demo.py", model: harness.Model | None = None,
+              setup: str = "") -> Neovim:
         try:
-            nv = Neovim(version, tmp_path, model or harness.candidates()[0](), text, name)
+            nv = Neovim(version, tmp_path, model or harness.candidates()[0](), text, name, setup)
         except harness.Missing as e:
             pytest.fail(str(e))
         opened.append(nv)
@@ -108,11 +135,19 @@ def neovim(tmp_path):
         nv.close()
 
 
+# After a suggestion's last line: its place among several, then the latency annotation.
+TAIL = re.compile(r"(?: \((?P<index>\d+)/(?P<count>\d+)\))?(?P<note>\s+\d+ ms · (?:\d+ tok|cache|typing-through))?$")
+
+
 def ghost_on_screen(nv: Neovim, row: int, typed_line: str, timeout: float = 30):
-    """The ghost text on screen row `row`: what follows the typed line there."""
+    """The ghost text on screen row `row`: what follows the typed line there, without the
+    position and latency drawn after it."""
     def check(screen):
         shown = screen[row].rstrip()
-        return shown[len(typed_line):] if shown.startswith(typed_line) and len(shown) > len(typed_line) else None
+        if not shown.startswith(typed_line):
+            return None
+        ghost = shown[len(typed_line):]
+        return ghost[:TAIL.search(ghost).start()] or None
     return nv.tmux.wait_screen(check, timeout, f"ghost text after {typed_line!r}")
 
 
@@ -122,14 +157,15 @@ def next_word(text: str) -> str:
     return match.group(0) if match else text
 
 
-def start_typing(neovim, version: str):
-    """Open the test context in Neovim `version`, wait for the model, type the rest of the
-    line; (nvim, row, typed line, the pipeline's suggestion, the ghost text on screen)."""
+def start_typing(neovim, version: str, context=None, setup: str = ""):
+    """Open the test context (default: harness.python_context) in Neovim `version`, wait for
+    the model, type the rest of the line; (nvim, row, typed line, the first line of the
+    pipeline's suggestion, the ghost text on screen)."""
     try:
-        model, (before, typed, suggestion) = harness.python_context(after="\n")
+        model, (before, typed, suggestion) = context or harness.python_context(after="\n")
     except harness.Missing as e:
         pytest.fail(str(e))
-    nv = neovim(version, before, model=model)
+    nv = neovim(version, before, model=model, setup=setup)
     renderer = nv.lua("return require('latent').renderer()")
     assert renderer == ("native" if version == "0.12" else "extmark")
     nv.wait_ready()
@@ -194,10 +230,10 @@ def test_tab_twice_never_repeats_the_accepted_text(neovim, version):
     except AssertionError:
         second = None
     assert second != first_line.rstrip(), f"the accepted text {first_line!r} is offered again"
-    before_second = nv.api.current.buffer[:]
+    before_second = nv.lines()
     nv.tmux.send("Tab")
-    wait_for(lambda: nv.api.current.buffer[:] != before_second, 10, "the second Tab to insert something")
-    text = "\n".join(nv.api.current.buffer[:])
+    wait_for(lambda: nv.lines() != before_second, 10, "the second Tab to insert something")
+    text = "\n".join(nv.lines())
     assert first_line + first_line not in text, f"the accepted text twice in a row:\n{text}"
     nv.tmux.save(ARTIFACTS / f"nvim-{version}-tab-twice.ansi")
 
@@ -287,7 +323,7 @@ def test_status_notification_command_function_and_checkhealth(neovim):
     wait_for(lambda: not nv.lua(find), 10, "q to close the statistics")
 
     nv.api.command("checkhealth latent")
-    report = "\n".join(nv.api.current.buffer[:])
+    report = "\n".join(nv.lines())
     assert "ERROR" not in report and "WARNING" not in report, report
     assert "the server offers inline completions" in report and "ready" in report, report
     assert "help tags: " in report and "ghost text is drawn with ComplHint" in report, report
@@ -303,9 +339,176 @@ def test_extmark_renderer_draws_virtual_lines_and_dismisses(neovim):
     nv.lua("require('latent.ghost').show(...)", "\n    go()\n    stop()")
     screen = nv.tmux.wait_screen(lambda s: s if s[1].rstrip() == "    go()" else None, 10, "virtual lines")
     assert screen[0].rstrip() == "if ready:" and screen[2].rstrip() == "    stop()", screen[:4]
-    assert nv.api.current.buffer[:] == ["if ready:"], "virtual lines are not text"
+    assert nv.lines() == ["if ready:"], "virtual lines are not text"
     nv.tmux.send("C-]")
     nv.tmux.wait_screen(lambda s: s[1].startswith("~"), 10, "the suggestion to go")
-    assert nv.api.current.buffer[:] == ["if ready:"]
+    assert nv.lines() == ["if ready:"]
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Several suggestions, the trigger key, the snooze
+
+def rest_after_cursor(suggestion, text: str) -> str:
+    """What ghost text shows of a pipeline suggestion at the end of `text` (ASCII): its text
+    less the part of its range already typed."""
+    lines = text.split("\n")
+    row, col = len(lines) - 1, len(lines[-1])
+    start = suggestion.range.start
+    if start.line == row and start.character <= col:
+        typed = lines[row][start.character:col]
+        if suggestion.text.startswith(typed):
+            return suggestion.text[len(typed):]
+    return suggestion.text
+
+
+def accepted_lines(suggestion, buffer: str) -> list[str]:
+    """The buffer's lines once `suggestion` replaced its range (ASCII text)."""
+    lines = buffer.split("\n")
+    offset = lambda p: sum(len(line) + 1 for line in lines[:p.line]) + p.character
+    r = suggestion.range
+    return (buffer[:offset(r.start)] + suggestion.text + buffer[offset(r.end):]).split("\n")[:-1]
+
+
+def several_context():
+    """(model, (before, typed, the first suggestion's rest), the ghost lines of the first
+    suggestions, the buffer's lines after accepting the second): the first of
+    harness.CONTEXTS where the pipeline offers two suggestions that differ on screen when the
+    user asks (count 3, the server's default `suggestions`)."""
+    def find(model: harness.Model):
+        from completion import CompletionService
+        from completion.document import Lines
+
+        for i, (before, typed) in enumerate(harness.CONTEXTS):
+            service = CompletionService(harness.load_engine(model.path))   # one open document, as in the editor
+            text = before + typed
+            uri = f"file:///latent-editor-test/several{i}.py"
+            service.workspace.open(uri, "python", text + "\n", 1, "demo.py")
+            cursor = Lines(text + "\n").position(len(text))
+            typing = service.complete(service.workspace.snapshot(uri), cursor)   # ghost text while typing
+            result = service.complete(service.workspace.snapshot(uri), cursor, count=3)
+            rests = [rest_after_cursor(s, text) for s in result.suggestions]
+            firsts = [r.split("\n")[0].rstrip() for r in rests]
+            if (typing.suggestions and typing.suggestions[0] == result.suggestions[0]
+                    and len(firsts) >= 2 and firsts[0] and firsts[1] and firsts[0] != firsts[1]):
+                return (before, typed, rests[0]), firsts, accepted_lines(result.suggestions[1], text + "\n")
+        return None
+
+    try:
+        model, (context, firsts, accepted) = harness.pick("Neovim several suggestions", find)
+    except harness.Missing as e:
+        pytest.fail(str(e))
+    return (model, context), firsts, accepted
+
+
+def wait_for_choice(nv: Neovim, row: int, typed_line: str, ghost: str, index: int, count: int) -> list[str]:
+    """Wait until row `row` shows `ghost` after the typed line and the screen says which
+    suggestion it is ("(2/3)"); the screen."""
+    def check(screen):
+        shown = screen[row].rstrip()
+        on_row = shown.startswith(typed_line + ghost)
+        return screen if on_row and any(f" ({index}/{count})" in line for line in screen) else None
+    return nv.tmux.wait_screen(check, 20, f"suggestion {index} of {count}, {ghost!r}")
+
+
+def annotation(screen: list[str]) -> str | None:
+    """The latency annotation anywhere on the screen ("74 ms · 12 tok")."""
+    for line in screen:
+        match = TAIL.search(line.rstrip())
+        if match and match.group("note"):
+            return match.group("note").strip()
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["0.12", "0.11"])
+def test_alt_bracket_cycles_through_suggestions_and_tab_accepts_the_second(neovim, version):
+    """The server sends one suggestion while typing; the first Alt-] asks it for several
+    (Invoked) and shows the second, Alt-[ goes back to the first, Alt-] again to the second, Tab
+    takes the second. The latency is drawn after the ghost text all along (annotate = true)."""
+    context, firsts, accepted = several_context()
+    nv, row, typed_line, first_line, ghost = start_typing(neovim, version, context)
+    screen = nv.tmux.wait_screen(lambda s: annotation(s) and s, 10, "the latency after the ghost text")
+    note = annotation(screen)
+    assert re.fullmatch(r"\d+ ms · (\d+ tok|cache|typing-through)", note), note
+    assert not any(re.search(r" \(\d+/\d+\)", line) for line in screen), "one suggestion has no (1/1)"
+    requests = nv.lua("return vim.g.inline_requests")
+
+    count = len(firsts)   # the server offers what the pipeline does
+    nv.tmux.send("M-]")
+    screen = wait_for_choice(nv, row, typed_line, firsts[1], 2, count)
+    assert nv.lua("return vim.g.inline_requests") == requests + 1, "the first Alt-] asks the server once"
+    assert annotation(screen), "no latency after the cycled suggestion:\n" + "\n".join(screen)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    nv.tmux.save(ARTIFACTS / f"nvim-{version}-cycle.ansi")
+    assert nv.line(row) == typed_line, "a suggestion on screen is not in the buffer"
+
+    nv.tmux.send("M-[")
+    wait_for_choice(nv, row, typed_line, firsts[0], 1, count)
+    nv.tmux.send("M-]")
+    wait_for_choice(nv, row, typed_line, firsts[1], 2, count)
+    assert nv.lua("return vim.g.inline_requests") == requests + 1, "cycling among the answers asks nothing more"
+
+    nv.tmux.send("Tab")
+    wait_for(lambda: nv.lines() == accepted, 10,
+             f"the second suggestion accepted: {accepted!r} (the buffer is {nv.lines()!r})")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["0.12", "0.11"])
+def test_manual_trigger_asks_only_on_the_key(neovim, version):
+    """trigger = 'manual': typing sends no inline completion request at all (counted as
+    Neovim sends them, LspRequest), and Alt-\\ sends one. Server settings reach the server
+    from the top level of setup() and from its `settings` table alike."""
+    model, (before, typed, _) = harness.python_context(after="\n")
+    nv = neovim(version, before, model=model, setup="trigger = 'manual', settings = { debounce_ms = 80 },")
+    nv.wait_ready()
+    stats = ("local client = require('latent').clients()[1] return client:request_sync('workspace/executeCommand', "
+             "{ command = 'latent.stats' }, 10000).result.settings")
+    settings = nv.lua(stats)
+    assert (settings["trigger"], settings["debounce_ms"]) == ("manual", 80), settings
+    assert nv.lua("return require('latent').config.debounce_ms") is None, "one home for debounce_ms: the server"
+    row = before.count("\n")
+    typed_line = before.split("\n")[-1] + typed
+    nv.api.input("Go" if before.endswith("\n") else "GA")
+    nv.tmux.type(typed)
+    wait_for(lambda: nv.line(row) == typed_line, 10, f"the typed line {typed_line!r}")
+    time.sleep(1.0)  # past 0.12's built-in 200 ms debounce and the server's 50 ms
+    assert nv.lua("return vim.g.inline_requests") == 0, "typing sent an inline completion request"
+    assert nv.tmux.screen()[row].rstrip() == typed_line, "ghost text without asking"
+
+    nv.tmux.send("M-\\")
+    ghost = ghost_on_screen(nv, row, typed_line)
+    assert ghost.strip(), ghost
+    assert nv.lua("return vim.g.inline_requests") == 1
+    assert nv.last_completion().get("suggestions", 0) >= 1
+    time.sleep(0.5)
+    assert nv.lua("return vim.g.inline_requests") == 1, "showing the answer sent another request"
+    assert nv.line(row) == typed_line
+
+
+@pytest.mark.slow
+def test_snooze_turns_completion_off_until_a_time_the_status_says(neovim):
+    from completion.types import REASONS
+
+    nv = neovim("0.11", "value = 1\n")
+    model = nv.wait_ready()["model"]
+    nv.api.command("LatentSnooze 30")
+    status = wait_for(lambda: (lambda s: s["state"] == "snoozed" and s)(nv.lua("return require('latent').status()")),
+                      10, "the snoozed state in require('latent').status()")
+    assert abs(status["snoozed_until"] - (time.time() + 30 * 60)) < 60, status
+    until = time.strftime("%H:%M", time.localtime(status["snoozed_until"]))
+    assert nv.output("LatentStatus").splitlines()[0] == f"Latent: ready, snoozed until {until}, model {model}"
+    assert nv.lua("return require('latent').statusline()") == f"Latent snoozed until {until}"
+    assert f"Latent: completion is snoozed until {until}" in nv.output("messages")
+
+    nv.api.input("GA")   # typing asks; the server says why there is nothing
+    nv.tmux.type(" + 1")
+    got = wait_for(lambda: (lambda s: s.get("reason") and s)(nv.lua("return require('latent').status()")), 20,
+                   "the reason in require('latent').status()")
+    assert got["reason"] == REASONS["snoozed"], got
+
+    nv.api.command("LatentToggle")   # flips: on again before the snooze ends
+    wait_for(lambda: nv.lua("return require('latent').status()")["state"] == "ready", 10, "completion on again")
+    assert "snoozed_until" not in nv.lua("return require('latent').status()")

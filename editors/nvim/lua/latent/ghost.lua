@@ -1,18 +1,26 @@
--- Ghost text for Neovim 0.10 / 0.11, which have no vim.lsp.inline_completion: ask the
--- server for textDocument/inlineCompletion after each pause in typing and draw the
--- suggestion with extmarks — virtual text for its first line, virtual lines for the rest.
--- On 0.12+ latent uses the built-in renderer and only the text helpers here.
+-- Ghost text drawn with extmarks — virtual text for a suggestion's first line, virtual lines
+-- for the rest — and the requests behind it:
+--   automatic  Neovim 0.10 / 0.11 with trigger = 'auto': ask the server
+--              (textDocument/inlineCompletion, Automatic) after the keystrokes of one turn
+--              of the event loop; the server waits its debounce_ms and drops superseded ones;
+--   invoked    every version: the trigger key and cycling ask with triggerKind Invoked, and
+--              the server answers with several suggestions, best first.
+-- On 0.12+ the built-in vim.lsp.inline_completion draws automatic suggestions; this module
+-- draws the invoked ones there, and gives it the text helpers.
 local M = {}
 
 local api = vim.api
-local uv = vim.uv or vim.loop
 local ns = api.nvim_create_namespace('latent.ghost')
 local INLINE = 'textDocument/inlineCompletion'
-local AUTOMATIC = 2 -- InlineCompletionTriggerKind.Automatic
+local INVOKED, AUTOMATIC = 1, 2 -- InlineCompletionTriggerKind
 
 M.ns = ns
-local opts = { debounce_ms = 150 }
-local buffers = {} -- bufnr -> { items, index, row, col, tick, timer, pending = {client -> id} }
+local opts = {
+  annotation = function(item) return nil end, -- the text drawn after a suggestion (latency), or nil
+  on_invoked = function(bufnr) end,           -- invoked suggestions arrived and are about to be drawn
+}
+-- bufnr -> { items, index, invoked, shown, pending = {client id -> request id}, queued, automatic }
+local buffers = {}
 
 function M.setup(o)
   opts = vim.tbl_extend('force', opts, o or {})
@@ -68,7 +76,7 @@ local function byte_col(bufnr, row, character, encoding)
   return ok and col or #line
 end
 
-local function to_item(raw, client, bufnr)
+local function to_item(raw, client, bufnr, request_id)
   local text = raw.insertText
   if type(text) == 'table' then
     text = text.value -- a snippet: shown and inserted as its plain text
@@ -76,7 +84,7 @@ local function to_item(raw, client, bufnr)
   if type(text) ~= 'string' or text == '' then
     return nil
   end
-  local item = { text = text, command = raw.command, client_id = client.id }
+  local item = { text = text, command = raw.command, client_id = client.id, request_id = request_id }
   if raw.range then
     local s, e = raw.range.start, raw.range['end']
     item.range = {
@@ -125,7 +133,7 @@ function M.clear(bufnr)
   end
   local s = buffers[bufnr]
   if s then
-    s.items, s.index, s.shown = {}, 1, nil
+    s.items, s.index, s.invoked, s.shown = {}, 1, false, nil
   end
 end
 
@@ -149,15 +157,19 @@ local function draw(bufnr)
     return
   end
   local lines = vim.split(rest, '\n', { plain = true })
+  local first = { { lines[1], 'LatentGhost' } }
   local virt_lines = {}
   for i = 2, #lines do
     virt_lines[#virt_lines + 1] = { { lines[i], 'LatentGhost' } }
   end
-  local hint = #s.items > 1 and (' (%d/%d)'):format(s.index, #s.items) or nil
-  local first = { { lines[1], 'LatentGhost' } }
-  if hint then
-    local target = #virt_lines > 0 and virt_lines[#virt_lines] or first
-    target[#target + 1] = { hint, 'LatentGhost' }
+  -- after the suggestion's last line: its place among several, then the latency
+  local last = #virt_lines > 0 and virt_lines[#virt_lines] or first
+  if #s.items > 1 then
+    last[#last + 1] = { (' (%d/%d)'):format(s.index, #s.items), 'LatentGhost' }
+  end
+  local note = opts.annotation(item)
+  if note then
+    last[#last + 1] = { '  ' .. note, 'LatentInfo' }
   end
   api.nvim_buf_set_extmark(bufnr, ns, row, col, {
     virt_text = first,
@@ -202,7 +214,20 @@ local function cancel_pending(bufnr)
   s.pending = {}
 end
 
-local function request(bufnr)
+--- Whether request `id` of a client is one of this module's, still unanswered.
+function M.pending(client_id, id)
+  for _, s in pairs(buffers) do
+    if s.pending[client_id] == id then
+      return true
+    end
+  end
+  return false
+end
+
+--- Ask the buffer's Latent servers for suggestions at the cursor. Automatic: ghost text
+--- while typing (one suggestion). Invoked: several; show the one `step` places after the
+--- best (0: the best; 1: the second, as the first press of "next" does; -1: the last).
+local function request(bufnr, kind, step)
   if not api.nvim_buf_is_valid(bufnr) or api.nvim_get_current_buf() ~= bufnr
       or not api.nvim_get_mode().mode:match('^i') then
     return
@@ -214,9 +239,12 @@ local function request(bufnr)
   local latent = require('latent')
   for _, client in ipairs(latent.clients(bufnr)) do
     local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
-    params.context = { triggerKind = AUTOMATIC }
-    local ok, id = latent.request(client, INLINE, params, function(err, result)
-      s.pending[client.id] = nil
+    params.context = { triggerKind = kind }
+    local ok, id   -- declared first: the handler below compares its own id with the pending one
+    ok, id = latent.request(client, INLINE, params, function(err, result)
+      if s.pending[client.id] == id then
+        s.pending[client.id] = nil
+      end
       if err or not result or api.nvim_buf_get_changedtick(bufnr) ~= tick then
         return
       end
@@ -226,9 +254,13 @@ local function request(bufnr)
       end
       local items = {}
       for _, raw in ipairs(result.items or result) do
-        items[#items + 1] = to_item(raw, client, bufnr)
+        items[#items + 1] = to_item(raw, client, bufnr, id)
       end
-      s.items, s.index = items, 1
+      s.items, s.index, s.invoked = items, 1, kind == INVOKED
+      if kind == INVOKED and #items > 0 then
+        s.index = step % #items + 1
+        opts.on_invoked(bufnr)
+      end
       draw(bufnr)
     end, bufnr)
     if ok then
@@ -237,19 +269,24 @@ local function request(bufnr)
   end
 end
 
-local function schedule_request(bufnr)
+--- Automatic requests: the events of one keystroke (TextChangedI, CursorMovedI) make one.
+local function queue_request(bufnr)
   local s = state(bufnr)
-  if s.timer then
-    s.timer:stop()
-  else
-    s.timer = uv.new_timer()
+  if s.queued then
+    return
   end
-  s.timer:start(opts.debounce_ms, 0, vim.schedule_wrap(function() request(bufnr) end))
+  s.queued = true
+  vim.schedule(function()
+    s.queued = false
+    request(bufnr, AUTOMATIC)
+  end)
 end
 
---- Show ghost text in a buffer: request after each pause in typing, clear on leaving insert.
-function M.attach(bufnr)
+--- Draw ghost text in a buffer; with `automatic`, ask for it as the user types. Either way
+--- a suggestion goes when the text or the cursor moves, and on leaving insert mode.
+function M.attach(bufnr, o)
   local s = state(bufnr)
+  s.automatic = not o or o.automatic ~= false
   if s.attached then
     return
   end
@@ -259,10 +296,15 @@ function M.attach(bufnr)
     group = group,
     buffer = bufnr,
     callback = function()
-      if not shown(bufnr) then
-        api.nvim_buf_clear_namespace(bufnr, ns, 0, -1)
-        s.shown = nil
-        schedule_request(bufnr)
+      if shown(bufnr) then
+        return
+      end
+      if s.shown or next(s.pending) then
+        cancel_pending(bufnr)
+        M.clear(bufnr)
+      end
+      if s.automatic then
+        queue_request(bufnr)
       end
     end,
   })
@@ -279,10 +321,6 @@ function M.attach(bufnr)
     buffer = bufnr,
     callback = function()
       cancel_pending(bufnr)
-      if s.timer then
-        s.timer:stop()
-        s.timer:close()
-      end
       buffers[bufnr] = nil
       pcall(api.nvim_del_augroup_by_id, group)
     end,
@@ -290,7 +328,7 @@ function M.attach(bufnr)
 end
 
 -- -----------------------------------------------------------------------------------------
--- Keys (each returns false when there is no suggestion, so the key does what it would)
+-- Keys (each returns false when there is nothing to do, so the key does what it would)
 
 local function run_command(item, bufnr)
   local client = item.command and vim.lsp.get_client_by_id(item.client_id)
@@ -337,11 +375,24 @@ function M.accept_part(cut)
   return true
 end
 
+--- Ask for several suggestions now (Invoked) and show the one `step` places after the best;
+--- false when no Latent server serves the buffer.
+function M.invoke(step)
+  local bufnr = api.nvim_get_current_buf()
+  if #require('latent').clients(bufnr) == 0 then
+    return false
+  end
+  vim.schedule(function() request(bufnr, INVOKED, step or 0) end)
+  return true
+end
+
+--- Show the next (`count` 1) or previous (-1) suggestion. The first press over a single
+--- suggestion — or over none — asks the server for several (Invoked).
 function M.cycle(count)
   local bufnr = api.nvim_get_current_buf()
   local s = buffers[bufnr]
-  if not shown(bufnr) or #s.items < 2 then
-    return shown(bufnr) ~= nil
+  if not shown(bufnr) or (#s.items < 2 and not s.invoked) then
+    return M.invoke(count)
   end
   s.index = (s.index - 1 + count) % #s.items + 1
   vim.schedule(function() draw(bufnr) end)

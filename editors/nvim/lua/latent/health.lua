@@ -12,10 +12,13 @@ function M.check()
   else
     health.error('Neovim 0.10 or newer is needed', { 'Upgrade Neovim.' })
   end
-  if latent.renderer() == 'native' then
-    health.ok('ghost text: vim.lsp.inline_completion (built in)')
+  if latent.manual() then
+    local key = (latent.config.keymaps or {}).trigger
+    health.ok(('trigger = manual: no suggestion while typing; ask with %s'):format(key or "require('latent').trigger()"))
+  elseif latent.renderer() == 'native' then
+    health.ok('ghost text while typing: vim.lsp.inline_completion (built in)')
   else
-    health.ok('ghost text: latent extmark renderer' ..
+    health.ok('ghost text while typing: latent extmark renderer' ..
       (vim.fn.has('nvim-0.12') == 1 and ' (ghost = "extmark")' or ' (Neovim < 0.12)'))
   end
 
@@ -29,7 +32,7 @@ function M.check()
         { (':helptags %s'):format(vim.fs.dirname(help)) })
     end
   end
-  local hl = latent.renderer() == 'native' and 'ComplHint' or 'LatentGhost'
+  local hl = latent.renderer() == 'native' and not latent.manual() and 'ComplHint' or 'LatentGhost'
   local style = api.nvim_get_hl(0, { name = hl, link = false })
   if vim.o.termguicolors or style.ctermfg or (style.cterm and next(style.cterm)) then
     health.ok(('ghost text is drawn with %s'):format(hl))

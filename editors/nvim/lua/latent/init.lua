@@ -1,6 +1,7 @@
 -- Latent for Neovim: starts `latent lsp` with the built-in client and shows its inline
--- completions as ghost text — through vim.lsp.inline_completion on Neovim 0.12+, through
--- latent.ghost (extmarks) on 0.10 / 0.11. See :help latent.
+-- completions as ghost text — while typing through vim.lsp.inline_completion on Neovim 0.12+
+-- and through latent.ghost (extmarks) on 0.10 / 0.11; the suggestions asked for with a key
+-- (trigger, next / previous) through latent.ghost everywhere. See :help latent.
 local M = {}
 
 local api = vim.api
@@ -14,7 +15,7 @@ M.server_settings = {
   -- the model and how it runs (a change reloads the model)
   'model', 'engine', 'device', 'dtype', 'quantize', 'threads', 'max_context', 'cache_mb',
   'reuse', 'attention', 'absorb_threshold', 'shift_min_tokens', 'shift_max_steps', 'shift_max_drift',
-  'speculate', 'daemon_idle_minutes', 'api_key_env', 'tokenizer', 'allow_insecure_remote',
+  'speculate', 'compile', 'daemon_idle_minutes', 'api_key_env', 'tokenizer', 'allow_insecure_remote',
   -- what is asked of it (a change applies to the next request)
   'max_prompt_tokens', 'prefix_fraction', 'snippet_tokens', 'max_new_tokens_line',
   'max_new_tokens_block', 'multiline', 'temperature', 'top_p', 'top_k', 'seed', 'fim_format',
@@ -34,13 +35,15 @@ M.defaults = {
   },
   root_markers = { '.git', 'pyproject.toml', 'package.json', 'Cargo.toml', 'go.mod' },
   ghost = 'auto',                 -- 'auto' | 'native' (0.12+) | 'extmark'
-  debounce_ms = 150,              -- extmark renderer: wait after the last keystroke
+  annotate = true,                -- the last latency after the ghost text: "  74 ms · 12 tok"
+  snooze_minutes = 15,            -- :LatentSnooze without a number
   keymaps = {                     -- insert mode; false turns one off
     accept = '<Tab>',
     accept_word = '<M-Right>',
     accept_line = '<M-C-Right>',
     next = '<M-]>',
     prev = '<M-[>',
+    trigger = '<M-\\>',
     dismiss = '<C-]>',
   },
   settings = {},                  -- server settings (any of M.server_settings); also accepted at the top level
@@ -146,6 +149,107 @@ local function announce(previous, params)
   end
 end
 
+local function value(v)
+  return v ~= nil and v ~= vim.NIL and v or nil
+end
+
+local function figure(n, unit)
+  return type(n) == 'number' and (string.format('%.0f', n) .. unit) or '?'
+end
+
+-- -----------------------------------------------------------------------------------------
+-- The latency annotation: "74 ms · 12 tok" after the ghost text (llama.vim's inline info)
+
+local annotation_ns = api.nvim_create_namespace('latent.annotation')
+
+--- The annotation for a completion (the `last` of a latent/status): its latency, and the
+--- tokens the model generated or where the answer came from ("cache", "typing-through").
+function M.annotation(last)
+  if type(last) ~= 'table' or not value(last.latencyMs) or (last.suggestions or 0) == 0 then
+    return nil
+  end
+  local source = last.source == 'model' and ('%d tok'):format(value(last.generatedTokens) or 0) or last.source
+  return ('%s · %s'):format(figure(last.latencyMs, ' ms'), source)
+end
+
+--- latent.ghost draws the annotation of its own suggestions: the completion that answered
+--- the item's request.
+local function ghost_annotation(item)
+  local s = M.config.annotate and item.client_id and M.servers[item.client_id]
+  local last = s and value(s.last)
+  if last and last.request == item.request_id then
+    return M.annotation(last)
+  end
+end
+
+-- The built-in renderer (0.12) draws its ghost text itself, over the rest of the line
+-- ('overlay'), so an annotation at the end of the line would be hidden: it is drawn right
+-- after that ghost text at each redraw (a decoration provider), and only while it is there.
+local native_note = nil   -- { bufnr, row, text }: the annotation of the built-in renderer's suggestion
+
+local function clear_annotation()
+  native_note = nil
+end
+
+--- The window column just after the built-in renderer's ghost text on `row`, if it shows one.
+local function after_native_ghost(winid, bufnr, row)
+  local ns = api.nvim_get_namespaces()['nvim.lsp.inline_completion']
+  if not ns then
+    return nil
+  end
+  local line = api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ''
+  for _, mark in ipairs(api.nvim_buf_get_extmarks(bufnr, ns, { row, 0 }, { row, -1 }, { details = true })) do
+    local details = mark[4]
+    if details.virt_text and #details.virt_text > 0 then
+      local ghost = 0
+      for _, chunk in ipairs(details.virt_text) do
+        ghost = ghost + vim.fn.strdisplaywidth(chunk[1])
+      end
+      local width = vim.fn.strdisplaywidth(line)
+      if details.virt_text_pos == 'inline' then   -- the ghost text pushes the rest of the line right
+        width = width + ghost
+      else                                        -- 'overlay': drawn over the rest of the line
+        width = math.max(width, vim.fn.strdisplaywidth(line:sub(1, mark[3])) + ghost)
+      end
+      return width - (vim.fn.getwininfo(winid)[1].leftcol or 0)
+    end
+  end
+  return nil
+end
+
+local function decorate_native()
+  api.nvim_set_decoration_provider(annotation_ns, {
+    on_win = function(_, _, bufnr)
+      return native_note ~= nil and native_note.bufnr == bufnr
+    end,
+    on_line = function(_, winid, bufnr, row)
+      local note = native_note
+      local col = note and note.row == row and after_native_ghost(winid, bufnr, row)
+      if col then
+        api.nvim_buf_set_extmark(bufnr, annotation_ns, row, 0, {
+          virt_text = { { '  ' .. note.text, 'LatentInfo' } }, virt_text_win_col = col, ephemeral = true,
+        })
+      end
+    end,
+  })
+end
+
+--- A completion was answered (the server's status): on 0.12 its ghost text is the built-in
+--- renderer's unless latent.ghost asked for it (which draws its own annotation).
+local function annotate_native(client_id, last)
+  clear_annotation()
+  local bufnr = api.nvim_get_current_buf()
+  if not M.config.annotate or M.renderer() ~= 'native' or last.method ~= 'inline'
+      or ghost.pending(client_id, last.request) or not api.nvim_get_mode().mode:match('^i') then
+    return
+  end
+  local client = vim.lsp.get_client_by_id(client_id)
+  local text = client and client.attached_buffers[bufnr] and M.annotation(last)
+  if text then
+    native_note = { bufnr = bufnr, row = api.nvim_win_get_cursor(0)[1] - 1, text = text }
+  end
+end
+
 local function on_status(err, params, ctx)
   if err or type(params) ~= 'table' then
     return
@@ -153,6 +257,10 @@ local function on_status(err, params, ctx)
   local previous = M.servers[ctx.client_id]
   M.servers[ctx.client_id] = params
   announce(previous and previous.state, params)
+  local last, before = value(params.last), previous and value(previous.last)
+  if last and (not before or last.request ~= before.request) then   -- a new completion
+    annotate_native(ctx.client_id, last)
+  end
   api.nvim_exec_autocmds('User', { pattern = 'LatentStatus', modeline = false })
 end
 
@@ -173,12 +281,31 @@ local function root_dir(bufnr)
   return found and vim.fs.dirname(found) or vim.fn.getcwd()
 end
 
-local function attach_ghost(client, bufnr)
-  if M.renderer() == 'native' then
-    vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
-  else
-    ghost.attach(bufnr)
+--- Whether suggestions come only when asked (the server setting trigger = 'manual').
+function M.manual()
+  return M.config.settings.trigger == 'manual'
+end
+
+--- Hide the built-in renderer's suggestion (0.12), as latent.ghost draws invoked ones.
+local function hide_native(bufnr)
+  clear_annotation()
+  if M.renderer() == 'native' and api.nvim_get_current_buf() == bufnr then
+    vim.lsp.inline_completion.get({ on_accept = function() end })
   end
+end
+
+--- Ghost text in a buffer. While typing (trigger = 'auto'): the built-in renderer on 0.12+,
+--- latent.ghost before. With trigger = 'manual' nothing asks while typing — not even the
+--- built-in renderer, turned off for this client in case the user turned it on for all.
+--- latent.ghost draws what the keys ask for (trigger, next / previous) either way.
+local function attach_ghost(client, bufnr)
+  local native = M.renderer() == 'native'
+  if native and M.manual() then
+    vim.lsp.inline_completion.enable(false, { client_id = client.id })
+  elseif native then
+    vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
+  end
+  ghost.attach(bufnr, { automatic = not native and not M.manual() })
 end
 
 --- Start (or reuse) the server for a buffer.
@@ -229,6 +356,7 @@ local function set_keymaps()
   map(k.accept_line, M.accept_line, true, 'accept the next line of the suggestion')
   map(k.next, function() return M.cycle(1) end, true, 'next suggestion')
   map(k.prev, function() return M.cycle(-1) end, true, 'previous suggestion')
+  map(k.trigger, M.trigger, true, 'ask for suggestions')
   map(k.dismiss, M.dismiss, true, 'dismiss the suggestion')
 end
 
@@ -246,6 +374,7 @@ end
 --- LatentGhost then.
 function M.highlights()
   api.nvim_set_hl(0, 'LatentGhost', { fg = '#808080', ctermfg = 244, italic = true, default = true })
+  api.nvim_set_hl(0, 'LatentInfo', { link = 'LatentGhost', default = true })
   if M.renderer() == 'native' and not vim.o.termguicolors and not has_terminal_style('ComplHint') then
     api.nvim_set_hl(0, 'ComplHint', { link = 'LatentGhost' })
   end
@@ -267,12 +396,17 @@ function M.setup(opts)
     return
   end
   M.config = split_options(opts)
-  ghost.setup({ debounce_ms = M.config.debounce_ms })
+  ghost.setup({ annotation = ghost_annotation, on_invoked = hide_native })
+  decorate_native()
   help_tags()
   local group = api.nvim_create_augroup('latent', { clear = true })
   M.highlights()
   api.nvim_create_autocmd('ColorScheme', { group = group, callback = M.highlights })
   api.nvim_create_autocmd('OptionSet', { group = group, pattern = 'termguicolors', callback = M.highlights })
+  -- the built-in renderer's annotation belongs to the text and cursor it was answered for
+  api.nvim_create_autocmd({ 'TextChangedI', 'CursorMovedI', 'InsertLeave' }, {
+    group = group, callback = clear_annotation,
+  })
   api.nvim_create_autocmd('FileType', {
     group = group,
     pattern = M.config.filetypes,
@@ -308,7 +442,7 @@ local function native_rest(item, bufnr)
 end
 
 local function accept_part(cut)
-  if M.renderer() == 'native' then
+  if M.renderer() == 'native' and not ghost.visible() then
     local bufnr = api.nvim_get_current_buf()
     return vim.lsp.inline_completion.get({
       on_accept = function(item)
@@ -321,7 +455,7 @@ end
 
 --- Accept the whole suggestion; false when there is none.
 function M.accept()
-  if M.renderer() == 'native' then
+  if M.renderer() == 'native' and not ghost.visible() then
     return vim.lsp.inline_completion.get()
   end
   return ghost.accept()
@@ -335,43 +469,59 @@ function M.accept_line()
   return accept_part(ghost.next_line)
 end
 
+--- Show the next (`count` 1) or previous (-1) suggestion. The server sends one while the
+--- user types, so the first press asks it for several (triggerKind Invoked) and shows the
+--- second (or, going back, the last); the built-in renderer's one gives way to them.
 function M.cycle(count)
-  if M.renderer() == 'native' then
-    vim.lsp.inline_completion.select({ count = count })
-    return true
-  end
   return ghost.cycle(count)
+end
+
+--- Ask for suggestions now (Invoked: several, best first), with trigger = 'auto' or 'manual';
+--- false when no Latent server serves the buffer.
+function M.trigger()
+  return ghost.invoke(0)
 end
 
 --- Hide the suggestion; false when there is none.
 function M.dismiss()
-  if M.renderer() == 'native' then
-    return vim.lsp.inline_completion.get({ on_accept = function() end })
+  clear_annotation()
+  if ghost.dismiss() then
+    return true
   end
-  return ghost.dismiss()
+  return M.renderer() == 'native' and vim.lsp.inline_completion.get({ on_accept = function() end })
 end
 
 -- -----------------------------------------------------------------------------------------
 -- Commands
 
---- Turn completion off or on in the server (`enabled` nil flips it).
+local function clock(unix)
+  return os.date('%H:%M', math.floor(unix))
+end
+
+local function toggled(result)
+  local on = type(result) == 'table' and result.enabled
+  if not on then
+    M.dismiss()
+    ghost.clear_all()
+  end
+  local snoozed = type(result) == 'table' and value(result.snoozedUntil)
+  notify('completion is ' .. (on and 'on' or snoozed and ('snoozed until ' .. clock(snoozed)) or 'off'))
+end
+
+--- Turn completion off or on in the server (`enabled` nil flips it; on after a snooze).
 function M.toggle(enabled)
-  command('latent.toggle', enabled == nil and {} or { enabled }, function(result)
-    local on = type(result) == 'table' and result.enabled
-    if not on then
-      M.dismiss()
-      ghost.clear_all()
-    end
-    notify('completion is ' .. (on and 'on' or 'off'))
-  end)
+  command('latent.toggle', enabled == nil and {} or { enabled }, toggled)
 end
 
-local function figure(n, unit)
-  return type(n) == 'number' and (string.format('%.0f', n) .. unit) or '?'
-end
-
-local function value(v)
-  return v ~= nil and v ~= vim.NIL and v or nil
+--- Turn completion off for `minutes` (default config.snooze_minutes); the server turns it on
+--- again by itself then.
+function M.snooze(minutes)
+  minutes = minutes or M.config.snooze_minutes
+  if type(minutes) ~= 'number' or minutes <= 0 or minutes > 1440 then
+    notify('a snooze lasts more than 0 and at most 1440 minutes', vim.log.levels.ERROR)
+    return
+  end
+  command('latent.toggle', { false, minutes }, toggled)
 end
 
 --- The last status of the server of a buffer (the current one by default), else of any.
@@ -387,11 +537,13 @@ end
 
 --- Latent's state for a status line, from the server's last `latent/status`:
 ---   state       'ready' | 'loading' | 'error' | 'off' (completion turned off) |
----               'starting' (no status yet) | 'stopped' (no server)
+---               'snoozed' (off until snoozed_until) | 'starting' (no status yet) |
+---               'stopped' (no server)
 ---   model       the model's name ('' before the server says)
 ---   latency_ms  the last completion's latency (nil before the first)
 ---   reason      why the last completion had no suggestion (a sentence; nil when it had one)
 ---   message     the server's message (the error when state is 'error')
+---   snoozed_until  when a snooze ends (Unix seconds; nil when not snoozed)
 function M.status(bufnr)
   local s = server(bufnr)
   if not s then
@@ -399,16 +551,19 @@ function M.status(bufnr)
   end
   local last = value(s.last) or {}
   local reason = last.suggestions == 0 and value(last.reasonText) or nil
+  local snoozed = s.enabled == false and value(s.snoozedUntil) or nil
   return {
-    state = s.enabled == false and s.state == 'ready' and 'off' or s.state or '?',
+    state = s.enabled == false and s.state == 'ready' and (snoozed and 'snoozed' or 'off') or s.state or '?',
     model = value(s.model) or '',
     latency_ms = value(s.lastLatencyMs),
     reason = reason ~= '' and reason or nil,
     message = value(s.message),
+    snoozed_until = snoozed,
   }
 end
 
---- One short line for a status line: "Latent 12 ms", "Latent loading", "Latent off", "".
+--- One short line for a status line: "Latent 12 ms", "Latent loading", "Latent off",
+--- "Latent snoozed until 14:05", "".
 function M.statusline(bufnr)
   local s = M.status(bufnr)
   if s.state == 'stopped' then
@@ -416,6 +571,9 @@ function M.statusline(bufnr)
   end
   if s.state == 'ready' and s.latency_ms then
     return 'Latent ' .. figure(s.latency_ms, ' ms')
+  end
+  if s.state == 'snoozed' then
+    return 'Latent snoozed until ' .. clock(s.snoozed_until)
   end
   return 'Latent ' .. s.state
 end
@@ -427,7 +585,9 @@ function M.status_lines()
   local several = vim.tbl_count(M.servers) > 1
   for id, s in pairs(M.servers) do
     local cache, last = value(s.cache) or {}, value(s.last) or {}
-    local state = s.enabled == false and (s.state or '?') .. ', completion off' or (s.state or '?')
+    local snoozed = s.enabled == false and value(s.snoozedUntil)
+    local state = (s.state or '?') .. (snoozed and (', snoozed until ' .. clock(snoozed))
+      or s.enabled == false and ', completion off' or '')
     table.insert(lines, ('Latent%s: %s, model %s'):format(several and (' (client %d)'):format(id) or '',
       state, value(s.model) or '?'))
     if value(s.message) and s.message ~= '' and s.state ~= 'ready' then
