@@ -1,159 +1,135 @@
 // Latent for VS Code: starts `latent lsp` and lets vscode-languageclient show its inline
 // completions (LSP 3.18 textDocument/inlineCompletion) as ghost text. Adds a status bar item
-// fed by the server's `latent/status` notification, commands, and the "Latent" output channel.
+// fed by the server's `latent/status` notification (status.ts), commands (statistics,
+// snooze, ...), and the "Latent" output channel, which shows the server's log once.
+import * as readline from "node:readline";
+import type { Readable } from "node:stream";
 import * as vscode from "vscode";
 import {
   LanguageClient,
   LanguageClientOptions,
+  LogMessageNotification,
   ServerOptions,
   State,
 } from "vscode-languageclient/node";
+import { SECTION, declaredSettings, serverCommand, serverSettings } from "./settings";
+import { renderStats, Stats } from "./statistics";
+import { Status, StatusItem } from "./status";
 
-const SECTION = "latent";
-const SERVER_KEYS = ["server.path", "server.pythonPath", "server.args", "server.env"];
-
-interface Status {
-  state: "loading" | "ready" | "error";
-  enabled: boolean;
-  model: string;
-  message?: string;
-  lastLatencyMs?: number | null;
-  cache?: { tokens?: number; bytes?: number; budgetBytes?: number; hitRate?: number };
-}
+const STATS_URI = vscode.Uri.from({ scheme: "latent-stats", path: "Latent Statistics.md" });
 
 let client: LanguageClient | undefined;
 let output: vscode.LogOutputChannel;
-let statusItem: vscode.StatusBarItem;
-let lastStatus: Status | undefined;
+let status: StatusItem;
+let stopped = false;
+let statsText = "";
+const statsChanged = new vscode.EventEmitter<vscode.Uri>();
+
+function manual(): boolean {
+  return vscode.workspace.getConfiguration(SECTION).get<string>("trigger") === "manual";
+}
+
+function render(): void {
+  status.render({ stopped, manual: manual() });
+}
 
 // ---------------------------------------------------------------------------------------------
-// Settings
+// The server's log
 //
-// Settings that choose where code goes or what runs (the server command and its environment,
-// the model, the engine, its API key variable, ...) are `"scope": "machine"` in package.json:
-// they are read from the user's settings only, never from a workspace's `.vscode/settings.json`
-// (a cloned repository could set them), and travel to the server as initializationOptions —
-// the server refuses them in workspace/didChangeConfiguration. A change to one restarts it.
+// The server writes each log record to stderr and, once initialized, also sends it as
+// window/logMessage (lsp_server/logs.py). stderr alone has them all — what is written before
+// the connection is up, other libraries' warnings, a crash's traceback — so the channel shows
+// stderr, each record at its own level, and window/logMessage is not shown a second time.
 
-interface Setting {
-  key: string; // without the "latent." prefix
-  userOnly: boolean; // "scope": "machine"
-}
+const RECORD = /^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$/;
 
-function declaredSettings(): Setting[] {
-  const pkg = vscode.extensions.getExtension("latent.latent")?.packageJSON;
-  const out: Setting[] = [];
-  for (const block of pkg?.contributes?.configuration ?? []) {
-    for (const [full, spec] of Object.entries<{ scope?: string }>(block.properties ?? {})) {
-      out.push({ key: full.slice(SECTION.length + 1), userOnly: spec.scope === "machine" });
-    }
-  }
-  return out;
-}
-
-/** A user-only setting: the user's own value, else the default (workspace values are ignored). */
-function userValue<T>(config: vscode.WorkspaceConfiguration, key: string, fallback: T): T {
-  const seen = config.inspect<T>(key);
-  return seen?.globalValue ?? seen?.defaultValue ?? fallback;
-}
-
-/** The server settings the user has set (camelCase, as the server accepts them); unset ones
- *  are left out so that the server's own defaults apply. `userOnly`: the user-only settings
- *  (from the user's settings alone), else the others (the workspace may set those). */
-export function serverSettings(
-  userOnly: boolean,
-  config = vscode.workspace.getConfiguration(SECTION),
-): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const setting of declaredSettings()) {
-    if (SERVER_KEYS.includes(setting.key) || setting.userOnly !== userOnly) continue;
-    const seen = config.inspect(setting.key);
-    const value = userOnly
-      ? seen?.globalValue
-      : seen?.workspaceFolderValue ?? seen?.workspaceValue ?? seen?.globalValue;
-    if (value !== undefined) out[setting.key] = value;
-  }
-  return out;
-}
-
-function serverOptions(): ServerOptions {
-  const config = vscode.workspace.getConfiguration(SECTION);
-  const python = userValue(config, "server.pythonPath", "").trim();
-  const args = userValue<string[]>(config, "server.args", []);
-  const env = { ...process.env, ...userValue<Record<string, string>>(config, "server.env", {}) };
-  const command = python || userValue(config, "server.path", "latent").trim() || "latent";
-  const commandArgs = python ? ["-m", "lsp_server", "lsp", ...args] : ["lsp", ...args];
-  output.info(`Starting ${command} ${commandArgs.join(" ")}`);
-  // no `transport`: stdio is the default (TransportKind.stdio would append `--stdio`, which `latent lsp` also accepts)
-  return { command, args: commandArgs, options: { env } };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Status bar
-
-function showStatus(status: Status | undefined, clientState?: string): void {
-  const item = statusItem;
-  item.command = "latent.showStats";
-  item.backgroundColor = undefined;
-  if (!status) {
-    item.text = clientState === "stopped" ? "$(circle-slash) Latent" : "$(loading~spin) Latent";
-    item.tooltip = clientState === "stopped" ? "Latent: the server is not running" : "Latent: starting";
-  } else if (status.state === "error") {
-    item.text = "$(error) Latent";
-    item.backgroundColor = new vscode.ThemeColor("statusBarItem.errorBackground");
-    item.tooltip = `Latent: ${status.message ?? "error"}`;
-  } else if (status.state === "loading") {
-    item.text = "$(loading~spin) Latent";
-    item.tooltip = `Latent: ${status.message ?? "loading the model"}`;
-  } else if (!status.enabled) {
-    item.text = "$(circle-slash) Latent";
-    item.tooltip = "Latent: completion is off (Latent: Toggle Completion)";
-  } else {
-    const ms = status.lastLatencyMs;
-    item.text = ms == null ? "$(check) Latent" : `$(check) Latent ${Math.round(ms)} ms`;
-    const cache = status.cache ?? {};
-    const lines = [`Latent: ready, model ${status.model}`];
-    if (status.message) lines.push(status.message);
-    if (ms != null) lines.push(`last completion ${ms.toFixed(0)} ms`);
-    if (cache.tokens != null) {
-      const hit = cache.hitRate != null ? `, hit rate ${(100 * cache.hitRate).toFixed(0)} %` : "";
-      lines.push(`cache ${cache.tokens} tokens${hit}`);
-    }
-    lines.push("Click for statistics");
-    item.tooltip = lines.join("\n");
-  }
-  item.show();
+function showServerLog(input: Readable, channel: vscode.LogOutputChannel): void {
+  let level = "INFO"; // a line that is not a record's first (a traceback) keeps the record's level
+  readline.createInterface({ input, crlfDelay: Infinity, terminal: false }).on("line", (line) => {
+    const record = RECORD.exec(line);
+    if (record) [, level, line] = record;
+    if (level === "DEBUG") {
+      // the server logs debug records only when latent.logLevel = debug: show them
+      const visible = channel.logLevel !== vscode.LogLevel.Off && channel.logLevel <= vscode.LogLevel.Debug;
+      (visible ? channel.debug : channel.info).call(channel, line);
+    } else if (level === "INFO") channel.info(line);
+    else if (level === "WARNING") channel.warn(line);
+    else channel.error(line);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
 // The client
 
-async function start(context: vscode.ExtensionContext): Promise<void> {
+/** The settings editor at `latent.KEY`: a user-only ("machine") setting is the remote's in a
+ *  remote window (code-server, SSH, WSL, a container), where the User tab does not list it. */
+function openSetting(key: string): Thenable<unknown> {
+  const query = `${SECTION}.${key}`;
+  return vscode.env.remoteName
+    ? vscode.commands.executeCommand("workbench.action.openRemoteSettings", { query })
+    : vscode.commands.executeCommand("workbench.action.openSettings", query);
+}
+
+function serverOptions(): ServerOptions | undefined {
+  const server = serverCommand();
+  if (!server.found) {
+    const given = server.given === server.command ? server.given : `${server.given} (${server.command})`;
+    const message = `the server command ${given} was not found`;
+    output.error(`Latent: ${message}; set latent.${server.setting}.`);
+    status.update({ state: "error", enabled: true, model: "", message });
+    render();
+    const name = `Latent › Server: ${server.setting === "server.path" ? "Path" : "Python Path"}`;
+    const where = vscode.env.remoteName ? " in the Remote settings" : "";
+    const example = server.setting === "server.path" ? " to the latent command, e.g. ~/latent/.venv/bin/latent" : "";
+    void vscode.window
+      .showErrorMessage(`Latent: ${message}. Set ${name}${where}${example}.`, "Open Setting")
+      .then((choice) => choice && openSetting(server.setting));
+    return undefined;
+  }
+  output.info(`Starting ${server.command} ${server.args.join(" ")}`);
+  // no `transport`: stdio is the default (TransportKind.stdio would append `--stdio`, which `latent lsp` also accepts)
+  return { command: server.command, args: server.args, options: { env: server.env } };
+}
+
+async function start(): Promise<void> {
+  status.reset();
+  stopped = false;
+  render();
+  const options = serverOptions();
+  if (!options) return;
   const clientOptions: LanguageClientOptions = {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
     initializationOptions: { ...serverSettings(false), ...serverSettings(true) },
     outputChannel: output,
     traceOutputChannel: output,
+    stdioOptions: { stdout: showServerLog, stderr: showServerLog },
+    middleware: {
+      // trigger = manual: no request while typing (Automatic), only when the user asks (Invoked:
+      // the trigger key, or cycling). The server would answer an Automatic request empty anyway.
+      provideInlineCompletionItems: (document, position, context, token, next) =>
+        context.triggerKind === vscode.InlineCompletionTriggerKind.Automatic && manual()
+          ? null
+          : next(document, position, context, token),
+    },
   };
-  const c = new LanguageClient("latent", "Latent", serverOptions(), clientOptions);
+  const c = new LanguageClient("latent", "Latent", options, clientOptions);
   client = c;
-  lastStatus = undefined;
-  showStatus(undefined);
   c.onDidChangeState((e) => {
-    if (e.newState === State.Stopped) showStatus(undefined, "stopped");
+    stopped = e.newState === State.Stopped;
+    render();
   });
-  c.onNotification("latent/status", (status: Status) => {
-    lastStatus = status;
-    showStatus(status);
+  c.onNotification("latent/status", (params: Status) => {
+    status.update(params);
+    render();
   });
+  c.onNotification(LogMessageNotification.type, () => undefined); // stderr shows it (showServerLog)
   try {
     await c.start();
   } catch (e) {
-    output.info(`The server did not start: ${e}`);
-    showStatus({ state: "error", enabled: true, model: "", message: `the server did not start (${e})` });
-    void vscode.window
-      .showErrorMessage("Latent: the language server did not start. Check `latent.server.path`.", "Show Log")
-      .then((choice) => choice && output.show());
+    // vscode-languageclient has already said so (a notification and the log)
+    output.error(`The server did not start: ${e}`);
+    status.update({ state: "error", enabled: true, model: "", message: `the server did not start (${e})` });
+    render();
   }
 }
 
@@ -169,7 +145,13 @@ async function stop(): Promise<void> {
   }
 }
 
-async function serverCommand<T>(command: string, ...args: unknown[]): Promise<T | undefined> {
+async function restart(): Promise<void> {
+  await stop();
+  await start();
+}
+
+/** workspace/executeCommand on the server (its commands: lsp_server/commands.py). */
+async function runOnServer<T>(command: string, ...args: unknown[]): Promise<T | undefined> {
   if (!client || !client.isRunning()) {
     void vscode.window.showWarningMessage("Latent: the server is not running.");
     return undefined;
@@ -177,43 +159,77 @@ async function serverCommand<T>(command: string, ...args: unknown[]): Promise<T 
   return client.sendRequest<T>("workspace/executeCommand", { command, arguments: args });
 }
 
+// ---------------------------------------------------------------------------------------------
+// Commands (ids unlike the server's latent.toggle, latent.stats, latent.clearCache and
+// latent.accepted, which vscode-languageclient registers as VS Code commands itself)
+
+interface Toggled {
+  enabled: boolean;
+  snoozedUntil?: number;
+}
+
+async function toggle(...args: unknown[]): Promise<void> {
+  const result = await runOnServer<Toggled>("latent.toggle", ...args);
+  if (!result) return;
+  const current = status.current;
+  if (current) status.update({ ...current, enabled: result.enabled, snoozedUntil: result.snoozedUntil });
+  render();
+  const said = result.enabled ? "on" : result.snoozedUntil ? "snoozed" : "off";
+  void vscode.window.setStatusBarMessage(`Latent: completion ${said}`, 3000);
+}
+
+async function snooze(): Promise<void> {
+  const choices: (vscode.QuickPickItem & { minutes?: number })[] = [
+    { label: "15 minutes", minutes: 15 },
+    { label: "1 hour", minutes: 60 },
+    { label: "4 hours", minutes: 240 },
+    { label: "Until I turn it on", description: "Latent: Toggle Completion" },
+  ];
+  const choice = await vscode.window.showQuickPick(choices, { title: "Latent: snooze suggestions", placeHolder: "For how long?" });
+  if (!choice) return;
+  await (choice.minutes ? toggle(false, choice.minutes) : toggle(false));
+}
+
+async function showStats(): Promise<void> {
+  const stats = await runOnServer<Stats>("latent.stats");
+  if (!stats) return;
+  statsText = renderStats(stats);
+  statsChanged.fire(STATS_URI);
+  const document = await vscode.workspace.openTextDocument(STATS_URI);
+  try {
+    await vscode.commands.executeCommand("markdown.showPreview", document.uri);
+  } catch {
+    await vscode.window.showTextDocument(document, { preview: true });
+  }
+}
+
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   output = vscode.window.createOutputChannel("Latent", { log: true });
-  statusItem = vscode.window.createStatusBarItem("latent.status", vscode.StatusBarAlignment.Right, 100);
-  statusItem.name = "Latent";
-  context.subscriptions.push(output, statusItem);
+  const item = vscode.window.createStatusBarItem("latent.status", vscode.StatusBarAlignment.Right, 100);
+  status = new StatusItem(item);
+  context.subscriptions.push(output, item, statsChanged);
 
   context.subscriptions.push(
-    vscode.commands.registerCommand("latent.toggleCompletion", async () => {
-      const result = await serverCommand<{ enabled: boolean }>("latent.toggle");
-      if (result) {
-        if (lastStatus) showStatus({ ...lastStatus, enabled: result.enabled });
-        void vscode.window.setStatusBarMessage(`Latent: completion ${result.enabled ? "on" : "off"}`, 3000);
-      }
+    vscode.workspace.registerTextDocumentContentProvider(STATS_URI.scheme, {
+      onDidChange: statsChanged.event,
+      provideTextDocumentContent: () => statsText,
     }),
-    vscode.commands.registerCommand("latent.showStats", async () => {
-      const stats = await serverCommand<Record<string, unknown>>("latent.stats");
-      if (!stats) return;
-      output.info(`Statistics ${new Date().toISOString()}:`);
-      output.info(JSON.stringify(stats, null, 2));
-      output.show(true);
-    }),
+    vscode.commands.registerCommand("latent.toggleCompletion", () => toggle()),
+    vscode.commands.registerCommand("latent.snooze", snooze),
+    vscode.commands.registerCommand("latent.showStats", showStats),
     vscode.commands.registerCommand("latent.clearServerCache", async () => {
-      const result = await serverCommand<{ cleared: boolean }>("latent.clearCache");
+      const result = await runOnServer<{ cleared: boolean }>("latent.clearCache");
       if (result) void vscode.window.setStatusBarMessage("Latent: cache cleared", 3000);
     }),
-    vscode.commands.registerCommand("latent.restartServer", async () => {
-      await stop();
-      await start(context);
-    }),
+    vscode.commands.registerCommand("latent.restartServer", restart),
     vscode.commands.registerCommand("latent.showLog", () => output.show()),
     vscode.workspace.onDidChangeConfiguration(async (e) => {
       if (!e.affectsConfiguration(SECTION)) return;
-      const restart = declaredSettings().filter((s) => s.userOnly); // the server.* keys too
-      if (restart.some((s) => e.affectsConfiguration(`${SECTION}.${s.key}`))) {
+      render(); // trigger = manual shows in the status bar
+      const restartKeys = declaredSettings().filter((s) => s.userOnly); // the server.* keys too
+      if (restartKeys.some((s) => e.affectsConfiguration(`${SECTION}.${s.key}`))) {
         output.info("A server or user-only setting changed: restarting the server.");
-        await stop();
-        await start(context);
+        await restart();
       } else if (client?.isRunning()) {
         await client.sendNotification("workspace/didChangeConfiguration", {
           settings: { [SECTION]: serverSettings(false) },
@@ -221,7 +237,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       }
     }),
   );
-  await start(context);
+  await start();
 }
 
 export async function deactivate(): Promise<void> {
