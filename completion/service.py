@@ -89,11 +89,11 @@ class CompletionService:
         cursor = Cursor(lines, lines.offset(position))
         self._bump("requests")
         if cancel.cancelled:
-            return self._cancelled()
+            return self._answer(self._cancelled())
         language = language_for(snapshot.language_id, snapshot.path or snapshot.uri)
         off = self._language_off(snapshot, language)
         if off:
-            return self._skipped(off)
+            return self._answer(self._skipped(off))
         result = self._recall.type_through(snapshot.uri, cursor) if count == 1 else None
         if result is not None:
             self._bump("typing_through" if result.source == "typing-through" else "cache_hits")
@@ -101,9 +101,17 @@ class CompletionService:
             self._bump("precompute_hits")
         if result is not None:
             result.timings_ms.setdefault("context", _ms(started))  # answered without the model
-            return result
+            return self._answer(result)
         result = self._run(snapshot, language, cursor, cancel, state.tree if state is not None else None, count)
         self._recall.remember(snapshot.uri, cursor, result)
+        return self._answer(result)
+
+    def _answer(self, result: CompletionResult) -> CompletionResult:
+        """Count an answer without a suggestion under its reason (once per request: not per
+        alternative tried, nor for precomputation)."""
+        if not result.suggestions and result.reason:
+            with self._lock:
+                self._reasons[result.reason] += 1
         return result
 
     def precompute(self, uri: str, suggestion: Suggestion, cancel: CancelToken | None = None) -> None:
@@ -211,7 +219,7 @@ class CompletionService:
         """The suggestions, or none and why."""
         found, why = postprocess.suggestion(raw, plan, language, tree, cursor,
                                             hit_limit=stats.get("finish_reason") == "length")
-        self._bump("suggestions" if found else "dropped_syntax" if why == "syntax-error" else "dropped_empty", why)
+        self._bump("suggestions" if found else "dropped_syntax" if why == "syntax-error" else "dropped_empty")
         return ([found] if found else []), why
 
     def _params(self, mode: str, plan: Plan) -> SamplingParams:
@@ -287,18 +295,15 @@ class CompletionService:
         return ""
 
     def _skipped(self, why: str, timings: dict | None = None) -> CompletionResult:
-        self._bump("skipped", why)
+        self._bump("skipped")
         return CompletionResult(mode="none", source="skipped", timings_ms=timings or {}, reason=why)
 
-    def _bump(self, counter: str, reason: str = "") -> None:
-        """Count an event and, for an answer without a suggestion, its reason."""
+    def _bump(self, counter: str) -> None:
         with self._lock:
             self._counters[counter] += 1
-            if reason:
-                self._reasons[reason] += 1
 
     def _cancelled(self) -> CompletionResult:
-        self._bump("cancelled", "cancelled")
+        self._bump("cancelled")
         return CompletionResult(source="cancelled", reason="cancelled")
 
 

@@ -155,3 +155,4 @@ def test_alternatives_branch_from_the_same_prompt_and_keep_the_greedy_answer_fir
     assert texts[0] == one.suggestions[0].text and 2 <= len(texts) <= 3
     assert len(set(texts)) == len(texts)                       # distinct, all through postprocessing
     assert "alternatives" in three.timings_ms and "alternatives" not in one.timings_ms
+    assert service.stats()["reasons"] == {}   # alternatives that failed postprocessing are no empty answer
