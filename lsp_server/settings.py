@@ -84,8 +84,9 @@ class ServerOptions:
     languages: tuple[str, ...] = option((), "complete only these language ids; empty: every language")
     trigger: str = option("auto", "auto: suggest while typing; manual: only when the user asks (the trigger key, "
                                   "an invoked inline completion)", choices=("auto", "manual"))
-    debounce_ms: int = option(50, "while typing, wait this long after a keystroke before computing a suggestion; "
-                                  "a newer keystroke in the meantime replaces the request unrun", min=0, max=2000)
+    debounce_ms: int = option(0, "while typing, wait this long after a keystroke before computing a suggestion; "
+                                 "a newer keystroke in the meantime replaces the request unrun (0: measured best "
+                                 "for a model faster than typing; raise it for a slow one)", min=0, max=2000)
     completion_items: str = option("auto", "textDocument/completion items: auto (for clients without inline "
                                            "completion), always or never", choices=("auto", "always", "never"))
     log_level: str = option("info", "log level of stderr and window/logMessage", choices=LOG_LEVELS)
