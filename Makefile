@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-user editors-deps vscode demo test test-fast test-editors test-remote bench bench-llamacpp clean
+.PHONY: install install-user editors-deps vscode demo test test-fast test-editors test-remote bench bench-llamacpp bench-lite clean
 
 install: $(STAMP)
 
@@ -67,6 +67,12 @@ bench-llamacpp: install
 	[ .remote/bundled-f32.gguf -nt model/bundled/model.safetensors ] || \
 		$(PY) tests/remote/convert.py .remote/llama.cpp model/bundled .remote/bundled-f32.gguf
 	$(PY) benchmarks/llamacpp_bench.py --write docs/benchmarks.md
+
+# a DeepSeek-Coder-V2-Lite-shaped slice (4 layers, random weights) in int8 against llama.cpp's
+# Q8_0 of the same weights; ~3 GB in the git-ignored .remote/, ~10 minutes on 2 cores
+bench-lite: install
+	benchmarks/llamacpp/build.sh $(PY)
+	$(PY) benchmarks/lite_slice_bench.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
