@@ -314,10 +314,12 @@ def run(lite: bool, lite_layers: int | None) -> str:
         # one thread for both engines; no prompt-lookup drafts: random weights never repeat the
         # prompt, so drafts would only cost (speculation is measured on real code by make bench-llamacpp)
         engine = Engine.load(folder, RuntimeConfig(threads=1, speculate=0))
+        engine.forward.wait()   # its decode step compiled (from the folder) before anything is timed
     torch.set_num_threads(1)
     cmd = "python benchmarks/engine_bench.py --lite" if lite else "make bench"
     lines = [SECTION, "", f"Command: `{cmd}`. One run on this machine ({torch.get_num_threads()} torch "
-             "thread(s) for both engines), float32; ratios are within the run.", ""]
+             f"thread(s) for both engines), float32, our decode step {engine.forward.state}; ratios are within "
+             "the run.", ""]
     n_params = engine.model.parameter_count()
     text = sample_source()
     prompt_ids = engine.tokenizer.encode(text, add_bos=True)[:1024]
@@ -372,6 +374,7 @@ def fim_typing_lines(engine: Engine, text: str) -> list[str]:
     fim = bench_fim_typing(engine, fim_keystrokes(engine, text))
     s, e, c = fim["shift"], fim["exact"], fim["recompute"]
     bundled = Engine.load()
+    bundled.forward.wait()
     b = bench_fim_typing(bundled, fim_keystrokes(bundled, text))
     return [
         "",

@@ -3,10 +3,11 @@
     python benchmarks/llamacpp_bench.py --server .remote/llama.cpp/build/bin/llama-server \\
         --gguf .remote/bundled-f32.gguf --write docs/benchmarks.md
 
-The bundled model runs in Latent (in process) and, converted to an f32 GGUF, in `llama-server`
-(`-c 4096 -np 1 -t T -tb T -ctk f32 -ctv f32`, `/completion` with `cache_prompt: true`), at 1 and
-2 threads; one server per thread count, both up for the whole run, and a third with `-fa off`
-(llama.cpp's CPU flash attention is not f32-exact) for the same-model check.
+The bundled model runs in Latent (in process, `threads` T, its decode step compiled before
+anything is timed) and, converted to an f32 GGUF, in `llama-server` (`-c 4096 -np 1 -t T -tb T
+-ctk f32 -ctv f32`, `/completion` with `cache_prompt: true`), at T = 1 and 2 threads; one server
+per thread count, both up for the whole run, and a third with `-fa off` (llama.cpp's CPU flash
+attention is not f32-exact) for the same-model check.
 
 - speed: prefill tokens/s of a ~1,000-token prompt and decode tokens/s after it, also at 2
   threads with one core kept busy by another process;
@@ -19,7 +20,8 @@ The bundled model runs in Latent (in process) and, converted to an f32 GGUF, in 
 
 The machine is shared and noisy, so the backends take turns keystroke by keystroke (and run by
 run for prefill and decode), and the figures pool several rounds. Latencies are wall time seen by
-the caller (llama-server: a localhost HTTP request, keep-alive).
+the caller (llama-server: a localhost HTTP request, keep-alive). `--only speed` or `--only typing`
+runs one part and prints it (a quick check; the file is written by full runs only).
 """
 from __future__ import annotations
 
@@ -64,9 +66,19 @@ def third_party_source() -> tuple[str, str]:
 
 def latent_engines() -> dict[str, Engine]:
     """One engine per mode, so each keeps its own cache: exact and shift reuse, and one whose
-    cache is cleared before every request."""
-    return {mode: Engine.load(None, RuntimeConfig(threads=1, reuse="shift" if mode == "shift" else "exact"))
-            for mode in LATENT_MODES}
+    cache is cleared before every request. Their decode step is compiled (or has failed to
+    compile) before this returns: the timed figures are the steady state."""
+    engines = {mode: Engine.load(None, RuntimeConfig(threads=1, reuse="shift" if mode == "shift" else "exact",
+                                                     compile=True))
+               for mode in LATENT_MODES}
+    for engine in engines.values():
+        engine.forward.wait()
+    return engines
+
+
+def use_threads(engine: Engine, threads: int) -> None:
+    """Run `engine` as if loaded with `threads` (prefill takes them; see Engine.threads)."""
+    engine.runtime = replace(engine.runtime, threads=threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +119,8 @@ def bench_typing(engines: dict[str, Engine], servers: dict[int, LlamaServer], pr
     results = {t: {b: {f: [] for f in fields} for b in BACKENDS} for t in THREADS}
     for r in range(rounds):
         for threads in THREADS if r % 2 == 0 else THREADS[::-1]:
-            torch.set_num_threads(threads)
+            for engine in engines.values():
+                use_threads(engine, threads)
             ask = askers(engines, servers[threads])
             for backend in BACKENDS:
                 ask[backend](prompts[0])   # the file opened, untimed
@@ -135,7 +148,7 @@ def bench_speed(engine: Engine, servers: dict[int, LlamaServer], prompt: str, ro
     machine; llama.cpp's threads wait for each other at every operation)."""
     speed = {}
     for threads in THREADS:
-        torch.set_num_threads(threads)
+        use_threads(engine, threads)
         speed[threads] = speed_medians(engine, servers[threads], prompt, rounds)
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -225,7 +238,8 @@ def near_tie(engine: Engine, server: LlamaServer, prompt: str, ids: list[int],
 def speed_rows(speed: dict, prompt_tokens: int) -> list[str]:
     rows = ["| figure | threads | Latent | llama-server | Latent / llama.cpp |", "|---|---|---|---|---|"]
     figures = ((f"prefill tokens/s ({prompt_tokens:,}-token prompt)", "latent", 0),
-               ("decode tokens/s after it (Latent: prompt-lookup drafts, its default)", "latent", 1),
+               ("decode tokens/s after it (Latent: its default, `speculate 8`; no drafts while the step runs "
+                "compiled)", "latent", 1),
                ("decode tokens/s after it (Latent: `speculate 0`)", "latent-nodraft", 1))
     for label, ours, i in figures:
         for t in (*THREADS, "busy"):
@@ -268,6 +282,23 @@ def same_model_lines(check: dict, tokenize_ok: bool) -> list[str]:
     ]
 
 
+def render_part(speed: dict | None, typing: dict | None, info: dict) -> str:
+    """A quick run's figures (--only): printed, never written."""
+    lines = [f"Partial run (not written), Latent's decode step {info['step']}, load average "
+             f"{info['load'][0]:.1f} → {info['load'][1]:.1f}.", ""]
+    if speed is not None:
+        lines += [*speed_rows(speed, info["plain_tokens"]), ""]
+    if typing is not None:
+        lines += typing_rows(typing)
+    return "\n".join(lines) + "\n"
+
+
+def step_words(state: str) -> str:
+    if state == "compiled":
+        return "compiled ahead of time (model/engine/step.py) before anything was timed"
+    return f"EAGER (its compile state: {state})"
+
+
 def render(speed: dict, typing: dict, check: dict, info: dict) -> str:
     keys = len(typing[THREADS[0]]["exact"]["ms"])
     lines = [
@@ -276,7 +307,9 @@ def render(speed: dict, typing: dict, check: dict, info: dict) -> str:
         f"llama-cpp-python 0.3.36 (ggml-org/llama.cpp@0c1e57098), Release, `GGML_NATIVE=ON`; the bundled "
         f"model converted to an f32 GGUF by `tests/remote/convert.py`; served with `-c 4096 -np 1 -t T -tb T "
         f"-ctk f32 -ctv f32`, asked `/completion` with `cache_prompt: true`, greedy. Latent in process, float32, "
-        f"its defaults. One run on a shared {os.cpu_count()}-core machine; the backends take turns keystroke by "
+        f"its defaults with `threads` T (a small model decodes on one thread), its one-token decode step "
+        f"{step_words(info['step'])}. One run on a shared {os.cpu_count()}-core machine; the backends take turns "
+        f"keystroke by "
         f"keystroke (order rotated), {info['rounds']} rounds pooled; latency is wall time seen by the caller "
         "(llama-server: a localhost HTTP request). 1-minute load average "
         f"{info['load'][0]:.1f} at the start, {info['load'][1]:.1f} at the end.", "",
@@ -294,7 +327,8 @@ def render(speed: dict, typing: dict, check: dict, info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(server_bin: Path, gguf: Path, rounds: int, speed_rounds: int, keystrokes: int) -> str:
+def run(server_bin: Path, gguf: Path, rounds: int, speed_rounds: int, keystrokes: int,
+        only: str | None = None) -> str:
     engines = latent_engines()
     exact = engines["exact"]
     text, source = third_party_source()
@@ -302,15 +336,19 @@ def run(server_bin: Path, gguf: Path, rounds: int, speed_rounds: int, keystrokes
     plain = exact.tokenizer.decode(exact.tokenizer.encode(text)[:1000])
     load = os.getloadavg()[0]
     servers = {t: LlamaServer(server_bin, gguf, t, gguf.parent / f"llama-server-t{t}.log") for t in THREADS}
-    servers["fa-off"] = LlamaServer(server_bin, gguf, 1, gguf.parent / "llama-server-fa-off.log", ("-fa", "off"))
+    if only is None:
+        servers["fa-off"] = LlamaServer(server_bin, gguf, 1, gguf.parent / "llama-server-fa-off.log", ("-fa", "off"))
     try:
         for server in servers.values():
             server.wait_ready()
         info = {"rounds": rounds, "speed_rounds": speed_rounds, "source": source, "prompts": prompts,
                 "fim_tokens": exact.tokenizer.count(prompts[-1]) + 1, "plain_tokens": exact.tokenizer.count(plain) + 1,
-                "tokenize_ok": tokenizer_agrees(exact, servers[1], prompts)}
-        speed = bench_speed(engines["recompute"], servers, plain, speed_rounds)
-        typing = bench_typing(engines, servers, prompts, rounds)
+                "tokenize_ok": tokenizer_agrees(exact, servers[1], prompts), "step": exact.forward.state}
+        speed = bench_speed(engines["recompute"], servers, plain, speed_rounds) if only != "typing" else None
+        typing = bench_typing(engines, servers, prompts, rounds) if only != "speed" else None
+        if only is not None:
+            info["load"] = (load, os.getloadavg()[0])
+            return render_part(speed, typing, info)
         torch.set_num_threads(1)
         check = {"timed": same_completions(typing), "error": logprob_error(exact, servers[1], prompts[-1]),
                  "error_fa_off": logprob_error(exact, servers["fa-off"], prompts[-1]),
@@ -330,9 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="typing replay rounds per backend and thread count")
     parser.add_argument("--speed-rounds", type=int, default=5, help="alternating prefill/decode runs")
     parser.add_argument("--keystrokes", type=int, default=40, help="characters typed per replay")
+    parser.add_argument("--only", choices=("speed", "typing"), default=None,
+                        help="run only prefill/decode speed or only the typing replay, and print it")
     parser.add_argument("--write", type=Path, default=None, help="replace this section in a Markdown file")
     args = parser.parse_args(argv)
-    section = run(args.server, args.gguf, args.rounds, args.speed_rounds, args.keystrokes)
+    if args.only and args.write:
+        parser.error("--only runs part of the benchmark; the file takes full runs only")
+    section = run(args.server, args.gguf, args.rounds, args.speed_rounds, args.keystrokes, args.only)
     publish(section, args.write)
     return 0
 

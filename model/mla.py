@@ -12,12 +12,34 @@ Two ways to attend over that cache, held equal by the tests:
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelArgs
-from .rope import apply_rotary
+from .rope import RotaryTable, apply_rotary
+
+
+class Span(NamedTuple):
+    """Where a forward's T new tokens sit among the S rows: worked out once, read by every layer."""
+
+    positions: torch.Tensor         # (T,) int64: S - T, …, S - 1
+    cos: torch.Tensor               # (T, P/2) rope angles of those positions
+    sin: torch.Tensor
+    mask: torch.Tensor | None       # (T, S) added to scores: 0 up to each token, -inf after; None for one token
+
+    @classmethod
+    def at_end(cls, rope: RotaryTable, T: int, S: int, dtype: torch.dtype) -> "Span":
+        device = rope.cos.device
+        positions = torch.arange(S - T, S, device=device)
+        cos, sin = rope.span(S - T, S)
+        mask = None
+        if T > 1:
+            after = torch.arange(S, device=device)[None, :] > positions[:, None]
+            mask = torch.zeros(T, S, dtype=dtype, device=device).masked_fill_(after, float("-inf"))
+        return cls(positions, cos, sin, mask)
 
 
 class RMSNorm(nn.Module):
@@ -38,16 +60,31 @@ def linear(n_in: int, n_out: int) -> nn.Linear:
     return nn.Linear(n_in, n_out, bias=False)
 
 
+def stack_rows(*layers: nn.Module) -> nn.Module:
+    """One linear layer whose output is the given layers' outputs side by side (their weight
+    rows stacked): a single product where there were several on the same input. Float layers
+    give an nn.Linear; int8 layers (model/quant.py) their own kind, exactly (scales are per row)."""
+    if all(type(layer) is nn.Linear for layer in layers):
+        weight = torch.cat([layer.weight.detach() for layer in layers])
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+        fused.weight = nn.Parameter(weight, requires_grad=False)
+        return fused
+    return type(layers[0]).stacked(layers)
+
+
 class MLA(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, layer: int) -> None:
         super().__init__()
+        self.layer = layer          # which of the cache's layers holds this layer's rows
         self.n_heads = args.n_heads
         self.nope_dim, self.rope_dim, self.v_dim = args.qk_nope_head_dim, args.qk_rope_head_dim, args.v_head_dim
         self.rank = args.kv_lora_rank
         self.scale = args.softmax_scale
         self.interleaved = args.rope_interleave
         qk = args.qk_head_dim
-        if args.q_lora_rank:
+        self.q_lora = bool(args.q_lora_rank)
+        self.q_width = args.q_lora_rank if self.q_lora else args.n_heads * qk   # what x's query product gives
+        if self.q_lora:
             self.q_a_proj = linear(args.dim, args.q_lora_rank)
             self.q_a_layernorm = RMSNorm(args.q_lora_rank, args.norm_eps)
             self.q_b_proj = linear(args.q_lora_rank, args.n_heads * qk)
@@ -57,55 +94,74 @@ class MLA(nn.Module):
         self.kv_a_layernorm = RMSNorm(args.kv_lora_rank, args.norm_eps)
         self.kv_b_proj = linear(args.kv_lora_rank, args.n_heads * (args.qk_nope_head_dim + args.v_head_dim))
         self.o_proj = linear(args.n_heads * args.v_head_dim, args.dim)
-        self._absorbed: tuple[torch.Tensor, torch.Tensor] | None = None
+        # after fuse(): the query's product (q_proj or q_a_proj) and kv_a_proj_with_mqa, both
+        # of x, stacked into one; the two layers as loaded are then dropped
+        self.q_kv_a_proj: nn.Module | None = None
+        self._kv_b_float: torch.Tensor | None = None   # kv_b_proj's weight widened, when it is int8
 
     # -- weights ----------------------------------------------------------------------------
     def absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """W_UK (H, nope, R) and W_UV (H, v, R): views of kv_b_proj, dequantized if needed."""
-        cached = self._absorbed
-        if cached is None:
-            w = _dense_weight(self.kv_b_proj).view(self.n_heads, self.nope_dim + self.v_dim, self.rank)
-            cached = (w[:, : self.nope_dim], w[:, self.nope_dim :])
-            self._absorbed = cached
-        return cached
+        """W_UK (H, nope, R) and W_UV (H, v, R): views of kv_b_proj's weight, taken anew each
+        call (free; a compiled step then reads the weight itself), or of its float form made
+        once when it is int8."""
+        if hasattr(self.kv_b_proj, "dequantized"):
+            if self._kv_b_float is None:
+                self._kv_b_float = self.kv_b_proj.dequantized()
+            w = self._kv_b_float
+        else:
+            w = self.kv_b_proj.weight
+        w = w.view(self.n_heads, self.nope_dim + self.v_dim, self.rank)
+        return w[:, : self.nope_dim], w[:, self.nope_dim :]
 
     def refresh_weights(self) -> None:
         """kv_b_proj was replaced (loaded, quantized): derive the absorbed weights again."""
-        self._absorbed = None
+        self._kv_b_float = None
+
+    def fuse(self) -> None:
+        """Stack the two products of x into one (once, after loading; int8 layers too)."""
+        if self.q_kv_a_proj is not None:
+            return
+        q_name = "q_a_proj" if self.q_lora else "q_proj"
+        self.q_kv_a_proj = stack_rows(getattr(self, q_name), self.kv_a_proj_with_mqa)
+        delattr(self, q_name)
+        del self.kv_a_proj_with_mqa
 
     # -- forward ----------------------------------------------------------------------------
     def forward(
         self,
         x: torch.Tensor,            # (T, dim) hidden states of the new tokens
-        cache: torch.Tensor,        # (S_max, R + P) this layer's latent rows
-        start: int,                 # position of the first new token
-        cos: torch.Tensor,          # (T, P/2) rope angles of the new positions
-        sin: torch.Tensor,
+        cache: torch.Tensor,        # (L, S, R + P) every layer's latent rows up to the last new token
+        span: Span,
         absorbed: bool,
     ) -> torch.Tensor:
         T = x.shape[0]
-        end = start + T
-        q = self._query(x).view(T, self.n_heads, -1).transpose(0, 1)     # (H, T, nope + P)
+        q, kv = self._project(x)                                          # (T, H*(nope + P)), (T, R + P)
+        q = q.view(T, self.n_heads, -1).transpose(0, 1)                   # (H, T, nope + P)
         q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
-        q_pe = apply_rotary(q_pe, cos, sin, self.interleaved)
+        q_pe = apply_rotary(q_pe, span.cos, span.sin, self.interleaved)
 
-        kv = self.kv_a_proj_with_mqa(x)                                   # (T, R + P)
         c, k_pe = kv.split([self.rank, self.rope_dim], dim=-1)
-        cache[start:end, : self.rank] = self.kv_a_layernorm(c)
-        cache[start:end, self.rank :] = apply_rotary(k_pe, cos, sin, self.interleaved)
+        new = torch.cat((self.kv_a_layernorm(c), apply_rotary(k_pe, span.cos, span.sin, self.interleaved)), dim=-1)
+        # written into the cache tensor itself (not a view of one layer): a compiled step then
+        # updates it in place instead of copying it
+        cache.index_put_((span.positions.new_full((1,), self.layer), span.positions), new)
 
-        rows = cache[:end]                                                # (S, R + P)
-        mask = _causal_mask(T, end, x.device) if T > 1 else None
+        rows = cache[self.layer]                                          # (S, R + P)
         if absorbed:
-            out = self._attend_absorbed(q_nope, q_pe, rows, mask)
+            out = self._attend_absorbed(q_nope, q_pe, rows, span.mask)
         else:
-            out = self._attend_naive(q_nope, q_pe, rows, mask)
+            out = self._attend_naive(q_nope, q_pe, rows, span.mask)
         return self.o_proj(out)                                           # (T, dim)
 
-    def _query(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "q_proj"):
-            return self.q_proj(x)
-        return self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (T, dim) -> the query (T, H*(nope + P)) and kv_a's output (T, R + P)."""
+        if self.q_kv_a_proj is not None:
+            q, kv = self.q_kv_a_proj(x).split([self.q_width, self.rank + self.rope_dim], dim=-1)
+        else:
+            q, kv = getattr(self, "q_a_proj" if self.q_lora else "q_proj")(x), self.kv_a_proj_with_mqa(x)
+        if self.q_lora:
+            q = self.q_b_proj(self.q_a_layernorm(q))
+        return q, kv
 
     def _attend_absorbed(self, q_nope, q_pe, rows, mask) -> torch.Tensor:
         """Few new tokens (decode, short prefills): scores (H, T, S) are small, and two plain
@@ -116,7 +172,7 @@ class MLA(nn.Module):
         q_full = torch.cat((q_lat, q_pe), dim=-1).view(H * T, -1)         # (H*T, R + P)
         scores = (q_full @ rows.T).view(H, T, -1) * self.scale            # (H, T, S)
         if mask is not None:
-            scores = scores.masked_fill(mask, float("-inf"))
+            scores = scores + mask
         probs = scores.softmax(dim=-1, dtype=torch.float32).to(rows.dtype)
         o_lat = (probs.view(H * T, -1) @ rows[:, : self.rank]).view(H, T, self.rank)  # (H, T, R)
         out = torch.bmm(o_lat, w_uv.transpose(1, 2))                      # (H, T, v)
@@ -132,30 +188,7 @@ class MLA(nn.Module):
         q = torch.cat((q_nope, q_pe), dim=-1)                             # (H, T, nope + P)
         # 4-D (B, H, T, D) with a causal flag or an additive float mask: PyTorch's fused CPU
         # kernel takes these; 3-D tensors or a boolean mask fall back to the unfused math path.
-        out = F.scaled_dot_product_attention(q[None], k[None], v[None].contiguous(), scale=self.scale,
-                                             **_sdpa_mask(mask, T, S, q.dtype))  # (1, H, T, v)
+        masking = {"is_causal": True} if T == S else {"attn_mask": mask}   # none for one token
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=self.scale,
+                                             **masking)                   # (1, H, T, v)
         return out[0].transpose(0, 1).reshape(T, H * self.v_dim)
-
-
-def _sdpa_mask(mask: torch.Tensor | None, T: int, S: int, dtype: torch.dtype) -> dict:
-    """SDPA's masking arguments: none for one token, the causal flag when the new tokens are the
-    whole sequence, else (T, S) additive (0 / -inf) for tokens after a cached prefix."""
-    if mask is None:
-        return {}
-    if T == S:
-        return {"is_causal": True}
-    return {"attn_mask": torch.zeros(T, S, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))}
-
-
-def _causal_mask(T: int, end: int, device) -> torch.Tensor:
-    """(T, S) True where query i (at position end - T + i) must not see key j."""
-    q_pos = torch.arange(end - T, end, device=device)[:, None]
-    k_pos = torch.arange(end, device=device)[None, :]
-    return k_pos > q_pos
-
-
-def _dense_weight(layer: nn.Module) -> torch.Tensor:
-    """The float weight of a linear layer, quantized or not."""
-    if hasattr(layer, "dequantized"):
-        return layer.dequantized()
-    return layer.weight

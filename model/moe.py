@@ -4,8 +4,9 @@ Routed experts are stored stacked — w13 (E, 2I, D) with the gate rows first, w
 so one expert is one slice. Two dispatch paths, held equal by the tests:
 - grouped (prefill): tokens are sorted by expert and each chosen expert runs one matrix
   product over all of its tokens;
-- gathered (decode, one token): only the k chosen experts are touched — one by one, or on a
-  GPU gathered into one batched product with no host round trip.
+- gathered (decode, one token): only the k chosen experts are touched — one by one, or, on a
+  GPU and in a compiled step (model/engine/step.py), gathered into one batched product with no
+  host round trip (for a compiled step's few tokens too).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelArgs
-from .mla import linear
+from .mla import linear, stack_rows
 
 
 class MLP(nn.Module):
@@ -25,9 +26,20 @@ class MLP(nn.Module):
         self.gate_proj = linear(dim, inter_dim)
         self.up_proj = linear(dim, inter_dim)
         self.down_proj = linear(inter_dim, dim)
+        self.gate_up_proj: nn.Module | None = None   # after fuse(): gate rows, then up rows
+
+    def fuse(self) -> None:
+        """Stack gate_proj and up_proj into one product (once, after loading; int8 layers too)."""
+        if self.gate_up_proj is None:
+            self.gate_up_proj = stack_rows(self.gate_proj, self.up_proj)
+            del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Router(nn.Module):
@@ -75,7 +87,8 @@ class Experts(nn.Module):
         self.w13 = nn.Parameter(torch.empty(n, 2 * inter_dim, dim))   # gate rows, then up rows
         self.w2 = nn.Parameter(torch.empty(n, dim, inter_dim))
         # decode: the k experts gathered into one batched product (no host sync: what a GPU
-        # wants, set by the engine on CUDA), or one by one (on CPU the gather's copy costs more)
+        # wants, set by the engine on CUDA, and what a compiled step needs), or one by one
+        # (eager on CPU, where gathering a large model's experts copies megabytes)
         self.batched_decode = False
 
     def expert_weights(self, e: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,12 +101,14 @@ class Experts(nn.Module):
         return F.linear(F.silu(gate) * up, w2)
 
     def run_chosen(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """One token x (1, D) through its k experts idx (k,), weighted and summed -> (1, D):
-        batched products over the gathered experts, no host round trip."""
-        h = torch.matmul(self.w13[idx], x[0])                               # (k, 2I)
-        gate, up = h.chunk(2, dim=-1)
-        out = torch.matmul(self.w2[idx], (F.silu(gate) * up).unsqueeze(-1)).squeeze(-1)  # (k, D)
-        return (weights.unsqueeze(-1) * out).sum(0, keepdim=True)
+        """A few tokens x (T, D), each through its k experts idx (T, k), weighted and summed ->
+        (T, D): batched products over the gathered experts, no host round trip."""
+        T, k = idx.shape
+        pairs = idx.reshape(T * k)
+        xs = x.repeat_interleave(k, dim=0).unsqueeze(-1)                    # (T*k, D, 1)
+        gate, up = torch.bmm(self.w13[pairs], xs).squeeze(-1).chunk(2, dim=-1)   # (T*k, I) each
+        out = torch.bmm(self.w2[pairs], (F.silu(gate) * up).unsqueeze(-1)).squeeze(-1)  # (T*k, D)
+        return (weights.reshape(T * k, 1) * out).view(T, k, -1).sum(1)
 
 
 class MoE(nn.Module):
@@ -109,7 +124,9 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, idx = self.gate(x)                                       # (T, k) each
         weights = weights.to(x.dtype)
-        if x.shape[0] >= self.grouped_min_tokens:
+        if torch.compiler.is_compiling() or (x.shape[0] == 1 and self.experts.batched_decode):
+            y = self.experts.run_chosen(x, idx, weights)                  # a graph: no host round trip
+        elif x.shape[0] >= self.grouped_min_tokens:
             y = self._grouped(x, weights, idx)
         else:
             y = self._gathered(x, weights, idx)
@@ -118,9 +135,7 @@ class MoE(nn.Module):
         return y
 
     def _gathered(self, x, weights, idx) -> torch.Tensor:
-        """Per token, only its k experts (decode)."""
-        if x.shape[0] == 1 and self.experts.batched_decode:
-            return self.experts.run_chosen(x, idx[0], weights[0])
+        """Per token, only its k experts, one by one (eager decode on CPU)."""
         y = torch.zeros_like(x)
         for t, (experts, w) in enumerate(zip(idx.tolist(), weights)):
             xt = x[t : t + 1]

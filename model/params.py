@@ -70,6 +70,9 @@ class RuntimeConfig:
                                   min=0)
     speculate: int = option(8, "greedy decoding also verifies up to this many prompt-lookup draft tokens per "
                                "step (exact: the text is unchanged); 0 turns it off", min=0, max=64)
+    compile: bool = option(True, "compile a small model's one-token decode step ahead of time (CPU): made once "
+                                 "in the background and kept in ~/.cache/latent/compiled; eager until it is "
+                                 "ready, and if compiling fails")
 
     def __post_init__(self) -> None:
         check(self)

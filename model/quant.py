@@ -35,6 +35,12 @@ class Int8Linear(nn.Module):
         q, scale = quantize_rows(layer.weight.data)
         return cls(q, scale, layer.weight.dtype)
 
+    @classmethod
+    def stacked(cls, layers) -> "Int8Linear":
+        """The layers' rows in one (model/mla.py `stack_rows`): with a scale per row, exact."""
+        weights, scales = torch.cat([l.weight for l in layers]), torch.cat([l.scale for l in layers])
+        return cls(weights, scales, scales.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return int8_linear(x, self.weight, self.scale)
 
@@ -89,8 +95,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the weights: parameters and int8 buffers (not derived tables such as rope's)."""
     seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
+    for t in model.state_dict().values():
         if t.data_ptr() in seen or t.device.type == "meta":
             continue
         seen.add(t.data_ptr())

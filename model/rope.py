@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from .config import ModelArgs
 
@@ -37,19 +38,21 @@ def _correction_range(beta_fast: float, beta_slow: float, dim: int, base: float,
     return max(low, 0), min(high, dim - 1)
 
 
-class RotaryTable:
-    """cos / sin for every position up to `length`, computed once."""
+class RotaryTable(nn.Module):
+    """cos / sin for every position up to `length`, computed once (buffers, not weights: a
+    compiled step reads them by name, like the weights)."""
 
     def __init__(self, args: ModelArgs, length: int, device: torch.device | str = "cpu") -> None:
-        self.inv_freq = inv_frequencies(args).to(device)
+        super().__init__()
+        self.register_buffer("inv_freq", inv_frequencies(args).to(device), persistent=False)
         self.factor = args.rope_attention_factor
         self._build(length)
 
     def _build(self, length: int) -> None:
         pos = torch.arange(length, dtype=torch.float32, device=self.inv_freq.device)
         angles = torch.outer(pos, self.inv_freq)                  # (T, D/2)
-        self.cos = angles.cos() * self.factor
-        self.sin = angles.sin() * self.factor
+        self.register_buffer("cos", angles.cos() * self.factor, persistent=False)
+        self.register_buffer("sin", angles.sin() * self.factor, persistent=False)
         self.length = length
 
     def span(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from model.engine import Engine
+from model.loader import load_model, read_args
 from model.params import RuntimeConfig, SamplingParams
 from model.protocol import CancelToken
 from tiny_models import VARIANTS, save_checkpoint
@@ -20,7 +21,7 @@ DEVICE = os.environ.get("LATENT_TEST_DEVICE", "cpu")   # the GPU machine runs th
 def pair(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     reference = save_checkpoint(request.param, folder)
-    return reference, Engine.load(folder, RuntimeConfig(device=DEVICE)), folder
+    return reference, Engine.load(folder, RuntimeConfig(device=DEVICE, compile=False)), folder
 
 
 def _prompt(n: int, seed: int = 1) -> list[int]:
@@ -123,7 +124,7 @@ def test_reuse_is_exact(pair):
 
 def test_reuse_stays_exact_after_evictions(pair):
     _, engine, folder = pair
-    small = Engine.load(folder, RuntimeConfig(device=DEVICE))
+    small = Engine.load(folder, RuntimeConfig(device=DEVICE, compile=False))
     small.cache.budget_bytes = engine.latent_bytes_per_token() * 50   # finer than cache_mb
     docs = [_prompt(40, seed=s) for s in range(10, 16)]
     for d in docs:
@@ -207,3 +208,108 @@ def test_a_small_models_decode_keeps_one_thread_whatever_prefill_gets():
     assert _threads(0, 4_000_000) == (1, 1)
     assert _threads(4, 16_000_000_000) == (4, 4)
     assert _threads(0, 16_000_000_000)[0] == _threads(0, 16_000_000_000)[1] >= 1
+
+
+def _forward_twice(model, ids: list[int], absorbed: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prefill ids[:-1], then a one-token step: (prefill logits, step logits, the rows written)."""
+    cache = model.new_cache(len(ids) + 3)
+    tokens = torch.tensor(ids, device=cache.device)
+    first = model(tokens[:-1], cache[:, : len(ids) - 1], absorbed, all_logits=True)
+    step = model(tokens[-1:], cache[:, : len(ids)], absorbed)
+    return first, step, cache
+
+
+def test_packed_weights_compute_what_the_checkpoints_layers_compute(pair):
+    """Engine.load packs the model: the query's and kv_a's products of x stacked into one, gate
+    and up into one (dense and shared MLPs), float weights stored column-major. The model as
+    the loader builds it, one layer per checkpoint tensor, is the reference."""
+    _, engine, folder = pair
+    loaded = load_model(folder, read_args(folder), device=DEVICE)
+    packed = engine.model
+    attn, shared = packed.layers[1].attn, packed.layers[1].ffn.shared
+    assert attn.q_kv_a_proj is not None and not hasattr(attn, "kv_a_proj_with_mqa")
+    assert shared.gate_up_proj is not None and not hasattr(shared, "gate_proj")
+    assert packed.layers[0].ffn.gate_up_proj is not None                       # the dense layer
+    assert sum(p.numel() for p in packed.parameters()) == sum(p.numel() for p in loaded.parameters())
+    ids = _prompt(30, seed=12)
+    for absorbed in (False, True):
+        want, got = _forward_twice(loaded, ids, absorbed), _forward_twice(packed, ids, absorbed)
+        for a, b in zip(want, got):
+            assert (a - b).abs().max().item() <= TOL, absorbed   # float32 noise: another summation order
+
+
+@pytest.fixture(scope="module")
+def compiled_pair(tmp_path_factory):
+    """An engine whose one-token step is compiled (into a fresh cache folder, so the compiler
+    really runs), and the same checkpoint eager."""
+    folder = tmp_path_factory.mktemp("compiled")
+    save_checkpoint("v2-qlora-group", folder)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        compiled = Engine.load(folder, RuntimeConfig(compile=True))
+        assert compiled.forward.wait(timeout=900), compiled.forward.state
+    return compiled, Engine.load(folder, RuntimeConfig(compile=False))
+
+
+@pytest.mark.slow
+def test_compiled_step_computes_what_the_eager_step_computes(compiled_pair):
+    """Token by token (each a one-token prefill over the reused rows: the compiled path) the
+    logits and the rows left in the buffer are eager's, at every position."""
+    compiled, eager = compiled_pair
+    ids = _prompt(40, seed=31)
+    compiled.clear_cache()
+    eager.clear_cache()
+    before = compiled.forward.compiled_calls
+    for t in range(2, len(ids) + 1):
+        assert (compiled.score(ids[:t]) - eager.score(ids[:t])).abs().max().item() <= TOL, t
+    assert compiled.forward.compiled_calls - before == len(ids) - 2       # the first two are prefills
+    n = len(ids)
+    assert (compiled.live.rows[:, :n] - eager.live.rows[:, :n]).abs().max().item() <= TOL
+
+
+@pytest.mark.slow
+def test_compiled_decoding_writes_what_eager_decoding_writes(compiled_pair):
+    """Greedy text is eager's, with speculate 0 and 8; while the step runs compiled the engine
+    does not draft (an eager verification costs several compiled steps)."""
+    compiled, eager = compiled_pair
+    prompt = (_prompt(12, seed=22) * 6)[:64]
+    for speculate in (0, 8):
+        gens = []
+        for engine in (compiled, eager):
+            engine.runtime = replace(engine.runtime, speculate=speculate)
+            engine.clear_cache()
+            gens.append(engine.generate(prompt, SamplingParams(max_new_tokens=32, stop_token_ids=())))
+            gens[-1].run()
+        assert gens[0].text == gens[1].text, speculate
+        assert "draft_tokens" not in gens[0].stats.extra
+    assert compiled.stats()["decode_step"]["state"] == "compiled"
+
+
+@pytest.mark.slow
+def test_compile_turned_off_at_run_time_means_eager_steps(compiled_pair):
+    compiled, _ = compiled_pair
+    compiled.runtime = replace(compiled.runtime, compile=False)
+    try:
+        before = compiled.forward.compiled_calls
+        compiled.generate(_prompt(20, seed=23), SamplingParams(max_new_tokens=8, stop_token_ids=())).run()
+    finally:
+        compiled.runtime = replace(compiled.runtime, compile=True)
+    assert compiled.forward.compiled_calls == before
+
+
+def test_a_failed_compile_leaves_the_engine_eager_and_says_so_once(tmp_path, monkeypatch, caplog):
+    """The compiler process loads the checkpoint again; with its weights gone it fails, and the
+    engine (whose weights are in memory) goes on decoding eagerly."""
+    save_checkpoint("v2-greedy-yarn", tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    engine = Engine.load(tmp_path, RuntimeConfig(compile=True), warmup=False)
+    for weights in tmp_path.glob("*.safetensors"):
+        weights.unlink()
+    with caplog.at_level("WARNING", logger="model.engine.step"):
+        engine.warmup()
+        assert engine.forward.wait(timeout=300) is False
+    assert engine.forward.state == "failed"
+    assert [r.getMessage() for r in caplog.records if r.name == "model.engine.step"] == [caplog.records[-1].getMessage()]
+    assert "runs eager" in caplog.records[-1].getMessage()
+    gen = engine.generate(_prompt(10), SamplingParams(max_new_tokens=4, stop_token_ids=()))
+    assert gen.run() is not None and gen.stats.generated_tokens == 4

@@ -40,7 +40,10 @@ def test_grouped_prefill_equals_gathered_decode(routing):
     moe.experts.batched_decode = True              # the GPU's decode: the k experts in one product
     with torch.no_grad():
         batched = torch.cat([moe(x[t : t + 1]) for t in range(len(x))])
+        weights, idx = moe.gate(x)                 # a compiled step's few tokens: one product for all
+        several = moe.experts.run_chosen(x, idx, weights) + moe.shared(x)
     assert (batched - gathered).abs().max().item() < 1e-5
+    assert (several - gathered).abs().max().item() < 1e-5
 
 
 def test_group_limited_routing_only_picks_experts_of_the_best_groups():
@@ -100,3 +103,22 @@ def test_quantizing_refreshes_the_absorbed_attention_weights(tmp_path):
     assert not torch.equal(before, after)
     assert torch.allclose(after, attn.kv_b_proj.dequantized().view(after.shape[0], -1, after.shape[-1])
                           [:, : after.shape[1]])
+
+
+def test_int8_layers_stack_into_one_product_exactly(tmp_path):
+    """Packing stacks the query's and kv_a's products (and gate and up) of int8 layers too: a
+    scale per output row makes the stacked layer compute what the two did."""
+    from model.loader import load_model, read_args
+
+    save_checkpoint("v2-qlora-group", tmp_path)
+    loaded = load_model(tmp_path, read_args(tmp_path), quantize="int8")
+    packed = load_model(tmp_path, read_args(tmp_path), quantize="int8")
+    packed.pack()
+    assert isinstance(packed.layers[1].attn.q_kv_a_proj, Int8Linear)
+    assert isinstance(packed.layers[1].ffn.shared.gate_up_proj, Int8Linear)
+    ids = torch.tensor(list(range(5, 45)))
+    logits = []
+    for model in (loaded, packed):
+        cache = model.new_cache(len(ids))
+        logits.append(model(ids, cache, absorbed=False, all_logits=True))
+    assert (logits[0] - logits[1]).abs().max().item() <= 1e-5

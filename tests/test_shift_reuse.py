@@ -86,7 +86,7 @@ def test_shifted_rows_of_the_first_layer_equal_fresh_ones(engine):
     engine.score(old)
     engine.score(new)
     fresh = engine.model.new_cache(len(new))
-    engine.model(torch.tensor(new), fresh, 0, absorbed=False)
+    engine.model(torch.tensor(new), fresh, absorbed=False)
     span = slice(len(new) - tail, len(new) - 1)
     assert (engine.live.rows[0, span] - fresh[0, span]).abs().max().item() <= 1e-5
     assert (engine.live.rows[1:, span] - fresh[1:, span]).abs().max().item() > 1e-4   # deeper: approximate

@@ -6,6 +6,8 @@
 - `live.py` — `LiveBuffer`, the rows of the last sequence in place, and reuse planning
   (exact prefixes; moved suffixes with shift reuse);
 - `generate.py` — prefill, decode, the sampler and the text stream;
+- `step.py` — `Forward`: the model's forward as requests call it, its one-token decode step
+  compiled ahead of time (in the background, cached on disk);
 - `persist.py` — saving and restoring the cache across restarts.
 """
 from .core import Engine, PromptTooLong

@@ -31,6 +31,7 @@ from . import persist
 from .generate import Request, decode, prefill
 from .live import LiveBuffer, Plan
 from .radix import LatentCache
+from .step import Forward
 
 SMALL_MODEL_PARAMETERS = 100_000_000
 
@@ -42,7 +43,9 @@ class PromptTooLong(ValueError):
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, runtime: RuntimeConfig, name: str,
                  model_dir: Path | None = None) -> None:
+        model.pack()
         self.model = model
+        self.forward = Forward(model)   # what requests call: the model, one-token steps compiled once built
         self.model_dir = model_dir
         self.parameters = model.parameter_count()   # fixed once loaded (int8 weights count as weights)
         self.weight_bytes = weight_bytes(model)
@@ -52,7 +55,6 @@ class Engine:
         self.model_name = name
         self.cache = LatentCache(runtime.cache_bytes)
         self.live = LiveBuffer(model.new_cache(runtime.max_context), model.args)
-        self.threads = _threads(runtime.threads, self.parameters)   # (prefill, decode)
         for experts in model.modules():        # a GPU decodes without host syncs; see moe.py
             if isinstance(experts, Experts) and not isinstance(experts, Int8Experts):
                 experts.batched_decode = runtime.device != "cpu"
@@ -81,11 +83,19 @@ class Engine:
         return engine
 
     def warmup(self) -> None:
-        """Run each path once so the first keystroke does not pay for lazy initialisation."""
+        """Run each path once so the first keystroke does not pay for lazy initialisation, and
+        start compiling the decode step in the background where that pays (see step.py)."""
         scratch = self.model.new_cache(8)
         tokens = torch.zeros(4, dtype=torch.long, device=scratch.device)
-        self.model(tokens, scratch, 0, absorbed=False)
-        self.model(tokens[:1], scratch, 4, absorbed=True)
+        self.model(tokens, scratch[:, :4], absorbed=False)
+        self.model(tokens[:1], scratch[:, :5], absorbed=True)
+        if self.runtime.compile and self._compiles():
+            self.forward.compile_in_background(self.model_dir, self.runtime, self.threads[1])
+
+    @property
+    def threads(self) -> tuple[int, int]:
+        """(prefill, decode) threads for this runtime and model."""
+        return _threads(self.runtime.threads, self.parameters)
 
     # -- the protocol -----------------------------------------------------------------------
     @property
@@ -129,6 +139,7 @@ class Engine:
             "quantize": self.runtime.quantize,
             "device": self.runtime.device,
             "threads": {"prefill": self.threads[0], "decode": self.threads[1]},
+            "decode_step": {"state": self.forward.state, "compiled_calls": self.forward.compiled_calls},
             "fim_format": self.fim_format,
             "fim_layouts": list(self.fim_layouts),
             "languages": list(self.languages),
@@ -155,7 +166,7 @@ class Engine:
         scratch = self.model.new_cache(len(tokens))
         with self._lock:
             torch.set_num_threads(self.threads[0])
-            return self.model(tokens, scratch, 0, absorbed=self._absorbed(len(tokens)), all_logits=True).cpu()
+            return self.model(tokens, scratch, absorbed=self._absorbed(len(tokens)), all_logits=True).cpu()
 
     def score(self, token_ids: Sequence[int]) -> torch.Tensor:
         """Last-position float32 logits computed the way generate() computes them: reusing
@@ -226,8 +237,8 @@ class Engine:
                 stats.finish_reason = "cancelled"
                 return
             torch.set_num_threads(self.threads[1])
-            yield from decode(self.model, self.live, self.tokenizer, req, logits, stats, self._absorbed,
-                              self.runtime.speculate)
+            yield from decode(self._forward(), self.live, self.tokenizer, req, logits, stats, self._absorbed,
+                              self._speculate())
         finally:
             self.cache.unpin(plan.match)
             self.live.file_rows(self.cache)
@@ -236,12 +247,12 @@ class Engine:
         """Rows for the whole prompt after plan.reused; the last position's logits (None: cancelled)."""
         shift, live = plan.shift, self.live
         if shift is None:
-            return prefill(self.model, live, tokens, plan.reused, len(tokens), cancel, self._absorbed)
-        if shift.dst > plan.reused and prefill(self.model, live, tokens, plan.reused, shift.dst, cancel,
+            return prefill(self._forward(), live, tokens, plan.reused, len(tokens), cancel, self._absorbed)
+        if shift.dst > plan.reused and prefill(self._forward(), live, tokens, plan.reused, shift.dst, cancel,
                                                self._absorbed) is None:
             return None
         live.place(tokens, shift)
-        return prefill(self.model, live, tokens, len(tokens) - 1, len(tokens), cancel, self._absorbed)
+        return prefill(self._forward(), live, tokens, len(tokens) - 1, len(tokens), cancel, self._absorbed)
 
     def _count(self, plan: Plan, stats: GenerationStats) -> None:
         stats.reused_tokens = plan.reused + plan.shifted
@@ -255,15 +266,34 @@ class Engine:
             return new_tokens <= self.runtime.absorb_threshold
         return mode == "absorbed"
 
+    def _forward(self):
+        """The model as requests call it: with the compiled step while `compile` is on."""
+        return self.forward if self.runtime.compile else self.model
+
+    def _speculate(self) -> int:
+        """Draft tokens verified per step. None while one-token steps run compiled: verifying a
+        draft (several tokens, eager) then costs ~8 steps, more than the drafts ever save
+        (simulated on the llama.cpp benchmark's prompts: 1.16× with a compiled verification
+        too, 1.00× on the typing replay — not worth a second compiled graph)."""
+        compiled = self.runtime.compile and self.forward.state == "compiled"
+        return 0 if compiled else self.runtime.speculate
+
+    def _compiles(self) -> bool:
+        """Whether compiling the decode step pays: a small float model on CPU, whose step is
+        per-operation overhead. (A large model's step is bound by reading its weights, and the
+        compiled step gathers the chosen experts' weights, megabytes each.)"""
+        return (self.model_dir is not None and self.runtime.device == "cpu" and self.runtime.quantize is None
+                and self.parameters < SMALL_MODEL_PARAMETERS)
+
     def _fingerprint(self) -> str:
         return persist.fingerprint(self.model_dir, self.runtime.dtype, self.runtime.quantize)
 
 
 def _threads(asked: int, parameters: int) -> tuple[int, int]:
     """Threads for prefill and for decode. A small model's decode is bound by per-operation
-    overhead, where a second thread only adds synchronisation (measured slower with 2 threads
-    than with 1 — and on a busy machine, stalls of many milliseconds): one thread, whatever was
-    asked. Prefill runs large products and takes the threads asked for (0: one for small
+    overhead, where a second thread only adds synchronisation (measured on the bundled model:
+    eager slower with 2 threads than with 1, the compiled step no faster, 0.44 against 0.43 ms —
+    and on a busy machine, stalls of many milliseconds): one thread, whatever was asked. Prefill runs large products and takes the threads asked for (0: one for small
     models, else every core); large models are bound by memory bandwidth in both phases."""
     cores = os.cpu_count() or 1
     small = parameters < SMALL_MODEL_PARAMETERS

@@ -1,10 +1,12 @@
 """Generation over the live buffer: prefill, decode, the sampler and the text stream.
 
-    logits = prefill(model, live, tokens, start, end, cancel, absorbed)   # None: cancelled
-    yield from decode(model, live, tokenizer, request, logits, stats, absorbed, speculate)
+    logits = prefill(forward, live, tokens, start, end, cancel, absorbed)   # None: cancelled
+    yield from decode(forward, live, tokenizer, request, logits, stats, absorbed, speculate)
 
-Both write the rows they compute into the live buffer in place and append their tokens to it.
-Decoding may verify prompt-lookup drafts (exact: greedy output is unchanged).
+`forward` is the model's forward (`Transformer.__call__`, or the engine's `Forward`, which
+runs one-token steps through a compiled graph). Both write the rows they compute into the live
+buffer in place and append their tokens to it. Decoding may verify prompt-lookup drafts
+(exact: greedy output is unchanged).
 """
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ import torch
 from ..params import SamplingParams
 from ..protocol import CancelToken, GenerationStats
 from ..tokenizer import Tokenizer
-from ..transformer import Transformer
 from .live import LiveBuffer
 
 PREFILL_CHUNK = 512
 Absorbed = Callable[[int], bool]   # new tokens in one forward -> use the absorbed path?
+Forward = Callable[..., torch.Tensor]   # (tokens (T,), cache (L, S, R + P), absorbed, all_logits) -> logits
 
 
 @dataclass
@@ -35,7 +37,7 @@ class Request:
     cancel: CancelToken
 
 
-def prefill(model: Transformer, live: LiveBuffer, tokens: list[int], start: int, end: int,
+def prefill(forward: Forward, live: LiveBuffer, tokens: list[int], start: int, end: int,
             cancel: CancelToken, absorbed: Absorbed) -> torch.Tensor | None:
     """Run tokens[start:end) (non-empty) over the rows before them; last logits, None if cancelled."""
     device = live.rows.device
@@ -45,12 +47,12 @@ def prefill(model: Transformer, live: LiveBuffer, tokens: list[int], start: int,
             return None
         chunk = tokens[lo : min(lo + PREFILL_CHUNK, end)]
         ids = torch.tensor(chunk, dtype=torch.long, device=device)
-        logits = model(ids, live.rows, lo, absorbed=absorbed(len(chunk)))
+        logits = forward(ids, live.rows[:, : lo + len(chunk)], absorbed(len(chunk)))
         live.tokens.extend(chunk)
     return logits[-1]
 
 
-def decode(model: Transformer, live: LiveBuffer, tokenizer: Tokenizer, req: Request, logits: torch.Tensor,
+def decode(forward: Forward, live: LiveBuffer, tokenizer: Tokenizer, req: Request, logits: torch.Tensor,
            stats: GenerationStats, absorbed: Absorbed, speculate: int = 0) -> Iterator[str]:
     """Choose token by token from `logits` on; yield text pieces, stop strings held back.
 
@@ -86,7 +88,7 @@ def decode(model: Transformer, live: LiveBuffer, tokenizer: Tokenizer, req: Requ
             if drafts is not None:
                 drafts.add(token)
             if not chosen:
-                chosen = _step(model, live, token, drafts, sample, stats, absorbed)
+                chosen = _step(forward, live, token, drafts, sample, stats, absorbed)
         if stats.finish_reason in ("length", "eos", "cancelled"):
             tail = out.flush()
             if tail:
@@ -102,21 +104,25 @@ def first_choices(logits: torch.Tensor, k: int = 4) -> list[list]:
     return [[int(i), round(float(lp), 4)] for lp, i in zip(top.values.tolist(), top.indices.tolist())]
 
 
-def _step(model: Transformer, live: LiveBuffer, token: int, drafts: "Drafts | None", sample: "Sampler",
+def _step(forward: Forward, live: LiveBuffer, token: int, drafts: "Drafts | None", sample: "Sampler",
           stats: GenerationStats, absorbed: Absorbed) -> list[int]:
     """Feed `token`, and a draft after it if one is found; the tokens decided next (>= 1)."""
     draft = drafts.propose() if drafts is not None else []
     ids = torch.tensor([token, *draft], dtype=torch.long, device=live.rows.device)
-    logits = model(ids, live.rows, len(live.tokens), absorbed=absorbed(len(ids)), all_logits=bool(draft))
+    t0 = time.perf_counter()
+    logits = forward(ids, live.rows[:, : len(live.tokens) + len(ids)], absorbed(len(ids)), bool(draft))
     live.tokens.append(token)
     if not draft:
-        return [sample(logits[-1])]
+        choice = sample(logits[-1])
+        if drafts is not None:
+            drafts.timed_step(time.perf_counter() - t0)
+        return [choice]
     picks = logits.argmax(-1).tolist()            # greedy choice after token, d1, d2, …
     taken = 0
     while taken < len(draft) and picks[taken] == draft[taken]:
         taken += 1
     live.tokens.extend(draft[:taken])             # their rows saw an exact past
-    drafts.record(len(draft), taken)
+    drafts.record(len(draft), taken, time.perf_counter() - t0)
     stats.extra["draft_tokens"] = stats.extra.get("draft_tokens", 0) + len(draft)
     stats.extra["accepted_draft_tokens"] = stats.extra.get("accepted_draft_tokens", 0) + taken
     return [*draft[:taken], picks[taken]]
@@ -127,12 +133,17 @@ class Drafts:
     the last earlier occurrence of the sequence's final three tokens are a cheap guess of what
     comes next. A verification costs more than a plain step when it fails, so the draft starts
     short, doubles while it is taken whole, halves after a miss, and drafting stops for the rest
-    of the generation once fewer than a third of the drafted tokens were taken."""
+    of the generation once it does not pay: fewer than a third of the drafted tokens taken, or
+    fewer tokens a second through verifications than through plain steps (a compiled one-token
+    step costs a fraction of an eager verification; see step.py). Steps are timed for that: one
+    plain step is taken after the first two verifications if none was."""
 
     def __init__(self, prompt: list[int], limit: int) -> None:
         self.seq = list(prompt)
         self.limit, self.size = limit, min(limit, 2)
         self.proposed = self.taken = 0
+        self.verifications, self.verified, self.verify_s = 0, 0, 0.0   # tokens decided by them, time
+        self.steps, self.step_s = 0, 0.0                                 # plain one-token steps, time
         self.where: dict[tuple[int, ...], int] = {}      # trigram -> the position after its last end
         for end in range(3, len(self.seq)):
             self._index(end)
@@ -142,15 +153,31 @@ class Drafts:
         self._index(len(self.seq) - 1)
 
     def propose(self) -> list[int]:
-        if self.proposed >= 8 and self.taken * 3 < self.proposed:
-            return []                                    # it does not pay on this text
+        if not self._pays():
+            return []
         at = self.where.get(tuple(self.seq[-3:])) if len(self.seq) > 3 else None
         return self.seq[at : at + self.size] if at is not None else []
 
-    def record(self, proposed: int, taken: int) -> None:
+    def record(self, proposed: int, taken: int, seconds: float) -> None:
         self.proposed += proposed
         self.taken += taken
+        self.verifications += 1
+        self.verified += taken + 1
+        self.verify_s += seconds
         self.size = min(self.limit, self.size * 2) if taken == proposed else max(1, self.size // 2)
+
+    def timed_step(self, seconds: float) -> None:
+        self.steps += 1
+        self.step_s += seconds
+
+    def _pays(self) -> bool:
+        if self.proposed >= 8 and self.taken * 3 < self.proposed:
+            return False                                 # too few taken on this text
+        if self.verifications < 2:
+            return True
+        if self.steps == 0:
+            return False                                 # time one plain step to compare
+        return self.verified / self.verify_s >= self.steps / self.step_s
 
     def _index(self, end: int) -> None:
         """Index the trigram ending before position `end` (so the final one never finds itself)."""
