@@ -53,6 +53,9 @@ def server_env(tmp: Path, **settings: str) -> dict[str, str]:
         env[f"XDG_{name}_HOME"] = str(folder)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["LATENT_THREADS"] = str(THREADS)
+    # eager decode steps, as the in-process engines the answers are compared with (and no
+    # compile child per server with its own cache folder): tests/test_engine.py tests compiling
+    env["LATENT_COMPILE"] = "false"
     if model_path() is not None:
         env["LATENT_MODEL"] = model_path()
     env.update({f"LATENT_{k.upper()}": v for k, v in settings.items()})
@@ -62,8 +65,9 @@ def server_env(tmp: Path, **settings: str) -> dict[str, str]:
 @functools.cache
 def engine():
     from model.engine import Engine
+    from model.params import RuntimeConfig
 
-    return Engine.load(model_path())
+    return Engine.load(model_path(), RuntimeConfig(compile=False))   # as the servers under test
 
 
 def expected(documents: list[tuple[str, str, str]], uri: str, line: int, character: int, **config):

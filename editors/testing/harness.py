@@ -107,7 +107,7 @@ def load_engine(path: str | None):
     from model.engine import Engine
     from model.params import RuntimeConfig
 
-    return Engine.load(path, RuntimeConfig(threads=THREADS))
+    return Engine.load(path, RuntimeConfig(threads=THREADS, compile=False))   # as the servers under test
 
 
 # Lines of Python a user might be typing, each split where the test starts typing.
@@ -164,6 +164,7 @@ def clean_env(tmp: Path, model: Model, **extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env["PATH"] = os.pathsep.join([str(Path(PYTHON).parent), env.get("PATH", "")])
     env["LATENT_THREADS"] = str(THREADS)
+    env["LATENT_COMPILE"] = "false"   # eager, as the in-process pipeline the screens are compared with
     env["TERM"] = "xterm-256color"
     if model.path is not None:
         env["LATENT_MODEL"] = model.path
