@@ -78,8 +78,23 @@ def test_int8_quantizes_every_linear_and_expert_and_agrees_greedily(tmp_path):
     assert int8.stats()["weight_bytes"] < 0.45 * fp32.stats()["weight_bytes"]
     ids = list(range(5, 69))
     a, b = fp32.logits(ids), int8.logits(ids)
-    agreement = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
-    assert agreement >= 0.9
+    assert ((a - b).norm() / a.norm()).item() < 0.1   # a random model's logits: near-ties everywhere,
+    # so greedy agreement is checked on the bundled model, in test_int8_agrees_with_float32_on_real_code
+
+
+def test_int8_agrees_with_float32_on_real_code():
+    """What a user of quantize = "int8" gets: on real code, the bundled model's next-token
+    picks as in float32 at 94 % of positions or more (measured 95.6 % with fbgemm's GEMM, 96.0 %
+    with bfloat16 activations), the logits within 2.5 %."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "lsp_server" / "worker.py").read_text()[:3000]
+    fp32 = Engine.load(None, RuntimeConfig(compile=False))
+    int8 = Engine.load(None, RuntimeConfig(quantize="int8", compile=False))
+    ids = fp32.tokenizer.encode(text)[:700]
+    a, b = fp32.logits(ids), int8.logits(ids)
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean().item() >= 0.94
+    assert ((a - b).norm() / a.norm()).item() < 0.025
 
 
 def test_int8_reports_the_models_parameters_not_its_float_leftovers(tmp_path):

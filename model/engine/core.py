@@ -24,7 +24,7 @@ from ..loader import BUNDLED_DIR, ModelLoadError, load_model, read_args, resolve
 from ..params import RuntimeConfig, SamplingParams
 from ..protocol import CancelToken, Generation, GenerationStats
 from ..moe import Experts
-from ..quant import Int8Experts, weight_bytes
+from ..quant import Int8Experts, pack_for_cpu, weight_bytes
 from ..tokenizer import Tokenizer, TokenizerError
 from ..transformer import Transformer
 from . import persist
@@ -44,6 +44,8 @@ class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, runtime: RuntimeConfig, name: str,
                  model_dir: Path | None = None) -> None:
         model.pack()
+        if runtime.device == "cpu" and runtime.quantize == "int8":
+            pack_for_cpu(model)   # fbgemm's int8 GEMM (model/quant.py)
         self.model = model
         self.forward = Forward(model)   # what requests call: the model, one-token steps compiled once built
         self.model_dir = model_dir
