@@ -12,12 +12,17 @@ and greedy picks agree on 94 % of positions instead of 96 %.
 """
 from __future__ import annotations
 
+import logging
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .mla import MLA
 from .moe import Experts
+
+log = logging.getLogger(__name__)
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,14 +176,26 @@ def pack_for_cpu(model: nn.Module) -> int:
     if not can_pack():
         return 0
     count = 0
-    for module in model.modules():
-        if isinstance(module, Int8Linear) and module.packed is None and module.weight.device.type == "cpu":
-            module.packed = _prepack(module.weight, module.scale.float())
-            module.weight = _hollow(module.weight)
-            count += 1
-        elif isinstance(module, Int8Experts) and module.packed is None and module.w13.device.type == "cpu":
-            module.packed = [(_prepack(module.w13[e], module.s13[e].float()), _prepack(module.w2[e], module.s2[e].float()))
-                             for e in range(module.w13.shape[0])]
-            module.w13, module.w2 = _hollow(module.w13), _hollow(module.w2)
-            count += 2 * len(module.packed)
+    try:
+        with warnings.catch_warnings():   # quantized tensors are deprecated: if they go, this falls back
+            warnings.simplefilter("ignore", UserWarning)
+            for module in model.modules():
+                count += _pack(module)
+    except (RuntimeError, AttributeError, TypeError) as e:
+        log.warning("fbgemm's int8 GEMM is not available (%s); int8 runs through PyTorch's int8-weight kernel.",
+                    str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
     return count
+
+
+def _pack(module: nn.Module) -> int:
+    """Pack one module's int8 weights (if it has any on the CPU); how many matrices."""
+    if isinstance(module, Int8Linear) and module.packed is None and module.weight.device.type == "cpu":
+        module.packed = _prepack(module.weight, module.scale.float())
+        module.weight = _hollow(module.weight)
+        return 1
+    if isinstance(module, Int8Experts) and module.packed is None and module.w13.device.type == "cpu":
+        module.packed = [(_prepack(module.w13[e], module.s13[e].float()), _prepack(module.w2[e], module.s2[e].float()))
+                         for e in range(module.w13.shape[0])]
+        module.w13, module.w2 = _hollow(module.w13), _hollow(module.w2)
+        return 2 * len(module.packed)
+    return 0

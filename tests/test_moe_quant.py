@@ -137,3 +137,26 @@ def test_int8_layers_stack_into_one_product_exactly(tmp_path):
         cache = model.new_cache(len(ids))
         logits.append(model(ids, cache, absorbed=False, all_logits=True))
     assert (logits[0] - logits[1]).abs().max().item() <= 1e-5
+
+
+def test_int8_without_fbgemm_falls_back_with_one_log_line(tmp_path, monkeypatch, caplog):
+    """PyTorch deprecates quantized tensors: if packing stops working, int8 still runs, through
+    the int8-weight kernel, with the same logits as a model that was never packed."""
+    import model.quant as quant
+
+    save_checkpoint("v2-greedy-yarn", tmp_path)
+    packed = Engine.load(tmp_path, RuntimeConfig(quantize="int8", compile=False))
+    assert packed.model.head.packed is not None
+
+    def gone(*args):
+        raise RuntimeError("quantized tensors were removed")
+    monkeypatch.setattr(quant, "_prepack", gone)
+    with caplog.at_level("WARNING", logger="model.quant"):
+        plain = Engine.load(tmp_path, RuntimeConfig(quantize="int8", compile=False))
+    assert plain.model.head.packed is None
+    assert [r.getMessage() for r in caplog.records if "fbgemm" in r.getMessage()] == [
+        "fbgemm's int8 GEMM is not available (quantized tensors were removed); int8 runs through PyTorch's "
+        "int8-weight kernel."]
+    ids = list(range(5, 40))
+    a, b = packed.logits(ids), plain.logits(ids)
+    assert ((a - b).norm() / a.norm()).item() < 0.05
