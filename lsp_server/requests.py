@@ -178,7 +178,9 @@ class Requests:
             return []
         if outcome is None or outcome[0].source == "cancelled":
             log.debug("%s %s: superseded by a newer request", kind, where)
-            return []
+            if outcome is None:   # replaced before it ran (the pipeline counts those it stopped)
+                self.skips["cancelled"] += 1
+            return []   # no status: the newer request's answer is the one to show
         result, started = outcome
         self._record(request, result, started)
         return result.suggestions

@@ -387,7 +387,9 @@ async def test_keystrokes_within_the_debounce_never_reach_the_model(session):
     answers = await asyncio.gather(*burst)
     assert [list(a.items) for a in answers[:2]] == [[], []]          # replaced while waiting
     assert pairs(answers[2].items) == expected([(uri, "plaintext", PLAIN)], uri, 1, 20)
-    assert (await session.command("latent.stats"))["service"]["requests"] == before + 1
+    stats = await session.command("latent.stats")
+    assert stats["service"]["requests"] == before + 1
+    assert stats["reasons"]["cancelled"] >= 2                       # counted, though no status was sent
     session.configure({})
     await asyncio.sleep(0.3)
     session.close(uri)
