@@ -501,7 +501,9 @@ def test_snooze_turns_completion_off_until_a_time_the_status_says(neovim):
     until = time.strftime("%H:%M", time.localtime(status["snoozed_until"]))
     assert nv.output("LatentStatus").splitlines()[0] == f"Latent: ready, snoozed until {until}, model {model}"
     assert nv.lua("return require('latent').statusline()") == f"Latent snoozed until {until}"
-    assert f"Latent: completion is snoozed until {until}" in nv.output("messages")
+    # said when latent.toggle answers, which may come after the status notification
+    wait_for(lambda: f"Latent: completion is snoozed until {until}" in nv.output("messages"), 10,
+             "the snooze message")
 
     nv.api.input("GA")   # typing asks; the server says why there is nothing
     nv.tmux.type(" + 1")

@@ -2,10 +2,20 @@
 -- completions as ghost text — while typing through vim.lsp.inline_completion on Neovim 0.12+
 -- and through latent.ghost (extmarks) on 0.10 / 0.11; the suggestions asked for with a key
 -- (trigger, next / previous) through latent.ghost everywhere. See :help latent.
+--
+-- This file: the options and setup(), starting the server, and the public API. The rest:
+--   latent.keys        accept / accept word / line, cycle, trigger, dismiss, and their keymaps
+--   latent.status      the latent/status notification, status(), statusline(), :LatentStatus
+--   latent.annotation  the latency after the ghost text ("74 ms · 12 tok")
+--   latent.ghost       the extmark renderer and the requests it draws
+--   latent.health      :checkhealth latent
 local M = {}
 
 local api = vim.api
 local ghost = require('latent.ghost')
+local status = require('latent.status')
+local annotation = require('latent.annotation')
+local keys = require('latent.keys')
 
 local NAME = 'latent'
 
@@ -70,6 +80,7 @@ end
 local function notify(msg, level)
   vim.notify('Latent: ' .. msg, level or vim.log.levels.INFO)
 end
+M.notify = notify                 -- also latent.status's
 
 local function clients(bufnr)
   local get = vim.lsp.get_clients or vim.lsp.get_active_clients
@@ -85,6 +96,8 @@ local function request(client, method, params, handler, bufnr)
 end
 M.request = request
 
+--- Run a server command (workspace/executeCommand) in every Latent server; `callback`
+--- gets each one's result and client, an error is shown.
 local function command(name, arguments, callback)
   local all = clients()
   if #all == 0 then
@@ -102,9 +115,10 @@ local function command(name, arguments, callback)
       end)
   end
 end
+M.command = command               -- also latent.status's (:LatentStatus!)
 
 -- -----------------------------------------------------------------------------------------
--- Setup
+-- Options and the server
 
 local function split_options(opts)
   local config = vim.tbl_deep_extend('force', vim.deepcopy(M.defaults), {})
@@ -137,133 +151,6 @@ local function split_options(opts)
   return config
 end
 
---- Say when the model starts loading and when it is ready, in the server's words ("Loading
---- the model bundled.", "Loaded bundled in 2.1 s."). A failure the server shows itself
---- (window/showMessage).
-local function announce(previous, params)
-  if not M.config.notify or params.state == previous or type(params.message) ~= 'string' then
-    return
-  end
-  if params.state == 'loading' or (params.state == 'ready' and previous == 'loading') then
-    notify(params.message)
-  end
-end
-
-local function value(v)
-  return v ~= nil and v ~= vim.NIL and v or nil
-end
-
-local function figure(n, unit)
-  return type(n) == 'number' and (string.format('%.0f', n) .. unit) or '?'
-end
-
--- -----------------------------------------------------------------------------------------
--- The latency annotation: "74 ms · 12 tok" after the ghost text (llama.vim's inline info)
-
-local annotation_ns = api.nvim_create_namespace('latent.annotation')
-
---- The annotation for a completion (the `last` of a latent/status): its latency, and the
---- tokens the model generated or where the answer came from ("cache", "typing-through").
-function M.annotation(last)
-  if type(last) ~= 'table' or not value(last.latencyMs) or (last.suggestions or 0) == 0 then
-    return nil
-  end
-  local source = last.source == 'model' and ('%d tok'):format(value(last.generatedTokens) or 0) or last.source
-  return ('%s · %s'):format(figure(last.latencyMs, ' ms'), source)
-end
-
---- latent.ghost draws the annotation of its own suggestions: the completion that answered
---- the item's request.
-local function ghost_annotation(item)
-  local s = M.config.annotate and item.client_id and M.servers[item.client_id]
-  local last = s and value(s.last)
-  if last and last.request == item.request_id then
-    return M.annotation(last)
-  end
-end
-
--- The built-in renderer (0.12) draws its ghost text itself, over the rest of the line
--- ('overlay'), so an annotation at the end of the line would be hidden: it is drawn right
--- after that ghost text at each redraw (a decoration provider), and only while it is there.
-local native_note = nil   -- { bufnr, row, text }: the annotation of the built-in renderer's suggestion
-
-local function clear_annotation()
-  native_note = nil
-end
-
---- The window column just after the built-in renderer's ghost text on `row`, if it shows one.
-local function after_native_ghost(winid, bufnr, row)
-  local ns = api.nvim_get_namespaces()['nvim.lsp.inline_completion']
-  if not ns then
-    return nil
-  end
-  local line = api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ''
-  for _, mark in ipairs(api.nvim_buf_get_extmarks(bufnr, ns, { row, 0 }, { row, -1 }, { details = true })) do
-    local details = mark[4]
-    if details.virt_text and #details.virt_text > 0 then
-      local ghost = 0
-      for _, chunk in ipairs(details.virt_text) do
-        ghost = ghost + vim.fn.strdisplaywidth(chunk[1])
-      end
-      local width = vim.fn.strdisplaywidth(line)
-      if details.virt_text_pos == 'inline' then   -- the ghost text pushes the rest of the line right
-        width = width + ghost
-      else                                        -- 'overlay': drawn over the rest of the line
-        width = math.max(width, vim.fn.strdisplaywidth(line:sub(1, mark[3])) + ghost)
-      end
-      return width - (vim.fn.getwininfo(winid)[1].leftcol or 0)
-    end
-  end
-  return nil
-end
-
-local function decorate_native()
-  api.nvim_set_decoration_provider(annotation_ns, {
-    on_win = function(_, _, bufnr)
-      return native_note ~= nil and native_note.bufnr == bufnr
-    end,
-    on_line = function(_, winid, bufnr, row)
-      local note = native_note
-      local col = note and note.row == row and after_native_ghost(winid, bufnr, row)
-      if col then
-        api.nvim_buf_set_extmark(bufnr, annotation_ns, row, 0, {
-          virt_text = { { '  ' .. note.text, 'LatentInfo' } }, virt_text_win_col = col, ephemeral = true,
-        })
-      end
-    end,
-  })
-end
-
---- A completion was answered (the server's status): on 0.12 its ghost text is the built-in
---- renderer's unless latent.ghost asked for it (which draws its own annotation).
-local function annotate_native(client_id, last)
-  clear_annotation()
-  local bufnr = api.nvim_get_current_buf()
-  if not M.config.annotate or M.renderer() ~= 'native' or last.method ~= 'inline'
-      or ghost.pending(client_id, last.request) or not api.nvim_get_mode().mode:match('^i') then
-    return
-  end
-  local client = vim.lsp.get_client_by_id(client_id)
-  local text = client and client.attached_buffers[bufnr] and M.annotation(last)
-  if text then
-    native_note = { bufnr = bufnr, row = api.nvim_win_get_cursor(0)[1] - 1, text = text }
-  end
-end
-
-local function on_status(err, params, ctx)
-  if err or type(params) ~= 'table' then
-    return
-  end
-  local previous = M.servers[ctx.client_id]
-  M.servers[ctx.client_id] = params
-  announce(previous and previous.state, params)
-  local last, before = value(params.last), previous and value(previous.last)
-  if last and (not before or last.request ~= before.request) then   -- a new completion
-    annotate_native(ctx.client_id, last)
-  end
-  api.nvim_exec_autocmds('User', { pattern = 'LatentStatus', modeline = false })
-end
-
 local function capabilities()
   local caps = vim.lsp.protocol.make_client_capabilities()
   caps.textDocument = caps.textDocument or {}
@@ -288,7 +175,7 @@ end
 
 --- Hide the built-in renderer's suggestion (0.12), as latent.ghost draws invoked ones.
 local function hide_native(bufnr)
-  clear_annotation()
+  annotation.clear()
   if M.renderer() == 'native' and api.nvim_get_current_buf() == bufnr then
     vim.lsp.inline_completion.get({ on_accept = function() end })
   end
@@ -324,7 +211,7 @@ function M.start(bufnr)
     init_options = settings,
     settings = { latent = settings },
     capabilities = capabilities(),
-    handlers = { ['latent/status'] = on_status },
+    handlers = { ['latent/status'] = status.on_status },
     on_attach = function(client, b)
       attach_ghost(client, b)
     end,
@@ -337,28 +224,8 @@ function M.start(bufnr)
   }, { bufnr = bufnr })
 end
 
-local function map(lhs, fn, fallback, desc)
-  if not lhs then
-    return
-  end
-  vim.keymap.set('i', lhs, function()
-    if fn() then
-      return ''
-    end
-    return fallback and lhs or ''
-  end, { expr = true, replace_keycodes = true, silent = true, desc = 'Latent: ' .. desc })
-end
-
-local function set_keymaps()
-  local k = M.config.keymaps or {}
-  map(k.accept, M.accept, true, 'accept the suggestion')
-  map(k.accept_word, M.accept_word, true, 'accept the next word of the suggestion')
-  map(k.accept_line, M.accept_line, true, 'accept the next line of the suggestion')
-  map(k.next, function() return M.cycle(1) end, true, 'next suggestion')
-  map(k.prev, function() return M.cycle(-1) end, true, 'previous suggestion')
-  map(k.trigger, M.trigger, true, 'ask for suggestions')
-  map(k.dismiss, M.dismiss, true, 'dismiss the suggestion')
-end
+-- -----------------------------------------------------------------------------------------
+-- Highlights and help
 
 --- Whether a highlight group (its links followed) changes how text looks in a terminal
 --- without 'termguicolors'.
@@ -390,14 +257,17 @@ local function help_tags()
   end
 end
 
+-- -----------------------------------------------------------------------------------------
+-- Setup
+
 function M.setup(opts)
   if not has('0.10') then
     notify('Neovim 0.10 or newer is needed', vim.log.levels.ERROR)
     return
   end
   M.config = split_options(opts)
-  ghost.setup({ annotation = ghost_annotation, on_invoked = hide_native })
-  decorate_native()
+  ghost.setup({ annotation = annotation.for_ghost, on_invoked = hide_native })
+  annotation.setup()
   help_tags()
   local group = api.nvim_create_augroup('latent', { clear = true })
   M.highlights()
@@ -405,14 +275,14 @@ function M.setup(opts)
   api.nvim_create_autocmd('OptionSet', { group = group, pattern = 'termguicolors', callback = M.highlights })
   -- the built-in renderer's annotation belongs to the text and cursor it was answered for
   api.nvim_create_autocmd({ 'TextChangedI', 'CursorMovedI', 'InsertLeave' }, {
-    group = group, callback = clear_annotation,
+    group = group, callback = annotation.clear,
   })
   api.nvim_create_autocmd('FileType', {
     group = group,
     pattern = M.config.filetypes,
     callback = function(ev) M.start(ev.buf) end,
   })
-  set_keymaps()
+  keys.set_keymaps(M.config.keymaps)
   local wanted = {}
   for _, ft in ipairs(M.config.filetypes) do
     wanted[ft] = true
@@ -425,78 +295,27 @@ function M.setup(opts)
 end
 
 -- -----------------------------------------------------------------------------------------
--- Suggestions: accept, accept word / line, cycle, dismiss
+-- Suggestions (latent.keys): accept, accept word / line, cycle, trigger, dismiss
 
---- The text of a native item that lies after the cursor (what the ghost text shows).
-local function native_rest(item, bufnr)
-  local text = type(item.insert_text) == 'string' and item.insert_text or item.insert_text.value
-  local row, col = unpack(api.nvim_win_get_cursor(0))
-  row = row - 1
-  if item.range and item.range.start.row == row and item.range.start.col <= col then
-    local typed = api.nvim_buf_get_lines(bufnr, row, row + 1, true)[1]:sub(item.range.start.col + 1, col)
-    if text:sub(1, #typed) == typed then
-      text = text:sub(#typed + 1)
-    end
-  end
-  return text
-end
+M.accept = keys.accept            -- the whole suggestion; false when there is none
+M.accept_word = keys.accept_word
+M.accept_line = keys.accept_line
+M.cycle = keys.cycle              -- next (1) or previous (-1) suggestion
+M.trigger = keys.trigger          -- ask for suggestions now; false when no server serves the buffer
+M.dismiss = keys.dismiss          -- hide the suggestion; false when there is none
 
-local function accept_part(cut)
-  if M.renderer() == 'native' and not ghost.visible() then
-    local bufnr = api.nvim_get_current_buf()
-    return vim.lsp.inline_completion.get({
-      on_accept = function(item)
-        ghost.insert_at_cursor(cut(native_rest(item, bufnr)))
-      end,
-    })
-  end
-  return ghost.accept_part(cut)
-end
+-- -----------------------------------------------------------------------------------------
+-- Status (latent.status): status(), statusline(), :LatentStatus
 
---- Accept the whole suggestion; false when there is none.
-function M.accept()
-  if M.renderer() == 'native' and not ghost.visible() then
-    return vim.lsp.inline_completion.get()
-  end
-  return ghost.accept()
-end
-
-function M.accept_word()
-  return accept_part(ghost.next_word)
-end
-
-function M.accept_line()
-  return accept_part(ghost.next_line)
-end
-
---- Show the next (`count` 1) or previous (-1) suggestion. The server sends one while the
---- user types, so the first press asks it for several (triggerKind Invoked) and shows the
---- second (or, going back, the last); the built-in renderer's one gives way to them.
-function M.cycle(count)
-  return ghost.cycle(count)
-end
-
---- Ask for suggestions now (Invoked: several, best first), with trigger = 'auto' or 'manual';
---- false when no Latent server serves the buffer.
-function M.trigger()
-  return ghost.invoke(0)
-end
-
---- Hide the suggestion; false when there is none.
-function M.dismiss()
-  clear_annotation()
-  if ghost.dismiss() then
-    return true
-  end
-  return M.renderer() == 'native' and vim.lsp.inline_completion.get({ on_accept = function() end })
-end
+M.status = status.status          -- Latent's state for a status line (a table)
+M.statusline = status.statusline  -- "Latent 12 ms", "Latent loading", ...
+M.status_lines = status.status_lines
+M.figure_lines = status.figure_lines
+M.show_status = status.show_status
+M.annotation = status.annotation  -- "74 ms · 12 tok" for the `last` of a latent/status
 
 -- -----------------------------------------------------------------------------------------
 -- Commands
-
-local function clock(unix)
-  return os.date('%H:%M', math.floor(unix))
-end
 
 local function toggled(result)
   local on = type(result) == 'table' and result.enabled
@@ -504,8 +323,8 @@ local function toggled(result)
     M.dismiss()
     ghost.clear_all()
   end
-  local snoozed = type(result) == 'table' and value(result.snoozedUntil)
-  notify('completion is ' .. (on and 'on' or snoozed and ('snoozed until ' .. clock(snoozed)) or 'off'))
+  local snoozed = type(result) == 'table' and status.value(result.snoozedUntil)
+  notify('completion is ' .. (on and 'on' or snoozed and ('snoozed until ' .. status.clock(snoozed)) or 'off'))
 end
 
 --- Turn completion off or on in the server (`enabled` nil flips it; on after a snooze).
@@ -522,166 +341,6 @@ function M.snooze(minutes)
     return
   end
   command('latent.toggle', { false, minutes }, toggled)
-end
-
---- The last status of the server of a buffer (the current one by default), else of any.
-local function server(bufnr)
-  bufnr = (bufnr == nil or bufnr == 0) and api.nvim_get_current_buf() or bufnr
-  for _, client in ipairs(clients(bufnr)) do
-    if M.servers[client.id] then
-      return M.servers[client.id]
-    end
-  end
-  return select(2, next(M.servers))
-end
-
---- Latent's state for a status line, from the server's last `latent/status`:
----   state       'ready' | 'loading' | 'error' | 'off' (completion turned off) |
----               'snoozed' (off until snoozed_until) | 'starting' (no status yet) |
----               'stopped' (no server)
----   model       the model's name ('' before the server says)
----   latency_ms  the last completion's latency (nil before the first)
----   reason      why the last completion had no suggestion (a sentence; nil when it had one)
----   message     the server's message (the error when state is 'error')
----   snoozed_until  when a snooze ends (Unix seconds; nil when not snoozed)
-function M.status(bufnr)
-  local s = server(bufnr)
-  if not s then
-    return { state = #clients() > 0 and 'starting' or 'stopped', model = '' }
-  end
-  local last = value(s.last) or {}
-  local reason = last.suggestions == 0 and value(last.reasonText) or nil
-  local snoozed = s.enabled == false and value(s.snoozedUntil) or nil
-  return {
-    state = s.enabled == false and s.state == 'ready' and (snoozed and 'snoozed' or 'off') or s.state or '?',
-    model = value(s.model) or '',
-    latency_ms = value(s.lastLatencyMs),
-    reason = reason ~= '' and reason or nil,
-    message = value(s.message),
-    snoozed_until = snoozed,
-  }
-end
-
---- One short line for a status line: "Latent 12 ms", "Latent loading", "Latent off",
---- "Latent snoozed until 14:05", "".
-function M.statusline(bufnr)
-  local s = M.status(bufnr)
-  if s.state == 'stopped' then
-    return ''
-  end
-  if s.state == 'ready' and s.latency_ms then
-    return 'Latent ' .. figure(s.latency_ms, ' ms')
-  end
-  if s.state == 'snoozed' then
-    return 'Latent snoozed until ' .. clock(s.snoozed_until)
-  end
-  return 'Latent ' .. s.state
-end
-
---- What :LatentStatus prints: "Latent: ready, model bundled", then the last completion
---- and the cache.
-function M.status_lines()
-  local lines = {}
-  local several = vim.tbl_count(M.servers) > 1
-  for id, s in pairs(M.servers) do
-    local cache, last = value(s.cache) or {}, value(s.last) or {}
-    local snoozed = s.enabled == false and value(s.snoozedUntil)
-    local state = (s.state or '?') .. (snoozed and (', snoozed until ' .. clock(snoozed))
-      or s.enabled == false and ', completion off' or '')
-    table.insert(lines, ('Latent%s: %s, model %s'):format(several and (' (client %d)'):format(id) or '',
-      state, value(s.model) or '?'))
-    if value(s.message) and s.message ~= '' and s.state ~= 'ready' then
-      table.insert(lines, '  ' .. s.message)
-    end
-    if value(s.lastLatencyMs) then
-      local why = last.suggestions == 0 and value(last.reasonText) or nil
-      table.insert(lines, '  last completion ' .. figure(s.lastLatencyMs, ' ms')
-        .. (why and why ~= '' and (', no suggestion: ' .. why) or ''))
-    end
-    if value(cache.tokens) then
-      table.insert(lines, ('  cache %s tokens, hit rate %s'):format(
-        cache.tokens, value(cache.hitRate) and string.format('%.0f%%', 100 * cache.hitRate) or '?'))
-    end
-  end
-  if #lines == 0 then
-    lines = { #clients() > 0 and 'Latent: starting' or 'Latent: not running (open a file of a configured filetype)' }
-  end
-  return lines
-end
-
---- A number as people read it: integers whole, others with three significant digits.
-local function number(n)
-  if n == math.floor(n) and math.abs(n) < 1e15 then
-    return string.format('%d', n)
-  end
-  return string.format('%.3g', n)
-end
-
-local function scalar(v)
-  if v == vim.NIL or v == nil then
-    return 'none'
-  elseif type(v) == 'number' then
-    return number(v)
-  end
-  return tostring(v)
-end
-
---- Figures (nested tables from latent.stats) as indented "name  value" lines, names sorted.
-function M.figure_lines(t, indent, out)
-  indent, out = indent or '', out or {}
-  local keys = vim.tbl_keys(t)
-  table.sort(keys, function(a, b)
-    if type(a) == 'number' and type(b) == 'number' then
-      return a < b
-    end
-    return tostring(a) < tostring(b)
-  end)
-  local width = 0
-  for _, k in ipairs(keys) do
-    width = math.max(width, #tostring(k))
-  end
-  local row = '%s%-' .. width .. 's  %s'
-  for _, k in ipairs(keys) do
-    local v = t[k]
-    local flat = type(v) ~= 'table' or next(v) == nil
-      or (vim.islist(v) and not vim.iter(v):any(function(x) return type(x) == 'table' end))
-    if not flat then
-      table.insert(out, indent .. tostring(k))
-      M.figure_lines(v, indent .. '  ', out)
-    elseif type(v) == 'table' then
-      table.insert(out, row:format(indent, k, next(v) == nil and 'none' or table.concat(vim.tbl_map(scalar, v), ', ')))
-    else
-      table.insert(out, row:format(indent, k, scalar(v)))
-    end
-  end
-  return out
-end
-
---- Show lines in a scratch window at the bottom (q closes it).
-local function scratch(name, lines)
-  local existing = vim.fn.bufnr(name)
-  if existing > 0 then
-    api.nvim_buf_delete(existing, { force = true })
-  end
-  vim.cmd('botright new')
-  local bufnr = api.nvim_get_current_buf()
-  vim.bo[bufnr].buftype, vim.bo[bufnr].bufhidden, vim.bo[bufnr].swapfile = 'nofile', 'wipe', false
-  api.nvim_buf_set_name(bufnr, name)
-  api.nvim_buf_set_lines(bufnr, 0, -1, false, lines)
-  vim.bo[bufnr].modifiable = false
-  vim.keymap.set('n', 'q', '<cmd>close<cr>', { buffer = bufnr, nowait = true, desc = 'Latent: close' })
-end
-
-function M.show_status(all)
-  if not all then
-    api.nvim_echo({ { table.concat(M.status_lines(), '\n') } }, true, {})
-    return
-  end
-  command('latent.stats', {}, function(result, client)
-    local lines = { ('Latent statistics (client %d); q closes'):format(client.id), '' }
-    vim.list_extend(lines, M.figure_lines(type(result) == 'table' and result or {}))
-    scratch(('latent://statistics/%d'):format(client.id), lines)
-  end)
 end
 
 function M.restart()
