@@ -47,6 +47,7 @@ NOTES = {
            "prefills the whole prompt (the cold request below).",
 }
 TIMEOUT_S = 120  # a request unanswered this long is a bug: fail instead of waiting
+COMPILE_WAIT_S = 180   # the server compiles a small model's decode step 30 s after load (once cached: at once)
 PAUSE_MS = 400   # a gap this long before the next key: the person looks at the ghost text
 
 
@@ -116,6 +117,7 @@ async def replay(args) -> dict:
     start_line = args.start_line if args.start_line is not None else len(text.split("\n")) // 2
     base, typed = cut(text, start_line, args.chars)
     client, statuses, drain = await start_server(args)
+    step = await decode_step(client, COMPILE_WAIT_S if args.compiled else 0)
     uri = args.file.resolve().as_uri()
     client.text_document_did_open(types.DidOpenTextDocumentParams(
         types.TextDocumentItem(uri, "python" if args.file.suffix == ".py" else "plaintext", 1, base)))
@@ -172,7 +174,19 @@ async def replay(args) -> dict:
     model_runs = _get(_get(stats, "engine"), "requests", 0) - _get(_get(before, "engine"), "requests", 0)
     return {"load": (load_before, os.getloadavg()[0]), "keystrokes": len(typed), "results": results,
             "cancelled": cancelled, "cold": cold, "engine": _get(stats, "engine"), "start_line": start_line,
-            "asked": asked, "model_runs": model_runs - len(asked), "cancelled_rows": paused_rows}
+            "asked": asked, "model_runs": model_runs - len(asked), "cancelled_rows": paused_rows, "step": step}
+
+
+async def decode_step(client, wait_s: float) -> str:
+    """The server's decode step once it is settled (a small model's is compiled in the
+    background; waits up to `wait_s` seconds): "compiled", "eager" or "failed"."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        stats = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="latent.stats"))
+        state = _get(_get(_get(stats, "engine"), "decode_step", {}), "state", "eager")
+        if state not in ("waiting", "compiling") or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(1.0)
 
 
 async def type_back(client, uri: str, typed: str, line: int, request, intervals: list[float] | None,
@@ -256,7 +270,7 @@ def report(args, run: dict) -> str:
         "",
         f"`{command}` — {time.strftime('%Y-%m-%d')}, {platform.machine()} with {os.cpu_count()} CPUs "
         f"(load average {run['load'][0]:.1f} before, {run['load'][1]:.1f} after: the cores are shared), "
-        f"PyTorch threads {args.threads}; model `{_get(engine, 'model')}` "
+        f"PyTorch threads {args.threads}, decode step {run['step']}; model `{_get(engine, 'model')}` "
         f"({_get(engine, 'parameters', 0) / 1e6:.2f}M parameters, {_get(engine, 'dtype')}).",
         "",
         f"`{_shown(args.file)}` typed back from line {run['start_line'] + 1}: {run['keystrokes']} keystrokes, "
@@ -378,6 +392,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="the seed of --pace human (default: %(default)s)")
     parser.add_argument("--debounce-ms", type=int, default=None,
                         help="the server's debounce_ms (default: 0 when each answer is awaited, else the server's)")
+    parser.add_argument("--eager", dest="compiled", action="store_false",
+                        help="do not wait for the server's compiled decode step (a small model's, made in the "
+                             "background after load) before typing")
     parser.add_argument("--invoke-every", type=int, default=5,
                         help="awaited mode: ask for several suggestions after every Nth ghost text; 0: never "
                              "(default: %(default)s)")
