@@ -64,6 +64,7 @@ class EngineBackend:
         from model.engine import Engine
 
         self.engine = Engine.load(str(model_dir), RuntimeConfig(threads=threads or 0))
+        self.engine.forward.wait()   # one decode step for the whole run (compiled where it can be)
         self.fim, self.layout = self.engine.tokenizer.require_fim(), layout
 
     def complete(self, prefix: str, suffix: str, max_new_tokens: int, stop: tuple[str, ...]) -> str:
@@ -106,6 +107,7 @@ class PipelineBackend:
         from model.engine import Engine
 
         engine = Engine.load(str(model_dir), RuntimeConfig(threads=threads or 0))
+        engine.forward.wait()   # one decode step for the whole run (compiled where it can be)
         self.service = CompletionService(engine, CompletionConfig(fim_layout=layout))
         self.count = 0
 

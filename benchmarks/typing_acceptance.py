@@ -103,6 +103,7 @@ def run(starts: list[dict], model: Path, layout: str, threads: int) -> dict:
     from model.engine import Engine
 
     engine = Engine.load(str(model), RuntimeConfig(threads=threads))
+    engine.forward.wait()   # one decode step for the whole run (compiled where it can be): near-ties stay put
     service = CompletionService(engine, CompletionConfig(fim_layout=layout))
     accepted, kept, empty, latencies = 0, [], 0, []
     for i, start in enumerate(starts):
