@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -67,12 +68,38 @@ def suggestions(model: harness.Model, name: str, text: str, count: int = 1):
     return service.complete(service.workspace.snapshot(uri), Lines(text).position(len(text)), count=count)
 
 
+# VS Code's default word definition (Python's language configuration sets none), as
+# editor.action.inlineSuggest.acceptNextWord uses it (\w and \d are ASCII in JavaScript)
+VSCODE_WORD = re.compile(r"(-?[0-9]*\.[0-9][0-9A-Za-z_]*)|([^`~!@#$%^&*()\-=+\[{\]}\\|;:'\",.<>/?\s]+)")
+
+
+def next_word(text: str) -> str:
+    """What Ctrl+Right (acceptNextWord) takes of ghost text `text`, as VS Code 1.100 computes it:
+    the word it starts with, else what comes before the first word, but no further than the
+    end of the first run of whitespace."""
+    word = VSCODE_WORD.search(text)
+    end = len(text) if word is None else word.end() if word.start() == 0 else word.start()
+    space = re.search(r"\s+", text)
+    if space and space.end() < end:
+        end = space.end()
+    return text[:end]
+
+
+# Block headers: where Enter (VS Code indents after one) asks for a block, maybe several lines
+BLOCKS = ["class Point:", "def fib(n):", "def main():", "def add(a, b):", "for i in range(10):",
+          "import os\n\n\ndef main():", "import sys\n\n\ndef main():", "while True:", "try:"]
+LINE_FILES = ["line.py", "lines.py", "next_line.py", "point.py"]
+
+
 def contexts(model: harness.Model) -> dict:
     """Where the scenarios type, for `model`: `cycle` where asking gives two one-line
     suggestions; `twice` where accepting the suggestion makes the model say it again (the
-    server must not offer it twice), else any place with a suggestion. Predicted with the file
-    alone; in VS Code the other open files join the prompt, so the tests compare with what the
-    editor showed, not with these texts."""
+    server must not offer it twice), else any place with a suggestion; `previous` as `cycle`,
+    with ghost text while typing; `word` where the suggestion is more than its next word;
+    `line` (in file `lineFile`; `multiline`: whether it is) where the suggestion has several
+    lines, else one. Each predicted in the file the scenario types in (its name is in the
+    prompt), alone; in VS Code the other open files join the prompt, so the tests compare with
+    what the editor showed, not with these texts."""
     out = {}
     for before, typed in harness.CONTEXTS:
         texts = [s.text for s in suggestions(model, "cycle.py", before + typed, count=3).suggestions]
@@ -89,6 +116,41 @@ def contexts(model: harness.Model) -> dict:
                                (before, typed)))
     assert candidates, f"The {model.name} model suggests nothing in the test contexts."
     out["twice"] = max(candidates, key=lambda c: c[0])[1]
+    # `previous`: ghost text while typing, and two one-line suggestions when asked
+    for before, typed in harness.CONTEXTS:
+        first = suggestions(model, "previous.py", before + typed).suggestions
+        texts = [s.text for s in suggestions(model, "previous.py", before + typed, count=3).suggestions]
+        if (first and first[0].text.strip() and len(texts) >= 2 and texts[0] != texts[1]
+                and all(t.strip() and "\n" not in t for t in texts[:2])):
+            out["previous"] = (before, typed)
+            break
+    else:
+        raise AssertionError(f"The {model.name} model offers no two one-line suggestions in any test context "
+                             f"(previous.py).")
+    # `word`: a one-line suggestion Ctrl+Right takes only part of, a word if any
+    words = []
+    for before, typed in harness.CONTEXTS:
+        first = suggestions(model, "word.py", before + typed).suggestions
+        text = first[0].text if first else ""
+        if text.strip() and "\n" not in text and 0 < len(next_word(text)) < len(text):
+            words.append((not VSCODE_WORD.fullmatch(next_word(text)), (before, typed)))
+    assert words, f"The {model.name} model offers no one-line suggestion of several words in any test context."
+    out["word"] = min(words, key=lambda w: w[0])[1]
+    # `line`: Enter after a block header, where the first suggestion has several lines (in a
+    # file of one of LINE_FILES: the name is in the prompt); else where it has one (Shift+Tab
+    # then accepts all of it)
+    for name, header in ((name, header) for name in LINE_FILES for header in BLOCKS):
+        indent = " " * (len(header.split("\n")[-1]) - len(header.split("\n")[-1].lstrip()) + 4)
+        first = suggestions(model, name, header + "\n" + indent).suggestions
+        if first and "\n" in first[0].text and first[0].text.split("\n")[0].strip():
+            out["line"], out["lineFile"], out["multiline"] = (header, "\n"), name, True
+            break
+    else:
+        warnings.warn(f"The {model.name} model suggests no several lines after any of the block headers; "
+                      f"Shift+Tab is tested on a one-line suggestion only.")
+        single = [(before, typed) for before, typed in harness.CONTEXTS
+                  if any(s.text.strip() for s in suggestions(model, LINE_FILES[0], before + typed).suggestions)]
+        out["line"], out["lineFile"], out["multiline"] = (single or [candidates[0][1]])[0], LINE_FILES[0], False
     return out
 
 
@@ -114,7 +176,8 @@ def vscode(tmp_path_factory):
     for folder in (user / "User", extensions, work / ".git"):
         folder.mkdir(parents=True)
     files = {"demo.py": before, "cycle.py": places["cycle"][0], "twice.py": places["twice"][0],
-             "manual.py": before}
+             "manual.py": before, "previous.py": places["previous"][0], "word.py": places["word"][0],
+             places["lineFile"]: places["line"][0]}
     for name, text in files.items():
         (work / name).write_text(text)
     # code-server is a remote window: the user-only ("machine") settings are the remote's, in
@@ -142,6 +205,9 @@ def vscode(tmp_path_factory):
         {"name": "accept", "file": "demo.py", "typed": typed},
         {"name": "cycle", "file": "cycle.py", "typed": places["cycle"][1], "asked": answered("cycle.py")},
         {"name": "twice", "file": "twice.py", "typed": places["twice"][1]},
+        {"name": "previous", "file": "previous.py", "typed": places["previous"][1], "asked": answered("previous.py")},
+        {"name": "word", "file": "word.py", "typed": places["word"][1]},
+        {"name": "line", "file": places["lineFile"], "typed": places["line"][1]},
         {"name": "manual", "file": "manual.py", "typed": typed,
          "requests": r"\] lsp_server\.requests: inline manual\.py:\d+:\d+: "},
         {"name": "stats"},
@@ -250,6 +316,52 @@ def test_vscode_cycles_to_the_second_suggestion_and_tab_accepts_it(vscode):
     assert out["first"] and out["second"] and out["second"] != out["first"], out
     saved = (vscode["work"] / "cycle.py").read_text()
     assert saved == before + typed + out["second"], f"cycle.py holds {saved!r}, not the second suggestion"
+
+
+@pytest.mark.slow
+def test_vscode_previous_returns_to_the_first_suggestion(vscode):
+    """Alt+\\ asks, Alt+] shows the next suggestion, Alt+[ the first again; Tab accepts it."""
+    out = scenario(vscode, "previous")
+    before, typed = vscode["places"]["previous"]
+    assert out["first"] and out["second"] and out["second"] != out["first"], out
+    assert out["back"] == out["first"], f"after Alt+] and Alt+[ the ghost text is {out['back']!r}: {out}"
+    saved = (vscode["work"] / "previous.py").read_text()
+    assert saved == before + typed + out["first"], f"previous.py holds {saved!r}, not the first suggestion"
+
+
+@pytest.mark.slow
+def test_vscode_ctrl_right_accepts_the_next_word_and_leaves_the_rest(vscode):
+    out = scenario(vscode, "word")
+    before, typed = vscode["places"]["word"]
+    typed_line = before.split("\n")[-1] + typed
+    ghost = out["ghost"]
+    word = next_word(ghost)
+    assert 0 < len(word) < len(ghost), f"the ghost text {ghost!r} is one word: Ctrl+Right would accept it all"
+    assert out["line"] == typed_line + word, f"after Ctrl+Right the line is {out['line']!r}, not {typed_line + word!r}"
+    saved = saved_line(vscode, "word.py", before.count("\n"))
+    assert saved == typed_line + word, f"the saved line is {saved!r}, not {typed_line + word!r}"
+    assert out["rest"] == ghost[len(word):], f"after accepting {word!r} of {ghost!r} the ghost text is {out['rest']!r}"
+
+
+@pytest.mark.slow
+def test_vscode_shift_tab_accepts_the_next_line(vscode):
+    """Enter after a block header; Shift+Tab accepts the ghost text's first line (and its line
+    break) and leaves the other lines offered; a one-line suggestion it accepts whole."""
+    out = scenario(vscode, "line")
+    before, typed = vscode["places"]["line"]
+    shown, line = out["lines"], before.count("\n") + typed.count("\n")
+    assert shown[0].strip(), f"no ghost text on the cursor's line: {out}"
+    assert out["lineBefore"].strip() == (before + typed).split("\n")[-1].strip(), out
+    saved = (vscode["work"] / vscode["places"]["lineFile"]).read_text().split("\n")
+    if vscode["places"]["multiline"]:
+        assert len(shown) > 1, f"the pipeline suggests several lines here, VS Code showed {shown}"
+    if len(shown) > 1:
+        assert saved[line:] == [out["lineBefore"] + shown[0], ""], (
+            f"the file ends with {saved[line:]}, not the line {shown[0]!r} and a line break")
+        assert out["linesAfter"] == shown[1:], f"after Shift+Tab the ghost text is {out['linesAfter']}, not {shown[1:]}"
+    else:
+        assert saved[line] == out["lineBefore"] + shown[0], f"the saved line is {saved[line]!r}, shown was {shown}"
+        assert out["lineAfter"] == saved[line], out
 
 
 @pytest.mark.slow

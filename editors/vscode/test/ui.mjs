@@ -52,6 +52,14 @@ async function tooltip() {
   return text;
 }
 
+/** The ghost text by lines: [the part on the cursor's line, ...each line drawn below it]. */
+const ghostLines = () => page.evaluate(() => {
+  const text = (e) => (e.textContent ?? "").replace(/\u00a0/g, " ");
+  const inline = [...document.querySelectorAll(".monaco-editor .ghost-text-decoration")].map(text).join("");
+  const below = [...document.querySelectorAll(".monaco-editor .suggest-preview-text .view-line")].map(text);
+  return [inline, ...below];
+});
+
 /** The cursor's line as the editor draws it, without ghost text. */
 const cursorLine = () => page.evaluate(() => {
   const current = document.querySelector(".monaco-editor .view-overlays .current-line");
@@ -242,6 +250,67 @@ const SCENARIOS = {
     await page.waitForTimeout(300);
     out.second = await ghostText();
     await page.screenshot({ path: path.join(plan.shots, "vscode-cycled.png") });
+    await page.keyboard.press("Tab");
+    await page.waitForTimeout(500);
+    out.line = await cursorLine();
+    await saveAndClose();
+  },
+
+  /** {file, typed}: Ctrl+Right accepts the ghost text's next word; what is left stays offered. */
+  async word(s, out) {
+    await openFile(s.file);
+    await page.keyboard.type(s.typed, { delay: 60 });
+    await waitGhost("ghost text");
+    await page.waitForTimeout(300);
+    out.ghost = await ghostText();
+    await page.keyboard.press("Control+ArrowRight");
+    await waitFor("the word accepted", async () => (await ghostText()) !== out.ghost, 5000).catch(() => {});
+    await page.waitForTimeout(500);
+    out.line = await cursorLine();
+    out.rest = await ghostText();
+    await page.screenshot({ path: path.join(plan.shots, "vscode-accepted-word.png") });
+    await saveAndClose();
+  },
+
+  /** {file, typed}: Shift+Tab accepts the ghost text's next line (all of a one-line one);
+   *  `lines`: the ghost text by lines before and after. */
+  async line(s, out) {
+    await openFile(s.file);
+    await page.keyboard.type(s.typed, { delay: 60 });
+    await waitGhost("ghost text");
+    await page.waitForTimeout(500);
+    out.lines = await ghostLines();
+    out.lineBefore = await cursorLine();
+    await page.screenshot({ path: path.join(plan.shots, "vscode-line-ghost.png") });
+    await page.keyboard.press("Shift+Tab");
+    const shown = JSON.stringify(out.lines);
+    await waitFor("the line accepted", async () => JSON.stringify(await ghostLines()) !== shown, 5000).catch(() => {});
+    await page.waitForTimeout(500);
+    out.linesAfter = await ghostLines();
+    out.lineAfter = await cursorLine();
+    await page.screenshot({ path: path.join(plan.shots, "vscode-accepted-line.png") });
+    await saveAndClose();
+  },
+
+  /** {file, typed, asked}: the trigger key, Alt+] to the next suggestion, Alt+[ back, Tab. */
+  async previous(s, out) {
+    await openFile(s.file);
+    await page.keyboard.type(s.typed, { delay: 60 });
+    await waitGhost("ghost text while typing");
+    const before = logLines(s.asked).length;
+    await page.keyboard.press("Alt+Backslash");
+    await waitLog("the answer to the trigger key", s.asked, before + 1, 15000);
+    await page.waitForTimeout(500);
+    out.first = await ghostText();
+    await page.keyboard.press("Alt+BracketRight");
+    out.second = await waitGhost("the next suggestion", (g) => g.length > 0 && g !== out.first, 10000);
+    await page.waitForTimeout(300);
+    out.second = await ghostText();
+    await page.keyboard.press("Alt+BracketLeft");
+    await waitGhost("the previous suggestion", (g) => g.length > 0 && g !== out.second, 10000).catch(() => {});
+    await page.waitForTimeout(300);
+    out.back = await ghostText();
+    await page.screenshot({ path: path.join(plan.shots, "vscode-cycled-back.png") });
     await page.keyboard.press("Tab");
     await page.waitForTimeout(500);
     out.line = await cursorLine();
