@@ -107,19 +107,20 @@ class Session:
         self.status.snoozed_until = time.time() + minutes * 60 if minutes else None
         if minutes:
             self._snooze = asyncio.get_running_loop().call_later(minutes * 60, self._wake)
-        was = self.settings.enable
-        self.apply_settings()
-        if self.settings.enable == was:   # apply_settings sent nothing; the snooze changed
-            status.send(self)
+        self._apply_and_tell()
 
     def _wake(self) -> None:
         self._snooze = None
         self.store.toggled.pop("enable", None)
-        log.info("The snooze is over: completion is %s.", "on" if self.store.settings()[0].enable else "off")
         self.status.snoozed_until = None
+        self._apply_and_tell()
+        log.info("The snooze is over: completion is %s.", "on" if self.settings.enable else "off")
+
+    def _apply_and_tell(self) -> None:
+        """Apply the settings and send the status, which the snooze changed even when `enable` did not."""
         was = self.settings.enable
         self.apply_settings()
-        if self.settings.enable == was:
+        if self.settings.enable == was:   # apply_settings sent nothing
             status.send(self)
 
     # -- running -------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import itertools
 import json
 import os
 import random
-import re
 import socket
 import statistics
 import subprocess

@@ -169,6 +169,23 @@ const toasts = () => page.evaluate(() => [...document.querySelectorAll(".notific
     buttons: [...t.querySelectorAll(".monaco-button")].map((b) => (b.textContent ?? "").trim()).filter(Boolean),
   })));
 
+/** Type s.typed in s.file, ask with Alt+\ (`s.asked`: the answer's log pattern), then Alt+]:
+ *  out.first and out.second are the ghost texts before and after. */
+async function askAndCycle(s, out) {
+  await openFile(s.file);
+  await page.keyboard.type(s.typed, { delay: 60 });
+  await waitGhost("ghost text while typing");
+  const before = logLines(s.asked).length;
+  await page.keyboard.press("Alt+Backslash");
+  await waitLog("the answer to the trigger key", s.asked, before + 1, 15000);
+  await page.waitForTimeout(500);
+  out.first = await ghostText();
+  await page.keyboard.press("Alt+BracketRight");
+  out.second = await waitGhost("the next suggestion", (g) => g.length > 0 && g !== out.first, 10000);
+  await page.waitForTimeout(300);
+  out.second = await ghostText();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scenarios: each gets its plan entry and the object it fills in
 
@@ -237,18 +254,7 @@ const SCENARIOS = {
   /** {file, typed, asked}: the trigger key (Alt+\), then Alt+] to the next suggestion, Tab.
    *  `asked`: a log pattern for the trigger's answer. */
   async cycle(s, out) {
-    await openFile(s.file);
-    await page.keyboard.type(s.typed, { delay: 60 });
-    await waitGhost("ghost text while typing");
-    const before = logLines(s.asked).length;
-    await page.keyboard.press("Alt+Backslash");
-    await waitLog("the answer to the trigger key", s.asked, before + 1, 15000);
-    await page.waitForTimeout(500);
-    out.first = await ghostText();
-    await page.keyboard.press("Alt+BracketRight");
-    out.second = await waitGhost("the next suggestion", (g) => g.length > 0 && g !== out.first, 10000);
-    await page.waitForTimeout(300);
-    out.second = await ghostText();
+    await askAndCycle(s, out);
     await page.screenshot({ path: path.join(plan.shots, "vscode-cycled.png") });
     await page.keyboard.press("Tab");
     await page.waitForTimeout(500);
@@ -294,18 +300,7 @@ const SCENARIOS = {
 
   /** {file, typed, asked}: the trigger key, Alt+] to the next suggestion, Alt+[ back, Tab. */
   async previous(s, out) {
-    await openFile(s.file);
-    await page.keyboard.type(s.typed, { delay: 60 });
-    await waitGhost("ghost text while typing");
-    const before = logLines(s.asked).length;
-    await page.keyboard.press("Alt+Backslash");
-    await waitLog("the answer to the trigger key", s.asked, before + 1, 15000);
-    await page.waitForTimeout(500);
-    out.first = await ghostText();
-    await page.keyboard.press("Alt+BracketRight");
-    out.second = await waitGhost("the next suggestion", (g) => g.length > 0 && g !== out.first, 10000);
-    await page.waitForTimeout(300);
-    out.second = await ghostText();
+    await askAndCycle(s, out);
     await page.keyboard.press("Alt+BracketLeft");
     await waitGhost("the previous suggestion", (g) => g.length > 0 && g !== out.second, 10000).catch(() => {});
     await page.waitForTimeout(300);
