@@ -100,9 +100,12 @@ class Neovim:
         self.unblocked()
         return self.api.request("nvim_exec2", command, {"output": True})["output"]
 
-    def line(self, row: int) -> str:
+    def line(self, row: int) -> str | None:
+        """Line `row` of the current buffer; None while it has no such line (a buffer still
+        loading reads as empty on a busy machine)."""
         self.unblocked()
-        return self.api.current.buffer[row]
+        got = self.api.request("nvim_buf_get_lines", 0, row, row + 1, False)
+        return got[0] if got else None
 
     def lines(self) -> list[str]:
         self.unblocked()
