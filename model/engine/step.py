@@ -278,7 +278,7 @@ def _kill_children() -> None:
             pass
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: the kernel kills this process when the thread that started it ends (the parent
     exiting, or being killed, included)."""
     try:
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, required=True)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     os.nice(10)                                  # the editor and the engine come first
     torch.set_num_threads(args.threads)          # the kernels are generated for this many threads
     model = load_model(args.model_dir, read_args(args.model_dir), dtype=args.dtype)

@@ -9,7 +9,9 @@ DeepSeek-V2 checkpoint (bf16 safetensors), so the engine's ordinary loading path
 on it. docs/training.md has the measurements behind the choices.
 
     python -m model.train corpus                         # ~/.cache/latent/corpus: files/ + report
-    python -m model.train                                # the standard library only, ~30 CPU minutes
+    nice -n 19 python -m model.train                     # the `small` preset on that corpus, until
+                                                         # stopped; the same command resumes it
+    python -m model.train export                         # a decay branch of it, as a model folder
     python -m model.train --prepare-only --corpus-dir ~/.cache/latent/corpus/files \
         --vocab-size 8192 --tokenizer-mb 120 --max-mib 40 --out .gpu    # tokenizer + ids.xz
     bash benchmarks/gpu_train.sh                         # on an H200 machine: smoke run + training
@@ -26,13 +28,17 @@ One job per file, in the order a run uses them:
     samples.py   FIM (PSM and SPM) and plain samples, packing into rows, epoch parts, the feeder
     presets.py   the model's shapes, its HF config.json, the model itself
     evaluate.py  held-out rows and their figures: loss, bits per byte, FIM middle loss per layout
-    loop.py      optimizer, schedule, balance loss, budget, the training loop, checkpoints
+    optim.py     the warmup–stable–decay schedule, AdamW and Muon
+    parallel.py  data parallelism over processes on one machine
+    loop.py      balance loss, budget, the training loop, checkpoints, the decay branch
+    start.py     where a run starts (its checkpoint, the bundled model, random) and training.json
     export.py    the Hugging Face model folder (bf16, ≤ 16 MiB shards) and its model card
     sizing.py    measurements: bytes per token per vocabulary size, per-keystroke latency
     cli.py       the flags and `main(argv)`
 
-A run directory (`--out`) holds `corpus/` (tokenizer files + token ids), `checkpoint.pt`
-(for `--resume`), `log.jsonl` and, at the end, `model/` — the finished model folder.
+A run folder (`--out`, by default `~/.cache/latent/runs/<preset>`) holds `corpus/` (tokenizer
+files + token ids), `checkpoint.pt` (the same command resumes from it), `log.jsonl` and, after
+an export, `model/` — a model folder with `training.json`, the cursor the next run goes on from.
 """
 from model.train.cli import main
 from model.train.corpus import is_heldout

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import lzma
+import os
 import platform
 import shutil
 import sysconfig
@@ -152,6 +153,7 @@ def token_bytes(tok) -> list[bytes]:
 # files come first, then the training files in a stable shuffled order (by path hash), so a
 # size budget (`max_mib`) that cuts the stream leaves out a random share of training files.
 
+IDS_FILES = ("ids.u16", "ids.xz")   # the ids, raw (mapped from disk) or LZMA-compressed (to carry)
 STREAM_TOKENS = 4_000_000
 ENCODE_BATCH = 512            # files tokenised at once: tokenizers' Encoding objects are large
 
@@ -199,28 +201,39 @@ def encode_files(tok, texts: list[str]):
 
 
 def prepare_corpus(source: Path, out: Path, vocab_size: int, log=print, max_mib: float = 0,
-                   tokenizer_mb: float = 0) -> Corpus:
-    """Read the sources, train the tokenizer on the train split (or `tokenizer_mb` MB of it),
-    check the byte-for-byte round trip of every file, tokenise, and write the cache folder
-    `out`, its ids.xz within `max_mib` MiB if given (0: no limit)."""
+                   tokenizer_mb: float = 0, tokenizer: Path | None = None) -> Corpus:
+    """Read the sources, train the tokenizer on the train split (or `tokenizer_mb` MB of it) or
+    take `tokenizer` (a tokenizer.json), check the byte-for-byte round trip of every file,
+    tokenise, and write the cache folder `out`: raw ids, or ids.xz within `max_mib` MiB."""
+    from tokenizers import Tokenizer
+
     t0 = time.time()
     files, skipped = read_corpus(source)
-    tok = train_tokenizer(tokenizer_sample(files, tokenizer_mb), vocab_size)
-    log(f"corpus: {len(files):,} files read, tokenizer trained ({time.time() - t0:.0f} s)")
+    if tokenizer:
+        tok = Tokenizer.from_file(str(tokenizer))
+        log(f"corpus: {len(files):,} files read; tokenizer {tokenizer}")
+    else:
+        tok = train_tokenizer(tokenizer_sample(files, tokenizer_mb), vocab_size)
+        log(f"corpus: {len(files):,} files read, tokenizer trained ({time.time() - t0:.0f} s)")
     order = sorted(range(len(files)), key=lambda i: (not files[i].heldout,
                                                      hashlib.sha256(files[i].path.encode()).digest()))
     files = [files[i] for i in order]
     out.mkdir(parents=True, exist_ok=True)
     save_tokenizer_files(tok, out)
     texts = [f.text for f in files]
-    ids = write_ids(out / "ids.xz", encode_files(tok, texts), sum(map(len, texts)),
-                    max_mib * 2**20 if max_mib else 0, sum(f.heldout for f in files))
+    for stale in IDS_FILES:
+        (out / stale).unlink(missing_ok=True)
+    if max_mib:
+        ids = write_ids(out / "ids.xz", encode_files(tok, texts), sum(map(len, texts)), max_mib * 2**20,
+                        sum(f.heldout for f in files))
+    else:
+        ids = write_raw_ids(out / "ids.u16", encode_files(tok, texts))
     left_out = files[len(ids):]
     files = files[:len(ids)]
     meta = _corpus_meta(source, files, skipped, ids, tok.get_vocab_size())
     meta["left_out_for_size"] = {"files": len(left_out), "bytes": sum(len(f.text.encode()) for f in left_out),
                                  "max_mib": max_mib}
-    meta["ids_xz_bytes"] = (out / "ids.xz").stat().st_size
+    meta["ids_bytes"] = sum((out / name).stat().st_size for name in IDS_FILES if (out / name).is_file())
     offsets = np.cumsum([0] + [len(x) for x in ids])
     np.savez(out / "corpus.npz", offsets=offsets, heldout=np.array([f.heldout for f in files]))
     (out / "corpus.json").write_text(json.dumps({**meta, "paths": [f.path for f in files]}, indent=1) + "\n")
@@ -229,6 +242,19 @@ def prepare_corpus(source: Path, out: Path, vocab_size: int, log=print, max_mib:
             shutil.copyfile(source.parent / name, out / name)
     log(f"corpus: {describe(meta)}; prepared in {time.time() - t0:.0f} s → {out}")
     return load_corpus(out)
+
+
+def write_raw_ids(path: Path, ids) -> list[np.ndarray]:
+    """Write every file's ids (an iterable) as one little-endian uint16 array, which loading
+    maps from disk instead of reading into memory; returns the ids."""
+    kept: list[np.ndarray] = []
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        for x in ids:
+            f.write(x.astype("<u2").tobytes())
+            kept.append(x)
+    os.replace(tmp, path)
+    return kept
 
 
 def write_ids(path: Path, ids, chars: int, max_bytes: float, always: int = 1) -> list[np.ndarray]:
@@ -302,16 +328,22 @@ def describe(meta: dict) -> str:
 def load_corpus(folder: Path) -> Corpus:
     from tokenizers import Tokenizer
 
-    for name in (*TOKENIZER_FILES, "ids.xz", "corpus.npz", "corpus.json"):
+    for name in (*TOKENIZER_FILES, "corpus.npz", "corpus.json"):
         if not (folder / name).is_file():
             raise TrainError(f"{folder} is not a corpus cache: {name} is missing "
                              f"(make one with --prepare-only)")
+    ids_file = next((folder / name for name in IDS_FILES if (folder / name).is_file()), None)
+    if ids_file is None:
+        raise TrainError(f"{folder} is not a corpus cache: it holds no token ids ({' or '.join(IDS_FILES)})")
     info = json.loads((folder / "corpus.json").read_text())
     arrays = np.load(folder / "corpus.npz")
     offsets = arrays["offsets"]
-    flat = np.frombuffer(lzma.decompress((folder / "ids.xz").read_bytes()), dtype="<u2")
+    if ids_file.suffix == ".u16":
+        flat = np.memmap(ids_file, dtype="<u2", mode="r")
+    else:
+        flat = np.frombuffer(lzma.decompress(ids_file.read_bytes()), dtype="<u2")
     if len(flat) != offsets[-1]:
-        raise TrainError(f"{folder}/ids.xz holds {len(flat)} ids, corpus.npz expects {offsets[-1]}")
+        raise TrainError(f"{ids_file} holds {len(flat)} ids, corpus.npz expects {offsets[-1]}")
     ids = [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     table = token_bytes(tok)

@@ -39,6 +39,25 @@ def export_state_dict(state: dict[str, torch.Tensor], config: dict,
     return dict(sorted(out.items()))
 
 
+def import_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `export_state_dict`: DeepSeek's per-expert tensors stacked back into
+    transformers' fused `experts.gate_up_proj` / `experts.down_proj`, everything in float32."""
+    out: dict[str, torch.Tensor] = {}
+    experts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    for name, tensor in tensors.items():
+        head, sep, tail = name.partition(".experts.")
+        if sep and tail.split(".", 1)[0].isdigit():
+            e, kind = tail.split(".", 2)[:2]
+            experts.setdefault(head, {}).setdefault(int(e), {})[kind] = tensor.float()
+        else:
+            out[name] = tensor.float()
+    for head, per in experts.items():
+        order = [per[e] for e in sorted(per)]
+        out[f"{head}.experts.gate_up_proj"] = torch.stack([torch.cat([x["gate_proj"], x["up_proj"]]) for x in order])
+        out[f"{head}.experts.down_proj"] = torch.stack([x["down_proj"] for x in order])
+    return out
+
+
 def shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
     """Consecutive groups of tensors of at most `max_bytes` each (a bigger tensor alone)."""
     groups, size = [{}], 0
@@ -97,7 +116,7 @@ def model_card(trainer: Trainer, final: dict, command: str) -> str:
     curve = "\n".join(
         f"| {h['step']} | {h['tokens'] / 1e6:.2f} | {h['minutes']:.1f} | {h['loss']:.3f} | {h['bpb']:.3f} | "
         f"{h['fim_middle_loss_psm']:.3f} | {h['fim_middle_loss_spm']:.3f} |" for h in _thin(state.history, 12))
-    tok_s = state.tokens / max(state.train_seconds, 1)
+    tok_s = (state.tokens - state.start_tokens) / max(state.train_seconds, 1)
     speed = f"{tok_s:,.0f} tokens/s on average, checks included"
     if args.device.startswith("cuda"):
         speed += (f"; model FLOPs utilisation {6 * active_params(cfg) * tok_s / H200_BF16_FLOPS:.1%} "
@@ -166,12 +185,13 @@ every token, plus a {args.balance_coef} × expert balance loss.
 ```
 {command}
 ```
-Device {args.device}, seed {args.seed}, batch {args.batch_size} × {args.seq_len}, AdamW
-(lr {args.lr}, betas 0.9/0.95, weight decay {args.weight_decay}), {args.warmup_steps} warm-up
-steps then cosine to 10 %, gradient clipping {args.clip}. {state.step} steps,
-**{state.tokens / 1e6:.1f}M tokens seen** ({state.epoch // trainer.parts} full epochs of {tr['tokens'] / 1e6:.1f}M
-training tokens), {state.train_seconds / 60:.1f} minutes ({speed}). The weights are those of step
-{state.best_step}, the best held-out loss. The curve's held-out figures come from
+Device {args.device}, seed {args.seed}, batch {args.batch_size} × {args.seq_len}, {_optimizer_note(args)},
+gradient clipping {args.clip}. The schedule is warmup–stable–decay: {args.warmup_steps} warm-up steps
+(again after each fresh optimizer), a constant rate, and these weights come out of a decay branch
+of {state.decay_steps} steps (the rate falling as 1 − √progress to 0) taken from the stable run at
+step {state.step - state.decay_steps}. Started from {state.origin}. {state.step} steps in all,
+**{state.tokens / 1e6:.1f}M tokens seen** ({state.epoch / trainer.parts:.2f} epochs of {tr['tokens'] / 1e6:.1f}M
+training tokens); {speed}. The curve's held-out figures come from
 {_rows_note(args.eval_rows)}; FIM columns are nats per middle token.
 
 | step | tokens (M) | minutes | held-out loss | bits/byte | FIM middle PSM | FIM middle SPM |
@@ -188,6 +208,14 @@ into windows as plain text, as PSM and as SPM samples:
 
 Single-line HumanEval infilling: see `docs/benchmarks.md` (`benchmarks/humaneval_infill.py`).
 {_report_appendix(trainer.corpus.root)}"""
+
+
+def _optimizer_note(args) -> str:
+    adamw = f"AdamW (lr {args.lr}, betas 0.9/0.95, weight decay {args.weight_decay})"
+    if args.optimizer == "muon":
+        return (f"Muon (momentum 0.95, Nesterov, 5 Newton–Schulz steps, update RMS matched to AdamW's) for the "
+                f"hidden matrices and {adamw} for the embeddings, head, norms and routers")
+    return adamw
 
 
 def _data_section(meta: dict) -> str:

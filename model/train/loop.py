@@ -1,14 +1,16 @@
-"""The training loop: optimizer and schedule, the expert balance loss, the time / step budget,
-periodic held-out checks that keep the best weights, checkpoints and `--resume`."""
+"""The training loop: the expert balance loss, the stopping rule, periodic held-out checks,
+checkpoints that let the same command go on where the last one stopped, and the decay branch
+a model is exported from (the schedule and the optimizers are `model/train/optim.py`)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import math
 import os
+import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import torch.nn.functional as F
 
 from model.train.corpus import Corpus, TrainError
 from model.train.evaluate import HeldOut, autocast, inputs_targets
+from model.train.optim import decay_factor, make_optimizers, warmup_factor
+from model.train.parallel import Group
 from model.train.presets import PRESETS, build_model, hf_config
 from model.train.samples import EpochFeeder, epoch_parts, trained_layouts
 
@@ -84,120 +88,133 @@ class TrainState:
     step: int = 0
     epoch: int = 0                   # the part of an epoch being read: epoch × parts + part
     row: int = 0                     # next row of that part
-    tokens: int = 0                  # non-padding tokens trained on
+    tokens: int = 0                  # non-padding tokens trained on, over every session of the run
     train_seconds: float = 0.0       # wall time in the loop: steps, data, periodic checks
-    plan_seconds: float = 0.0        # loop time the --minutes budget allows (re-fitted at checks)
-    best_loss: float = float("inf")
-    best_step: int = 0
+    warmup_from: int = 0             # the step this optimizer started at (warm-up counts from it)
+    decay_steps: int = 0             # > 0 in a decay branch: its length
+    decay_done: int = 0              # steps of the decay branch taken
+    origin: str = "random weights"   # where the weights came from before step 0 of this run
+    start_tokens: int = 0            # tokens seen before this run (by the model it started from)
     history: list = field(default_factory=list)   # one dict per evaluation
 
 
-def make_optimizer(model, lr: float, weight_decay: float, device) -> torch.optim.Optimizer:
-    """AdamW; matrices decay, norms do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = torch.device(device).type == "cuda"
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
-
-
-def lr_factor(step: int, progress: float, warmup_steps: int, floor: float = 0.1) -> float:
-    """Linear warm-up over steps, then cosine from 1 to `floor` over the run's progress (0..1)."""
-    warm = min(1.0, (step + 1) / max(1, warmup_steps))
-    cosine = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
-    return warm * cosine
+# The arguments that define a run: a checkpoint made with others cannot be resumed by this command.
+RUN_KEYS = ("preset", "seq_len", "seed", "fim_rate", "spm_rate", "vocab_size", "optimizer")
 
 
 class Budget:
-    """When to stop: after `--max-steps`, or when `--minutes` of wall time (counted from the
-    start of the command) are spent, less the time kept back for the final evaluation and
-    the export. The cosine schedule follows whichever comes first; its time plan is re-fitted
-    at every held-out check (and so, after `--resume`, to the new command's budget)."""
+    """When the main run stops: after `--minutes` of this command's wall time, at `--max-steps`
+    or `--max-tokens` of the run (over all its sessions), or when a stop is asked for (SIGTERM,
+    SIGINT); with none of these, it goes on until stopped."""
 
-    def __init__(self, minutes: float | None, max_steps: int | None, started: float):
-        self.deadline = started + minutes * 60 if minutes else None
-        self.max_steps = max_steps
-        self.reserve = 5.0
+    def __init__(self, minutes: float | None = None, max_steps: int | None = None,
+                 max_tokens: int | None = None, started: float | None = None):
+        self.deadline = (started or time.time()) + minutes * 60 if minutes else None
+        self.max_steps, self.max_tokens = max_steps, max_tokens
+        self.stop_asked: str | None = None      # the signal's name
 
-    def plan_reserve(self, eval_seconds: float, final_ratio: float) -> None:
-        """Keep back 1.5× the estimated time of the final evaluation (`final_ratio` times the
-        rows of a periodic one), plus 5 s for the export."""
-        self.reserve = 5.0 + 1.5 * eval_seconds * final_ratio
+    def ask_stop(self, signum, _frame=None) -> None:
+        self.stop_asked = signal.Signals(signum).name
 
-    def seconds_left(self) -> float:
-        return self.deadline - self.reserve - time.time() if self.deadline else float("inf")
-
-    def progress(self, state: "TrainState") -> float:
-        parts = [0.0]
-        if self.deadline and state.plan_seconds:
-            parts.append(state.train_seconds / state.plan_seconds)
-        if self.max_steps:
-            parts.append(state.step / self.max_steps)
-        return max(parts)
-
-    def done(self, state: "TrainState") -> bool:
-        return self.progress(state) >= 1.0 or self.seconds_left() <= 0
+    def reached(self, state: TrainState) -> bool:
+        """The budget is spent (a stop asked for is not a budget)."""
+        return bool(self.deadline and time.time() >= self.deadline
+                    or self.max_steps and state.step >= self.max_steps
+                    or self.max_tokens and state.tokens >= self.max_tokens)
 
 
 class Trainer:
     """One training run: data, model, optimizer, the loop and its checkpoints."""
 
-    def __init__(self, args: argparse.Namespace, corpus: Corpus, run_dir: Path, log):
-        self.args, self.corpus, self.run_dir, self.log = args, corpus, run_dir, log
+    def __init__(self, args: argparse.Namespace, corpus: Corpus, run_dir: Path, log, group: Group | None = None):
+        self.args, self.corpus, self.run_dir = args, corpus, run_dir
+        self.group = group or Group()
+        self.log = log if self.group.leader else (lambda *_: None)
         self.device = torch.device(args.device)
         self.row_len = args.seq_len + 1
         self.config = hf_config(PRESETS[args.preset], corpus.tokenizer.get_vocab_size(),
                                 trained_layouts(args.fim_rate, args.spm_rate))
         torch.manual_seed(args.seed)
         self.model = build_model(self.config, args.experts).to(self.device)
-        self.optimizer = make_optimizer(self.model, args.lr, args.weight_decay, self.device)
+        self.optimizer = make_optimizers(self.model, args.optimizer, args.lr, args.weight_decay, self.device)
         self.balance = BalanceLoss(self.model, PRESETS[args.preset].experts_per_token)
         self.state = TrainState()
-        self.best = None                       # state dict (CPU) of the best held-out loss
-        self.heldout = HeldOut(corpus, self.row_len, self.device, args.batch_size, args.heldout_tokens)
+        self.heldout = HeldOut(corpus, self.row_len, self.device, args.batch_size // self.group.world,
+                               args.heldout_tokens)
+        if args.compile:          # RoPE's complex multiply stays eager inside the compiled step
+            warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
         self.step_fn = torch.compile(self._loss) if args.compile else self._loss
         self.parts = epoch_parts(corpus)
         self.feeder = EpochFeeder(corpus, args.seed, self.row_len, args.fim_rate, args.data_workers,
                                   args.spm_rate, self.parts)
         self.flops_per_token = 6 * active_params(self.config)    # forward + backward, attention aside
+        self.last_checkpoint = time.time()
 
     @property
     def n_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
     # -- checkpoints -----------------------------------------------------------------
-    def _resume_key(self) -> dict:
-        keys = ("preset", "seq_len", "batch_size", "seed", "fim_rate", "spm_rate", "vocab_size")
-        return {k: getattr(self.args, k) for k in keys}
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def run_key(self) -> dict:
+        return {k: getattr(self.args, k) for k in RUN_KEYS}
 
     def save_checkpoint(self) -> None:
-        path = self.run_dir / "checkpoint.pt"
+        """Everything the run needs to go on as if never stopped — model, optimizer, schedule and
+        data cursor (the state), random state, the run's arguments — written atomically (by
+        rank 0: every process holds the same)."""
+        if not self.group.leader:
+            return
+        if self.state.decay_steps:
+            raise RuntimeError("a decay branch is never checkpointed: the run goes on from the stable phase")
+        tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "state": dataclasses.asdict(self.state), "best": self.best,
-                    "key": self._resume_key()}, path.with_suffix(".tmp"))
-        os.replace(path.with_suffix(".tmp"), path)
+                    "state": dataclasses.asdict(self.state), "rng": torch.get_rng_state(),
+                    "key": self.run_key(), "args": {k: str(v) if isinstance(v, Path) else v
+                                                    for k, v in vars(self.args).items()}}, tmp)
+        os.replace(tmp, self.checkpoint_path)
+        self.last_checkpoint = time.time()
 
     def load_checkpoint(self) -> None:
-        path = self.run_dir / "checkpoint.pt"
-        if not path.is_file():
-            raise TrainError(f"--resume: no checkpoint at {path}")
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        if ckpt["key"] != self._resume_key():
-            raise TrainError(f"--resume: the checkpoint was made with {ckpt['key']}, "
-                             f"this command asks for {self._resume_key()}")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.state = TrainState(**ckpt["state"])
-        self.best = ckpt["best"]
-        self.log(f"resumed at step {self.state.step}, {self.state.tokens / 1e6:.2f}M tokens")
+        try:
+            ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+            model, optimizer, state, rng, key = (ckpt[k] for k in ("model", "optimizer", "state", "rng", "key"))
+        except Exception as e:                      # truncated, not a checkpoint, another version
+            raise TrainError(f"the checkpoint {self.checkpoint_path} cannot be read ({type(e).__name__}: {e}); "
+                             f"move it away to start the run again") from None
+        if key != self.run_key():
+            changed = ", ".join(f"{k} {key.get(k)!r} (asked: {v!r})" for k, v in self.run_key().items()
+                                if key.get(k) != v)
+            raise TrainError(f"the run in {self.run_dir} was started with other settings: {changed}; "
+                             f"give the same ones, or another --out to start a new run")
+        self.model.load_state_dict(model)
+        self.optimizer.load_state_dict(optimizer)
+        self.state = TrainState(**state)
+        torch.set_rng_state(rng)
+        self.log(f"resumed {self.run_dir} at step {self.state.step}, {self.state.tokens / 1e6:.2f}M tokens seen")
+
+    def start_from(self, weights: dict, note: str, cursor: dict | None = None) -> None:
+        """Begin the run (step 0 of this optimizer) from other weights, e.g. the bundled model's,
+        and where given from its data cursor and token count."""
+        self.model.load_state_dict(weights)
+        self.state.origin = note
+        if cursor:                                   # the run goes on where that model's stopped
+            self.state.epoch, self.state.row = cursor["epoch"], cursor["row"]
+            self.state.tokens, self.state.step = cursor["tokens"], cursor["steps"]
+            self.state.start_tokens = self.state.tokens
+            self.state.warmup_from = self.state.step
+            self.state.history = list(cursor["history"])
 
     # -- the loop ----------------------------------------------------------------------
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(objective, language-model loss): cross-entropy plus the expert balance term."""
+        """(summed cross-entropy over the targets, expert balance loss) of this process's rows."""
         with autocast(self.device):
             logits = self.model(input_ids=inputs).logits           # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        return loss + self.args.balance_coef * self.balance.pop().to(loss.device), loss.detach()
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+        return loss, self.balance.pop().to(loss.device)
 
     def _batches(self):
         """Batches of rows from the current epoch part and row on; `_step` advances the row."""
@@ -205,115 +222,147 @@ class Trainer:
         while True:
             rows = self.feeder.get(self.state.epoch)
             if len(rows) < B:
-                raise TrainError(f"the corpus gives {len(rows)} rows per epoch, fewer than "
+                raise TrainError(f"the corpus gives {len(rows)} rows per epoch part, fewer than "
                                  f"--batch-size {B}")
             while self.state.row + B <= len(rows):
                 yield rows[self.state.row:self.state.row + B]
             self.state.epoch, self.state.row = self.state.epoch + 1, 0
 
-    def run(self, budget: Budget) -> dict:
-        """Train until the budget is spent, checking the held-out loss on the way; returns the
-        figures of the best weights on the held-out rows of `--final-eval-rows`."""
+    def run(self, budget: Budget) -> str:
+        """The main run (stable phase) until the budget is spent or a stop is asked for;
+        checkpoints every `--checkpoint-minutes` and at the end. Returns why it stopped."""
+        self._evaluate()
+        asked = self._train(lambda: (budget.reached(self.state), budget.stop_asked is not None))
+        self.save_checkpoint()
+        return (budget.stop_asked or "a stop asked for in another process") if asked else "budget"
+
+    def decay(self, steps: int) -> dict:
+        """The decay branch: `steps` more steps with the rate falling to 0, in this process's
+        copy of the state (never checkpointed), then the held-out figures of the result."""
+        self.state.decay_steps, self.state.decay_done = max(1, steps), 0
+        self.log(f"decay branch: {self.state.decay_steps} steps from step {self.state.step}")
+        self._train(lambda: (False, False))
+        if not self.group.leader:
+            return {}
+        final = self.heldout.evaluate(self.model, self.args.final_eval_rows)
+        self.log(f"after the decay branch (step {self.state.step}, {self.state.tokens / 1e6:.2f}M tokens): held-out "
+                 f"{final['bpb']:.3f} bits/byte, loss {final['loss']:.3f}, FIM middle loss "
+                 f"PSM {final['fim_middle_loss_psm']:.3f} SPM {final['fim_middle_loss_spm']:.3f}")
+        self._write_log({"final": {"step": self.state.step, "tokens": self.state.tokens,
+                                   "decay_steps": self.state.decay_steps, **final}})
+        return final
+
+    def _train(self, wants) -> bool:
+        """Steps until the step or token budget is spent, or `wants()` — (the time budget is
+        spent, a stop is asked for) — holds in any process: all stop at the same step. True
+        when a stop was asked for."""
         from tqdm import tqdm
 
         args = self.args
-        if self.state.step == 0 or budget.deadline:
-            self._evaluate(budget)              # also measures what the final check will cost
-        bar = tqdm(total=args.max_steps, initial=self.state.step, unit="step", dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
-        meter = {"tokens": 0, "steps": 0, "start": time.time(), "loss": None}
+        bar = tqdm(initial=self.state.step, unit="step", dynamic_ncols=True, disable=not self.group.leader,
+                   mininterval=1.0 if sys.stderr.isatty() else 60.0, file=sys.stderr)
+        meter = self._new_meter()
         last_eval, tick = self.state.train_seconds, time.time()
+        stop, asked = self._counted_out(), False
         for rows in self._batches():
-            if budget.done(self.state):
+            if stop:
                 break
-            self._step(rows, budget, meter)
+            stop, asked = self._step(rows, meter, wants())
             bar.update(1)
             if self.state.step % args.log_every == 0:
                 bar.set_postfix(self._log_train(meter), refresh=False)
             self.state.train_seconds += time.time() - tick
             tick = time.time()
+            if self.state.decay_steps or not self.group.leader:
+                continue
             if self.state.train_seconds - last_eval >= args.eval_every * 60:
-                self._evaluate(budget)
+                self._evaluate()
                 last_eval = self.state.train_seconds
-                self.state.train_seconds += time.time() - tick
-                tick = time.time()
+            if time.time() - self.last_checkpoint >= args.checkpoint_minutes * 60:
+                self.save_checkpoint()
+            self.state.train_seconds += time.time() - tick
+            tick = time.time()
         bar.close()
-        self.feeder.close()
-        if self.state.history[-1]["step"] != self.state.step:
-            self._evaluate(budget)
-        return self._finish()
+        return asked
 
-    def _step(self, rows: np.ndarray, budget: Budget, meter: dict) -> None:
-        """One optimizer step on a batch of rows (B, T+1)."""
-        self._set_lr(budget)
-        inputs, targets = inputs_targets(rows, self.device)
-        objective, loss = self.step_fn(inputs, targets)
-        objective.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip)
+    def _counted_out(self) -> bool:
+        """The run's step or token budget, or the decay branch, is spent: the same in every
+        process (a time budget or a signal is not, so those travel with the gradients)."""
+        if self.state.decay_steps:
+            return self.state.decay_done >= self.state.decay_steps
+        a = self.args
+        return bool(a.max_steps and self.state.step >= a.max_steps
+                    or a.max_tokens and self.state.tokens >= a.max_tokens)
+
+    def close(self) -> None:
+        self.feeder.close()
+
+    def _lr(self) -> float:
+        if self.state.decay_steps:
+            return self.args.lr * decay_factor(self.state.decay_done, self.state.decay_steps)
+        return self.args.lr * warmup_factor(self.state.step, self.state.warmup_from, self.args.warmup_steps)
+
+    def _step(self, rows: np.ndarray, meter: dict, wants: tuple[bool, bool]) -> tuple[bool, bool]:
+        """One optimizer step on a batch of rows (B, T+1), this process's share of them; the
+        loss is the mean over the whole batch's targets. `wants`: this process's (time budget
+        spent, stop asked for). Returns (stop after this step, a stop was asked for), the same
+        in every process."""
+        self.optimizer.set_lr(self._lr())
+        inputs, targets = inputs_targets(rows[self.group.share(len(rows))], self.device)
+        n_targets = max(1, int((rows[:, 1:] >= 0).sum()))
+        loss_sum, balance = self.step_fn(inputs, targets)
+        (loss_sum / n_targets + self.args.balance_coef * balance / self.group.world).backward()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        extra = [*map(float, wants), float(loss_sum.detach()) / n_targets]
+        spent, asked, loss = self.group.sum_gradients(params, extra)
+        torch.nn.utils.clip_grad_norm_(params, self.args.clip)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         n_tokens = int((rows[:, :-1] >= 0).sum())
         self.state.step += 1
+        self.state.decay_done += bool(self.state.decay_steps)
         self.state.row += len(rows)
         self.state.tokens += n_tokens
         meter["tokens"] += n_tokens
         meter["steps"] += 1
         meter["loss"] = loss if meter["loss"] is None else meter["loss"] + loss
+        return spent > 0 or asked > 0 or self._counted_out(), asked > 0
+
+    @staticmethod
+    def _new_meter() -> dict:
+        cpu = os.times()
+        return {"tokens": 0, "steps": 0, "start": time.time(), "cpu": cpu.user + cpu.system, "loss": None}
 
     def _log_train(self, meter: dict) -> dict:
         """Write a training record and reset the meter; reading the loss back from the device
-        waits for the queued steps, so it happens every `--log-every` steps only."""
-        now = time.time()
+        waits for the queued steps, so it happens every `--log-every` steps only. `cpu` is the
+        share of the machine's cores this process got (1.0: all of them)."""
+        now, times = time.time(), os.times()
         tok_s = meter["tokens"] / (now - meter["start"])
+        cpu = (times.user + times.system - meter["cpu"]) / (now - meter["start"]) / (os.cpu_count() or 1)
         record = {"step": self.state.step, "loss": round(float(meter["loss"]) / meter["steps"], 4),
-                  "tok_s": round(tok_s),
-                  "lr": round(self.optimizer.param_groups[0]["lr"], 6),
+                  "tok_s": round(tok_s), "cpu": round(cpu, 2), "lr": round(self.optimizer.lr, 6),
                   "max_expert_load": round(float(self.balance.max_load), 2),
-                  "epoch": round(self.state.epoch / self.parts, 2), "tokens": self.state.tokens}
+                  "epoch": round(self.state.epoch / self.parts, 3), "tokens": self.state.tokens}
+        if self.state.decay_steps:
+            record["decay"] = f"{self.state.decay_done}/{self.state.decay_steps}"
         if self.device.type == "cuda":
             record["mfu"] = round(self.flops_per_token * tok_s / H200_BF16_FLOPS, 4)
         self._write_log({"train": record})
-        meter.update(tokens=0, steps=0, start=now, loss=None)
-        return {k: record[k] for k in ("loss", "tok_s", "epoch", "mfu") if k in record}
+        meter.update(self._new_meter())
+        return {k: record[k] for k in ("loss", "tok_s", "cpu", "epoch", "mfu") if k in record}
 
-    def _set_lr(self, budget: Budget) -> None:
-        lr = self.args.lr * lr_factor(self.state.step, budget.progress(self.state), self.args.warmup_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    def _evaluate(self, budget: Budget) -> None:
-        """Periodic held-out check on a subset of rows; keeps the best model; checkpoints."""
-        t0 = time.time()
+    def _evaluate(self) -> None:
+        """Periodic held-out check on a subset of rows."""
         figures = self.heldout.evaluate(self.model, self.args.eval_rows)
-        budget.plan_reserve(time.time() - t0, self.heldout.rows(self.args.final_eval_rows)
-                            / self.heldout.rows(self.args.eval_rows))
-        if budget.deadline:                     # the cosine ends where the time budget does
-            self.state.plan_seconds = self.state.train_seconds + max(1.0, budget.seconds_left())
         record = {"step": self.state.step, "tokens": self.state.tokens,
                   "minutes": round(self.state.train_seconds / 60, 2), **figures}
         self.state.history.append(record)
-        if figures["loss"] < self.state.best_loss:
-            self.state.best_loss, self.state.best_step = figures["loss"], self.state.step
-            self.best = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         self._write_log({"eval": record})
-        left = budget.seconds_left()
-        self.log(f"step {self.state.step}: held-out loss {figures['loss']:.3f}, "
+        self.log(f"step {self.state.step}, {self.state.tokens / 1e6:.2f}M tokens: held-out loss {figures['loss']:.3f}, "
                  f"{figures['bpb']:.3f} bits/byte, FIM middle loss PSM {figures['fim_middle_loss_psm']:.3f} "
-                 f"SPM {figures['fim_middle_loss_spm']:.3f}"
-                 + (f" ({left / 60:.1f} min left to train)" if math.isfinite(left) else ""))
-        self.save_checkpoint()
-
-    def _finish(self) -> dict:
-        """Load the best weights and evaluate them on `--final-eval-rows` rows of each held-out
-        set (0: every row)."""
-        self.model.load_state_dict(self.best)
-        final = self.heldout.evaluate(self.model, self.args.final_eval_rows)
-        self.log(f"best step {self.state.best_step}: held-out ({final['targets']} targets) "
-                 f"{final['bpb']:.3f} bits/byte, loss {final['loss']:.3f}, "
-                 f"FIM middle loss PSM {final['fim_middle_loss_psm']:.3f} SPM {final['fim_middle_loss_spm']:.3f}")
-        self._write_log({"final": {"step": self.state.best_step, **final}})
-        return final
+                 f"SPM {figures['fim_middle_loss_spm']:.3f}")
 
     def _write_log(self, record: dict) -> None:
         with open(self.run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({"time": round(time.time()), **record}) + "\n")
