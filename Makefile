@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-user editors-deps vscode demo test test-fast test-editors test-remote bench bench-llamacpp bench-lite clean
+.PHONY: install install-user editors-deps vscode demo test test-fast test-editors test-remote bench bench-llamacpp bench-lite train train-stop train-pause train-resume clean
 
 install: $(STAMP)
 
@@ -73,6 +73,27 @@ bench-llamacpp: install
 bench-lite: install
 	benchmarks/llamacpp/build.sh $(PY)
 	$(PY) benchmarks/lite_slice_bench.py --write docs/benchmarks.md
+
+# The bundled model's training, in the background at the lowest priority (docs/training.md, section 6):
+# the corpus once per machine (~10 minutes), then the run in ~/.cache/latent/runs/small, resumed
+# from its checkpoint. train-stop checkpoints and stops it; pause it while timing a benchmark
+# (the [p] keeps pkill from matching the shell that runs it).
+TRAIN_LOG := $(HOME)/.cache/latent/train.out
+TRAINING  := [p]ython -m model.train
+train: install
+	@mkdir -p $(dir $(TRAIN_LOG))
+	@nohup nice -n 19 sh -c 'test -d $(HOME)/.cache/latent/corpus/files || $(PY) -m model.train corpus; \
+		exec $(PY) -m model.train' >> $(TRAIN_LOG) 2>&1 &
+	@echo "Training in the background: $(TRAIN_LOG), ~/.cache/latent/runs/small/log.jsonl (make train-stop)"
+
+train-stop:
+	@pkill -TERM -f "$(TRAINING)" && echo "Asked the training to checkpoint and stop." || echo "No training is running."
+
+train-pause:
+	@pkill -STOP -f "$(TRAINING)" || true
+
+train-resume:
+	@pkill -CONT -f "$(TRAINING)" || true
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

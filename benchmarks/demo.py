@@ -36,22 +36,27 @@ def save_settings(path, settings):
 '''
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     from completion.service import CompletionService
     from completion.types import Position
     from model.engine import Engine
     from model.loader import BUNDLED_DIR
     from model.loader import ModelLoadError
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=BUNDLED_DIR, help="model folder (default: the bundled model)")
+    folder = parser.parse_args(argv).model.resolve()
     t0 = time.perf_counter()
     try:
-        engine = Engine.load()
+        engine = Engine.load(None if folder == BUNDLED_DIR else folder)
     except ModelLoadError as e:
         print(f"demo: {e}", file=sys.stderr)
         return 2
     load_ms = (time.perf_counter() - t0) * 1e3
     stats = engine.stats()
-    print(f"model: {BUNDLED_DIR.relative_to(Path.cwd()) if BUNDLED_DIR.is_relative_to(Path.cwd()) else BUNDLED_DIR} "
+    print(f"model: {folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else folder} "
           f"({stats['parameters'] / 1e6:.1f}M parameters, {stats['model_type']}, FIM {stats['fim_format']}), "
           f"loaded in {load_ms:.0f} ms")
 

@@ -170,15 +170,15 @@ class CompletionService:
         current = Source(snapshot.uri, _display_path(snapshot), language, snapshot.text,
                          snapshot.version, tree)
         comment = language.comment if language else "#"
-        budget = config.max_prompt_tokens - overhead(fmt, current.path, comment, self._count, self._bos, layout,
-                                                     self._specials)
+        limit = self._prompt_limit(mode)
+        budget = limit - overhead(fmt, current.path, comment, self._count, self._bos, layout, self._specials)
         context = build_context(
             mode, current, cursor, self._other_sources(snapshot.uri), self._related,
             budget=budget, snippet_budget=config.snippet_tokens,
             prefix_fraction=config.prefix_fraction, count=self._count)
         timings["context"], clock = _ms(clock), time.perf_counter()
 
-        prompt = build_prompt(fmt, context, self._count, max_tokens=config.max_prompt_tokens, bos=self._bos,
+        prompt = build_prompt(fmt, context, self._count, max_tokens=limit, bos=self._bos,
                               layout=layout, specials=self._specials)
         plan = postprocess.plan_for(mode, language, tree, cursor, self._format.special_strings)
         params = self._params(mode, plan)
@@ -222,6 +222,18 @@ class CompletionService:
         self._bump("suggestions" if found else "dropped_syntax" if why == "syntax-error" else "dropped_empty")
         return ([found] if found else []), why
 
+    def _prompt_limit(self, mode: str) -> int:
+        """Prompt tokens at most: the configured budget, within the positions the model is made
+        for less the new tokens this mode may add (a small model trained on 1,024-token rows
+        never sees position 2,000)."""
+        context = getattr(self.engine, "context_length", None)
+        if not context:
+            return self.config.max_prompt_tokens
+        return max(64, min(self.config.max_prompt_tokens, context - self._max_new_tokens(mode)))
+
+    def _max_new_tokens(self, mode: str) -> int:
+        return self.config.max_new_tokens_line if mode == "line" else self.config.max_new_tokens_block
+
     def _params(self, mode: str, plan: Plan) -> SamplingParams:
         """The configured sampling with this mode's token limit and stop rules."""
         config = self.config
@@ -232,7 +244,7 @@ class CompletionService:
         end_id = self._format.end_id
         return replace(
             config.sampling,
-            max_new_tokens=config.max_new_tokens_line if mode == "line" else config.max_new_tokens_block,
+            max_new_tokens=self._max_new_tokens(mode),
             stop=stop + plan.specials,
             stop_token_ids=(end_id,) if end_id is not None else (),
         )

@@ -133,6 +133,12 @@ class EngineProtocol(Protocol):
     def languages(self) -> tuple[str, ...]:
         """The language ids the model declares it was trained on; () for any language."""
 
+    @property
+    def context_length(self) -> int | None:
+        """The positions the model is made for (config.json's `max_position_embeddings`: for
+        Latent's own models, the length they were trained at); None when unknown. Prompt and
+        new tokens are kept within it."""
+
     def generate(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
                  cancel: CancelToken | None = None) -> Generation:
         """Start a generation; work happens as the returned Generation is iterated."""

@@ -77,9 +77,11 @@ class FakeEngine:
     model_name = "fake"
 
     def __init__(self, reply: Reply = "", *, tokenizer=None, on_token: Callable[[int], None] | None = None,
-                 fim_layouts: tuple[str, ...] = (), languages: tuple[str, ...] = ()) -> None:
+                 fim_layouts: tuple[str, ...] = (), languages: tuple[str, ...] = (),
+                 context_length: int | None = None) -> None:
         self.tokenizer = tokenizer if tokenizer is not None else FakeTokenizer()
         self.fim_layouts, self.languages = fim_layouts, languages   # what the model declares
+        self.context_length = context_length
         self.requests: list[dict] = []
         self.on_token = on_token   # called before decode step i (tests cancel or block in it)
         self._reply = list(reply) if isinstance(reply, (list, tuple)) else reply

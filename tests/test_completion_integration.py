@@ -54,6 +54,26 @@ def test_budgets_hold_with_the_bundled_tokenizer(budget, line, snippets):
     assert len(tokenizer.encode(prompt, add_bos=tokenizer.add_bos)) <= budget
 
 
+@pytest.mark.skipif(not (BUNDLED / "tokenizer.json").is_file(), reason="model/bundled is not there yet")
+@pytest.mark.parametrize("context", [None, 1024, 400])
+def test_prompts_stay_within_the_positions_the_model_was_trained_for(context):
+    """A model trained on 1,024-token rows declares 1,024 positions: the prompt and the new
+    tokens of a line suggestion fit in them, whatever the configured budget."""
+    tokenizer = _bundled_tokenizer()
+    engine = FakeEngine("x", tokenizer=tokenizer, context_length=context)
+    config = CompletionConfig(max_prompt_tokens=2048, max_new_tokens_line=48)
+    service = CompletionService(engine, config)
+    text, position = cursor_at(_big_file(200) + "def last(value):\n    return █\n" + _big_file(100))
+    service.workspace.open("file:///p/big.py", "python", text, 1, path="big.py")
+    assert service.complete(service.workspace.snapshot("file:///p/big.py"), position).source == "model"
+    request = engine.requests[0]
+    used = len(tokenizer.encode(request["prompt"], add_bos=tokenizer.add_bos))
+    if context is None:
+        assert 1900 < used <= 2048                     # the configured budget, filled
+    else:
+        assert context - 48 - 40 < used <= context - request["max_new_tokens"]
+
+
 _TOKENIZER = []
 
 

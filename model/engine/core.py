@@ -112,6 +112,10 @@ class Engine:
     def languages(self) -> tuple[str, ...]:
         return self.args.languages
 
+    @property
+    def context_length(self) -> int | None:
+        return self.args.max_position_embeddings
+
     def generate(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
                  cancel: CancelToken | None = None) -> Generation:
         tokens = self._tokens(prompt)

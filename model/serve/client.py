@@ -60,6 +60,10 @@ class EngineClient:
     def languages(self) -> tuple[str, ...]:
         return tuple(self.info.get("languages") or ())
 
+    @property
+    def context_length(self) -> int | None:
+        return self.info.get("context_length")
+
     # -- connection -------------------------------------------------------------------------
     def _connect(self) -> None:
         check_socket_path(self.socket_path)   # too long a path: say so, rather than wait for a daemon

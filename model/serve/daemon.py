@@ -188,6 +188,7 @@ class EngineDaemon:
             "fim_format": e.fim_format,
             "fim_layouts": list(e.fim_layouts),
             "languages": list(e.languages),
+            "context_length": getattr(e, "context_length", None),
             "pid": os.getpid(),
             "version": PROTOCOL_VERSION,
         }

@@ -105,6 +105,11 @@ class RemoteEngine:
         """None declared: any language."""
         return ()
 
+    @property
+    def context_length(self) -> int | None:
+        """Unknown: the server refuses what does not fit its own context."""
+        return None
+
     # -- the protocol -----------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
                  cancel: CancelToken | None = None) -> Generation:

@@ -133,7 +133,7 @@ class Trainer:
         self.device = torch.device(args.device)
         self.row_len = args.seq_len + 1
         self.config = hf_config(PRESETS[args.preset], corpus.tokenizer.get_vocab_size(),
-                                trained_layouts(args.fim_rate, args.spm_rate))
+                                trained_layouts(args.fim_rate, args.spm_rate), context=args.seq_len)
         torch.manual_seed(args.seed)
         self.model = build_model(self.config, args.experts).to(self.device)
         self.optimizer = make_optimizers(self.model, args.optimizer, args.lr, args.weight_decay, self.device)
@@ -185,7 +185,7 @@ class Trainer:
         except Exception as e:                      # truncated, not a checkpoint, another version
             raise TrainError(f"the checkpoint {self.checkpoint_path} cannot be read ({type(e).__name__}: {e}); "
                              f"move it away to start the run again") from None
-        if key != self.run_key():
+        if {k: key.get(k) for k in RUN_KEYS} != self.run_key():
             changed = ", ".join(f"{k} {key.get(k)!r} (asked: {v!r})" for k, v in self.run_key().items()
                                 if key.get(k) != v)
             raise TrainError(f"the run in {self.run_dir} was started with other settings: {changed}; "

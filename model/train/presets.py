@@ -46,10 +46,12 @@ PRESETS = {
 
 
 def hf_config(shape: Shape, vocab_size: int, fim_layouts: tuple[str, ...] = ("psm", "spm"),
-              languages: tuple[str, ...] = ("python",)) -> dict:
+              languages: tuple[str, ...] = ("python",), context: int = MAX_POSITIONS) -> dict:
     """config.json in the layout of DeepSeek-Coder-V2-Lite (plus transformers 5's
     `rope_parameters`); greedy softmax routing, no top-k renormalisation, untied head; the FIM
-    layouts and languages it is trained on, which the engine reads (model/config.py)."""
+    layouts and languages it is trained on, which the engine reads (model/config.py), and as
+    `max_position_embeddings` the `context` it is trained at: the completion pipeline keeps
+    prompt and new tokens within it."""
     return {
         "architectures": ["DeepseekV2ForCausalLM"],
         "model_type": "deepseek_v2",
@@ -77,7 +79,7 @@ def hf_config(shape: Shape, vocab_size: int, fim_layouts: tuple[str, ...] = ("ps
         "norm_topk_prob": False,
         "routed_scaling_factor": 1.0,
         "hidden_act": "silu",
-        "max_position_embeddings": MAX_POSITIONS,
+        "max_position_embeddings": context,
         "rope_theta": 10000.0,
         "rope_scaling": None,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -217,6 +218,8 @@ def epoch_rows(corpus: Corpus, seed: int, chunk: int, row_len: int, fim_rate: fl
 
 def _start_worker() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"   # one core per worker process
+    for sig in (signal.SIGINT, signal.SIGTERM):       # a stop is the training process's to handle:
+        signal.signal(sig, signal.SIG_IGN)            # it shuts the pool down
 
 
 @functools.lru_cache(maxsize=1)
@@ -274,7 +277,9 @@ class EpochFeeder:
         return rows
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """Stop building: a part being built is finished first (seconds), so the pool's
+        processes exit cleanly."""
+        self.pool.shutdown(wait=isinstance(self.pool, ProcessPoolExecutor), cancel_futures=True)
 
     def _build(self, epoch: int) -> np.ndarray:
         return epoch_rows(self.corpus, self.seed, epoch, self.row_len, self.fim_rate, self.spm_rate, self.parts)
