@@ -72,6 +72,8 @@ def test_two_processes_train_as_one_does(corpus_dir, tmp_path):
     assert main([*argv(corpus_dir, two, "--max-steps", "6", "--balance-coef", "0"), "--procs", "2"]) == 0
     a, b = checkpoint(one), checkpoint(two)
     assert a["state"]["tokens"] == b["state"]["tokens"] and b["args"]["procs"] == 2
+    logs = [(out / "log.jsonl").read_text().splitlines() for out in (one, two)]
+    assert [len(log) for log in logs[1:]] == [len(logs[0])]          # rank 0 alone logs and evaluates
     for name, tensor in a["model"].items():
         assert torch.allclose(tensor, b["model"][name], rtol=1e-3, atol=1e-5), name
 

@@ -282,7 +282,7 @@ def export_main(argv: list[str]) -> int:
     try:
         saved = _run_args(out)
         args = parse_args([])
-        vars(args).update(saved, out=out, compile=saved.get("compile", False), procs=1,
+        vars(args).update(saved, out=out, compile=False, procs=1,   # compiling (~1 min) does not pay for a branch
                           threads=os.cpu_count() or 1)
         for name in ("decay", "decay_steps", "final_eval_rows", "threads"):
             if getattr(ours, name) is not None:

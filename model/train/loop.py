@@ -353,7 +353,10 @@ class Trainer:
         return {k: record[k] for k in ("loss", "tok_s", "cpu", "epoch", "mfu") if k in record}
 
     def _evaluate(self) -> None:
-        """Periodic held-out check on a subset of rows."""
+        """Periodic held-out check on a subset of rows, by rank 0 (the others wait for it at
+        the next gradient exchange)."""
+        if not self.group.leader:
+            return
         figures = self.heldout.evaluate(self.model, self.args.eval_rows)
         record = {"step": self.state.step, "tokens": self.state.tokens,
                   "minutes": round(self.state.train_seconds / 60, 2), **figures}
@@ -364,5 +367,7 @@ class Trainer:
                  f"SPM {figures['fim_middle_loss_spm']:.3f}")
 
     def _write_log(self, record: dict) -> None:
+        if not self.group.leader:
+            return
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps({"time": round(time.time()), **record}) + "\n")
