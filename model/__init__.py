@@ -8,7 +8,8 @@ attention, absorbed and naive), `moe.py` (routing and experts), `transformer.py`
 `fim.py` (each family's FIM tokens and layouts, the one renderer).
 
 What everything above relies on: `protocol.py` (the engine protocol every backend implements)
-and `params.py` (`SamplingParams`, `RuntimeConfig`), whose fields are `options.py` options.
+and `params.py` (`SamplingParams`, `RuntimeConfig`), whose fields are `options.py` options;
+`private_files.py` writes and reads the files only this user may see (the daemon's key, its cache).
 
 Rooms of their own:
 - `engine/` — the in-process engine (radix cache, live buffer, generation, persistence);

@@ -3,12 +3,13 @@ error is one line on stderr with exit status 2; `--help` works everywhere."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from lsp_helpers import ROOT, expected, model_path, server_env
+from lsp_helpers import ROOT, THREADS, expected, model_path, server_env
 from lsp_server.cli import main
 
 CANDIDATES = ("hello world\nthe quick brown fox ", "x = [1, 2, 3]\nprint(x)\n", "import os\n\nfor name in ")
@@ -166,3 +167,35 @@ def test_info_names_its_config_file_and_the_prompt_settings(tmp_path):
     rows = dict(line.split(None, 1) for line in done.stdout.splitlines() if line.strip())
     assert rows["config"] == f"{config} (read)"
     assert rows["prompt"].startswith("1024 tokens, 75% before the cursor")
+
+
+@pytest.mark.slow
+def test_complete_exits_cleanly_while_the_compiled_step_loads_on_a_busy_machine(tmp_path, monkeypatch):
+    """Issue #20: with a compiled decode step in the cache, a `latent complete` that exits at once
+    (a skip: the cursor inside a word; or the spm layout) aborted with "terminate called without
+    an active exception" (status 134): the loader thread was still inside a PyTorch call when
+    the interpreter finalized. Two busy loops beside it make the race show every time."""
+    from model.engine import Engine
+    from model.params import RuntimeConfig
+
+    env = {**server_env(tmp_path), "LATENT_COMPILE": "true"}
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])   # the folder the command reads
+    compiled = Engine.load(model_path(), RuntimeConfig(threads=THREADS, compile=True))
+    assert compiled.forward.wait(timeout=600), compiled.forward.state
+    [package] = (tmp_path / "xdg-cache" / "latent" / "compiled").glob("*.pt2")
+    os.utime(package, (1, 1))                  # a run that loads it touches it again
+
+    (tmp_path / "word.py").write_text('import os\nx = os.path.join("a", "b")\n')
+    (tmp_path / "spm.py").write_text("import os\n\ndef f(a, b):\n    return a\n")
+    runs = [["word.py:2:10"], ["--set", "fim_layout=spm", "spm.py:4:5"]] * 2
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        for args in runs:
+            done = subprocess.run([sys.executable, "-m", "lsp_server", "complete", *args, *_model_args()],
+                                  capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+            assert done.returncode == 0, (args, done.returncode, done.stderr[-500:])
+    finally:
+        for loop in busy:
+            loop.kill()
+            loop.wait()
+    assert package.stat().st_mtime > 1         # the runs did load the compiled step (the race was run)

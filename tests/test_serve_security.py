@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import re
 import resource
@@ -25,6 +26,7 @@ import pytest
 
 from daemon_helpers import raw_connection
 from model.params import RuntimeConfig, SamplingParams
+from model.private_files import partial_path
 from model.protocol import CancelToken, Generation, GenerationStats
 from model.serve.cli import main as engine_cli
 from model.serve.client import EngineClient, daemon_argv
@@ -486,3 +488,104 @@ def test_a_socket_path_over_the_limit_is_one_sentence_when_serving(tmp_path, cap
     assert engine_cli(["serve", "--socket", str(path), "--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "a Unix socket path must be shorter than" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the saved cache (issue #20): no link followed, no planted file reused, read or loaded
+
+CACHED = "def add(a, b):\n    return a + b\n"
+
+
+def _serve_once(engine, tmp_path, persist) -> int:
+    """A daemon keeping its cache in `persist`: one generation, then a stop (which saves);
+    the prompt tokens that generation reused."""
+    d = EngineDaemon(engine, tmp_path / "keep.sock", persist=persist)
+    d.bind()
+    t = threading.Thread(target=d.serve_forever, daemon=True)
+    t.start()
+    try:
+        generation = EngineClient(d.socket_path).generate(CACHED, SamplingParams(max_new_tokens=2))
+        generation.run()
+    finally:
+        d.stop()
+        t.join(timeout=30)
+    assert not t.is_alive()
+    return generation.stats.reused_tokens
+
+
+def _a_saved_cache(engine, tmp_path) -> bytes:
+    folder = tmp_path / "made"
+    folder.mkdir(mode=0o700)
+    engine.clear_cache()
+    _serve_once(engine, folder, folder / "cache.msgpack")
+    engine.clear_cache()
+    return (folder / "cache.msgpack").read_bytes()
+
+
+def _said(caplog, start: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(start)]
+
+
+def test_a_link_planted_where_the_cache_is_written_is_not_followed(engine, tmp_path, caplog):
+    caplog.set_level(logging.INFO, "latent.engine")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the owner's file\n")
+    saved = tmp_path / "cache.msgpack"
+    partial_path(saved).symlink_to(victim)
+    engine.clear_cache()
+    _serve_once(engine, tmp_path, saved)
+    assert victim.read_text() == "the owner's file\n"
+    assert partial_path(saved).is_symlink() and not saved.exists()
+    assert _said(caplog, "could not save the cache") == [
+        f"could not save the cache to {saved}: {partial_path(saved)} is in the way and is not a file of this "
+        f"user; it was left alone."]
+
+
+def test_a_file_planted_at_the_temporary_name_is_replaced_not_written_through(engine, tmp_path):
+    saved = tmp_path / "cache.msgpack"
+    planted = partial_path(saved)
+    planted.write_bytes(b"")
+    os.chmod(planted, 0o644)                      # readable by others, and held open by one
+    with open(planted, "rb") as handle:
+        engine.clear_cache()
+        _serve_once(engine, tmp_path, saved)
+        assert handle.read() == b""               # the cache went to a new file, not this one
+    assert stat.S_IMODE(os.stat(saved).st_mode) == 0o600 and not planted.exists()
+    engine.clear_cache()
+    assert _serve_once(engine, tmp_path, saved) > 0   # and it is the cache: restored at the next start
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o770])
+def test_a_cache_in_a_folder_others_can_write_is_neither_loaded_nor_written(engine, tmp_path, caplog, mode):
+    data = _a_saved_cache(engine, tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, mode)                        # /tmp is 1777: the sticky bit does not make it safe
+    saved = shared / "cache.msgpack"
+    saved.write_bytes(data)                       # a valid cache, as one planted there would be
+    os.chmod(saved, 0o600)
+    caplog.set_level(logging.INFO, "latent.engine")
+    assert _serve_once(engine, tmp_path, saved) == 0   # served, from an empty cache
+    assert saved.read_bytes() == data and sorted(os.listdir(shared)) == ["cache.msgpack"]
+    assert _said(caplog, "not keeping the cache") == [
+        f"not keeping the cache across restarts: The folder {shared} can be written by other users (mode {mode:04o})"]
+    assert not _said(caplog, "restored") and not _said(caplog, "saved")
+
+
+@pytest.mark.parametrize("planted", ["readable by others", "owned by another user"])
+def test_a_cache_file_that_is_not_ours_alone_is_not_loaded(engine, tmp_path, caplog, planted):
+    saved = tmp_path / "cache.msgpack"
+    saved.write_bytes(_a_saved_cache(engine, tmp_path))
+    if planted == "readable by others":
+        os.chmod(saved, 0o644)
+        reason = f"{saved} can be read or written by other users (mode 0644)"
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("giving a file to another user needs root")
+        os.chmod(saved, 0o600)
+        os.chown(saved, 65534, 65534)
+        reason = f"{saved} is not a file of this user"
+    caplog.set_level(logging.INFO, "latent.engine")
+    assert _serve_once(engine, tmp_path, saved) == 0
+    assert _said(caplog, "not restoring the cache") == [f"not restoring the cache: {reason}"]
+    assert os.stat(saved).st_uid == os.geteuid() and stat.S_IMODE(os.stat(saved).st_mode) == 0o600   # saved anew

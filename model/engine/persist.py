@@ -2,17 +2,19 @@
 
 A saved file is only valid for the same weights, dtype and quantization: `fingerprint` hashes
 them, and `load` ignores a file whose fingerprint or row dtype differs (or that cannot be
-read) — a stale cache is never an error, just an empty start.
+read) — a stale cache is never an error, just an empty start. A cache is kept only where no
+other user can plant or read it (private_files.py): `save` and `load` raise PermissionError, one
+sentence, for a folder others can write, and `load` for a file that is not this user's alone.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import msgpack
 import torch
 
+from ..private_files import read_private, unsafe_folder, write_private
 from .radix import LatentCache
 
 VERSION = 1
@@ -33,6 +35,7 @@ def fingerprint(model_dir: Path | None, dtype: str, quantize: str | None) -> str
 
 def save(cache: LatentCache, path: Path, stamp: str, row_dtype: torch.dtype, max_bytes: int) -> int:
     """Write the most recently used cached sequences (0600, atomically); returns tokens saved."""
+    _check_folder(path)
     entries = cache.hottest(max_bytes)
     payload = {
         "version": VERSION, "fingerprint": stamp, "dtype": str(row_dtype),
@@ -40,17 +43,17 @@ def save(cache: LatentCache, path: Path, stamp: str, row_dtype: torch.dtype, max
                      "rows": rows.cpu().contiguous().view(torch.uint8).numpy().tobytes()}
                     for tokens, rows in entries],
     }
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_bytes(msgpack.packb(payload, use_bin_type=True))
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    write_private(Path(path), msgpack.packb(payload, use_bin_type=True))
     return sum(len(t) for t, _ in entries)
 
 
 def load(cache: LatentCache, path: Path, stamp: str, row_dtype: torch.dtype, device: torch.device) -> int:
     """Restore a saved cache made with the same weights; returns tokens restored (0: none)."""
+    _check_folder(path)
     try:
-        payload = msgpack.unpackb(Path(path).read_bytes(), raw=False)
+        payload = msgpack.unpackb(read_private(Path(path)), raw=False)
+    except PermissionError:
+        raise
     except (OSError, ValueError, msgpack.UnpackException):
         return 0
     if not isinstance(payload, dict) or payload.get("fingerprint") != stamp \
@@ -62,3 +65,9 @@ def load(cache: LatentCache, path: Path, stamp: str, row_dtype: torch.dtype, dev
         rows = rows.view(row_dtype).reshape(entry["shape"]).to(device)
         restored += cache.insert(entry["tokens"], rows)
     return restored
+
+
+def _check_folder(path: Path) -> None:
+    problem = unsafe_folder(Path(path).parent)
+    if problem:
+        raise PermissionError(problem)

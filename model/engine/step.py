@@ -25,6 +25,13 @@ keystroke never waits for it. One compile runs at a time on a machine (a lock fi
 started together share one), and the child dies with its parent. If anything fails, one log
 line says so and eager stays. While the step runs compiled the engine does not draft
 (core.py `_speculate`): an eager verification of several tokens costs ~8 compiled steps.
+
+At exit (atexit, before the interpreter finalizes) a pending compile is dropped, the child
+killed and a load in progress waited for. A daemon thread still inside a PyTorch call when
+Python finalizes is ended by pthread_exit as it retakes the GIL, and that unwinding through
+pybind11's noexcept gil_scoped_release destructor calls std::terminate: a process exiting while
+the step loads (a `latent complete` that skips) died of SIGABRT, "terminate called without an
+active exception".
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import torch
@@ -55,6 +63,7 @@ CHECK_TOLERANCE = 1e-4          # compiled against eager logits and rows on the 
 KEEP_DAYS = 30                  # cached libraries unused this long are deleted
 _SOURCES = ("transformer.py", "mla.py", "moe.py", "rope.py", "config.py", "engine/step.py")
 _children: set[subprocess.Popen] = set()
+_pending: weakref.WeakSet = weakref.WeakSet()   # Forwards whose compile or load may still run
 
 
 class Forward:
@@ -69,6 +78,8 @@ class Forward:
         self._done = threading.Event()
         self._done.set()                      # nothing to wait for until a compile is asked for
         self._hurry = threading.Event()       # set by wait(): skip the delay
+        self._closed = threading.Event()      # set by close(): start no compile, no load
+        self._in_torch = threading.Lock()     # held while the loader thread calls into PyTorch
 
     def __call__(self, tokens: torch.Tensor, cache: torch.Tensor, absorbed: bool,
                  all_logits: bool = False) -> torch.Tensor:
@@ -84,6 +95,7 @@ class Forward:
         folder, else compile it in a child process after COMPILE_DELAY; returns at once."""
         self.state = "waiting"
         self._done.clear()
+        _pending.add(self)
         threading.Thread(target=self._get, args=(Path(model_dir), runtime, threads),
                          name="latent-compile", daemon=True).start()
 
@@ -94,6 +106,14 @@ class Forward:
         self._done.wait(timeout)
         return self._compiled is not None
 
+    def close(self) -> None:
+        """Drop a compile not yet started and wait for a load in progress (milliseconds): after
+        this the loader thread makes no PyTorch call. A compiled step already taken stays."""
+        self._closed.set()
+        self._hurry.set()
+        with self._in_torch:
+            pass
+
     def _get(self, model_dir: Path, runtime: RuntimeConfig, threads: int) -> None:
         t0 = time.perf_counter()
         length = runtime.max_context
@@ -102,20 +122,30 @@ class Forward:
             package = cache_folder() / f"{_key(model_dir, runtime, threads)}.pt2"
             if not package.is_file():
                 self._hurry.wait(COMPILE_DELAY)
+                if self._closed.is_set():
+                    self.state = "eager"
+                    return
                 self.state = "compiling"
                 with _locked(package.parent / "compile.lock"):   # one compile at a time on this machine
-                    if not package.is_file():
+                    if not package.is_file() and not self._closed.is_set():
                         _compile_in_child(model_dir, runtime, threads, package)
                         _prune(package.parent)
-            step = load_step(self.model, package)
-            check_step(self.model, step, length)
-            os.utime(package)                                  # recently used: kept by _prune
+            with self._in_torch:
+                if self._closed.is_set():
+                    self.state = "eager"
+                    return
+                step = load_step(self.model, package)
+                check_step(self.model, step, length)
+                os.utime(package)                              # recently used: kept by _prune
             self.compile_seconds = time.perf_counter() - t0
             row = self.model.args.latent_dim
             self._lengths, self._strides = range(2, length), (length * row, row, 1)   # views of the live buffer
             self._compiled, self.state = step, "compiled"
             log.info("The decode step runs compiled (%.1f s to get it).", self.compile_seconds)
         except Exception as e:   # no compiler, an unsupported operation, a mismatch: eager it is
+            if self._closed.is_set():                          # the child was killed at exit
+                self.state = "eager"
+                return
             self.state = "failed"
             if package is not None:
                 package.unlink(missing_ok=True)                # never reuse a library that failed
@@ -270,12 +300,17 @@ def _compile_in_child(model_dir: Path, runtime: RuntimeConfig, threads: int, pac
 
 
 @atexit.register
-def _kill_children() -> None:
+def _stop_at_exit() -> None:
+    """Kill compiling children and close every Forward still loading (see the module's notes)."""
+    for forward in list(_pending):
+        forward._closed.set()
     for child in list(_children):
         try:
             os.killpg(child.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    for forward in list(_pending):
+        forward.close()
 
 
 def die_with_parent() -> None:

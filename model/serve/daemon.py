@@ -6,7 +6,8 @@ malformed or oversized frame gets an error reply and closes that connection; the
 serving the others. Generations run one at a time on a worker thread, in the order the
 FairScheduler (scheduler.py) hands them out — the HTTP face's requests too, one client per
 HTTP connection. At exit the daemon saves the hottest cache entries to its `persist` file,
-and restores them at its next start.
+and restores them at its next start — only where no other user can write the folder
+(private_files.py); elsewhere one log line says so and it serves without persistence.
 
 No client can hold up the others: each has at most MAX_QUEUED generations waiting, prompts
 have size limits (framing.py), a client that leaves a reply unread for SEND_TIMEOUT seconds
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 from model.params import SamplingParams
+from model.private_files import unsafe_folder
 
 from .connection import Connection
 from .framing import (MAX_PROMPT_CHARS, MAX_PROMPT_IDS, PROTOCOL_VERSION, AcceptBackoff, RPCError, check_socket_path,
@@ -72,9 +74,7 @@ class EngineDaemon:
     def serve_forever(self) -> None:
         if self._server is None:
             self.bind()
-        if self.persist is not None and self.persist.is_file():
-            restored = self.engine.load_cache(self.persist)
-            log.info("restored %d cached tokens from %s", restored, self.persist)
+        self._restore_cache()
         threading.Thread(target=self._work, name="latent-engine-worker", daemon=True).start()
         log.info("engine daemon serving %s at %s", getattr(self.engine, "model_name", "?"), self.socket_path)
         backoff = AcceptBackoff(f"engine daemon at {self.socket_path}")
@@ -116,6 +116,24 @@ class EngineDaemon:
             pass
         for client in list(self._clients):
             client.drop()
+
+    def _restore_cache(self) -> None:
+        """Load the saved cache, where no other user can have planted it; where they could,
+        say so once and serve without persistence."""
+        if self.persist is None:
+            return
+        problem = unsafe_folder(self.persist.parent)
+        if problem is not None and self.persist.parent.exists():
+            log.warning("not keeping the cache across restarts: %s", problem.rstrip("."))
+            self.persist = None
+            return
+        if not self.persist.exists():
+            return
+        try:
+            restored = self.engine.load_cache(self.persist)
+            log.info("restored %d cached tokens from %s", restored, self.persist)
+        except PermissionError as e:
+            log.warning("not restoring the cache: %s", str(e).rstrip("."))
 
     def _save_cache(self) -> None:
         if self.persist is None:

@@ -11,10 +11,10 @@ Imports no torch.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from pathlib import Path
 
+from ..private_files import write_private
 from .framing import default_socket_path, socket_alive
 
 
@@ -49,8 +49,8 @@ def key_path(socket_path: Path) -> Path:
 def publish(socket_path: Path, key: str, where: str) -> Path:
     """Write the key and the face's address beside the socket, readable by this user only;
     returns the key file."""
-    _write_private(key_path(socket_path), key + "\n")
-    _write_private(Path(socket_path).with_suffix(".http"), where + "\n")
+    write_private(key_path(socket_path), (key + "\n").encode())
+    write_private(Path(socket_path).with_suffix(".http"), (where + "\n").encode())
     return key_path(socket_path)
 
 
@@ -74,11 +74,3 @@ def local_key(host: str, port: int | None) -> str | None:
         return None
     return key
 
-
-def _write_private(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.replace(partial, path)
