@@ -206,7 +206,7 @@ def test_train_end_to_end_writes_a_folder_transformers_loads(tiny_corpus, tmp_pa
     out = tmp_path / "run"
     argv = ["--corpus-dir", str(tiny_corpus), "--vocab-size", "600", "--preset", "tiny",
             "--seq-len", "128", "--batch-size", "8", "--minutes", "0.25", "--eval-every", "0.05",
-            "--log-every", "5", "--threads", "2", "--no-compile", "--out", str(out)]
+            "--log-every", "5", "--threads", "2", "--no-compile", "--decay-steps", "2", "--out", str(out)]
     assert main(argv) == 0
     folder = out / "model"
     names = sorted(p.name for p in folder.iterdir())

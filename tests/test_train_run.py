@@ -112,7 +112,21 @@ def test_a_corrupt_checkpoint_is_one_readable_error_and_is_left_alone(corpus_dir
     assert main(argv(corpus_dir, out, "--max-steps", "4", "--seed", "3")) == 2     # another run's settings
 
 
-def test_without_a_checkpoint_a_run_starts_from_the_bundled_model_and_its_cursor(corpus_dir, tmp_path,
+def test_a_run_refuses_a_corpus_cache_tokenised_otherwise(corpus_dir, tmp_path, capsys):
+    out, other = tmp_path / "run", tmp_path / "other"
+    assert main(argv(corpus_dir, out, "--max-steps", "2")) == 0
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    for path in sorted(corpus_dir.iterdir())[:8]:
+        shutil.copyfile(path, fewer / path.name)
+    assert main(argv(fewer, other, "--prepare-only")) == 0        # same vocabulary size, another tokenizer
+    capsys.readouterr()
+    assert main([*argv(corpus_dir, out, "--max-steps", "4"), "--corpus-cache", str(other / "corpus")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another corpus cache or tokenizer" in err[0]
+
+
+def test_without_a_checkpoint_a_run_starts_from_committed_weights_and_their_cursor(corpus_dir, tmp_path,
                                                                                   monkeypatch, capsys):
     import model.train.start as start
 
@@ -124,6 +138,7 @@ def test_without_a_checkpoint_a_run_starts_from_the_bundled_model_and_its_cursor
 
     # a new machine: no run folder; the committed model is the one just exported
     monkeypatch.setattr(start, "bundled_dir", lambda: exported)
+    monkeypatch.setattr(start, "resume_dir", lambda: tmp_path / "no-resume-folder")
     second = tmp_path / "second"
     capsys.readouterr()
     assert main(argv(corpus_dir, second, "--max-steps", "9")) == 0
@@ -135,6 +150,23 @@ def test_without_a_checkpoint_a_run_starts_from_the_bundled_model_and_its_cursor
     state = checkpoint(second)["state"]
     assert state["step"] == 9 and state["tokens"] > note["tokens"] and state["warmup_from"] == 8
     assert corpus.tokenizer.get_vocab_size() == 600
+
+    # the session's candidate did not beat the bundled model: its stable weights are committed
+    # instead (model/train/resume), and the next machine goes on from them, the furthest trained
+    from model.train.cli import export_main
+
+    resume = tmp_path / "resume"
+    assert export_main(["--out", str(second), "--decay", "0", "--to", str(resume)]) == 0
+    monkeypatch.setattr(start, "resume_dir", lambda: resume)
+    fourth = tmp_path / "fourth"
+    capsys.readouterr()
+    assert main(argv(corpus_dir, fourth, "--max-steps", "10")) == 0
+    said = capsys.readouterr().out
+    assert "starting from the last session's stable-phase weights" in said
+    assert checkpoint(fourth)["state"]["warmup_from"] == 9
+    stable = checkpoint(second)["model"]
+    started = json.loads((resume / "training.json").read_text())
+    assert started["steps"] == 9 and started["decay_steps"] == 0 and "lm_head.weight" in stable
 
     # a run of another shape does not start from it, and says why
     third = tmp_path / "third"

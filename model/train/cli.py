@@ -18,7 +18,7 @@ from model.train.loop import Budget, Trainer
 from model.train.parallel import joined, launch
 from model.train.presets import PRESETS, hf_config
 from model.train.samples import trained_layouts
-from model.train.start import bundled_start, bundled_tokenizer, default_run_dir, write_training_note
+from model.train.start import committed_start, default_run_dir, start_tokenizer, write_training_note
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,9 +39,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--decay-steps", type=int, help="length of the decay branch in steps (overrides --decay)")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0,
                    help="minutes between checkpoints (default %(default)s; also on SIGTERM / SIGINT)")
-    p.add_argument("--init", choices=["auto", "bundled", "random"], default="auto",
-                   help="weights of a run with no checkpoint: the bundled model's when it has the preset's "
-                   "shape (auto), or random (default %(default)s)")
+    p.add_argument("--init", choices=["auto", "committed", "random"], default="auto",
+                   help="weights of a run with no checkpoint: committed ones of the preset's shape (the bundled "
+                   "model or model/train/resume, whichever has seen more tokens) when there are any (auto) or "
+                   "required (committed), or random (default %(default)s)")
     p.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw",
                    help="AdamW, or Muon for the hidden matrices with AdamW for the rest (default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast)")
@@ -157,7 +158,7 @@ def default_corpus_dir() -> Path:
 
 def get_corpus(args: argparse.Namespace, log) -> Corpus:
     """The corpus cache to train on: --corpus-cache, else OUT/corpus (made if missing, or
-    made again with --prepare-only), tokenised with the bundled model's tokenizer when the run
+    made again with --prepare-only), tokenised with the committed model's tokenizer when the run
     will start from that model."""
     if args.corpus_cache:
         corpus = load_corpus(args.corpus_cache.expanduser())
@@ -168,7 +169,7 @@ def get_corpus(args: argparse.Namespace, log) -> Corpus:
         if not source.is_dir():
             raise TrainError(f"corpus folder {source} does not exist")
         layouts = trained_layouts(args.fim_rate, args.spm_rate)
-        tokenizer = (bundled_tokenizer(hf_config(PRESETS[args.preset], args.vocab_size, layouts))
+        tokenizer = (start_tokenizer(hf_config(PRESETS[args.preset], args.vocab_size, layouts))
                      if args.init != "random" else None)
         return prepare_corpus(source, args.out / "corpus", args.vocab_size, log, args.max_mib,
                               args.tokenizer_mb, tokenizer)
@@ -179,17 +180,17 @@ def get_corpus(args: argparse.Namespace, log) -> Corpus:
 
 
 def start_run(trainer: Trainer, args: argparse.Namespace, log) -> None:
-    """Resume from the run folder's checkpoint, or begin: from the bundled model if it has this
-    run's shape and tokenizer (and `--init` allows), else from random weights; says which."""
+    """Resume from the run folder's checkpoint, or begin: from committed weights with this run's
+    shape and tokenizer (and `--init` allows), else from random weights; says which."""
     if trainer.checkpoint_path.is_file():
         trainer.load_checkpoint()
         return
     if args.init == "random":
         note = "random weights (--init random)"
     else:
-        weights, note, cursor = bundled_start(trainer.config, trainer.corpus, args.seed)
-        if weights is None and args.init == "bundled":
-            raise TrainError(f"--init bundled: cannot start from {note.split(': ', 1)[1]}")
+        weights, note, cursor = committed_start(trainer.config, trainer.corpus, args.seed)
+        if weights is None and args.init == "committed":
+            raise TrainError(f"--init committed: cannot start from {note.split(': ', 1)[1]}")
         if weights is not None:
             trainer.start_from(weights, note, cursor)
     trainer.state.origin = note
@@ -218,6 +219,7 @@ def train(args: argparse.Namespace, argv: list[str], log=print) -> int:
         group, children = launch(argv, args.procs, args.out, args.threads)
     trainer = Trainer(args, corpus, args.out, log, group)
     start_run(trainer, args, log)
+    trainer.state.commands.append([trainer.state.step, command])
     log(f"model: preset {args.preset}, {trainer.n_params:,} parameters, {args.optimizer}; device {args.device}, "
         f"{group.world} × {torch.get_num_threads()} threads, compile {args.compile}; batch {args.batch_size} × "
         f"{args.seq_len}; held-out {trainer.heldout.tokens:,} tokens; start-up {time.time() - started:.0f} s")
@@ -284,7 +286,9 @@ def export_main(argv: list[str]) -> int:
         args = parse_args([])
         vars(args).update(saved, out=out, compile=False, procs=1,   # compiling (~1 min) does not pay for a branch
                           threads=os.cpu_count() or 1)
-        for name in ("decay", "decay_steps", "final_eval_rows", "threads"):
+        if ours.decay is not None:              # a share asked for here wins over the run's own length
+            args.decay, args.decay_steps = ours.decay, None
+        for name in ("decay_steps", "final_eval_rows", "threads"):
             if getattr(ours, name) is not None:
                 setattr(args, name, getattr(ours, name))
         if args.threads:

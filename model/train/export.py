@@ -183,13 +183,12 @@ every token, plus a {args.balance_coef} × expert balance loss.
 
 ## Training
 ```
-{command}
+{_commands(state, command)}
 ```
 Device {args.device}, seed {args.seed}, batch {args.batch_size} × {args.seq_len}, {_optimizer_note(args)},
 gradient clipping {args.clip}. The schedule is warmup–stable–decay: {args.warmup_steps} warm-up steps
-(again after each fresh optimizer), a constant rate, and these weights come out of a decay branch
-of {state.decay_steps} steps (the rate falling as 1 − √progress to 0) taken from the stable run at
-step {state.step - state.decay_steps}. Started from {state.origin}. {state.step} steps in all,
+(again after each fresh optimizer), a constant rate, and {_branch_note(state)}
+Started from {state.origin}. {state.step} steps in all,
 **{state.tokens / 1e6:.1f}M tokens seen** ({state.epoch / trainer.parts:.2f} epochs of {tr['tokens'] / 1e6:.1f}M
 training tokens); {speed}. The curve's held-out figures come from
 {_rows_note(args.eval_rows)}; FIM columns are nats per middle token.
@@ -208,6 +207,20 @@ into windows as plain text, as PSM and as SPM samples:
 
 Single-line HumanEval infilling: see `docs/benchmarks.md` (`benchmarks/humaneval_infill.py`).
 {_report_appendix(trainer.corpus.root)}"""
+
+
+def _branch_note(state) -> str:
+    if not state.decay_steps:
+        return ("these are the stable phase's weights, with no decay branch: what a run goes on from, not "
+                "a model to complete code with.")
+    return (f"these weights come out of a decay branch of {state.decay_steps} steps (the rate falling as "
+            f"1 − √progress to 0) taken from the stable run at step {state.step - state.decay_steps}.")
+
+
+def _commands(state, command: str) -> str:
+    """The commands that trained the run (from the step each began at), then the export's."""
+    lines = [f"{cmd}    # from step {step}" for step, cmd in state.commands]
+    return "\n".join([*lines, command] if command not in (c for _, c in state.commands) else lines)
 
 
 def _optimizer_note(args) -> str:

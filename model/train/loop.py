@@ -24,6 +24,7 @@ from model.train.optim import decay_factor, make_optimizers, warmup_factor
 from model.train.parallel import Group
 from model.train.presets import PRESETS, build_model, hf_config
 from model.train.samples import EpochFeeder, epoch_parts, trained_layouts
+from model.train.start import corpus_identity
 
 
 H200_BF16_FLOPS = 989e12       # dense bf16 peak of an H200 (SXM), the model FLOPs utilisation's yardstick
@@ -96,6 +97,7 @@ class TrainState:
     origin: str = "random weights"   # where the weights came from before step 0 of this run
     start_tokens: int = 0            # tokens seen before this run (by the model it started from)
     history: list = field(default_factory=list)   # one dict per evaluation
+    commands: list = field(default_factory=list)  # [step, command] of each command that trained the run
 
 
 # The arguments that define a run: a checkpoint made with others cannot be resumed by this command.
@@ -173,8 +175,8 @@ class Trainer:
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "state": dataclasses.asdict(self.state), "rng": torch.get_rng_state(),
-                    "key": self.run_key(), "args": {k: str(v) if isinstance(v, Path) else v
-                                                    for k, v in vars(self.args).items()}}, tmp)
+                    "key": self.run_key(), "corpus": corpus_identity(self.corpus),
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()}}, tmp)
         os.replace(tmp, self.checkpoint_path)
         self.last_checkpoint = time.time()
 
@@ -190,6 +192,9 @@ class Trainer:
                                 if key.get(k) != v)
             raise TrainError(f"the run in {self.run_dir} was started with other settings: {changed}; "
                              f"give the same ones, or another --out to start a new run")
+        if ckpt.get("corpus", corpus_identity(self.corpus)) != corpus_identity(self.corpus):
+            raise TrainError(f"the run in {self.run_dir} was trained on another corpus cache or tokenizer than "
+                             f"{self.corpus.root}; give it its own (--corpus-cache)")
         self.model.load_state_dict(model)
         self.optimizer.load_state_dict(optimizer)
         self.state = TrainState(**state)
@@ -207,6 +212,7 @@ class Trainer:
             self.state.start_tokens = self.state.tokens
             self.state.warmup_from = self.state.step
             self.state.history = list(cursor["history"])
+            self.state.commands = list(cursor["commands"])
 
     # -- the loop ----------------------------------------------------------------------
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,6 +250,8 @@ class Trainer:
         self._train(lambda: (False, False))
         if not self.group.leader:
             return {}
+        if self.group.world > 1:          # the others are done: the evaluation takes every core
+            torch.set_num_threads(torch.get_num_threads() * self.group.world)
         final = self.heldout.evaluate(self.model, self.args.final_eval_rows)
         self.log(f"after the decay branch (step {self.state.step}, {self.state.tokens / 1e6:.2f}M tokens): held-out "
                  f"{final['bpb']:.3f} bits/byte, loss {final['loss']:.3f}, FIM middle loss "

@@ -2,10 +2,11 @@
 
 A run folder (`~/.cache/latent/runs/<preset>` by default) holds the corpus cache, the
 checkpoint and the log; the same command resumes from the checkpoint. A machine without one —
-a new machine, every time the project's work moves — starts from the committed bundled model
-when it has this run's shape and tokenizer, with a fresh optimizer, and goes on reading the
-corpus where that model's training stopped: `training.json` in an exported folder holds the
-tokens it has seen and its data cursor.
+a new machine, every time the project's work moves — starts from committed weights with this
+run's shape and tokenizer: the bundled model, or `model/train/resume/` (the stable-phase
+weights a session left when its candidate did not beat the bundled model), whichever has seen
+more tokens; with a fresh optimizer, reading on where that training stopped: `training.json`
+in an exported folder holds the tokens seen and the data cursor.
 """
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def bundled_dir() -> Path:
     return BUNDLED_DIR
 
 
+def resume_dir() -> Path:
+    return Path(__file__).resolve().parent / "resume"
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -43,35 +48,45 @@ def corpus_identity(corpus: Corpus) -> dict:
             "train_tokens": corpus.meta["train"]["tokens"]}
 
 
-def bundled_tokenizer(preset_config: dict, folder: Path | None = None) -> Path | None:
-    """The bundled model's tokenizer.json when the bundled model has this run's shape (so the
-    run will start from it and its corpus must be tokenised alike), else None."""
-    folder = folder or bundled_dir()
-    config = _read_json(folder / "config.json")
-    if config is None or any(config.get(k) != preset_config.get(k) for k in SHAPE_KEYS):
-        return None
-    return folder / "tokenizer.json" if (folder / "tokenizer.json").is_file() else None
+def start_folders() -> list[Path]:
+    """The committed model folders a run with no checkpoint may start from: the bundled model,
+    and `model/train/resume/` — the stable-phase weights of the last session whose decay
+    branch did not beat the bundled model, kept so the next session goes on from them."""
+    return [resume_dir(), bundled_dir()]
 
 
-def bundled_start(config: dict, corpus: Corpus, seed: int,
-                  folder: Path | None = None) -> tuple[dict | None, str, dict | None]:
+def start_point(preset_config: dict) -> Path | None:
+    """Of the start folders with this run's shape, the one trained furthest (tokens seen,
+    from its training.json; a folder without one counts 0)."""
+    fitting = [f for f in start_folders() if _fits(f, preset_config)]
+    return max(fitting, key=lambda f: (_read_json(f / TRAINING_NOTE) or {}).get("tokens", 0), default=None)
+
+
+def start_tokenizer(preset_config: dict) -> Path | None:
+    """The tokenizer.json of the run's start point (its corpus must be tokenised alike), or
+    None when the run starts from random weights."""
+    folder = start_point(preset_config)
+    return folder / "tokenizer.json" if folder else None
+
+
+def committed_start(config: dict, corpus: Corpus, seed: int) -> tuple[dict | None, str, dict | None]:
     """(weights, a sentence saying where the run starts, data cursor) for a run with no
-    checkpoint: the bundled model's weights when its shape and tokenizer are this run's,
-    else (None, why not, None) and the run starts from random weights. The cursor is the
-    bundled model's, when it was trained on this corpus with this seed."""
+    checkpoint: the start point's weights when it has this run's shape and tokenizer, else
+    (None, why not, None) and the run starts from random weights. The cursor is the start
+    point's, when it was trained on this corpus with this seed."""
     from safetensors.torch import load_file
 
     from model.train.export import import_state_dict
 
-    folder = folder or bundled_dir()
-    theirs = _read_json(folder / "config.json") or {}
-    mismatch = [k for k in SHAPE_KEYS if theirs.get(k) != config.get(k)]
-    if mismatch:
-        return None, (f"random weights: the bundled model ({folder}) has another shape "
+    folder = start_point(config)
+    if folder is None:
+        theirs = _read_json(bundled_dir() / "config.json") or {}
+        mismatch = [k for k in SHAPE_KEYS if theirs.get(k) != config.get(k)]
+        return None, (f"random weights: the bundled model ({_shown(bundled_dir())}) has another shape "
                       f"({', '.join(f'{k} {theirs.get(k)}' for k in mismatch[:3])}…)"), None
     if file_sha256(folder / "tokenizer.json") != file_sha256(corpus.root / "tokenizer.json"):
         return None, (f"random weights: the corpus cache {corpus.root} was tokenised with another tokenizer "
-                      f"than the bundled model's"), None
+                      f"than {_shown(folder)}"), None
     tensors = {}
     for path in sorted(folder.glob("*.safetensors")):
         tensors.update(load_file(str(path)))
@@ -79,11 +94,19 @@ def bundled_start(config: dict, corpus: Corpus, seed: int,
     note = _read_json(folder / TRAINING_NOTE) or {}
     cursor = None
     if note.get("corpus") == corpus_identity(corpus) and note.get("seed") == seed:
-        cursor = {**note["cursor"], "steps": note.get("steps", 0), "history": note.get("history", [])}
+        cursor = {**note["cursor"], "steps": note.get("steps", 0), "history": note.get("history", []),
+                  "commands": note.get("commands", [])}
         where = f", reading the corpus on from its cursor ({cursor['tokens'] / 1e6:.1f}M tokens seen)"
     else:
         where = ", reading the corpus from the start (it was trained on another corpus or seed)"
-    return weights, f"the bundled model's weights ({folder}) with a fresh optimizer{where}", cursor
+    what = "the bundled model's" if folder == bundled_dir() else "the last session's stable-phase"
+    return weights, f"{what} weights ({_shown(folder)}) with a fresh optimizer{where}", cursor
+
+
+def _fits(folder: Path, preset_config: dict) -> bool:
+    config = _read_json(folder / "config.json")
+    return (config is not None and all(config.get(k) == preset_config.get(k) for k in SHAPE_KEYS)
+            and (folder / "tokenizer.json").is_file())
 
 
 def write_training_note(folder: Path, corpus: Corpus, seed: int, state, history: list, extra: dict) -> None:
@@ -91,8 +114,18 @@ def write_training_note(folder: Path, corpus: Corpus, seed: int, state, history:
     from, the corpus it applies to, and the held-out curve."""
     note = {"tokens": state.tokens, "steps": state.step, "seed": seed, "corpus": corpus_identity(corpus),
             "cursor": {"epoch": state.epoch, "row": state.row, "tokens": state.tokens},
-            "history": history, **extra}
+            "history": history, "commands": state.commands, **extra}
     (folder / TRAINING_NOTE).write_text(json.dumps(note, indent=1) + "\n")
+
+
+def _shown(folder: Path) -> str:
+    """The folder as a model card may name it: relative to the repository when inside it (no
+    path of the machine that trained it)."""
+    root = bundled_dir().parent.parent
+    try:
+        return folder.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return folder.name
 
 
 def _read_json(path: Path) -> dict | None:
