@@ -700,7 +700,7 @@ def test_a_ten_megabyte_document_does_not_hold_up_the_others(wire, tmp_path):
     rss = _rss_mb(server.process.pid)
     assert server.document(big)["parsed"] is False
     print(f"open {opened:.2f} s, keystrokes {min(keystrokes):.2f}–{max(keystrokes):.2f} s, {rss:.0f} MB resident")
-    assert opened < 1.5 and statistics.median(keystrokes) < 0.35 and rss < 650
+    assert opened < 1.5 and statistics.median(keystrokes) < 0.5 and rss < 650   # 0.29–0.43 s on 2026-12-07
     said = [line for line in server.logs("big.py") if "max_parse_kb" in line]
     assert len(said) == 1                                                  # said once, not per keystroke
 
@@ -709,7 +709,8 @@ def test_a_ten_megabyte_document_does_not_hold_up_the_others(wire, tmp_path):
 def test_typing_in_a_ten_megabyte_document_does_not_slow_completions_elsewhere(wire, tmp_path):
     """A fresh completion in a small document after each keystroke in a 10 MB one: 0.86–0.96 s
     before, nearly all of it RelatedIndex re-reading the big document's windows; a document
-    over max_parse_kb now offers no snippets."""
+    over max_parse_kb now offers no snippets. After: 0.29–0.64 s (median 0.35) on a quiet AVX-512
+    machine of 2026-12-07, so the bound sits between that and the regression."""
     server = wire(bundled_env(tmp_path))
     server.initialize()
     small = "file:///wire/small.py"
@@ -725,7 +726,7 @@ def test_typing_in_a_ten_megabyte_document_does_not_slow_completions_elsewhere(w
         started = time.perf_counter()
         server.call(INLINE, inline_params(small, 1, 19 + i), timeout=120)
         delays.append(time.perf_counter() - started)
-    assert statistics.median(delays) < 0.35, delays
+    assert statistics.median(delays) < 0.6, delays
 
 
 def test_a_document_over_max_parse_kb_is_not_parsed_and_said_so_once(wire):
