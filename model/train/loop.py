@@ -151,6 +151,8 @@ class Trainer:
                                   args.spm_rate, self.parts)
         self.flops_per_token = 6 * active_params(self.config)    # forward + backward, attention aside
         self.last_checkpoint = time.time()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]   # the same list in every process
+        self.corpus_id = corpus_identity(corpus)       # hashed once, not at every checkpoint
 
     @property
     def n_params(self) -> int:
@@ -175,7 +177,7 @@ class Trainer:
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "state": dataclasses.asdict(self.state), "rng": torch.get_rng_state(),
-                    "key": self.run_key(), "corpus": corpus_identity(self.corpus),
+                    "key": self.run_key(), "corpus": self.corpus_id,
                     "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()}}, tmp)
         os.replace(tmp, self.checkpoint_path)
         self.last_checkpoint = time.time()
@@ -192,7 +194,7 @@ class Trainer:
                                 if key.get(k) != v)
             raise TrainError(f"the run in {self.run_dir} was started with other settings: {changed}; "
                              f"give the same ones, or another --out to start a new run")
-        if ckpt.get("corpus", corpus_identity(self.corpus)) != corpus_identity(self.corpus):
+        if ckpt.get("corpus", self.corpus_id) != self.corpus_id:
             raise TrainError(f"the run in {self.run_dir} was trained on another corpus cache or tokenizer than "
                              f"{self.corpus.root}; give it its own (--corpus-cache)")
         self.model.load_state_dict(model)
@@ -320,7 +322,7 @@ class Trainer:
         n_targets = max(1, int((rows[:, 1:] >= 0).sum()))
         loss_sum, balance = self.step_fn(inputs, targets)
         (loss_sum / n_targets + self.args.balance_coef * balance / self.group.world).backward()
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self.params
         extra = [*map(float, wants), float(loss_sum.detach()) / n_targets]
         spent, asked, loss = self.group.sum_gradients(params, extra)
         torch.nn.utils.clip_grad_norm_(params, self.args.clip)
