@@ -7,8 +7,16 @@ its int8 GEMM quantizes the activations per call, as llama.cpp's Q8_0 does, and 
 weights at the memory's speed — measured on a Lite-shaped slice, 3-4x the prefill and 2x the
 decode of PyTorch's int8-weight kernel with bfloat16 activations (`_weight_int8pack_mm`), which
 remains the path where fbgemm is missing, and where the weight is widened elsewhere. The price
-is a little accuracy: on the bundled model the logits move 3.0 % from float32 instead of 1.6 %,
-and greedy picks agree on 94 % of positions instead of 96 %.
+is a little accuracy: on the bundled model the logits move 1.9 % from float32, and greedy picks
+agree on 96 % of positions.
+
+CPUs without AVX-512 VNNI multiply int8 with AVX2's `vpmaddubsw`, whose 16-bit pair sums would
+saturate for 8-bit activations against 8-bit weights, so fbgemm then takes 7-bit activations
+(`reduce_range`), which moved the logits 2.9 %. There each activation row goes in as two rows,
+its positive and its negative part, each 7 bits of magnitude on [0, peak]: a sign and 7 bits,
+the resolution of VNNI's 8 bits (the trick llama.cpp's AVX2 kernels play with `vpsignb`), and
+no pair sum can saturate, so the products are exact and equal on every CPU. The weights are
+still read once: decode costs 1.0-1.35x and prefill 1.8-2.3x (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -135,7 +143,7 @@ def _vnni() -> bool:
         return False
 
 
-REDUCE_RANGE = not _vnni()   # 7-bit activations where AVX2's 16-bit sums could saturate
+SIGN_SPLIT = not _vnni()   # without VNNI: rows split by sign, each on fbgemm's 7-bit range
 
 
 def can_pack() -> bool:
@@ -155,11 +163,20 @@ def _unpacked(packed) -> torch.Tensor:
 def dynamic_linear(x: torch.Tensor, packed) -> torch.Tensor:
     """x (..., in) through a packed int8 weight, in x's dtype. fbgemm quantizes the activations
     with one scale for the whole matrix; each row is brought to the same range first (and its
-    result scaled back), which makes that one scale per row, as llama.cpp's is per block."""
+    result scaled back), which makes that one scale per row, as llama.cpp's is per block.
+    Without VNNI the rows go in split by sign (see the module's docstring)."""
     shape = x.shape
     rows = x.reshape(-1, shape[-1]).float()
     peak = rows.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
-    y = torch.ops.quantized.linear_dynamic((rows / peak).contiguous(), packed, REDUCE_RANGE) * peak
+    rows = rows / peak                                        # (n, in) in [-1, 1]
+    if SIGN_SPLIT:
+        n = rows.shape[0]
+        halves = torch.cat([rows.clamp(min=0), rows.neg().clamp(min=0)])   # (2n, in) in [0, 1]
+        y = torch.ops.quantized.linear_dynamic(halves, packed, True)       # 7 bits each, exact
+        y = y[:n] - y[n:]
+    else:
+        y = torch.ops.quantized.linear_dynamic(rows.contiguous(), packed, False)
+    y = y * peak
     return y.reshape(*shape[:-1], y.shape[-1]).to(x.dtype)
 
 

@@ -68,7 +68,16 @@ def test_noaux_bias_changes_choice_but_not_weights():
     assert torch.allclose(weights[0], scores[idx[0]])
 
 
-def test_int8_quantizes_every_linear_and_expert_and_agrees_greedily(tmp_path):
+@pytest.fixture(params=["this CPU", "AVX2"])
+def int8_kernel(request, monkeypatch):
+    """int8 as this CPU runs it, and as a CPU without AVX-512 VNNI runs it: the sign-split rows
+    cannot saturate AVX2's pair sums, so their products are exact and equal on either CPU."""
+    if request.param == "AVX2":
+        monkeypatch.setattr("model.quant.SIGN_SPLIT", True)
+    return request.param
+
+
+def test_int8_quantizes_every_linear_and_expert_and_agrees_greedily(tmp_path, int8_kernel):
     save_checkpoint("v2-greedy-yarn", tmp_path)
     fp32 = Engine.load(tmp_path)
     int8 = Engine.load(tmp_path, RuntimeConfig(quantize="int8"))
@@ -82,10 +91,11 @@ def test_int8_quantizes_every_linear_and_expert_and_agrees_greedily(tmp_path):
     # so greedy agreement is checked on the bundled model, in test_int8_agrees_with_float32_on_real_code
 
 
-def test_int8_agrees_with_float32_on_real_code():
-    """What a user of quantize = "int8" gets: on real code, the bundled model's next-token
-    picks as in float32 at 94 % of positions or more (measured 95.6 % with fbgemm's GEMM, 96.0 %
-    with bfloat16 activations), the logits within 2.5 %."""
+def test_int8_agrees_with_float32_on_real_code(int8_kernel):
+    """What a user of quantize = "int8" gets on any CPU: on real code, the bundled model's
+    next-token picks as in float32 at 94 % of positions or more (measured 95.7 % with VNNI, 96.7 %
+    with AVX2's sign-split rows, 95.3 % with AVX2's 7-bit activations of before), the logits
+    within 2.5 % (1.87 %, 1.88 %, 2.9 %)."""
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "lsp_server" / "worker.py").read_text()[:3000]
