@@ -19,7 +19,7 @@ Nothing here knows about LSP or torch; the model is reached through `model.proto
 from completion.config import CompletionConfig
 from completion.document import Document, Workspace
 from completion.errors import InvalidPosition, UnknownDocument
-from completion.service import CompletionService
+from completion.service import CompletionService, skip_reason
 
 __all__ = [
     "CompletionConfig",
@@ -28,4 +28,5 @@ __all__ = [
     "InvalidPosition",
     "UnknownDocument",
     "Workspace",
+    "skip_reason",
 ]

@@ -34,7 +34,7 @@ from completion.alternatives import branches
 from completion.cache import LruCache
 from completion.config import CompletionConfig
 from completion.context import build_context, decide
-from completion.document import Lines, Workspace, parse
+from completion.document import MAX_PARSE_CHARS, Lines, Workspace, parse
 from completion.languages import LanguageSpec, language_for
 from completion.postprocess import Plan
 from completion.prompt import build_prompt, overhead, resolve_format, resolve_layout
@@ -298,7 +298,7 @@ class CompletionService:
 
     def _language_off(self, snapshot: Snapshot, language: LanguageSpec | None) -> str:
         """Why the document's language gets no completion ("" when it does)."""
-        names = {snapshot.language_id.lower(), *((language.name,) if language is not None else ())}
+        names = _names(snapshot, language)
         if names & set(self.config.disabled_languages):
             return "language-disabled"
         trained = getattr(self.engine, "languages", ()) or ()
@@ -317,6 +317,25 @@ class CompletionService:
     def _cancelled(self) -> CompletionResult:
         self._bump("cancelled")
         return CompletionResult(source="cancelled", reason="cancelled")
+
+
+def skip_reason(snapshot: Snapshot, position: Position, config: CompletionConfig,
+                max_parse_chars: int = MAX_PARSE_CHARS) -> str:
+    """Why `complete` would answer nothing at `position` whatever the model, or "": a disabled
+    language, or a cursor where no completion goes (inside a word, code after it, a body
+    already written). Needs no engine, so a one-shot client decides before loading one."""
+    language = language_for(snapshot.language_id, snapshot.path or snapshot.uri)
+    if _names(snapshot, language) & set(config.disabled_languages):
+        return "language-disabled"
+    lines = Lines(snapshot.text)
+    tree = parse(language, snapshot.text, max_parse_chars) if language is not None else None
+    mode, why = decide(language, tree, Cursor(lines, lines.offset(position)), config.multiline)
+    return why if mode == "none" else ""
+
+
+def _names(snapshot: Snapshot, language: LanguageSpec | None) -> set[str]:
+    """The names a document's language goes by: the editor's id and the grammar's."""
+    return {snapshot.language_id.lower(), *((language.name,) if language is not None else ())}
 
 
 def _after_accept(snapshot: Snapshot, suggestion: Suggestion) -> tuple[Snapshot, int]:

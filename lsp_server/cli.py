@@ -180,14 +180,22 @@ def _complete(args) -> int:
 def _suggest(settings, uri: str, path, language: str, text: str, position, explain: bool = False) -> str:
     import time
 
-    from completion import CompletionService
-    from completion.types import REASONS
+    from completion import CompletionService, skip_reason
+    from completion.types import REASONS, Snapshot
 
     started = time.perf_counter()
+    config = settings.completion_config()
+    why = skip_reason(Snapshot(uri, language, text, 1, path), position, config)
+    if why:   # decided before the model loads: the shell bindings ask on every key press
+        if explain:
+            print(f"latent: no suggestion — {REASONS.get(why, why)} (the model was not loaded)", file=sys.stderr)
+        elif why.startswith("language-"):
+            print(f"latent: no suggestion: {REASONS[why]}", file=sys.stderr)
+        return ""
     engine = _load(settings)
     loaded = time.perf_counter()
     try:
-        service = CompletionService(engine, settings.completion_config())
+        service = CompletionService(engine, config)
     except ValueError as e:
         raise UsageError(str(e).rstrip(".")) from None
     service.workspace.open(uri, language, text, 1, path)

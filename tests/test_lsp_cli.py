@@ -64,6 +64,20 @@ def test_complete_explain_says_why_and_how_long_on_stderr_only(tmp_path):
     assert inside.stdout == "" and "no suggestion — The cursor is inside a word." in inside.stderr
 
 
+def test_complete_decides_a_skip_before_loading_the_model(tmp_path, capfd):
+    """The shell bindings ask on every key press: where no model could answer (inside a word,
+    code after the cursor), the answer comes without loading one — here, a model that is not
+    even there."""
+    (tmp_path / "f.py").write_text('import os\nx = os.path.join("a", "b")\n')
+    missing = str(tmp_path / "no-model")
+    for position in ("2:11", "2:5"):   # inside `path`; before `os.path.join(…)`
+        assert main(["complete", "-v", f"{tmp_path / 'f.py'}:{position}", "--model", missing]) == 0
+        out, err = capfd.readouterr()
+        assert out == "" and "(the model was not loaded)" in err
+    assert main(["complete", f"{tmp_path / 'f.py'}:3:1", "--model", missing]) == 2   # a real request loads it
+    assert "does not exist" in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
     (["complete", "nowhere.py"], "FILE:LINE:COL"),
     (["complete", "{missing}:1:1"], "cannot read"),
@@ -75,7 +89,7 @@ def test_complete_explain_says_why_and_how_long_on_stderr_only(tmp_path):
     (["complete", "{file}:1:1", "--stdin", "--language", "python"], "either"),
     (["complete", "{file}:1:1", "--set", "colour=blue"], "--set"),
     (["complete", "{file}:1:1", "--set", "temperature=hot"], "temperature"),
-    (["complete", "{file}:1:1", "--model", "{missing}"], "does not exist"),
+    (["complete", "{file}:2:1", "--model", "{missing}"], "does not exist"),
     (["info", "--dtype", "float8"], "dtype"),
     (["lsp", "--tcp", "nohost"], "HOST:PORT"),
     (["frobnicate"], "invalid choice"),
@@ -174,7 +188,8 @@ def test_complete_exits_cleanly_while_the_compiled_step_loads_on_a_busy_machine(
     """Issue #20: with a compiled decode step in the cache, a `latent complete` that exits at once
     (a skip: the cursor inside a word; or the spm layout) aborted with "terminate called without
     an active exception" (status 134): the loader thread was still inside a PyTorch call when
-    the interpreter finalized. Two busy loops beside it make the race show every time."""
+    the interpreter finalized. Two busy loops beside it make the race show every time. (A skip
+    no longer loads the model at all, so the runs here ask where the model answers.)"""
     from model.engine import Engine
     from model.params import RuntimeConfig
 
@@ -185,9 +200,8 @@ def test_complete_exits_cleanly_while_the_compiled_step_loads_on_a_busy_machine(
     [package] = (tmp_path / "xdg-cache" / "latent" / "compiled").glob("*.pt2")
     os.utime(package, (1, 1))                  # a run that loads it touches it again
 
-    (tmp_path / "word.py").write_text('import os\nx = os.path.join("a", "b")\n')
-    (tmp_path / "spm.py").write_text("import os\n\ndef f(a, b):\n    return a\n")
-    runs = [["word.py:2:10"], ["--set", "fim_layout=spm", "spm.py:4:5"]] * 2
+    (tmp_path / "f.py").write_text("import os\n\ndef f(a, b):\n    return a\n")
+    runs = [["f.py:4:13"], ["--set", "fim_layout=spm", "f.py:4:13"]] * 2
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         for args in runs:
