@@ -245,7 +245,7 @@ def _info(args) -> int:
         ("parameters", _count(stats.get("parameters"))),
         ("weights", f"{_bytes(stats.get('weight_bytes'))} ({stats.get('quantize') or stats.get('dtype')})"),
         ("device", f"{stats.get('device')}, {_threads(stats.get('threads'))}"),
-        ("fim format", f"{stats.get('fim_format') or 'none'}, layouts {', '.join(stats.get('fim_layouts') or ['psm'])}"
+        ("fim format", f"{stats.get('fim_format') or 'none'}, {_layouts(stats.get('fim_layouts'))}"
                        f" (setting fim_layout = {settings.fim_layout})"),
         ("context", f"{stats.get('max_context')} tokens"),
         ("latent cache", f"{per_token} bytes per token; budget {_bytes(budget)}"
@@ -260,6 +260,13 @@ def _info(args) -> int:
     for name, value in rows:
         print(f"{name:<13} {value}")
     return 0
+
+
+def _layouts(declared) -> str:
+    """What `latent info` says of the FIM layouts the model was trained on (`--json`: the list)."""
+    if not declared:
+        return "layouts not declared (psm is used)"
+    return f"layouts {', '.join(declared)} declared"
 
 
 def _delegate(command: str, argv: list[str]) -> int:

@@ -233,6 +233,12 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).replace("-", "_").lower()
 
 
+def _did_you_mean(name: str) -> str:
+    """The end of a sentence about an unknown setting: the closest name, if one is close."""
+    close = difflib.get_close_matches(name, SPECS, n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else "."
+
+
 def merge(*layers: Mapping[str, Any], base=None) -> tuple[Settings, list[str]]:
     """Settings from `base` (the defaults) with each layer applied in turn, and the warnings.
 
@@ -243,9 +249,7 @@ def merge(*layers: Mapping[str, Any], base=None) -> tuple[Settings, list[str]]:
         values = {}
         for name, raw in layer.items():
             if name not in SPECS:
-                close = difflib.get_close_matches(name, SPECS, n=1, cutoff=0.75)
-                hint = f"; did you mean {close[0]!r}?" if close else "."
-                warnings.append(f"Unknown setting {name!r} is ignored{hint}")
+                warnings.append(f"Unknown setting {name!r} is ignored{_did_you_mean(name)}")
                 continue
             try:
                 values[name] = options.coerce(SPECS[name], raw)
@@ -335,8 +339,10 @@ def from_command_line(args: argparse.Namespace, env: Mapping[str, str] | None = 
     for item in getattr(args, "overrides", None) or ():
         name, sep, value = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in SPECS:
+        if not sep:
             raise OptionError(f"--set takes NAME=VALUE with a setting's name, not {item!r}.")
+        if name not in SPECS:
+            raise OptionError(f"--set names no setting {name!r}{_did_you_mean(name)}")
         layer[name] = value
     _, problems = merge(layer)
     if problems:

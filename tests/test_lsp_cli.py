@@ -88,6 +88,7 @@ def test_complete_decides_a_skip_before_loading_the_model(tmp_path, capfd):
     (["complete", "--stdin"], "--language"),
     (["complete", "{file}:1:1", "--stdin", "--language", "python"], "either"),
     (["complete", "{file}:1:1", "--set", "colour=blue"], "--set"),
+    (["complete", "{file}:1:1", "--set", "temprature=0.2"], "did you mean 'temperature'?"),
     (["complete", "{file}:1:1", "--set", "temperature=hot"], "temperature"),
     (["complete", "{file}:2:1", "--model", "{missing}"], "does not exist"),
     (["info", "--dtype", "float8"], "dtype"),
@@ -116,6 +117,12 @@ def test_info_describes_the_model_and_the_cache_budget(capfd):
     info = json.loads(capfd.readouterr().out)
     assert info["parameters"] > 0 and info["cache_budget_bytes"] == 64 << 20
     assert info["model"] == (model_path() or "bundled")
+    assert main(["info", *_model_args()]) == 0
+    [fim] = [line for line in capfd.readouterr().out.splitlines() if line.startswith("fim format")]
+    if info["fim_layouts"]:   # the text says what --json says: the model's own layouts, or none
+        assert all(layout in fim for layout in info["fim_layouts"]) and "declared" in fim
+    else:
+        assert "not declared" in fim
 
 
 def test_the_console_script_is_declared():

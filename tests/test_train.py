@@ -334,8 +334,17 @@ def _write_humaneval(folder: Path) -> Path:
     return folder
 
 
-def test_humaneval_overlap_catches_a_copied_solution_in_other_whitespace(tmp_path):
-    overlap = Overlap.humaneval(_write_humaneval(tmp_path / "he"))
+@pytest.mark.parametrize("source", ["the benchmark's files", "the committed windows"])
+def test_humaneval_overlap_catches_a_copied_solution_in_other_whitespace(tmp_path, source):
+    """The corpus leaves out what HumanEval holds, also on a checkout without the benchmark's
+    files: its line windows are committed (model/train/humaneval_windows.bin)."""
+    if source == "the committed windows":
+        overlap = Overlap.load()
+        assert len(overlap.windows) > 1000   # every problem of the three infilling sets
+    else:
+        overlap = Overlap.humaneval(_write_humaneval(tmp_path / "he"))
+        overlap.save(tmp_path / "windows.bin")
+        assert Overlap.load(tmp_path / "windows.bin").windows == overlap.windows
     copied = ("import math\n\n\ndef close(numbers, threshold):\n  for idx, elem in enumerate(numbers):\n"
               "    for idx2, elem2 in enumerate(numbers):\n      if idx != idx2:\n"
               "        distance   = abs(elem - elem2)\n        if distance < threshold:\n          return True\n")

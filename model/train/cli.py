@@ -26,7 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="latent train",
         description="Train Latent's bundled DeepSeek-V2-architecture coder on the corpus `latent train corpus` "
                     "builds. The run lives in a folder outside the repository and the same command resumes it; "
-                    "SIGTERM or Ctrl-C checkpoints and stops it. `latent train export` takes a model out of it.")
+                    "SIGTERM or Ctrl-C checkpoints and stops it. Two more commands: `latent train corpus` builds the "
+                    "corpus (see `latent train corpus --help`), `latent train export` takes a model out of a run "
+                    "(see `latent train export --help`).")
     p.add_argument("--out", type=Path, help="run folder: corpus/, checkpoint.pt, log.jsonl, model/; the same "
                    "command resumes the run it holds (default ~/.cache/latent/runs/PRESET)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model shape (default %(default)s)")
@@ -322,7 +324,7 @@ def _run_args(out: Path) -> dict:
 
 def corpus_main(argv: list[str]) -> int:
     """`latent train corpus`: download, filter and report the training corpus."""
-    from model.train.collect import DEFAULT_CACHE, HUMANEVAL, collect
+    from model.train.collect import DEFAULT_CACHE, collect
     from model.train.sources import MANIFEST
 
     p = argparse.ArgumentParser(
@@ -333,16 +335,17 @@ def corpus_main(argv: list[str]) -> int:
                    help="downloads/, files/ and the reports go here (default %(default)s)")
     p.add_argument("--manifest", type=Path, default=MANIFEST, help="name==version lines (default: the "
                    "committed model/train/manifest.txt)")
-    p.add_argument("--humaneval", type=Path, default=HUMANEVAL, help="folder of HumanEval *.jsonl.gz whose "
-                   "prompts and solutions no kept file may share lines with (default %(default)s)")
+    p.add_argument("--humaneval", type=Path, help="folder of HumanEval *.jsonl.gz whose prompts and solutions no "
+                   "kept file may share lines with (default: their line windows committed in "
+                   "model/train/humaneval_windows.bin)")
     p.add_argument("--no-stdlib", action="store_true", help="leave out the CPython standard library")
     p.add_argument("--jobs", type=int, default=4, help="pip downloads at once (default %(default)s)")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    if args.humaneval and not args.humaneval.is_dir():
-        print(f"latent train corpus: error: HumanEval folder {args.humaneval} does not exist", file=sys.stderr)
+    if args.humaneval and not any(args.humaneval.glob("*.jsonl.gz")):
+        print(f"latent train corpus: error: {args.humaneval} holds no HumanEval *.jsonl.gz files", file=sys.stderr)
         return 2
     try:
         collect(args.cache.expanduser(), args.manifest, args.humaneval, not args.no_stdlib, args.jobs)

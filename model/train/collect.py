@@ -33,7 +33,6 @@ from model.train.sources import (HELDOUT, MANIFEST, Pin, download, read_archive,
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = Path("~/.cache/latent/corpus")
-HUMANEVAL = REPO.parent / "shared" / "data" / "human-eval-infilling"
 STDLIB_NAME = "python-stdlib"
 
 
@@ -96,9 +95,11 @@ def keep_files(entry: dict, files: dict[str, bytes], flt: Filter, out: Path) -> 
     entry["dropped"] = dict(sorted(drops.items()))
 
 
-def collect(cache: Path, manifest: Path = MANIFEST, humaneval: Path | None = HUMANEVAL,
+def collect(cache: Path, manifest: Path = MANIFEST, humaneval: Path | None = None,
             stdlib: bool = True, jobs: int = 4, log=print) -> dict:
-    """The whole command: downloads, filters, `files/`, `report.json`, `report.md`."""
+    """The whole command: downloads, filters, `files/`, `report.json`, `report.md`. The files
+    that share lines with HumanEval go: with the windows of the infilling files in the folder
+    `humaneval`, or else the committed ones (filters.WINDOWS_FILE)."""
     t0 = time.time()
     pins = read_manifest(manifest)
     if bad := [str(p) for p in pins if p.name in HELDOUT]:
@@ -109,7 +110,7 @@ def collect(cache: Path, manifest: Path = MANIFEST, humaneval: Path | None = HUM
     log(f"corpus: {sum(a is not None for a, _ in fetched)}/{len(pins)} packages in {downloads} "
         f"({time.time() - t0:.0f} s)")
 
-    overlap = Overlap.humaneval(humaneval) if humaneval and humaneval.is_dir() else Overlap([])
+    overlap = Overlap.humaneval(humaneval) if humaneval else Overlap.load()
     flt = Filter(overlap, own_code_hashes())
     files_dir = cache / "files"
     shutil.rmtree(files_dir, ignore_errors=True)
@@ -177,7 +178,8 @@ def _report(packages: list[dict], manifest: Path, humaneval, overlap: Overlap, s
         "created": time.strftime("%Y-%m-%d"),
         "seconds": round(seconds),
         "heldout_packages": sorted(HELDOUT),
-        "humaneval": {"folder": str(humaneval) if humaneval else None, "windows": len(overlap.windows)},
+        "humaneval": {"folder": humaneval.name if humaneval else "model/train/humaneval_windows.bin",
+                      "windows": len(overlap.windows)},
         "filters": {"reasons": list(REASONS) + ["project_code"], "near_duplicate": "MinHash of 3-line "
                     "shingles of normalised lines, 128 permutations, LSH 16 bands × 8 rows, "
                     "estimated Jaccard ≥ 0.85", "humaneval": "≥ 4 consecutive non-trivial normalised lines in "

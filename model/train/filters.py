@@ -93,6 +93,9 @@ def line_windows(text: str, n: int = OVERLAP_LINES) -> set[bytes]:
             for i in range(len(lines) - n + 1)}
 
 
+WINDOWS_FILE = Path(__file__).with_name("humaneval_windows.bin")   # Overlap.humaneval(...).save()
+
+
 class Overlap:
     """The line windows of an evaluation set; `hits(text)` tells whether a file shares one."""
 
@@ -113,6 +116,17 @@ class Overlap:
                     parts = [item.get(k, "") for k in ("prompt", "canonical_solution", "suffix")]
                     texts += [*parts, "".join(parts)]
         return cls(texts)
+
+    @classmethod
+    def load(cls, path: Path = WINDOWS_FILE) -> "Overlap":
+        """Windows saved by `save`: the committed ones of HumanEval infilling by default, so a
+        checkout builds the same corpus without the benchmark's files."""
+        overlap, data = cls([]), path.read_bytes()
+        overlap.windows = {data[i:i + 8] for i in range(0, len(data), 8)}
+        return overlap
+
+    def save(self, path: Path = WINDOWS_FILE) -> None:
+        path.write_bytes(b"".join(sorted(self.windows)))
 
     def hits(self, text: str) -> bool:
         return not self.windows.isdisjoint(line_windows(text))
