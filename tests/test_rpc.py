@@ -312,8 +312,9 @@ def test_remote_errors_are_one_sentence(tmp_path, monkeypatch):
         RemoteEngine("http://127.0.0.1:9", model="x", api_key_env="LATENT_TEST_KEY")
 
 
-def test_the_cache_survives_a_daemon_restart(checkpoint, tmp_path):
+def test_the_cache_survives_a_daemon_restart(checkpoint, tmp_path, caplog):
     saved = tmp_path / "cache.msgpack"
+    caplog.set_level("INFO", logger="latent.engine")
 
     def run_daemon(engine):
         d = EngineDaemon(engine, tmp_path / "p.sock", persist=saved)
@@ -326,6 +327,7 @@ def test_the_cache_survives_a_daemon_restart(checkpoint, tmp_path):
     first = EngineClient(d.socket_path).generate(PROMPT, SamplingParams(max_new_tokens=4))
     first.run()
     assert first.stats.reused_tokens == 0
+    EngineClient(d.socket_path).generate(PROMPT + " more", SamplingParams(max_new_tokens=4)).run()  # shares a prefix
     d.stop()
     t.join(timeout=10)
     assert saved.is_file() and stat.S_IMODE(os.stat(saved).st_mode) == 0o600
@@ -336,6 +338,9 @@ def test_the_cache_survives_a_daemon_restart(checkpoint, tmp_path):
     assert again.stats.reused_tokens == again.stats.prompt_tokens - 1   # no prefill from scratch
     d.stop()
     t.join(timeout=10)
+    logged = [r.getMessage().split()[:2] for r in caplog.records if r.getMessage().startswith(("saved", "restored"))]
+    assert logged[0][0] == "saved" and logged[1][0] == "restored"
+    assert logged[0][1] == logged[1][1]   # the log counts a shared prefix once, as the cache does
 
     other = Engine.load(checkpoint, RuntimeConfig(dtype="bfloat16"))   # other weights or dtype: not restored
     assert other.load_cache(saved) == 0

@@ -34,7 +34,8 @@ def fingerprint(model_dir: Path | None, dtype: str, quantize: str | None) -> str
 
 
 def save(cache: LatentCache, path: Path, stamp: str, row_dtype: torch.dtype, max_bytes: int) -> int:
-    """Write the most recently used cached sequences (0600, atomically); returns tokens saved."""
+    """Write the most recently used cached sequences (0600, atomically); returns the tokens
+    saved, a shared prefix counted once (as `load` counts what it restores)."""
     _check_folder(path)
     entries = cache.hottest(max_bytes)
     payload = {
@@ -44,7 +45,21 @@ def save(cache: LatentCache, path: Path, stamp: str, row_dtype: torch.dtype, max
                     for tokens, rows in entries],
     }
     write_private(Path(path), msgpack.packb(payload, use_bin_type=True))
-    return sum(len(t) for t, _ in entries)
+    return _distinct_tokens(tokens for tokens, _ in entries)
+
+
+def _distinct_tokens(sequences) -> int:
+    """Tokens of the sequences with shared prefixes counted once, as the cache holds them."""
+    root: dict = {}
+    count = 0
+    for tokens in sequences:
+        node = root
+        for token in tokens:
+            if token not in node:
+                node[token] = {}
+                count += 1
+            node = node[token]
+    return count
 
 
 def load(cache: LatentCache, path: Path, stamp: str, row_dtype: torch.dtype, device: torch.device) -> int:
