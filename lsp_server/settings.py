@@ -8,7 +8,9 @@ initializationOptions (an editor builds them from its user settings when it star
 server). A didChangeConfiguration push or a workspace/configuration pull may carry a
 workspace's settings — a cloned repository's `.vscode/settings.json` — so it replaces the
 initializationOptions' values of the settings it may set, and never sets USER_ONLY: the
-settings that choose where code goes or what runs, and the limits that protect the server.
+settings that choose where code goes or what runs, the limits that protect the server, and
+the sizes of the engine (its context, prompt budget, cache and threads: a repository's values
+would grow the server by gigabytes and reload the model, with a new compiled step, per value).
 
 `Settings` is flat: one name per setting, as users write it in config.toml
 (`max_prompt_tokens`), in the environment (`LATENT_MAX_PROMPT_TOKENS`) and from a client
@@ -104,9 +106,11 @@ class ServerOptions:
 
 GROUPS = (EngineOptions, RuntimeConfig, CompletionConfig, SamplingParams, ServerOptions)
 PER_REQUEST = ("max_new_tokens", "stop", "stop_token_ids")   # SamplingParams' fields the pipeline sets
-# Where code goes and what runs, and the server's own limits: from the user's layers only.
+# Where code goes and what runs, the server's own limits and the engine's sizes: from the
+# user's layers only.
 USER_ONLY = frozenset({"model", "engine", "api_key_env", "tokenizer", "allow_insecure_remote",
-                       "max_message_mb", "max_parse_kb"})
+                       "max_message_mb", "max_parse_kb",
+                       "max_context", "max_prompt_tokens", "cache_mb", "threads"})
 
 
 class _Derived:

@@ -5,7 +5,8 @@ themselves); clients that only announce a change (`settings: null`) are asked fo
 `latent` section with workspace/configuration when they support it.
 
 Either may carry a workspace's settings (a cloned repository's), so neither sets USER_ONLY
-settings (settings.py): those that differ from the user's are ignored, in one logged sentence.
+settings (settings.py: where code goes, what runs, the server's limits and the engine's sizes):
+those that differ from the user's are ignored, in one logged sentence.
 The settings received replace the initializationOptions' (SettingsStore.set_client): a setting
 the client no longer sends returns to its value from the lower layers. The user's config file
 is read again too: editing it, then any settings change, applies it without a restart.
@@ -37,9 +38,9 @@ def apply_client_settings(session, settings, source: str) -> None:
         log.warning("%s", warning)
     refused = session.store.set_client(layer)
     if refused:
-        log.warning("The %s settings %s were ignored: where code goes and what runs are read only from the "
-                    "user's own configuration (the config file, LATENT_* variables, the command line or the "
-                    "editor's user settings).", source, ", ".join(refused))
+        log.warning("The %s settings %s were ignored: where code goes, what runs and how large the engine grows "
+                    "are read only from the user's own configuration (the config file, LATENT_* variables, the "
+                    "command line or the editor's user settings).", source, ", ".join(refused))
     if "enable" in layer:  # an explicit setting overrides an earlier latent.toggle
         session.store.toggled.pop("enable", None)
     session.apply_settings()

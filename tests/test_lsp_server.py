@@ -163,11 +163,11 @@ async def test_configuration_changes_take_effect(session):
     assert await session.inline(uri, line, character) == []
     session.configure({"latent": {"enable": True, "disabledLanguages": [language]}})
     assert await session.inline(uri, line, character) == []
-    session.configure({"latent": {"maxNewTokensLine": 1, "maxPromptTokens": 100}})
+    session.configure({"latent": {"maxNewTokensLine": 1, "prefixFraction": 0.5}})
     stats = await session.command("latent.stats")
-    assert stats["settings"]["max_new_tokens_line"] == 1 and stats["settings"]["max_prompt_tokens"] == 100
+    assert stats["settings"]["max_new_tokens_line"] == 1 and stats["settings"]["prefix_fraction"] == 0.5
     assert pairs(await session.inline(uri, line, character)) == expected(
-        [(uri, language, text)], uri, line, character, max_new_tokens_line=1, max_prompt_tokens=100)
+        [(uri, language, text)], uri, line, character, max_new_tokens_line=1, prefix_fraction=0.5)
 
     assert await session.command("latent.toggle") == {"enabled": False}
     assert await session.inline(uri, line, character) == []

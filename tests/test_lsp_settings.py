@@ -218,4 +218,5 @@ def test_the_client_cannot_set_user_only_settings_and_replaces_the_initializatio
     assert (settings.model, settings.engine, settings.api_key_env) == ("/mine", "daemon", None)
     assert settings.temperature == 0.25
     assert settings.max_new_tokens_line == 48            # removed by the client: back to the default
-    assert USER_ONLY >= {"model", "engine", "api_key_env", "tokenizer", "allow_insecure_remote"}
+    assert USER_ONLY >= {"model", "engine", "api_key_env", "tokenizer", "allow_insecure_remote",
+                         "max_context", "max_prompt_tokens", "cache_mb", "threads"}

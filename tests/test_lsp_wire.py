@@ -785,16 +785,46 @@ def test_a_removed_setting_returns_to_its_default_and_reloads(wire, tmp_path):
 # 11. Limits that span settings
 
 def test_a_prompt_budget_the_context_cannot_hold_is_refused(wire):
+    """Both are the user's settings (issue #20 item 5), so the user's initializationOptions set them."""
     server = wire()
-    server.initialize(ready=False)
-    server.notify("workspace/didChangeConfiguration", {"settings": {"latent": {"maxPromptTokens": 5000}}})
+    server.initialize({"maxPromptTokens": 5000}, ready=False)
     settings = server.stats()["settings"]
     assert settings["max_prompt_tokens"] == 2048                # the previous value stays
     [warning] = server.logs("max_prompt_tokens", count=1)
     assert "max_context" in warning and is_sentence(warning.split(": ", 1)[1])
-    server.notify("workspace/didChangeConfiguration",
-                  {"settings": {"latent": {"maxPromptTokens": 5000, "maxContext": 8192}}})
+    server = wire()
+    server.initialize({"maxPromptTokens": 5000, "maxContext": 8192}, ready=False)
     assert server.stats()["settings"]["max_prompt_tokens"] == 5000   # together they fit
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue #20, 5. A workspace's settings cannot size the engine
+
+ENGINE_SIZES = ("max_context", "max_prompt_tokens", "cache_mb", "threads")
+
+
+def test_a_workspace_cannot_size_the_engine(wire):
+    """A cloned repository's maxContext, maxPromptTokens, cacheMb and threads grew the server from
+    297 to 1,609 MB and reloaded the model (a new compiled step) for each value; they come from
+    the user's own layers only, like the model and the engine."""
+    server = wire()
+    server.initialize({"maxContext": 8192, "cacheMb": 256}, capabilities={"workspace": {"configuration": True}})
+    mine = {name: server.stats()["settings"][name] for name in ENGINE_SIZES}
+    assert mine == {"max_context": 8192, "max_prompt_tokens": 2048, "cache_mb": 256, "threads": 1}
+    statuses = len(server.notifications("latent/status"))
+    hostile = {"maxContext": 1 << 20, "maxPromptTokens": 100_000, "cacheMb": 1 << 20, "threads": 64}
+    server.notify("workspace/didChangeConfiguration", {"settings": {"latent": {**hostile, "maxNewTokensLine": 7}}})
+    settings = server.stats()["settings"]
+    assert settings["max_new_tokens_line"] == 7                       # the harmless setting applies …
+    assert {name: settings[name] for name in ENGINE_SIZES} == mine    # … the sizes stay the user's
+    server.configuration = [{"maxContext": 65536, "threads": 2}]      # a pull is no different
+    server.notify("workspace/didChangeConfiguration", {"settings": None})
+    ignored = server.logs("ignored", count=2)
+    assert {name: server.stats()["settings"][name] for name in ENGINE_SIZES} == mine
+    assert len(ignored) == 2 and all("max_context" in line and "threads" in line for line in ignored)
+    assert "cache_mb" in ignored[0] and "max_prompt_tokens" in ignored[0]
+    assert all(is_sentence(line.split(": ", 1)[1]) for line in ignored)
+    assert [s["state"] for s in server.notifications("latent/status")[statuses:]].count("loading") == 0
 
 
 # ---------------------------------------------------------------------------------------------
