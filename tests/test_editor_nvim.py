@@ -95,6 +95,16 @@ class Neovim:
         return self.lua("for _, s in pairs(require('latent').servers) do "
                         "if type(s.last) == 'table' then return s.last end end return {}") or {}
 
+    def status_window(self) -> list[str]:
+        """:LatentStatus typed as a user types it: the lines of the floating window it opens,
+        with Neovim not waiting at a "Press ENTER" prompt."""
+        self.tmux.send("Escape")
+        self.tmux.type(":LatentStatus")
+        self.tmux.send("Enter")
+        find = ("for _, w in ipairs(vim.api.nvim_list_wins()) do if vim.api.nvim_win_get_config(w).relative ~= '' "
+                "then return vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(w), 0, -1, false) end end")
+        return wait_for(lambda: self.lua(find), 10, "the window of :LatentStatus")   # lua(): fails at a prompt
+
     def output(self, command: str) -> str:
         """What an Ex command prints (no hit-enter prompt)."""
         self.unblocked()
@@ -309,7 +319,7 @@ def test_status_notification_command_function_and_checkhealth(neovim):
     assert got["reason"] == why and got["state"] == "ready" and got["latency_ms"] >= 0, got
     assert nv.lua("return require('latent').statusline()").startswith("Latent ")
 
-    lines = nv.output("LatentStatus").splitlines()
+    lines = nv.status_window()
     assert lines[0] == f"Latent: ready, model {model}", lines
     assert any(line.strip().startswith("last completion ") and line.endswith(f"no suggestion: {why}") for line in lines), lines
     assert "Latent: Latent" not in "\n".join(lines)
@@ -502,7 +512,7 @@ def test_snooze_turns_completion_off_until_a_time_the_status_says(neovim):
                       10, "the snoozed state in require('latent').status()")
     assert abs(status["snoozed_until"] - (time.time() + 30 * 60)) < 60, status
     until = time.strftime("%H:%M", time.localtime(status["snoozed_until"]))
-    assert nv.output("LatentStatus").splitlines()[0] == f"Latent: ready, snoozed until {until}, model {model}"
+    assert nv.status_window()[0] == f"Latent: ready, snoozed until {until}, model {model}"
     assert nv.lua("return require('latent').statusline()") == f"Latent snoozed until {until}"
     # said when latent.toggle answers, which may come after the status notification
     wait_for(lambda: f"Latent: completion is snoozed until {until}" in nv.output("messages"), 10,
