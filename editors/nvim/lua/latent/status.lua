@@ -225,11 +225,12 @@ local function scratch(name, lines)
   vim.keymap.set('n', 'q', '<cmd>close<cr>', { buffer = bufnr, nowait = true, desc = 'Latent: close' })
 end
 
---- :LatentStatus echoes status_lines(); :LatentStatus! (`all`) shows every figure of each
---- server (latent.stats) in a scratch window.
+--- :LatentStatus shows status_lines() in a floating window at the cursor that the next move
+--- closes, as hover does: echoed, several lines would stop at a "Press ENTER" prompt.
+--- :LatentStatus! (`all`) shows every figure of each server (latent.stats) in a scratch window.
 function M.show_status(all)
   if not all then
-    api.nvim_echo({ { table.concat(M.status_lines(), '\n') } }, true, {})
+    vim.lsp.util.open_floating_preview(M.status_lines(), 'text', { focus_id = 'latent-status', border = 'rounded' })
     return
   end
   latent().command('latent.stats', {}, function(result, client)
