@@ -11,6 +11,7 @@ is started as `latent.server.path = ~/bin/latent` (a link to the venv's `latent`
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -170,8 +171,11 @@ def vscode(tmp_path_factory):
         pytest.fail(str(e))
     env = harness.clean_env(tmp, model)
     home = Path(env["HOME"])
-    (home / "bin").mkdir(parents=True)
-    (home / "bin" / "latent").symlink_to(latent)
+    # `latent` where `make install-user` links it, on no PATH the editor has: as for an editor
+    # started from a desktop menu, whose PATH lacks what ~/.bashrc adds
+    (home / ".local" / "bin").mkdir(parents=True)
+    (home / ".local" / "bin" / "latent").symlink_to(latent)
+    env["PATH"] = os.pathsep.join(d for d in env["PATH"].split(os.pathsep) if d and not (Path(d) / "latent").exists())
     user, extensions, work = tmp / "user-data", tmp / "extensions", tmp / "work"
     for folder in (user / "User", extensions, work / ".git"):
         folder.mkdir(parents=True)
@@ -182,7 +186,7 @@ def vscode(tmp_path_factory):
         (work / name).write_text(text)
     # code-server is a remote window: the user-only ("machine") settings are the remote's, in
     # Machine/settings.json (its Remote settings); VS Code ignores them in User/settings.json there
-    machine = {"latent.server.path": "~/bin/latent", **({"latent.model": model.path} if model.path else {})}
+    machine = {"latent.model": model.path} if model.path else {}   # latent.server.path: the default, `latent`
     settings = dict(SETTINGS, **{"latent.threads": harness.THREADS, "latent.logLevel": "debug"})
     settings_file, machine_file = user / "User" / "settings.json", user / "Machine" / "settings.json"
     machine_file.parent.mkdir()
@@ -407,9 +411,10 @@ def test_vscode_snooze_shows_until_when_in_the_status_bar(vscode):
 
 
 @pytest.mark.slow
-def test_vscode_server_path_expands_home_and_a_missing_server_is_one_notification(vscode):
+def test_vscode_finds_latent_where_install_user_puts_it_and_a_missing_server_is_one_notification(vscode):
     home = vscode["home"]
-    assert re.search(rf"\[info\] Starting {re.escape(str(home))}/bin/latent lsp", vscode["log"]), "~ was not expanded"
+    assert re.search(rf"\[info\] Starting {re.escape(str(home))}/\.local/bin/latent lsp", vscode["log"]), \
+        "`latent` in ~/.local/bin, not on PATH, was not found"
     out = scenario(vscode, "missing")
     assert len(out["toasts"]) == 1, f"notifications: {out['toasts']}"
     toast = out["toasts"][0]

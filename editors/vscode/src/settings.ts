@@ -88,7 +88,7 @@ export function serverCommand(): ServerCommand {
   const setting = python ? "server.pythonPath" : "server.path";
   const given = python || userValue(config, "server.path", "latent").trim() || "latent";
   const expanded = expandPath(given);
-  const found = findProgram(expanded, env.PATH ?? env.Path);
+  const found = findProgram(expanded, env.PATH ?? env.Path) ?? findProgram(expanded, INSTALL_DIRS.join(path.delimiter));
   return {
     setting,
     given,
@@ -98,6 +98,11 @@ export function serverCommand(): ServerCommand {
     env,
   };
 }
+
+/** Where installers put commands that an editor started from a desktop menu (not a login
+ *  shell) may not have on its PATH: `make install-user`, `pip install --user` and pipx all use
+ *  ~/.local/bin. Looked in after PATH, for a bare command name only. */
+const INSTALL_DIRS = [path.join(os.homedir(), ".local", "bin")];
 
 /** `program`'s full path: itself if it names a file (relative: to the workspace folder), else
  *  the first match on `searchPath`; undefined when there is no such executable file. */
