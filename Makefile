@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-user editors-deps vscode demo test test-fast test-editors test-remote bench bench-llamacpp bench-lite train train-stop train-pause train-resume clean
+.PHONY: install install-user editors-deps vscode demo lint test test-fast test-editors test-remote bench bench-llamacpp bench-lite train train-stop train-pause train-resume clean
 
 install: $(STAMP)
 
@@ -37,6 +37,17 @@ vscode:
 
 demo: install
 	@$(PY) benchmarks/demo.py
+
+# ruff (pyflakes, bugbear, import order) and pyright in basic mode on the three packages;
+# pyright from npm, pinned, into the virtual environment once.
+PYRIGHT_VERSION := 1.1.414
+PYRIGHT := $(VENV)/pyright/node_modules/.bin/pyright
+$(PYRIGHT):
+	@npm install --prefix $(VENV)/pyright --no-audit --no-fund --loglevel=error pyright@$(PYRIGHT_VERSION) >/dev/null
+
+lint: install $(PYRIGHT)
+	$(VENV)/bin/ruff check model completion lsp_server
+	$(PYRIGHT)
 
 test: install editors-deps
 	$(PY) -m pytest -q
