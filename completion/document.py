@@ -5,8 +5,11 @@ This is the one place where the three coordinate systems meet:
 * LSP positions: 0-based line, `character` in UTF-16 code units; lines end at "\\r\\n", "\\r"
   or "\\n" (the LSP rule, not `str.splitlines`, which also breaks at \\v, \\f, U+2028 …);
 * str offsets: what Python slices with (code points);
-* tree-sitter: byte offsets into the UTF-8 text, and points (row, byte column) whose rows
-  count "\\n" only.
+* tree-sitter: byte offsets into the UTF-8 text, and points (row, byte column). Its rows count
+  "\\n" only, so it parses the text with each lone "\\r" read as "\\n" (`tree_source`: the same
+  bytes at the same offsets); its rows are then LSP's lines.
+
+Everything that reads lines reads them as LSP does: `lf` gives the text in "\\n" line ends.
 
 Notifications mutate a `Document` (`apply`), requests read immutable `Snapshot`s. A document
 publishes its text, version and tree together as one immutable `DocumentState`, and never edits a
@@ -26,11 +29,24 @@ from completion.languages import LanguageSpec, language_for
 from completion.types import Position, Snapshot, TextChange
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_LONE_CR = re.compile(r"\r(?!\n)")
 
 
 def encode(text: str) -> bytes:
-    """The UTF-8 bytes tree-sitter parses (lone surrogates pass through rather than fail)."""
+    """The UTF-8 bytes of `text`, which tree-sitter's byte offsets count (lone surrogates pass
+    through rather than fail)."""
     return text.encode("utf-8", "surrogatepass")
+
+
+def tree_source(text: str) -> bytes:
+    """The bytes tree-sitter parses: `encode(text)` with each lone CR read as LF, one byte for
+    one, so its rows are LSP's lines (a grammar that does not know "\\r" parses it too)."""
+    return encode(_LONE_CR.sub("\n", text) if "\r" in text else text)
+
+
+def lf(text: str) -> str:
+    """`text` with LSP's line ends ("\\r\\n", lone "\\r", "\\n") as "\\n"."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def utf8_length(text: str) -> int:
@@ -129,20 +145,26 @@ def _utf16_to_index(line: str, units: int):
 
 
 def ts_point(text: str, offset: int) -> tuple[int, int]:
-    """tree-sitter's point of a str offset: (rows counted by "\\n", UTF-8 byte column)."""
-    line_start = text.rfind("\n", 0, offset) + 1
-    return text.count("\n", 0, offset), utf8_length(text[line_start:offset])
+    """tree-sitter's point of a str offset in `tree_source(text)`: (row, UTF-8 byte column)."""
+    head = text[:offset + 1]   # the character after the offset tells whether a CR before it is lone
+    head = (_LONE_CR.sub("\n", head) if "\r" in head else head)[:offset]
+    line_start = head.rfind("\n") + 1
+    return head.count("\n"), utf8_length(head[line_start:])
 
 
-def _point_after(start: tuple[int, int], inserted: str) -> tuple[int, int]:
-    newlines = inserted.count("\n")
-    if not newlines:
-        return start[0], start[1] + utf8_length(inserted)
-    return start[0] + newlines, utf8_length(inserted[inserted.rfind("\n") + 1:])
+def _point_after(start: tuple[int, int], inserted: str, following: str) -> tuple[int, int]:
+    """The point after `inserted` put at `start` (before the text `following` it)."""
+    row, column = ts_point(inserted + following[:1], len(inserted))
+    return (start[0], start[1] + column) if row == 0 else (start[0] + row, column)
 
 
 def edit_tree(tree: tree_sitter.Tree, text: str, start: int, end: int, inserted: str) -> None:
-    """Tell `tree` (of `text`) that text[start:end] becomes `inserted` (str offsets)."""
+    """Tell `tree` (of `text`) that text[start:end] becomes `inserted` (str offsets).
+
+    A CR right before the edit is edited too: whether it is lone (a line end of its own in
+    `tree_source`) depends on what follows it."""
+    if start > 0 and text[start - 1] == "\r":
+        start, inserted = start - 1, "\r" + inserted
     start_byte = utf8_length(text[:start])
     start_point = ts_point(text, start)
     tree.edit(
@@ -151,7 +173,7 @@ def edit_tree(tree: tree_sitter.Tree, text: str, start: int, end: int, inserted:
         new_end_byte=start_byte + utf8_length(inserted),
         start_point=start_point,
         old_end_point=ts_point(text, end),
-        new_end_point=_point_after(start_point, inserted),
+        new_end_point=_point_after(start_point, inserted, text[end:end + 1]),
     )
 
 
@@ -163,7 +185,7 @@ def parse(language: LanguageSpec, text: str, max_chars: int = MAX_PARSE_CHARS) -
     text is longer than `max_chars`: parsing it would hold up every other request."""
     if len(text) > max_chars:
         return None
-    return language.parser().parse(encode(text))
+    return language.parser().parse(tree_source(text))
 
 
 class DocumentState(NamedTuple):
@@ -240,7 +262,8 @@ class Document:
     def _parsed(self, text: str, version: int, old_tree: tree_sitter.Tree | None) -> DocumentState:
         tree = None
         if self._parser is not None and len(text) <= self.max_parse_chars:
-            tree = self._parser.parse(encode(text), old_tree) if old_tree else self._parser.parse(encode(text))
+            source = tree_source(text)
+            tree = self._parser.parse(source, old_tree) if old_tree else self._parser.parse(source)
         return DocumentState(text, version, Lines(text), tree)
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import tree_sitter
 
 from completion.context import block_opener
-from completion.document import edit_tree, encode, line_ending
+from completion.document import edit_tree, encode, lf, line_ending, tree_source
 from completion.languages import LanguageSpec
 from completion.types import Range, Suggestion
 from completion.windows import Cursor, indent_width
@@ -68,7 +68,7 @@ def plan_for(mode: str, language: LanguageSpec | None, tree, cursor: Cursor,
         text = lines.line_text(opener if opener is not None else cursor.line)
         opener_indent = text[:len(text) - len(text.lstrip(" \t"))]
     first = lines.starts[max(cursor.line - BEFORE_LINES, 0)]
-    return Plan(mode, cursor.head, cursor.tail, before=cursor.text[first:cursor.line_start].replace("\r\n", "\n"),
+    return Plan(mode, cursor.head, cursor.tail, before=lf(cursor.text[first:cursor.line_start]),
                 next_line=cursor.next_line(), opener_indent=opener_indent, specials=specials)
 
 
@@ -92,7 +92,7 @@ def suggestion(raw: str, plan: Plan, language: LanguageSpec | None, tree, cursor
 
 def clean(raw: str, plan: Plan, *, hit_limit: bool = False) -> str:
     """The suggestion text to keep of the model's answer `raw` ("" to show nothing)."""
-    text = _before_special(raw, plan.specials).replace("\r\n", "\n")
+    text = lf(_before_special(raw, plan.specials))
     text = _cut_to_mode(text, plan)
     text = _cut_suffix_repeat(text, plan)
     text = _cut_loops(text, plan, hit_limit)
@@ -117,7 +117,7 @@ def echoes(text: str, plan: Plan) -> bool:
 
 def why_empty(raw: str, plan: Plan, *, hit_limit: bool = False) -> str:
     """Which step of `clean` left nothing of `raw` (a key of completion.types.REASONS)."""
-    text = _cut_to_mode(_before_special(raw, plan.specials).replace("\r\n", "\n"), plan)
+    text = _cut_to_mode(lf(_before_special(raw, plan.specials)), plan)
     if not text.strip():
         return "nothing"
     text = _cut_suffix_repeat(text, plan)
@@ -349,7 +349,7 @@ def adds_errors(language: LanguageSpec, tree: tree_sitter.Tree, text: str, start
     """
     edited = tree.copy()
     edit_tree(edited, text, start, end, inserted)
-    new_tree = language.parser().parse(encode(text[:start] + inserted + text[end:]), edited)
+    new_tree = language.parser().parse(tree_source(text[:start] + inserted + text[end:]), edited)
     if not new_tree.root_node.has_error:
         return False
     start_byte = len(encode(text[:start]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from completion.context import Context
+from completion.document import lf
 from completion.related import Snippet
 from completion.windows import Count
 from model.fim import FORMATS, FimFormat
@@ -103,7 +104,7 @@ class _Neutraliser:
         self.specials = tuple(sorted({s for s in specials if s}, key=len, reverse=True))
 
     def __call__(self, text: str) -> str:
-        text = _lf(text)
+        text = lf(text)
         for special in self.specials:
             if special in text:
                 text = text.replace(special, special[0] + "\u200b" + special[1:])
@@ -125,7 +126,7 @@ def build_prompt(fmt: FimFormat, context: Context, count: Count, *, max_tokens: 
     the count of the joined text; here the real tokenizer has the last word. Trimming drops the
     least relevant snippet first, then the farthest line of the larger window, then characters.
     """
-    prefix, suffix, snippets = context.prefix, context.suffix, context.snippets
+    prefix, suffix, snippets = lf(context.prefix), lf(context.suffix), context.snippets
     header = True
     while True:
         text = render(fmt, prefix=prefix, suffix=suffix, snippets=snippets,
@@ -134,7 +135,7 @@ def build_prompt(fmt: FimFormat, context: Context, count: Count, *, max_tokens: 
         tokens = count(text) + bos
         excess = tokens - max_tokens
         if excess <= 0:
-            return Prompt(text, tokens, _lf(prefix), _lf(suffix), snippets)
+            return Prompt(text, tokens, prefix, suffix, snippets)
         if snippets:
             snippets = snippets[1:]
         elif prefix or suffix:
@@ -153,7 +154,7 @@ def _trim(prefix: str, suffix: str, excess: int, count: Count) -> tuple[str, str
 
 
 def _drop_leading(text: str, excess: int, count: Count) -> str:
-    lines = text.splitlines(keepends=True)
+    lines = _lines(text)
     if len(lines) <= 1:
         return text[max(1, len(text) // 8):] if len(text) > 1 else ""
     dropped = 0
@@ -163,14 +164,17 @@ def _drop_leading(text: str, excess: int, count: Count) -> str:
 
 
 def _drop_trailing(text: str, excess: int, count: Count) -> str:
-    lines = text.splitlines(keepends=True)
+    lines = _lines(text)
     if len(lines) <= 1:
         return text[:len(text) - max(1, len(text) // 8)] if len(text) > 1 else ""
     dropped = 0
     while len(lines) > 1 and dropped < excess:
         dropped += max(count(lines.pop()), 1)
-    return "".join(lines).rstrip("\r\n") if lines else ""
+    return "".join(lines).rstrip("\n") if lines else ""
 
 
-def _lf(text: str) -> str:
-    return text.replace("\r\n", "\n")
+def _lines(text: str) -> list[str]:
+    """The lines of a text in "\\n" line ends, each with its end (not `str.splitlines`, which
+    also breaks at \\v, \\f, U+2028 …)."""
+    lines = text.split("\n")
+    return [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])

@@ -15,6 +15,7 @@ from typing import NamedTuple, Sequence
 
 import tree_sitter
 
+from completion.document import lf
 from completion.languages import LanguageSpec
 from completion.windows import Count, Cursor, Windows
 
@@ -140,7 +141,7 @@ def _find_definitions(source: Source) -> list[_Definition]:
 
 
 def _split_windows(source: Source) -> list[_Window]:
-    lines = source.text.split("\n")  # rows as tree-sitter counts them, like definitions'
+    lines = lf(source.text).split("\n")  # LSP's lines: tree-sitter's rows, like definitions'
     windows = []
     for first in range(0, max(len(lines) - WINDOW_LINES, 0) + 1, WINDOW_STRIDE):
         text = "\n".join(lines[first:first + WINDOW_LINES])
@@ -215,8 +216,8 @@ def _visible(definition: _Definition, cursor: Cursor, windows: Windows) -> bool:
 
 
 def _definition_text(source: Source, definition: _Definition) -> str:
-    rows = source.text.split("\n")[definition.first_line:definition.last_line + 1]  # tree-sitter rows
-    return "\n".join(row.rstrip("\r") for row in rows[:DEFINITION_LINES])
+    rows = lf(source.text).split("\n")[definition.first_line:definition.last_line + 1]  # tree-sitter rows
+    return "\n".join(rows[:DEFINITION_LINES])
 
 
 def _window_snippets(current: Source, cursor: Cursor, others: Sequence[Source],
@@ -235,7 +236,7 @@ def _window_snippets(current: Source, cursor: Cursor, others: Sequence[Source],
             score = _jaccard(around, window.identifiers)
             if score >= MIN_WINDOW_SCORE:
                 rows = (window.first_line, window.first_line + window.text.count("\n"))
-                scored.append(Snippet(source.path, window.text.rstrip("\r\n"), comment_of(source),
+                scored.append(Snippet(source.path, window.text.rstrip("\n"), comment_of(source),
                                       "window", score, uri=source.uri, lines=rows))
     scored.sort(key=lambda snippet: snippet.score, reverse=True)
     return scored

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from completion.document import Lines, utf8_length
+from completion.document import Lines, lf, utf8_length
 
 Count = Callable[[str], int]  # tokens of a piece of text
 
@@ -72,7 +72,7 @@ class TokenCounter:
             return 0
         tokens = self._memo.get(text)
         if tokens is None:
-            tokens = self._count(text.replace("\r\n", "\n"))
+            tokens = self._count(lf(text))
             if len(self._memo) >= self._max:
                 self._memo.clear()
             self._memo[text] = tokens

@@ -128,6 +128,10 @@ EDIT_CASES = {
     "rust multi-line delete": ("rust", "fn main() {\n    let a = \"é\";\n    let b = 2;\n}\n",
                                [_change(1, 4, 2, 4, ""), _change(0, 0, 0, 0, "// 😀\n")]),
     "go lone CR": ("go", "package main\rfunc f() {}\n", [_change(1, 10, 1, 10, "return")]),
+    "python lone CR ends": ("python", "def f(x):\r    return x\r\rprint(f(1))\r",
+                            [_change(1, 12, 1, 12, " + 1\r    pass"), _change(0, 6, 0, 7, "value")]),
+    "a lone CR that an LF joins": ("python", "a = 1\rb = 2\r", [_change(1, 0, 1, 0, "\nc = 3"),
+                                                               _change(0, 5, 1, 0, "")]),
     "full replacement": ("python", "x = 1\n", [TextChange("y = '😀'\n"), _change(0, 0, 0, 1, "z")]),
 }
 
@@ -144,6 +148,19 @@ def test_incremental_tree_equals_fresh_parse(language, text, changes):
     assert _shape(document.tree) == _shape(parse(document.language, expected))
 
 
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_tree_rows_are_lsp_lines_whatever_the_line_ends(eol):
+    """A lone CR ends a line for LSP; tree-sitter counts rows at LF only, so a file in CR line
+    ends was one row of 100,000 definitions (an 11 s completion): its rows are LSP's lines."""
+    text = eol.join(["def f(x):", "    return x", "", "def g():", "    pass", ""])
+    document = Document("file:///t.py", "python", text, 1)
+    assert [(node.start_point[0], node.end_point[0]) for node in document.tree.root_node.children] == [(0, 1), (3, 4)]
+    assert not document.tree.root_node.has_error
+    document.apply([_change(4, 8, 4, 8, eol + "    return 1")], 2)
+    assert _shape(document.tree) == _shape(parse(document.language, document.text))
+    assert document.tree.root_node.children[1].end_point[0] == 5
+
+
 def test_several_changes_in_one_notification_apply_in_order():
     document = Document("file:///t", "python", "a = 1\nb = 2\n", 1)
     document.apply([_change(0, 4, 0, 5, "😀"), _change(0, 6, 0, 6, "x")], 2)  # ranges after the first
@@ -152,7 +169,7 @@ def test_several_changes_in_one_notification_apply_in_order():
 
 
 _FRAGMENTS = st.sampled_from([
-    "x", "😀", "中文", "é", " ", "\n", "\r\n", "    ", "def f(a):", "return a", "(", ")", ":",
+    "x", "😀", "中文", "é", " ", "\n", "\r\n", "\r", "    ", "def f(a):", "return a", "(", ")", ":",
     "'s'", "# c", "if x:", "1 + 2", "[", "]", "{", "}",
 ])
 

@@ -828,6 +828,30 @@ def test_a_workspace_cannot_size_the_engine(wire):
 
 
 # ---------------------------------------------------------------------------------------------
+# Issue #20, 7. Lone-CR line ends
+
+def test_lone_cr_line_ends_complete_as_lf_ones(wire, tmp_path):
+    """LSP ends lines at "\\n", "\\r\\n" and a lone "\\r". With lone CRs the model was shown raw CRs
+    and tree-sitter saw one row of the whole file (a 100,000-line file: ~11 s a completion, and
+    garbage); now the same code gets the same suggestion, in the document's line ends."""
+    server = wire(bundled_env(tmp_path))
+    server.initialize()
+    code = "".join(f"def scale_{i}(values):\n    return [v * {i} for v in values]\n\n" for i in range(1500))
+    code += "def total(values):\n    scaled = scale_7("
+    line, character = code.count("\n"), len("    scaled = scale_7(")
+    answers = {}
+    for name, eol in (("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")):
+        uri = f"file:///wire/{name}/scaled.py"                 # the same file name in the prompt's header
+        server.open(uri, code.replace("\n", eol))
+        result = server.call(INLINE, inline_params(uri, line, character), timeout=120)
+        answers[name] = [(item["insertText"].replace(eol, "\n"), item["range"]) for item in result["items"]]
+        assert all(eol == "\n" or "\n" not in item["insertText"].replace(eol, "") for item in result["items"])
+        server.notify("textDocument/didClose", {"textDocument": {"uri": uri}})   # no snippets of it in the next
+    assert answers["lf"], "the model suggested nothing here"
+    assert answers["cr"] == answers["crlf"] == answers["lf"]
+
+
+# ---------------------------------------------------------------------------------------------
 # Fuzz: frames and params
 
 OTHER_URIS = ("file:///fuzz/other.py", "file:///fuzz/b.rs", "untitled:Untitled-1", "", "not a uri", "file:///")
