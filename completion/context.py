@@ -27,7 +27,7 @@ from completion.windows import Count, Cursor, choose_windows, indent_width
 # What may follow the cursor on its line for a completion to make sense there: closing
 # brackets and quotes (they are kept, or replaced by a suggestion that includes them) and
 # statement punctuation.
-_TAIL_ALLOWED = frozenset(")]}>\"'`;,: \t")
+_TAIL_ALLOWED = ")]}>\"'`;,: \t"
 
 # ---------------------------------------------------------------------------------------------
 # 1. The mode
@@ -44,7 +44,7 @@ def decide(language: LanguageSpec | None, tree: tree_sitter.Tree | None, cursor:
     head, tail = cursor.head, cursor.tail
     if _inside_word(tree, cursor):
         return "none", "inside-word"
-    if not set(tail) <= _TAIL_ALLOWED:
+    if tail.strip(_TAIL_ALLOWED):   # stops at the first character of code, however long the line
         return "none", "code-follows"
     if language is None or tree is None:
         return "line", ""

@@ -130,18 +130,22 @@ _PAST_END = object()
 _INSIDE_PAIR = object()
 
 
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")   # two UTF-16 code units each
+
+
 def _utf16_to_index(line: str, units: int):
-    """The str index `units` UTF-16 code units into `line`, or a marker when there is none."""
-    if line.isascii():
-        return units if units <= len(line) else _PAST_END
-    count = 0
-    for index, char in enumerate(line):
-        if count == units:
-            return index
-        count += 2 if ord(char) > 0xFFFF else 1
-        if count > units:
+    """The str index `units` UTF-16 code units into `line`, or a marker when there is none.
+    Only the characters outside the BMP are visited: a line of megabytes costs no Python loop."""
+    shift = 0   # characters outside the BMP before the point reached
+    for match in _ASTRAL.finditer(line):
+        before = match.start() + shift   # code units before this character
+        if units <= before:
+            break
+        if units == before + 1:
             return _INSIDE_PAIR
-    return len(line) if count == units else _PAST_END
+        shift += 1
+    index = units - shift
+    return index if index <= len(line) else _PAST_END
 
 
 def ts_point(text: str, offset: int) -> tuple[int, int]:

@@ -33,6 +33,8 @@ from completion.windows import Cursor, indent_width
 
 _WORD = re.compile(r"\w")
 BEFORE_LINES = 10          # lines before the cursor scanned for open brackets (the range rule)
+PLAN_CHARS = 4096          # characters at most of the cursor's line kept on each side, and scanned
+                           # before it: a line of megabytes is not copied on every streamed token
 MAX_LOOP_PERIOD = 8        # lines in a repeated block
 LOOP_COPIES = 3            # copies in a row that make a loop
 MIN_CHAR_LOOP = 12         # characters a repeated unit must cover at the end of a truncated answer
@@ -44,8 +46,8 @@ class Plan:
     """What postprocessing needs to know about the request, worked out before the model runs."""
 
     mode: str                      # "line" | "block"
-    head: str                      # the cursor's line before the cursor
-    tail: str                      # the cursor's line after the cursor
+    head: str                      # the cursor's line before the cursor (its last PLAN_CHARS)
+    tail: str                      # the cursor's line after the cursor (its first PLAN_CHARS)
     before: str = ""               # the lines before the cursor, "\n" ends (for the bracket scan)
     next_line: str | None = None   # the first non-blank line after the cursor's line
     opener_indent: str = ""        # leading whitespace of the line that opens the block
@@ -67,9 +69,11 @@ def plan_for(mode: str, language: LanguageSpec | None, tree, cursor: Cursor,
         opener = block_opener(language, tree, cursor)
         text = lines.line_text(opener if opener is not None else cursor.line)
         opener_indent = text[:len(text) - len(text.lstrip(" \t"))]
-    first = lines.starts[max(cursor.line - BEFORE_LINES, 0)]
-    return Plan(mode, cursor.head, cursor.tail, before=lf(cursor.text[first:cursor.line_start]),
-                next_line=cursor.next_line(), opener_indent=opener_indent, specials=specials)
+    offset, start = cursor.offset, max(cursor.line_start, cursor.offset - PLAN_CHARS)
+    first = min(max(lines.starts[max(cursor.line - BEFORE_LINES, 0)], offset - PLAN_CHARS), cursor.line_start)
+    return Plan(mode, cursor.text[start:offset], cursor.text[offset:min(cursor.line_end, offset + PLAN_CHARS)],
+                before=lf(cursor.text[first:cursor.line_start]), next_line=cursor.next_line(),
+                opener_indent=opener_indent, specials=specials)
 
 
 def suggestion(raw: str, plan: Plan, language: LanguageSpec | None, tree, cursor: Cursor, *,

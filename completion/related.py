@@ -17,7 +17,7 @@ import tree_sitter
 
 from completion.document import lf
 from completion.languages import LanguageSpec
-from completion.windows import Count, Cursor, Windows
+from completion.windows import Count, Cursor, Windows, max_chars
 
 # ---------------------------------------------------------------------------------------------
 # 3. Related snippets
@@ -160,11 +160,11 @@ def related_snippets(current: Source, cursor: Cursor, windows: Windows,
     if budget <= 0:
         return ()
     candidates = _definition_snippets(current, cursor, windows, others, index)
-    candidates += _window_snippets(current, cursor, others, index)
+    candidates += _window_snippets(current, cursor, windows, others, index)
     chosen, used = [], 0
     for snippet in candidates:
-        if any(snippet.overlaps(other) for other in chosen):
-            continue
+        if len(snippet.text) > max_chars(budget - used) or any(snippet.overlaps(other) for other in chosen):
+            continue   # too long to fit, told without tokenizing it
         tokens = count(_header(snippet) + snippet.text + "\n")
         if used + tokens > budget:
             continue
@@ -177,9 +177,10 @@ def _header(snippet: Snippet) -> str:
     return f"{snippet.comment} {snippet.path}\n"
 
 
-def _names_near_cursor(cursor: Cursor) -> list[str]:
-    """Identifiers used on the cursor's line and the lines above it, nearest first."""
-    first = cursor.lines.starts[max(cursor.line - USAGE_LINES, 0)]
+def _names_near_cursor(cursor: Cursor, windows: Windows) -> list[str]:
+    """Identifiers used on the cursor's line and the lines above it, nearest first (within the
+    prefix window: a line of megabytes is not searched whole)."""
+    first = max(cursor.lines.starts[max(cursor.line - USAGE_LINES, 0)], windows.start)
     words = _IDENTIFIER.findall(cursor.text[first:cursor.offset])
     ordered = []
     for word in reversed(words):
@@ -190,7 +191,7 @@ def _names_near_cursor(cursor: Cursor) -> list[str]:
 
 def _definition_snippets(current: Source, cursor: Cursor, windows: Windows,
                          others: Sequence[Source], index: RelatedIndex) -> list[Snippet]:
-    names = _names_near_cursor(cursor)
+    names = _names_near_cursor(cursor, windows)
     if not names:
         return []
     by_name: dict[str, list[tuple[Source, _Definition]]] = {}
@@ -220,11 +221,11 @@ def _definition_text(source: Source, definition: _Definition) -> str:
     return "\n".join(rows[:DEFINITION_LINES])
 
 
-def _window_snippets(current: Source, cursor: Cursor, others: Sequence[Source],
+def _window_snippets(current: Source, cursor: Cursor, windows: Windows, others: Sequence[Source],
                      index: RelatedIndex) -> list[Snippet]:
     lines = cursor.lines
-    first = lines.starts[max(cursor.line - CONTEXT_LINES_BEFORE, 0)]
-    last = lines.line_end(min(cursor.line + CONTEXT_LINES_AFTER, lines.count - 1))
+    first = max(lines.starts[max(cursor.line - CONTEXT_LINES_BEFORE, 0)], windows.start)
+    last = min(lines.line_end(min(cursor.line + CONTEXT_LINES_AFTER, lines.count - 1)), windows.end)
     around = frozenset(identifiers(cursor.text[first:last]))
     if not around:
         return []

@@ -144,6 +144,7 @@ class CompletionService:
                 "cache_entries": len(self._cache),
                 "typing_through_documents": len(self._recall),
                 "reasons": dict(self._reasons),
+                "tokenized_chars": self._count.chars,   # the work of sizing windows and prompts
             }
 
     def forget(self, uri: str) -> None:

@@ -3,6 +3,10 @@
 `Cursor` works out once the coordinates every stage needs; `choose_windows` cuts the prefix and
 suffix windows at line boundaries under a token budget (about ¾ prefix, ¼ suffix; what one side
 cannot use goes to the other); `TokenCounter` caches per-line token counts.
+
+A window is cut by characters before it is tokenized: at most `max_chars(budget)`, budget ×
+MAX_CHARS_PER_TOKEN, so what a completion costs is bounded by its budget, not by its document's
+longest line (a 7.65 MB line took 9.6 s to tokenize, holding the interpreter lock all along).
 """
 from __future__ import annotations
 
@@ -12,6 +16,14 @@ from typing import Callable
 from completion.document import Lines, lf, utf8_length
 
 Count = Callable[[str], int]  # tokens of a piece of text
+# Generous: code averages 3-4 characters a token; only runs of one character (spaces, "#", "=")
+# pack more, and a line of them cut shorter than it could be loses nothing worth reading.
+MAX_CHARS_PER_TOKEN = 16
+
+
+def max_chars(budget: int) -> int:
+    """The most characters a text of `budget` tokens is read from."""
+    return max(budget, 0) * MAX_CHARS_PER_TOKEN
 
 # ---------------------------------------------------------------------------------------------
 # The cursor
@@ -60,18 +72,21 @@ def indent_width(line: str) -> int:
 # 2. Windows
 
 class TokenCounter:
-    """Token counts of text pieces, memoised (lines rarely change between keystrokes)."""
+    """Token counts of text pieces, memoised (lines rarely change between keystrokes); `chars`
+    counts the characters tokenized, the work done."""
 
     def __init__(self, count: Count, max_entries: int = 16384) -> None:
         self._count = count
         self._memo: dict[str, int] = {}
         self._max = max_entries
+        self.chars = 0
 
     def __call__(self, text: str) -> int:
         if not text:
             return 0
         tokens = self._memo.get(text)
         if tokens is None:
+            self.chars += len(text)
             tokens = self._count(lf(text))
             if len(self._memo) >= self._max:
                 self._memo.clear()
@@ -102,14 +117,19 @@ def choose_windows(cursor: Cursor, budget: int, prefix_fraction: float, count: C
 
 
 def _prefix_window(cursor: Cursor, budget: int, count: Count) -> tuple[int, int]:
-    head = cursor.head
+    limit = max_chars(budget)
+    start = max(cursor.line_start, cursor.offset - limit)
+    head = cursor.text[start:cursor.offset]
     used = count(head)
     if used > budget:
         cut = _longest_fitting_end(head, budget, count)
-        return cursor.line_start + cut, count(head[cut:])
+        return start + cut, count(head[cut:])
+    if start > cursor.line_start:   # the line goes on past what the budget can hold
+        return start, used
     starts = cursor.lines.starts
-    start = cursor.line_start
     for line in range(cursor.line - 1, -1, -1):
+        if cursor.offset - starts[line] > limit:
+            break
         tokens = count(cursor.text[starts[line]:starts[line + 1]])
         if used + tokens > budget:
             break
@@ -119,15 +139,20 @@ def _prefix_window(cursor: Cursor, budget: int, count: Count) -> tuple[int, int]
 
 
 def _suffix_window(cursor: Cursor, budget: int, count: Count) -> tuple[int, int]:
-    tail = cursor.tail
+    limit = max_chars(budget)
+    end = min(cursor.line_end, cursor.offset + limit)
+    tail = cursor.text[cursor.offset:end]
     used = count(tail)
     if used > budget:
         cut = _longest_fitting_start(tail, budget, count)
         return cursor.offset + cut, count(tail[:cut])
+    if end < cursor.line_end:
+        return end, used
     lines = cursor.lines
-    end = cursor.line_end
     for line in range(cursor.line + 1, lines.count):
         line_end = lines.line_end(line)
+        if line_end - cursor.offset > limit:
+            break
         tokens = count(cursor.text[end:line_end])
         if used + tokens > budget:
             break

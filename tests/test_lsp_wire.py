@@ -828,6 +828,30 @@ def test_a_workspace_cannot_size_the_engine(wire):
 
 
 # ---------------------------------------------------------------------------------------------
+# Issue #20, 6. One long line
+
+def test_a_line_of_megabytes_costs_what_the_budget_allows(wire, tmp_path):
+    """A completion whose window ends in a line of several MB tokenized all of it, many times
+    (~1.25 s a MB, holding the interpreter lock: every other document and the reading of stdin
+    waited). Now windows are cut by characters first: the work is bounded by the prompt budget
+    (2,048 tokens, at most 16 characters a token), not by the line."""
+    server = wire(bundled_env(tmp_path))
+    server.initialize()
+    line = "values = [" + "1, " * ((4 << 20) // 3)
+    big, small = "file:///wire/long_line.py", "file:///wire/small.py"
+    server.open(big, "import os\n" + line)
+    server.open(small, "def g(y):\n    return ")
+    before = server.stats()["service"]["tokenized_chars"]
+    long_id = server.request(INLINE, inline_params(big, 1, len(line)))
+    small_id = server.request(INLINE, inline_params(small, 1, 11))
+    assert server.responds(timeout=120)                               # stdin is read meanwhile
+    for msg_id in (long_id, small_id):
+        assert "result" in server.answer(msg_id, timeout=300)
+    work = server.stats()["service"]["tokenized_chars"] - before
+    assert work < 1 << 20, f"{work} characters tokenized for a 4 MiB line"   # before: 8,443,024
+
+
+# ---------------------------------------------------------------------------------------------
 # Issue #20, 7. Lone-CR line ends
 
 def test_lone_cr_line_ends_complete_as_lf_ones(wire, tmp_path):
