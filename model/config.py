@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .fim import LAYOUTS
 
@@ -138,7 +139,7 @@ def _parse(raw: dict, source: str) -> ModelArgs:
         if key not in raw or raw[key] is None:
             raise ConfigError(f"{source}: required key {key!r} is missing")
     v3 = model_type == "deepseek_v3"
-    args = dict(
+    args: dict[str, Any] = dict(
         model_type=model_type,
         vocab_size=_int(raw, "vocab_size", source),
         dim=_int(raw, "hidden_size", source),
@@ -238,7 +239,7 @@ def _names(raw: dict, key: str, source: str, allowed: tuple[str, ...] | None = N
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{source}: {key!r} must be a list of names")
     bad = [v for v in value if allowed is not None and v not in allowed]
-    if bad:
+    if bad and allowed is not None:
         raise ConfigError(f"{source}: {key!r} holds {bad[0]!r}; it takes {', '.join(allowed)}")
     return tuple(value)
 

@@ -46,6 +46,7 @@ class FimFormat:
         if self.name == "codestral":
             return f"{self.suffix}{suffix}{self.prefix}{prefix}"
         if self.name == "codellama":  # spaces as in "<PRE> {prefix} <SUF>{suffix} <MID>", unless
+            assert self.prefix is not None, "every family but plain has a prefix token"
             space = "" if self.prefix.startswith("\u2581") else " "  # the tokens carry SentencePiece's ▁
             if layout == "spm":
                 return f"{self.prefix}{space}{self.suffix}{suffix}{space}{self.middle}{space}{prefix}"
@@ -91,7 +92,7 @@ def detect(token_to_id: Callable[[str], int | None]) -> FimFormat | None:
             main = (spelled.prefix, spelled.suffix, spelled.middle)
             if any(t is not None and token_to_id(t) is None for t in main):
                 continue
-            known = {t: token_to_id(t) for t in spelled.tokens}
+            known: dict[str | None, int | None] = {t: token_to_id(t) for t in spelled.tokens}  # None: not held
             return replace(spelled, end=spelled.end if known.get(spelled.end) is not None else None,
                            end_id=known.get(spelled.end),
                            file_sep=spelled.file_sep if known.get(spelled.file_sep) is not None else None,

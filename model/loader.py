@@ -304,7 +304,7 @@ def _skip_init():
             setattr(torch.nn.init, name, fn)
 
 
-def _put_expert(m, name, tensor, args, expected, state, filled, dtype, device, unexpected) -> None:
+def _put_expert(m, name, tensor, args, expected, state, filled, dtype, device, unexpected) -> str | None:
     import torch
 
     layer, e, kind = int(m.group(1)), int(m.group(2)), m.group(3)

@@ -12,7 +12,7 @@ Two ways to attend over that cache, held equal by the tests:
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -64,12 +64,16 @@ def stack_rows(*layers: nn.Module) -> nn.Module:
     """One linear layer whose output is the given layers' outputs side by side (their weight
     rows stacked): a single product where there were several on the same input. Float layers
     give an nn.Linear; int8 layers (model/quant.py) their own kind, exactly (scales are per row)."""
-    if all(type(layer) is nn.Linear for layer in layers):
-        weight = torch.cat([layer.weight.detach() for layer in layers])
+    linears = [layer for layer in layers if type(layer) is nn.Linear]
+    if len(linears) == len(layers):
+        weight = torch.cat([layer.weight.detach() for layer in linears])
         fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
         fused.weight = nn.Parameter(weight, requires_grad=False)
         return fused
-    return type(layers[0]).stacked(layers)
+    stacked = getattr(type(layers[0]), "stacked", None)   # Int8Linear.stacked (model/quant.py)
+    if stacked is None:
+        raise TypeError(f"cannot stack {type(layers[0]).__name__} layers")
+    return stacked(layers)
 
 
 class MLA(nn.Module):
@@ -83,8 +87,8 @@ class MLA(nn.Module):
         self.interleaved = args.rope_interleave
         qk = args.qk_head_dim
         self.q_lora = bool(args.q_lora_rank)
-        self.q_width = args.q_lora_rank if self.q_lora else args.n_heads * qk   # what x's query product gives
-        if self.q_lora:
+        self.q_width = args.q_lora_rank or args.n_heads * qk   # what x's query product gives
+        if args.q_lora_rank:
             self.q_a_proj = linear(args.dim, args.q_lora_rank)
             self.q_a_layernorm = RMSNorm(args.q_lora_rank, args.norm_eps)
             self.q_b_proj = linear(args.q_lora_rank, args.n_heads * qk)
@@ -104,9 +108,11 @@ class MLA(nn.Module):
         """W_UK (H, nope, R) and W_UV (H, v, R): views of kv_b_proj's weight, taken anew each
         call (free; a compiled step then reads the weight itself), or of its float form made
         once when it is int8."""
-        if hasattr(self.kv_b_proj, "dequantized"):
+        # int8 layers (model/quant.py Int8Linear) widen their weight; float ones have it as it is
+        dequantized: Callable[[], torch.Tensor] | None = getattr(self.kv_b_proj, "dequantized", None)
+        if dequantized is not None:
             if self._kv_b_float is None:
-                self._kv_b_float = self.kv_b_proj.dequantized()
+                self._kv_b_float = dequantized()
             w = self._kv_b_float
         else:
             w = self.kv_b_proj.weight
@@ -188,7 +194,7 @@ class MLA(nn.Module):
         q = torch.cat((q_nope, q_pe), dim=-1)                             # (H, T, nope + P)
         # 4-D (B, H, T, D) with a causal flag or an additive float mask: PyTorch's fused CPU
         # kernel takes these; 3-D tensors or a boolean mask fall back to the unfused math path.
-        masking = {"is_causal": True} if T == S else {"attn_mask": mask}   # none for one token
+        masking: dict[str, Any] = {"is_causal": True} if T == S else {"attn_mask": mask}   # none for one token
         out = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=self.scale,
                                              **masking)                   # (1, H, T, v)
         return out[0].transpose(0, 1).reshape(T, H * self.v_dim)

@@ -81,6 +81,9 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
+    w13: torch.Tensor   # parameters here; int8 buffers in model/quant.py's Int8Experts
+    w2: torch.Tensor
+
     def __init__(self, n: int, dim: int, inter_dim: int) -> None:
         super().__init__()
         self.inter_dim = inter_dim
@@ -137,7 +140,7 @@ class MoE(nn.Module):
     def _gathered(self, x, weights, idx) -> torch.Tensor:
         """Per token, only its k experts, one by one (eager decode on CPU)."""
         y = torch.zeros_like(x)
-        for t, (experts, w) in enumerate(zip(idx.tolist(), weights)):
+        for t, (experts, w) in enumerate(zip(idx.tolist(), weights, strict=True)):
             xt = x[t : t + 1]
             for j, e in enumerate(experts):
                 y[t : t + 1] += w[j] * self.experts.run(e, xt)

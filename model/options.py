@@ -199,8 +199,10 @@ def _check_value(spec: Spec, value: Any, raw: Any = None) -> Any:
             value = tuple(value)
     if spec.choices is not None and value not in spec.choices:
         raise fail()
-    if spec.min is not None and value < spec.min or spec.max is not None and value > spec.max:
-        raise fail()
+    if spec.min is not None or spec.max is not None:
+        assert isinstance(value, (int, float)), f"option {spec.name!r}: min and max bound numbers only"
+        if spec.min is not None and value < spec.min or spec.max is not None and value > spec.max:
+            raise fail()
     return value
 
 

@@ -56,12 +56,15 @@ class TokenizerProtocol(Protocol):
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
         """Token ids of `text`; special-token strings map to their single ids."""
+        ...
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`, special tokens included as their strings."""
+        ...
 
     def count(self, text: str) -> int:
         """len(encode(text)) without the beginning-of-sequence token."""
+        ...
 
 
 @dataclass
@@ -123,28 +126,35 @@ class EngineProtocol(Protocol):
     @property
     def fim_format(self) -> str | None:
         """The FIM family of the model's tokenizer ("deepseek", "starcoder", …) or None."""
+        ...
 
     @property
     def fim_layouts(self) -> tuple[str, ...]:
         """The FIM layouts the model declares it was trained on (model.fim.LAYOUTS); () for a
         model that declares none, which is taken as PSM only."""
+        ...
 
     @property
     def languages(self) -> tuple[str, ...]:
         """The language ids the model declares it was trained on; () for any language."""
+        ...
 
     @property
     def context_length(self) -> int | None:
         """The positions the model is made for (config.json's `max_position_embeddings`: for
         Latent's own models, the length they were trained at); None when unknown. Prompt and
         new tokens are kept within it."""
+        ...
 
     def generate(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
                  cancel: CancelToken | None = None) -> Generation:
         """Start a generation; work happens as the returned Generation is iterated."""
+        ...
 
     def clear_cache(self) -> None:
         """Forget every cached latent row (what `latent.clearCache` asks for)."""
+        ...
 
     def stats(self) -> dict:
         """Engine-wide figures: model, parameters, cache bytes / tokens / hit rate, …"""
+        ...

@@ -42,6 +42,9 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Int8Linear(nn.Module):
+    weight: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
         self.register_buffer("weight", q)                 # (out, in) int8
@@ -58,7 +61,8 @@ class Int8Linear(nn.Module):
         weights, scales = torch.cat([l.weight for l in layers]), torch.cat([l.scale for l in layers])
         return cls(weights, scales, scales.dtype)
 
-    packed = None   # fbgemm's form of the weight once `pack_for_cpu` ran (the buffer then holds no data)
+    # fbgemm's form of the weight once `pack_for_cpu` ran (the buffer then holds no data)
+    packed: torch.ScriptObject | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
@@ -72,6 +76,9 @@ class Int8Linear(nn.Module):
 
 class Int8Experts(Experts):
     """Stacked experts in int8; an expert's weights are widened only when it is chosen."""
+
+    s13: torch.Tensor
+    s2: torch.Tensor
 
     def __init__(self, w13: torch.Tensor, s13: torch.Tensor, w2: torch.Tensor, s2: torch.Tensor, dtype) -> None:
         nn.Module.__init__(self)
@@ -89,7 +96,8 @@ class Int8Experts(Experts):
         w2, s2 = quantize_rows(experts.w2.data)
         return cls(w13, s13, w2, s2, dtype)
 
-    packed = None   # per expert, fbgemm's forms of (w13, w2) once `pack_for_cpu` ran
+    # per expert, fbgemm's forms of (w13, w2) once `pack_for_cpu` ran
+    packed: list[tuple[torch.ScriptObject, torch.ScriptObject]] | None = None
 
     def run(self, e: int, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
@@ -103,14 +111,16 @@ class Int8Experts(Experts):
 def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x (N, in) @ (q * scale[:, None]).T for int8 q (out, in)."""
     if x.device.type == "cpu" and x.dim() == 2 and q.shape[1] % 16 == 0:   # the kernel crashes on other widths
-        y = torch._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), q, scale.to(torch.bfloat16))
+        # the ignore: torch's __init__ does not export this aten op by name, though it is there
+        y = torch._weight_int8pack_mm(  # pyright: ignore[reportPrivateImportUsage]
+            x.to(torch.bfloat16).contiguous(), q, scale.to(torch.bfloat16))
         return y.to(x.dtype)
     return F.linear(x, q.to(x.dtype)) * scale
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear and Experts in `model` by its int8 form, in place."""
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 setattr(module, child_name, Int8Linear.from_linear(child))
@@ -151,8 +161,9 @@ def can_pack() -> bool:
 
 
 def _prepack(q: torch.Tensor, scale: torch.Tensor):
-    weight = torch._make_per_channel_quantized_tensor(q.contiguous(), scale.double(),
-                                                       torch.zeros(q.shape[0], dtype=torch.long), 0)
+    # the ignore: torch's __init__ does not export this aten op by name, though it is there
+    weight = torch._make_per_channel_quantized_tensor(  # pyright: ignore[reportPrivateImportUsage]
+        q.contiguous(), scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
     return torch.ops.quantized.linear_prepack(weight, None)
 
 

@@ -42,6 +42,10 @@ class RotaryTable(nn.Module):
     """cos / sin for every position up to `length`, computed once (buffers, not weights: a
     compiled step reads them by name, like the weights)."""
 
+    inv_freq: torch.Tensor      # (D/2,)
+    cos: torch.Tensor           # (length, D/2), times the attention factor
+    sin: torch.Tensor
+
     def __init__(self, args: ModelArgs, length: int, device: torch.device | str = "cpu") -> None:
         super().__init__()
         self.register_buffer("inv_freq", inv_frequencies(args).to(device), persistent=False)

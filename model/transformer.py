@@ -72,6 +72,8 @@ class Transformer(nn.Module):
         absorbed: bool,
         all_logits: bool = False,   # False: only the last position's logits
     ) -> torch.Tensor:
+        if self.rope is None:
+            raise RuntimeError("init_rope() must run before the model's forward")
         span = Span.at_end(self.rope, tokens.shape[0], cache.shape[1], cache.dtype)
         x = self.embed(tokens)                                            # (T, D)
         for layer in self.layers:

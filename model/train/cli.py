@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-from model.train.corpus import (MAX_POSITIONS, Corpus, TrainError, describe, load_corpus, prepare_corpus,
-                                stdlib_root)
+from model.train.corpus import MAX_POSITIONS, Corpus, TrainError, describe, load_corpus, prepare_corpus, stdlib_root
 from model.train.export import export_model, model_card
 from model.train.loop import Budget, Trainer
 from model.train.parallel import joined, launch

@@ -28,8 +28,7 @@ from pathlib import Path
 
 from model.train import licenses
 from model.train.filters import REASONS, NearDuplicates, Overlap, file_problem
-from model.train.sources import (HELDOUT, MANIFEST, Pin, download, read_archive, read_manifest,
-                                 vendored_heldout)
+from model.train.sources import HELDOUT, MANIFEST, Pin, download, read_archive, read_manifest, vendored_heldout
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = Path("~/.cache/latent/corpus")
@@ -119,7 +118,7 @@ def collect(cache: Path, manifest: Path = MANIFEST, humaneval: Path | None = Non
         entry = _entry(STDLIB_NAME, sysconfig.get_python_version(), "PSF-2.0", "kept", "")
         keep_files(entry, stdlib_files(), flt, files_dir / STDLIB_NAME)
         packages.append(entry)
-    for pin, (archive, error) in zip(pins, fetched):
+    for pin, (archive, error) in zip(pins, fetched, strict=True):
         packages.append(_package(pin, archive, error, flt, files_dir))
         e = packages[-1]
         log(f"  {pin}: {e['status']}, {e['kept_files']}/{e['files']} files, {e['kept_bytes'] / 1e6:.1f} MB "

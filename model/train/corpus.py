@@ -16,11 +16,16 @@ import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from model.fim import BOS, DEEPSEEK, EOS
 
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+assert DEEPSEEK.prefix and DEEPSEEK.suffix and DEEPSEEK.middle, "DeepSeek's FIM tokens are all set"
 SPECIAL_TOKENS = (BOS, EOS, DEEPSEEK.prefix, DEEPSEEK.suffix, DEEPSEEK.middle)  # ids 0..4, in this order
 BOS_ID, EOS_ID, FIM_BEGIN_ID, FIM_HOLE_ID, FIM_END_ID = range(len(SPECIAL_TOKENS))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -167,9 +172,9 @@ class Corpus:
     heldout: np.ndarray              # (files,) bool
     ids: list[np.ndarray]            # per file, uint16
     meta: dict
-    tokenizer: object = None         # tokenizers.Tokenizer
-    nbytes: np.ndarray = None        # (vocab,) bytes per id, 0 for specials
-    texts: list[bytes] = None        # per file, rebuilt from the ids
+    tokenizer: Tokenizer
+    nbytes: np.ndarray               # (vocab,) bytes per id, 0 for specials
+    texts: list[bytes]               # per file, rebuilt from the ids
 
     def files(self, heldout: bool) -> list[int]:
         return [i for i in range(len(self.paths)) if bool(self.heldout[i]) == heldout]
@@ -194,7 +199,7 @@ def encode_files(tok, texts: list[str]):
         batch = texts[i:i + ENCODE_BATCH]
         encodings = tok.encode_batch(batch, add_special_tokens=False)
         decoded = tok.decode_batch([e.ids for e in encodings], skip_special_tokens=False)
-        for k, (text, e, back) in enumerate(zip(batch, encodings, decoded)):
+        for k, (text, e, back) in enumerate(zip(batch, encodings, decoded, strict=True)):
             if back != text:
                 raise TrainError(f"tokenizer round trip failed on file {i + k}")
             yield np.asarray(e.ids, dtype=np.uint16)
@@ -287,7 +292,7 @@ def write_ids(path: Path, ids, chars: int, max_bytes: float, always: int = 1) ->
 
 def _corpus_meta(source: Path, files, skipped, ids, vocab_size: int) -> dict:
     def split(held: bool) -> dict:
-        chosen = [(f, x) for f, x in zip(files, ids) if f.heldout == held]
+        chosen = [(f, x) for f, x in zip(files, ids, strict=True) if f.heldout == held]
         return {"files": len(chosen), "bytes": sum(len(f.text.encode()) for f, _ in chosen),
                 "tokens": int(sum(len(x) for _, x in chosen))}
     is_stdlib = source.resolve() == stdlib_root().resolve()

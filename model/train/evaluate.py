@@ -24,16 +24,17 @@ def autocast(device):
 
 def inputs_targets(rows: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows (B, T+1) with -1 padding → input ids (B, T) and targets (B, T), -100 ignored."""
-    rows = torch.from_numpy(rows).long()
-    inputs = rows[:, :-1].clamp(min=0)           # padding reads as BOS; its targets are ignored
-    targets = rows[:, 1:].masked_fill(rows[:, 1:] < 0, -100)
+    ids = torch.from_numpy(rows).long()
+    inputs = ids[:, :-1].clamp(min=0)            # padding reads as BOS; its targets are ignored
+    targets = ids[:, 1:].masked_fill(ids[:, 1:] < 0, -100)
     return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
 
 def _middle_mask(samples: list[list[int]], middles: list[int | None], row_len: int) -> np.ndarray:
     """(B, T) True where the target is a middle token or the EOS closing it, in the rows that
     `pack_rows(samples)` makes (packing depends on the lengths only, so a mask packs alike)."""
-    marks = [[1 if m is not None and j >= m else 0 for j in range(len(s))] for s, m in zip(samples, middles)]
+    marks = [[1 if m is not None and j >= m else 0 for j in range(len(s))]
+             for s, m in zip(samples, middles, strict=True)]
     packed = pack_rows(marks, row_len)
     return packed[:, 1:] == 1
 

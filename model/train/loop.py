@@ -26,7 +26,6 @@ from model.train.presets import PRESETS, build_model, hf_config
 from model.train.samples import EpochFeeder, epoch_parts, trained_layouts
 from model.train.start import corpus_identity
 
-
 H200_BF16_FLOPS = 989e12       # dense bf16 peak of an H200 (SXM), the model FLOPs utilisation's yardstick
 
 
@@ -137,7 +136,8 @@ class Trainer:
         self.config = hf_config(PRESETS[args.preset], corpus.tokenizer.get_vocab_size(),
                                 trained_layouts(args.fim_rate, args.spm_rate), context=args.seq_len)
         torch.manual_seed(args.seed)
-        self.model = build_model(self.config, args.experts).to(self.device)
+        # the ignore: transformers wraps `to` in functools.wraps, whose typeshed type does not bind self
+        self.model = build_model(self.config, args.experts).to(self.device)  # pyright: ignore[reportArgumentType]
         self.optimizer = make_optimizers(self.model, args.optimizer, args.lr, args.weight_decay, self.device)
         self.balance = BalanceLoss(self.model, PRESETS[args.preset].experts_per_token)
         self.state = TrainState()

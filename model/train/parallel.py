@@ -15,6 +15,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -39,7 +40,7 @@ class Group:
         per = batch // self.world
         return slice(self.rank * per, (self.rank + 1) * per)
 
-    def sum_gradients(self, params: list[torch.Tensor], extra: list[float]) -> list[float]:
+    def sum_gradients(self, params: Sequence[torch.Tensor], extra: list[float]) -> list[float]:
         """Add every process's gradients of `params` (the same list in every process) into each
         one's, in one exchange per step, and the `extra` numbers (a stop wanted, the loss)
         alike; returns the summed extras."""

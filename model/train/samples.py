@@ -12,6 +12,7 @@ that text, each piece on its own):
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import signal
 import sys
@@ -147,7 +148,7 @@ def marked_samples(corpus: Corpus, files: list[int], rng: np.random.Generator, r
         phase = int(rng.integers(0, width)) if n > width else 0
         cuts = sorted({0, n, *range(phase, n, width)})
         ends = np.concatenate([[0], np.cumsum(corpus.nbytes[ids])])
-        for a, b in zip(cuts, cuts[1:]):
+        for a, b in itertools.pairwise(cuts):
             data = corpus.texts[f]
             text = data[_snap(data, int(ends[a])):_snap(data, int(ends[b]))].decode("utf-8")
             if rng.random() < fim_rate and len(text.strip()) >= 8:

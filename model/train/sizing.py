@@ -96,11 +96,11 @@ def spm_keystrokes(tok, text: str, prompt_tokens: int = 1500, cursor: float = 0.
 def random_engine(preset: str, tokenizer_dir: Path, folder: Path):
     """`preset` with random weights written to `folder` as the shipped form (bf16 safetensors),
     loaded by the engine at one thread; (engine, parameters, bytes of weights)."""
+    from tokenizers import Tokenizer
+
     from model.engine import Engine
     from model.params import RuntimeConfig
     from model.train.export import export_state_dict, write_model_folder
-
-    from tokenizers import Tokenizer
 
     vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
     config = hf_config(PRESETS[preset], vocab)
@@ -163,7 +163,7 @@ def latency_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.train.sizing", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m model.train.sizing", description=(__doc__ or "").split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     v = sub.add_parser("vocab", help="bytes per token against embedding share, per vocabulary size")
     v.add_argument("--files", type=Path, required=True, help="a corpus folder (latent train corpus: CACHE/files)")

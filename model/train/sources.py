@@ -8,6 +8,7 @@ sdist. The archive stays in the cache, so a second run reads it again without th
 """
 from __future__ import annotations
 
+import email.message
 import email.parser
 import re
 import subprocess
@@ -134,9 +135,9 @@ def read_archive(path: Path) -> Archive:
                 name = info.name
                 if _is_metadata(name, wheel=False):
                     if meta_text is None or name.count("/") < meta_text[0].count("/"):
-                        meta_text = (name, t.extractfile(info).read().decode("utf-8", "replace"))
+                        meta_text = (name, _tar_bytes(t, info).decode("utf-8", "replace"))
                 elif name.endswith(".py"):
-                    members[name] = t.extractfile(info).read()
+                    members[name] = _tar_bytes(t, info)
     metadata = email.parser.Parser().parsestr(meta_text[1] if meta_text else "")
     files = {}
     for name, data in members.items():
@@ -144,6 +145,12 @@ def read_archive(path: Path) -> Archive:
         if rel is not None:
             files[rel] = data
     return Archive(path, metadata, files)
+
+
+def _tar_bytes(t: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    member = t.extractfile(info)
+    assert member is not None, "tarfile reads a regular file's member (None is for other kinds)"
+    return member.read()
 
 
 def _is_metadata(name: str, wheel: bool) -> bool:
