@@ -17,18 +17,23 @@ from model.params import SamplingParams
 class CompletionConfig:
     max_prompt_tokens: int = option(2048, "the context budget: prompt tokens in all, BOS included",
                                     min=64, max=1 << 20)
-    prefix_fraction: float = option(0.75, "share of the file's windows before the cursor", min=0.01, max=1.0)
-    snippet_tokens: int = option(512, "of the budget, tokens for snippets of other open files", min=0)
+    prefix_fraction: float = option(0.75, "share of the file's context windows taken before the cursor",
+                                    min=0.01, max=1.0)
+    snippet_tokens: int = option(512, "of the budget, tokens for definitions and snippets from other open files",
+                                 min=0)
     max_new_tokens_line: int = option(48, "tokens generated at most for a single-line suggestion", min=1,
                                       max=4096)
     max_new_tokens_block: int = option(160, "tokens generated at most for a block suggestion", min=1, max=4096)
-    multiline: bool = option(True, "false: suggestions of one line at most")
-    fim_format: str | None = option(None, "the FIM family; none reads it off the tokenizer",
-                                    choices=(None, *FORMATS))
-    fim_layout: str = option("auto", "prompt layout: psm, spm (suffix first) or auto (spm where the model "
-                                     "declares it)", choices=("auto", *LAYOUTS))
+    multiline: bool = option(True, "false: never suggest more than one line")
+    fim_format: str | None = option(None, "the model family's fill-in-the-middle format; none reads it off the "
+                                          "tokenizer", choices=(None, *FORMATS))
+    fim_layout: str = option("auto", "prompt layout: psm, spm (suffix first, so typing only appends to the "
+                                     "prompt and the exact cache covers it) or auto (spm where the model declares it)",
+                             choices=("auto", *LAYOUTS))
     disabled_languages: tuple[str, ...] = option((), "never complete these language ids")
-    all_languages: bool = option(False, "also complete languages the model does not declare it was trained on")
+    all_languages: bool = option(False, "also complete languages the model does not declare it was "
+                                                   "trained on (a model folder may list its languages in config.json; "
+                                                   "elsewhere the answer is empty and the status says why)")
     lru_size: int = option(64, "recent answers remembered per server", min=0)
     sampling: SamplingParams = SamplingParams()   # temperature, top_p, top_k, seed; greedy by default
 

@@ -58,15 +58,20 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class EngineOptions:
     """Where the model comes from and which backend runs it (see engines.py)."""
 
-    model: str | None = option(None, "a checkpoint folder or a Hugging Face repo id in the local cache; "
-                                     "none: the bundled model", keep_case=True)
-    engine: str = option("inprocess", "where the model runs: inprocess, daemon, auto or openai:URL",
+    model: str | None = option(None, "a checkpoint folder, or a Hugging Face repo id already in "
+                                     "the local cache (nothing is downloaded); none: the bundled model", keep_case=True)
+    engine: str = option("inprocess", "where the model runs: inprocess (in the server), daemon (the "
+                         "shared engine daemon, started if none runs: one model for every editor and terminal), auto "
+                         "(the daemon, else in-process) or openai:URL (an OpenAI-compatible server: vLLM, SGLang, "
+                         "llama.cpp)",
                          keep_case=True)
     daemon_idle_minutes: int = option(30, "a daemon Latent started exits after this many minutes without "
                                           "clients; 0: never", min=0)
-    api_key_env: str | None = option(None, "openai:URL engines: the environment variable holding the API key",
+    api_key_env: str | None = option(None, "openai:URL engines: the name of the environment variable "
+                                     "holding the API key (the key itself never goes in settings)",
                                      keep_case=True)
-    tokenizer: str | None = option(None, "openai:URL engines: a folder with the served model's tokenizer files",
+    tokenizer: str | None = option(None, "openai:URL engines: a folder with the served model's "
+                                   "tokenizer files, for exact prompt budgets; none: an estimate from bytes",
                                    keep_case=True)
     allow_insecure_remote: bool = option(False, "let an openai:http:// engine on another machine receive your "
                                                 "code unencrypted (https and this machine need no opt-in)")
@@ -85,7 +90,8 @@ class ServerOptions:
     enable: bool = option(True, "false: every request gets an empty result (latent.toggle flips it)")
     languages: tuple[str, ...] = option((), "complete only these language ids; empty: every language")
     trigger: str = option("auto", "auto: suggest while typing; manual: only when the user asks (the trigger key, "
-                                  "an invoked inline completion)", choices=("auto", "manual"))
+                                  "an invoked inline completion), for battery or where ghost "
+                                  "text distracts", choices=("auto", "manual"))
     debounce_ms: int = option(0, "while typing, wait this long after a keystroke before computing a suggestion; "
                                  "a newer keystroke in the meantime replaces the request unrun (0: measured best "
                                  "for a model faster than typing; raise it for a slow one)", min=0, max=2000)
@@ -94,7 +100,8 @@ class ServerOptions:
     log_level: str = option("info", "log level of stderr and window/logMessage", choices=LOG_LEVELS)
     suggestions: int = option(3, "suggestions to offer when the user asks (an invoked inline completion, to "
                                  "cycle; the completion list): the first as usual, the others branching from "
-                                 "the same prompt; automatic ghost text computes only the first", min=1, max=4)
+                                 "the same cached prompt (each costs one token of prefill and its own decode); "
+                                 "ghost text while typing computes only the first", min=1, max=4)
     max_message_mb: int = option(64, "the largest LSP message the server reads, MiB; a larger one is refused "
                                      "unread", min=1, max=4096)
     max_parse_kb: int = option(1024, "documents larger than this many KiB (of characters) are not parsed with "

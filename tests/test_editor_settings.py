@@ -4,6 +4,7 @@ choices."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -23,6 +24,16 @@ def vscode_settings() -> dict:
             if key[len("latent."):] not in SERVER_ONLY:
                 props[key[len("latent."):]] = spec
     return props
+
+
+def test_the_generated_editor_settings_are_current():
+    """VS Code's configuration, the Neovim plugin's list and help, and the README's table are
+    written from the server's declarations by editors/generate_settings.py."""
+    spec = importlib.util.spec_from_file_location("generate_settings", ROOT / "editors" / "generate_settings.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    stale = [str(path.relative_to(ROOT)) for path in generate.stale()]
+    assert not stale, f"stale: {stale}; run python editors/generate_settings.py"
 
 
 def test_vscode_configuration_mirrors_the_server_settings():
