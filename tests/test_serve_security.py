@@ -1,5 +1,6 @@
-"""What the engine daemon and its HTTP face withstand (issue #12): other users, clients that
-stop reading or flood, exhausted descriptors, hostile HTTP input, impossible socket paths.
+"""What the engine daemon and its HTTP face withstand (issues #12, #20): other users, clients
+that stop reading, flood or dribble, long generations beside short ones, exhausted
+descriptors, hostile HTTP input, impossible socket paths.
 
 Everything goes through the real wire: a daemon served in a thread (or, where the process
 itself matters, started from the command line) and real sockets and HTTP requests against it.
@@ -25,12 +26,13 @@ import time
 import pytest
 
 from daemon_helpers import raw_connection
+from model.engine import Engine
 from model.params import RuntimeConfig, SamplingParams
 from model.private_files import partial_path
 from model.protocol import CancelToken, Generation, GenerationStats
 from model.serve.cli import main as engine_cli
 from model.serve.client import EngineClient, daemon_argv
-from model.serve.daemon import EngineDaemon
+from model.serve.daemon import TURN_STEPS, EngineDaemon
 from model.serve.framing import RPCError, recv_frame, send_frame
 from model.serve.openai_http import serve_http
 from model.serve.remote import RemoteEngine
@@ -43,13 +45,15 @@ ONE_THREAD = RuntimeConfig(threads=1)
 class Scripted:
     """The real engine's tokenizer and names; each generation yields "x" every `pause` seconds
     up to max_new_tokens, after the prompt "hold" has waited for `gate`. Records the prompts
-    it started and those whose generation saw its cancel token."""
+    it started, the prompt of every step in the order they ran, and those whose generation
+    saw its cancel token."""
 
     def __init__(self, real, pause: float = 0.0) -> None:
         self.tokenizer, self.model_name = real.tokenizer, "scripted"
         self.fim_format, self.fim_layouts, self.languages = real.fim_format, real.fim_layouts, real.languages
         self.pause, self.gate = pause, threading.Event()
         self.started: list = []
+        self.steps: list = []
         self.cancelled: list = []
 
     def stats(self) -> dict:
@@ -70,6 +74,7 @@ class Scripted:
                 return
             time.sleep(self.pause)
             stats.generated_tokens += 1
+            self.steps.append(prompt)
             yield "x"
         stats.finish_reason = "length"
 
@@ -236,6 +241,84 @@ def test_http_completions_take_their_turn_with_the_socket_clients(scripted_daemo
         assert scripted.started == ["hold", "h1", "a4", "a3", "a2"]   # clients in turn, newest first
     finally:
         server.close()
+
+
+def test_an_editors_request_is_answered_within_a_turn_of_another_clients_long_generation(scripted_daemon, scripted):
+    """Another tool of the same user generating 4,000 tokens held up the editor's ghost text to its end."""
+    scripted.pause = 0.001
+    long = {}
+    tool = threading.Thread(target=lambda: long.update(text=EngineClient(scripted_daemon.socket_path).generate(
+        "long", SamplingParams(max_new_tokens=4000)).run()))
+    tool.start()
+    assert _wait(lambda: len(scripted.steps) >= 50)
+    before = len(scripted.steps)
+    editor = EngineClient(scripted_daemon.socket_path)
+    assert editor.generate("editor", SamplingParams(max_new_tokens=2)).run() == "xx"
+    waited = scripted.steps.index("editor") - before      # steps of the long generation the editor waited for
+    assert waited <= TURN_STEPS + 50 and scripted.steps.count("long") < 4000
+    tool.join(timeout=60)
+    assert long["text"] == "x" * 4000                       # and the long one went on where it stopped
+
+
+def test_twenty_http_connections_take_one_turn_against_the_editors_one(scripted_daemon, scripted):
+    server = serve_http(scripted_daemon, "127.0.0.1", 0, KEY)
+    try:
+        editor = raw_connection(scripted_daemon)
+        _generate(editor, 1, "hold", max_new_tokens=1)
+        assert _wait(lambda: scripted.started == ["hold"])
+        http = [threading.Thread(target=_request, args=(server, "POST", "/v1/completions",
+                                                        {"prompt": f"h{i}", "max_tokens": 1})) for i in range(20)]
+        for thread in http:
+            thread.start()
+        time.sleep(2.0)                                     # all twenty queued behind "hold"
+        _generate(editor, 2, "editor", max_new_tokens=1)
+        time.sleep(0.2)
+        scripted.gate.set()
+        assert all("done" in reply for reply in _final(editor, [1, 2]).values())
+        for thread in http:
+            thread.join(timeout=10)
+        assert scripted.started.index("editor") == 2        # one HTTP request's turn, then the editor's
+        assert len(scripted.started) == 22
+    finally:
+        server.close()
+
+
+def test_generations_that_take_turns_write_what_each_writes_alone(checkpoint, tmp_path):
+    """Paused and resumed generations of the real engine (a sampled one, a greedy one) keep
+    their text, while a short request is answered before either ends."""
+    d = _serve(Engine.load(checkpoint, RuntimeConfig(compile=False, threads=1)), tmp_path / "turns.sock")
+    try:
+        asked = {"sampled": ("x = ", SamplingParams(max_new_tokens=300, temperature=1.0, seed=1)),
+                 "greedy": ("class A:\n", SamplingParams(max_new_tokens=200)),
+                 "editor": ("def add(a, b):\n    return", SamplingParams(max_new_tokens=8))}
+        alone, made = {}, {}
+        for name, request in asked.items():
+            made[name] = EngineClient(d.socket_path).generate(*request)
+            alone[name] = made[name].run()
+        assert made["sampled"].stats.generated_tokens == 300 and made["greedy"].stats.generated_tokens == 200
+        events, texts, first = [], {}, {name: threading.Event() for name in asked}
+
+        def run(name):
+            parts = []
+            for piece in EngineClient(d.socket_path).generate(*asked[name]):
+                parts.append(piece)
+                first[name].set()
+            texts[name] = "".join(parts)
+            events.append(name)
+
+        threads = {name: threading.Thread(target=run, args=(name,)) for name in asked}
+        threads["sampled"].start()
+        assert first["sampled"].wait(60)
+        threads["greedy"].start()
+        assert first["greedy"].wait(60) and events == []      # its first piece came while the other went on
+        threads["editor"].start()
+        for thread in threads.values():
+            thread.join(timeout=120)
+        assert texts == alone
+        assert events[0] == "editor" and first["greedy"].is_set()
+        assert events.index("editor") < events.index("sampled")
+    finally:
+        d.close()
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -8,6 +8,12 @@ One computation at a time. A request takes the longest prefix of its tokens whos
 are known — from the live buffer (the previous request's rows, still in place) or from the
 radix cache — prefills only the rest, decodes, and files its rows in the radix cache. With
 `reuse = "shift"` (approximate, optional) it may also take a moved suffix span (see live.py).
+
+A generation holds the engine only while it computes, not while its consumer holds a piece:
+between two pieces another generation may run (the daemon takes turns so), which first parks
+the paused one — files its rows in the radix cache and keeps its token list — and the paused
+one, when it goes on, copies its rows back (recomputing any evicted meanwhile) and continues
+exactly where it stopped: the same sampler, stop strings and text.
 """
 from __future__ import annotations
 
@@ -61,6 +67,7 @@ class Engine:
             if isinstance(experts, Experts) and not isinstance(experts, Int8Experts):
                 experts.batched_decode = runtime.device != "cpu"
         self._lock = threading.Lock()
+        self._holder: _Turn | None = None    # the generation whose rows the live buffer holds
         self.last_stats: GenerationStats | None = None
         self.requests = 0
 
@@ -132,6 +139,7 @@ class Engine:
 
     def clear_cache(self) -> None:
         with self._lock:
+            self._park()
             self.cache.clear()
             self.live.clear()
 
@@ -179,6 +187,7 @@ class Engine:
         cached rows, prefilling the rest, filing the rows in the cache. Used to check reuse."""
         tokens = [int(t) for t in token_ids]
         with self._lock:
+            self._park()
             stats = GenerationStats(prompt_tokens=len(tokens))
             plan = self.live.plan(tokens, self.cache, self.runtime)
             self._count(plan, stats)
@@ -220,17 +229,74 @@ class Engine:
         return tokens
 
     def _run(self, req: Request, stats: GenerationStats) -> Iterator[str]:
+        """The pieces, each computed under the lock; while one is out, the engine is free."""
         if req.cancel.cancelled:
             stats.finish_reason = "cancelled"
             return
+        turn = _Turn(len(req.tokens))
+        steps = self._generate_locked(req, stats, turn)
         with self._lock:
             self.requests += 1
-            try:
-                yield from self._generate_locked(req, stats)
-            finally:
+        try:
+            while True:
+                with self._lock:
+                    if not self._hold(turn, req.cancel):
+                        stats.finish_reason = "cancelled"
+                        return
+                    piece = next(steps, None)
+                if piece is None:
+                    return
+                yield piece
+        finally:
+            with self._lock:
+                self._release(turn, steps)
                 self.last_stats = stats
 
-    def _generate_locked(self, req: Request, stats: GenerationStats) -> Iterator[str]:
+    def _hold(self, turn: "_Turn", cancel: CancelToken) -> bool:
+        """Give `turn` the live buffer — parking the paused generation that holds it, putting
+        back `turn`'s rows if it was parked; False for a parked one cancelled meanwhile."""
+        if self._holder is turn:
+            return True
+        if turn.fed is not None and cancel.cancelled:
+            return False   # it ends as it is: no rows need to come back for that
+        self._park()
+        if turn.fed is not None:
+            self._unpark(turn)
+        self._holder = turn
+        return True
+
+    def _park(self) -> None:
+        """The paused generation that holds the live buffer leaves it: its exact rows go to the
+        radix tree, and it keeps a copy of its token list."""
+        holder, self._holder = self._holder, None
+        if holder is not None:
+            holder.fed = list(self.live.tokens)
+            self.live.file_rows(self.cache)
+
+    def _unpark(self, turn: "_Turn") -> None:
+        """Put a parked generation's rows back in place: from the tree where they were filed,
+        the rest (evicted meanwhile) recomputed."""
+        fed, turn.fed = turn.fed, None
+        known = self.live.restore(fed, self.cache, turn.prompt)
+        if known < len(fed):
+            torch.set_num_threads(self.threads[0])
+            prefill(self._forward(), self.live, fed, known, len(fed), CancelToken(), self._absorbed)
+        torch.set_num_threads(self.threads[1])
+
+    def _release(self, turn: "_Turn", steps: Iterator[str]) -> None:
+        """Close a generation's steps. A parked one leaves the live buffer as it is (another's
+        now): its clean-up trims its own token list and files nothing."""
+        if self._holder is turn:
+            steps.close()
+            self._holder = None
+            return
+        tokens, self.live.tokens = self.live.tokens, turn.fed or []
+        try:
+            steps.close()
+        finally:
+            self.live.tokens = tokens
+
+    def _generate_locked(self, req: Request, stats: GenerationStats, turn: "_Turn") -> Iterator[str]:
         t0 = time.perf_counter()
         plan = self.live.plan(req.tokens, self.cache, self.runtime)
         self._count(plan, stats)
@@ -247,7 +313,8 @@ class Engine:
                               self._speculate())
         finally:
             self.cache.unpin(plan.match)
-            self.live.file_rows(self.cache)
+            if self._holder is turn:   # else it was parked, its rows filed then
+                self.live.file_rows(self.cache)
 
     def _fill(self, tokens: list[int], plan: Plan, cancel: CancelToken) -> torch.Tensor | None:
         """Rows for the whole prompt after plan.reused; the last position's logits (None: cancelled)."""
@@ -293,6 +360,17 @@ class Engine:
 
     def _fingerprint(self) -> str:
         return persist.fingerprint(self.model_dir, self.runtime.dtype, self.runtime.quantize)
+
+
+class _Turn:
+    """One generation's claim on the live buffer: while it is parked (another computation holds
+    the buffer), `fed` is the token list whose rows it had in place; None otherwise."""
+
+    __slots__ = ("prompt", "fed")
+
+    def __init__(self, prompt: int) -> None:
+        self.prompt = prompt                 # how many of its tokens are the prompt
+        self.fed: list[int] | None = None
 
 
 def _threads(asked: int, parameters: int) -> tuple[int, int]:

@@ -7,6 +7,7 @@ generated — in place, so the next request starts from whatever prefix it share
     plan = live.plan(tokens, cache, shift=runtime.reuse == "shift", runtime=runtime)
     ... prefill tokens[plan.reused:], placing plan.shift's rows when there is one ...
     live.file_rows(cache)          # the exact rows go to the radix tree
+    live.restore(tokens, cache, prompt)   # a paused generation's rows back in place (core.py)
 
 Shifted rows saw a slightly different past, so they are never filed in the radix tree, never
 taken by exact reuse, and recomputed after a bounded number of shifts (`shift_max_steps`) or
@@ -87,6 +88,20 @@ class LiveBuffer:
         self.prompt, self.approx_from = len(tokens), None
         self.shift_steps = self.shift_drift = 0
         return Plan(match, reused, shift)
+
+    def restore(self, tokens: list[int], cache: LatentCache, prompt: int) -> int:
+        """Put back the rows of a paused sequence (`prompt` of its tokens the prompt) — those
+        still in place, else from the tree — as far as either holds them; returns how many
+        (the rest is the caller's to prefill)."""
+        live = min(common_prefix(self.tokens, tokens), self.exact_rows())
+        match = cache.match_prefix(tokens)
+        known = max(live, match.length)
+        if match.length > live:
+            cache.gather(match, self.rows, live, known)
+        self.tokens = tokens[:known]
+        self.prompt, self.approx_from = prompt, None
+        self.shift_steps = self.shift_drift = 0
+        return known
 
     def place(self, tokens: list[int], shift: Shift) -> None:
         """Write the moved rows right after the fresh middle; from here on the buffer is approximate."""

@@ -146,7 +146,7 @@ class Connection(Client):
         return self.daemon.engine.tokenizer.encode(text)
 
     def _clear_cache(self, params: dict) -> bool:
-        self.daemon.engine.clear_cache()   # waits for a generation in progress, then empties the cache
+        self.daemon.engine.clear_cache()   # between two steps of a generation in progress, which then recomputes its rows
         return True
 
     def _shutdown(self, params: dict) -> bool:

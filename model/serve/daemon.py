@@ -3,11 +3,15 @@
 The wire is described in framing.py. The socket is created with mode 0600 and peers of
 another user are refused; each connection is served on its own thread (connection.py). A
 malformed or oversized frame gets an error reply and closes that connection; the daemon keeps
-serving the others. Generations run one at a time on a worker thread, in the order the
-FairScheduler (scheduler.py) hands them out — the HTTP face's requests too, one client per
-HTTP connection. At exit the daemon saves the hottest cache entries to its `persist` file,
-and restores them at its next start — only where no other user can write the folder
-(private_files.py); elsewhere one log line says so and it serves without persistence.
+serving the others. Generations run on one worker thread, in turns the FairScheduler
+(scheduler.py) hands out — the HTTP face's requests too, all of them one party. A turn lasts
+until the generation ends or, while other work waits, TURN_STEPS decode steps: then the next
+party's job runs, and the paused generation goes on at its own party's next turn from where
+it stopped (the engine keeps its latent rows in its cache meanwhile), so one long generation
+cannot hold up an editor's short one. At exit the daemon saves the hottest cache entries to
+its `persist` file, and restores them at its next start — only where no other user can write
+the folder (private_files.py); elsewhere one log line says so and it serves without
+persistence.
 
 No client can hold up the others: each has at most MAX_QUEUED generations waiting, prompts
 have size limits (framing.py), a client that leaves a reply unread for SEND_TIMEOUT seconds
@@ -33,6 +37,7 @@ from .framing import (MAX_PROMPT_CHARS, MAX_PROMPT_IDS, PROTOCOL_VERSION, Accept
 from .scheduler import Client, FairScheduler, Job, Refused
 
 log = logging.getLogger("latent.engine")
+TURN_STEPS = 16   # decode steps a generation runs before waiting work of other clients goes first
 
 
 class EngineDaemon:
@@ -170,7 +175,8 @@ class EngineDaemon:
         """A client went away: stop its jobs and forget what it still had queued."""
         client.drop()
         self._clients.discard(client)
-        self._scheduler.forget(client)
+        for job in self._scheduler.forget(client):
+            self._end(job)
         self.touch()
 
     def queue(self, client: Client, request_id: int, prompt: str | list[int], params: SamplingParams) -> Job:
@@ -192,10 +198,11 @@ class EngineDaemon:
         return job
 
     def cancel(self, job: Job) -> None:
-        """Cancel a job; one still waiting in the queue is taken out and answered at once."""
+        """Cancel a job; one waiting in the queue (for its first turn or its next) is taken out
+        and answered at once."""
         job.cancel.cancel()
         if self._scheduler.remove(job):
-            job.client.jobs.pop(job.id, None)
+            self._end(job)
             job.client.send({"id": job.id, "done": True, "stats": {"finish_reason": "cancelled"}})
 
     def info(self) -> dict:
@@ -214,26 +221,43 @@ class EngineDaemon:
     # -- the one computation ----------------------------------------------------------------
     def _work(self) -> None:
         while (job := self._scheduler.take()) is not None:
-            self._run(job)
+            if self._turn(job) and not self._scheduler.resume(job):
+                self._end(job)              # its client left during the turn
+        for job in self._scheduler.drain():
+            self._end(job)
 
-    def _run(self, job: Job) -> None:
+    def _turn(self, job: Job) -> bool:
+        """Run `job` until it ends or, while other work waits, for TURN_STEPS decode steps;
+        True when it has more to do (its generation is paused, not closed)."""
         client = job.client
         try:
-            if client.closed or job.cancel.cancelled:
-                client.send({"id": job.id, "done": True, "stats": {"finish_reason": "cancelled"}})
-                return
-            gen = self.engine.generate(job.prompt, job.params, cancel=job.cancel)
+            if job.generation is None:
+                if client.closed or job.cancel.cancelled:
+                    client.send({"id": job.id, "done": True, "stats": {"finish_reason": "cancelled"}})
+                    return self._end(job)
+                job.generation = self.engine.generate(job.prompt, job.params, cancel=job.cancel)
+            gen = job.generation
+            until = gen.stats.generated_tokens + TURN_STEPS
             for piece in gen:  # figures travel with every piece: a client may stop reading early
                 client.send({"id": job.id, "chunk": piece, "stats": plain(gen.stats.as_dict())})
+                if gen.stats.generated_tokens >= until and self._scheduler.pending and not job.cancel.cancelled:
+                    return True
             client.send({"id": job.id, "done": True, "stats": plain(gen.stats.as_dict())})
         except ValueError as e:   # the engine's verdict on the request: empty, too long, bad ids
             client.send({"id": job.id, "error": sentence(e), "bad_request": True})
         except Exception as e:  # the daemon outlives any one request
             log.exception("request %s failed", job.id)
             client.send({"id": job.id, "error": sentence(e)})
-        finally:
-            client.jobs.pop(job.id, None)
-            self.touch()
+        return self._end(job)
+
+    def _end(self, job: Job) -> bool:
+        """Let a job go: its generation closed (should it have stopped midway), its id freed.
+        False, for _turn: nothing more to do."""
+        if job.generation is not None:
+            job.generation.close()
+        job.client.jobs.pop(job.id, None)
+        self.touch()
+        return False
 
 
 def _same_user(sock: socket.socket) -> bool:

@@ -7,8 +7,10 @@ its latent reuse. The request format is openai_api.py's. What guards it:
 - every request carries `Authorization: Bearer KEY` (keys.py), else 401;
 - at most MAX_CONNECTIONS connections at once (beyond, 503 and closed), headers of at most
   MAX_HEADER bytes (431), bodies of at most MAX_BODY (413), IDLE_TIMEOUT seconds of silence;
-- a completion is a job of the daemon's fair scheduler, one client per connection, so HTTP
-  takes turns with the socket's clients; it is cancelled when its HTTP client hangs up.
+- a completion is a job of the daemon's fair scheduler, and all the face's connections are one
+  party of it (they carry its one key), so HTTP takes turns with each socket client as one
+  client, however many connections it opens; a completion is cancelled when its HTTP client
+  hangs up.
 """
 from __future__ import annotations
 
@@ -43,8 +45,8 @@ class HttpClient(Client):
     """One HTTP connection as a client of the daemon: the worker's replies wait in a queue
     for the connection's handler thread."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, party) -> None:
+        super().__init__(party)
         self.replies: queue.SimpleQueue[dict] = queue.SimpleQueue()
 
     def send(self, message: dict) -> None:
@@ -127,7 +129,7 @@ class Handler(BaseHTTPRequestHandler):
         self.timeout = self.server.idle_timeout   # every read and write of this connection
         super().setup()
         self.rfile = _HeaderBudget(self.rfile)
-        self.client = HttpClient()
+        self.client = HttpClient(party=("http", self.server.address))
         self.ids = itertools.count(1)
         self.server.engine_daemon.attach(self.client)
 
