@@ -21,6 +21,7 @@ import torch
 import model.quant as quant
 from model.engine import Engine
 from model.params import RuntimeConfig
+from model.torch_private import fbgemm_linear, fbgemm_prepack
 
 SHAPES = [(2816, 2048), (2048, 1408), (8192, 256)]   # Lite's expert w13 and w2; the bundled head
 
@@ -29,7 +30,7 @@ def _reduced(x: torch.Tensor, packed) -> torch.Tensor:
     """The AVX2 kernel of before: 7-bit activations."""
     rows = x.reshape(-1, x.shape[-1]).float()
     peak = rows.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
-    y = torch.ops.quantized.linear_dynamic((rows / peak).contiguous(), packed, True) * peak
+    y = fbgemm_linear((rows / peak).contiguous(), packed, reduce_range=True) * peak
     return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
 
@@ -61,14 +62,14 @@ def _seconds(fn, reps: int) -> float:
 def speed() -> None:
     for out, inp in SHAPES:
         q, scale = quant.quantize_rows(torch.randn(out, inp))
-        packed = quant._prepack(q, scale)
+        packed = fbgemm_prepack(q, scale)
         for m in (1, 4, 64, 512):
             plain, split = torch.randn(m, inp), torch.randn(2 * m, inp)
             reps = 200 if m < 64 else 10
             times = {"plain": [], "split": []}
             for _ in range(3):   # interleaved, best of 3
-                times["plain"].append(_seconds(lambda: torch.ops.quantized.linear_dynamic(plain, packed, True), reps))
-                times["split"].append(_seconds(lambda: torch.ops.quantized.linear_dynamic(split, packed, True), reps))
+                for label, x in (("plain", plain), ("split", split)):
+                    times[label].append(_seconds(lambda x=x, w=packed: fbgemm_linear(x, w, reduce_range=True), reps))
             t_plain, t_split = min(times["plain"]), min(times["split"])
             print(f"  {out}x{inp}, {m:3d} rows: {t_plain * 1e3:7.3f} ms plain, {t_split * 1e3:7.3f} ms split: "
                   f"{t_split / t_plain:.2f}x")

@@ -10,6 +10,7 @@ attention, absorbed and naive), `moe.py` (routing and experts), `transformer.py`
 What everything above relies on: `protocol.py` (the engine protocol every backend implements)
 and `params.py` (`SamplingParams`, `RuntimeConfig`), whose fields are `options.py` options;
 `private_files.py` writes and reads the files only this user may see (the daemon's key, its cache).
+`torch_private.py` holds every PyTorch call without a stability promise (int8 kernels, AOTInductor).
 
 Rooms of their own:
 - `engine/` — the in-process engine (radix cache, live buffer, generation, persistence);

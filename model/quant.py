@@ -29,6 +29,14 @@ from torch import nn
 
 from .mla import MLA
 from .moe import Experts
+from .torch_private import (
+    fbgemm_available,
+    fbgemm_linear,
+    fbgemm_prepack,
+    fbgemm_unpack,
+    is_vnni_supported,
+    weight_int8pack_mm,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +78,7 @@ class Int8Linear(nn.Module):
         return int8_linear(x, self.weight, self.scale)
 
     def dequantized(self) -> torch.Tensor:
-        q = self.weight if self.packed is None else _unpacked(self.packed)
+        q = self.weight if self.packed is None else fbgemm_unpack(self.packed)
         return q.to(self.scale.dtype) * self.scale[:, None]
 
 
@@ -111,9 +119,7 @@ class Int8Experts(Experts):
 def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x (N, in) @ (q * scale[:, None]).T for int8 q (out, in)."""
     if x.device.type == "cpu" and x.dim() == 2 and q.shape[1] % 16 == 0:   # the kernel crashes on other widths
-        # the ignore: torch's __init__ does not export this aten op by name, though it is there
-        y = torch._weight_int8pack_mm(  # pyright: ignore[reportPrivateImportUsage]
-            x.to(torch.bfloat16).contiguous(), q, scale.to(torch.bfloat16))
+        y = weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), q, scale.to(torch.bfloat16))
         return y.to(x.dtype)
     return F.linear(x, q.to(x.dtype)) * scale
 
@@ -146,29 +152,7 @@ def weight_bytes(model: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------
 # CPU: fbgemm's int8 GEMM, the activations quantized per call
 
-def _vnni() -> bool:
-    try:
-        return bool(torch.cpu._is_vnni_supported())
-    except AttributeError:
-        return False
-
-
-SIGN_SPLIT = not _vnni()   # without VNNI: rows split by sign, each on fbgemm's 7-bit range
-
-
-def can_pack() -> bool:
-    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, "linear_dynamic")
-
-
-def _prepack(q: torch.Tensor, scale: torch.Tensor):
-    # the ignore: torch's __init__ does not export this aten op by name, though it is there
-    weight = torch._make_per_channel_quantized_tensor(  # pyright: ignore[reportPrivateImportUsage]
-        q.contiguous(), scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
-    return torch.ops.quantized.linear_prepack(weight, None)
-
-
-def _unpacked(packed) -> torch.Tensor:
-    return torch.ops.quantized.linear_unpack(packed)[0].int_repr()
+SIGN_SPLIT = not is_vnni_supported()   # without VNNI: rows split by sign, each on fbgemm's 7-bit range
 
 
 def dynamic_linear(x: torch.Tensor, packed) -> torch.Tensor:
@@ -183,10 +167,10 @@ def dynamic_linear(x: torch.Tensor, packed) -> torch.Tensor:
     if SIGN_SPLIT:
         n = rows.shape[0]
         halves = torch.cat([rows.clamp(min=0), rows.neg().clamp(min=0)])   # (2n, in) in [0, 1]
-        y = torch.ops.quantized.linear_dynamic(halves, packed, True)       # 7 bits each, exact
+        y = fbgemm_linear(halves, packed, reduce_range=True)      # 7 bits each, exact
         y = y[:n] - y[n:]
     else:
-        y = torch.ops.quantized.linear_dynamic(rows.contiguous(), packed, False)
+        y = fbgemm_linear(rows.contiguous(), packed, reduce_range=False)
     y = y * peak
     return y.reshape(*shape[:-1], y.shape[-1]).to(x.dtype)
 
@@ -201,7 +185,7 @@ def pack_for_cpu(model: nn.Module) -> int:
     """Move every int8 weight on the CPU into fbgemm's layout; the int8 buffers keep their
     shapes but no data, so memory does not double. Run it once the model is complete (after
     `Transformer.pack` stacks layers, which reads the int8 rows). How many matrices it packed."""
-    if not can_pack():
+    if not fbgemm_available():
         return 0
     count = 0
     try:
@@ -218,12 +202,12 @@ def pack_for_cpu(model: nn.Module) -> int:
 def _pack(module: nn.Module) -> int:
     """Pack one module's int8 weights (if it has any on the CPU); how many matrices."""
     if isinstance(module, Int8Linear) and module.packed is None and module.weight.device.type == "cpu":
-        module.packed = _prepack(module.weight, module.scale.float())
+        module.packed = fbgemm_prepack(module.weight, module.scale.float())
         module.weight = _hollow(module.weight)
         return 1
     if isinstance(module, Int8Experts) and module.packed is None and module.w13.device.type == "cpu":
-        module.packed = [(_prepack(module.w13[e], module.s13[e].float()), _prepack(module.w2[e], module.s2[e].float()))
-                         for e in range(module.w13.shape[0])]
+        module.packed = [(fbgemm_prepack(module.w13[e], module.s13[e].float()),
+                          fbgemm_prepack(module.w2[e], module.s2[e].float())) for e in range(module.w13.shape[0])]
         module.w13, module.w2 = _hollow(module.w13), _hollow(module.w2)
         return 2 * len(module.packed)
     return 0

@@ -160,7 +160,7 @@ def test_int8_without_fbgemm_falls_back_with_one_log_line(tmp_path, monkeypatch,
 
     def gone(*args):
         raise RuntimeError("quantized tensors were removed")
-    monkeypatch.setattr(quant, "_prepack", gone)
+    monkeypatch.setattr(quant, "fbgemm_prepack", gone)
     with caplog.at_level("WARNING", logger="model.quant"):
         plain = Engine.load(tmp_path, RuntimeConfig(quantize="int8", compile=False))
     assert plain.model.head.packed is None

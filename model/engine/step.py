@@ -36,6 +36,7 @@ active exception".
 from __future__ import annotations
 
 import argparse
+import ast
 import atexit
 import ctypes
 import fcntl
@@ -55,13 +56,13 @@ import torch
 from torch import nn
 
 from ..params import RuntimeConfig
+from ..torch_private import aoti_bind, aoti_compile, aoti_loader
 from ..transformer import Transformer
 
 log = logging.getLogger(__name__)
 COMPILE_DELAY = 30.0            # seconds after load before a compile starts (wait() skips it)
 CHECK_TOLERANCE = 1e-4          # compiled against eager logits and rows on the sample
 KEEP_DAYS = 30                  # cached libraries unused this long are deleted
-_SOURCES = ("transformer.py", "mla.py", "moe.py", "rope.py", "config.py", "engine/step.py")
 _children: set[subprocess.Popen] = set()
 _pending: weakref.WeakSet = weakref.WeakSet()   # Forwards whose compile or load may still run
 
@@ -169,36 +170,29 @@ def compile_step(model: Transformer, length: int, package: Path) -> None:
     """Export and compile the one-token step for views buffer[:, :S] of a buffer of `length`
     rows, 2 <= S < length (a view of the whole buffer has other strides), into `package`,
     without the weights: `load_step` binds the caller's."""
-    import torch._inductor   # AOTInductor: only the compiler process needs it
-
     one = _OneToken(model)
     scratch = model.new_cache(length)
     token = torch.zeros(1, dtype=torch.long, device=scratch.device)
     rows = torch.export.Dim("rows", min=2, max=length - 1)
     program = torch.export.export(one, (token, scratch[:, : min(length - 1, 33)]),
                                   dynamic_shapes={"tokens": None, "cache": {1: rows}}, strict=True)
-    torch._inductor.aoti_compile_and_package(program, package_path=str(package),
-                                             inductor_configs={"aot_inductor.package_constants_in_so": False})
+    aoti_compile(program, package)
 
 
 class _Loaded:
-    """A compiled package, called as step(tokens, cache) -> logits. This is the C++ loader that
-    `torch._inductor.aoti_load_package` wraps, used directly: through the wrapper a load costs
-    ~2 s of imports and each call ~30 µs of pytree work; here a load takes milliseconds and a
-    call runs no Python. (Should the class change in another PyTorch, loading fails and eager
-    stays; the cache key holds the PyTorch version.)"""
+    """A compiled package, called as step(tokens, cache) -> logits, through AOTInductor's C++
+    loader (torch_private.aoti_loader). Should it change in another PyTorch, loading fails and
+    eager stays; the cache key holds the PyTorch version."""
 
     def __init__(self, model: Transformer, package: Path) -> None:
-        self.loader = torch._C._aoti.AOTIModelPackageLoader(str(package), "model", False, 1, -1)
+        self.loader = aoti_loader(package)
         one = _OneToken(model)
         tensors = {**dict(one.named_parameters()), **dict(one.named_buffers())}
         names = self.loader.get_constant_fqns()
         missing = [name for name in names if name not in tensors]
         if missing:
             raise RuntimeError(f"the compiled step reads {missing[0]}, which this model does not have")
-        # (constants, use the inactive buffer, check every constant is given, user-managed: read
-        # the model's tensors in place, copy host to device)
-        self.loader.load_constants({name: tensors[name] for name in names}, False, True, True, False)
+        aoti_bind(self.loader, {name: tensors[name] for name in names})
 
     def __call__(self, tokens: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
         return self.loader.boxed_run([tokens, cache])[0]
@@ -236,12 +230,47 @@ def _key(model_dir: Path, runtime: RuntimeConfig, threads: int) -> str:
     """What the library depends on: the model's shapes (config.json, not its weights, which
     are bound at load), the code that builds the step, PyTorch, this CPU, and how it runs."""
     h = hashlib.sha256((model_dir / "config.json").read_bytes())
-    root = Path(__file__).resolve().parents[1]
-    for name in _SOURCES:
-        h.update((root / name).read_bytes())
+    for path in step_sources():
+        h.update(path.read_bytes())
     h.update(f"{torch.__version__}|{sys.version}|{platform.machine()}|{_cpu()}|{runtime.dtype}|"
              f"{runtime.max_context}|{threads}".encode())
     return h.hexdigest()[:32]
+
+
+def step_sources() -> list[Path]:
+    """The files of this package that the compiled step is built from: this module and every
+    module of `model` it imports, directly or through others (read off their import
+    statements), so that editing any of them compiles the step again."""
+    root = Path(__file__).resolve().parents[1]   # model/
+    todo, seen = [Path(__file__).resolve()], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                todo += _package_files(root, path, node)
+    return sorted(seen)
+
+
+def _package_files(root: Path, importer: Path, node: ast.ImportFrom) -> list[Path]:
+    """The files of `root`'s package that `from … import …` in `importer` names."""
+    if node.level:                                             # from ..params import …
+        base = importer.parents[node.level - 1]
+    elif (node.module or "").split(".")[0] == root.name:        # from model.params import …
+        base = root.parent
+    else:
+        return []
+    return _module_files(base, node.module or "", [a.name for a in node.names])
+
+
+def _module_files(base: Path, module: str, names: list[str]) -> list[Path]:
+    target = base.joinpath(*module.split(".")) if module else base
+    out = [target.with_suffix(".py")] if target.with_suffix(".py").is_file() else []
+    if target.is_dir():   # a package: its __init__ and any of the names that are modules
+        out += [f for f in [target / "__init__.py", *(target / f"{n}.py" for n in names)] if f.is_file()]
+    return out
 
 
 def _cpu() -> str:
@@ -325,7 +354,7 @@ def die_with_parent() -> None:
 def main(argv: list[str] | None = None) -> int:
     from ..loader import load_model, read_args
 
-    parser = argparse.ArgumentParser(prog="python -m model.engine.step", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m model.engine.step", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("package", type=Path)
     parser.add_argument("--dtype", default="float32")
