@@ -10,6 +10,7 @@ needs; the rest use the tiny real engine.
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import logging
 import os
@@ -166,6 +167,14 @@ def _exchange(port, data: bytes, timeout=10) -> tuple[int, dict | None]:
     return (int(head.split()[1]), json.loads(body) if body else None) if head else (0, None)
 
 
+def _closed_unanswered(s: socket.socket) -> bool:
+    """Whether the face closed the connection without a byte of answer."""
+    try:
+        return s.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
 def _is_openai_error(body, code=None) -> bool:
     error = (body or {}).get("error") or {}
     return (isinstance(error.get("message"), str) and error["message"].endswith(".")
@@ -187,17 +196,75 @@ def test_the_http_face_answers_only_requests_with_its_key(face):
     assert _request(face, "GET", "/v1/models")[0] == 200
 
 
-def test_connections_beyond_the_limit_get_503_and_the_owner_is_still_served(face, daemon):
-    port = face.server_address[1]
-    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(32)]
+def test_requests_beyond_the_limit_get_503_and_the_owner_is_still_served(scripted_daemon, scripted):
+    server = serve_http(scripted_daemon, "127.0.0.1", 0, KEY, max_requests=2)
     try:
-        status, body = _exchange(port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        held = [threading.Thread(target=_request, args=(server, "POST", "/v1/completions",
+                                                        {"prompt": "hold", "max_tokens": 1})) for _ in range(2)]
+        for thread in held:
+            thread.start()
+        assert _wait(lambda: scripted.started == ["hold"])   # one computes, one waits its turn: both served
+        time.sleep(1.0)
+        status, body = _request(server, "GET", "/v1/models")
         assert status == 503 and body["error"]["code"] == "too_many_connections"
-        assert EngineClient(daemon.socket_path).call("info")["version"] == 1   # the socket is untouched
+        assert EngineClient(scripted_daemon.socket_path).call("info")["version"] == 1   # the socket is untouched
+        scripted.gate.set()
+        for thread in held:
+            thread.join(timeout=10)
+        assert _request(server, "GET", "/v1/models")[0] == 200
     finally:
-        for s in idle:
+        server.close()
+
+
+def _dribble(sockets, stop: threading.Event, every: float) -> None:
+    """Send one more byte of a header block on each socket every `every` seconds, never the end."""
+    line = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
+    for n in itertools.count():
+        for s in sockets:
+            try:
+                s.send(line[n % len(line) : n % len(line) + 1])
+            except OSError:
+                pass
+        if stop.wait(every):
+            return
+
+
+def test_the_owner_is_answered_while_32_connections_dribble_their_headers(face):
+    """A local user without the key held every slot by sending a header byte every few seconds."""
+    port = face.server_address[1]
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(32)]
+    stop = threading.Event()
+    dribbler = threading.Thread(target=_dribble, args=(slow, stop, 1.0), daemon=True)
+    dribbler.start()
+    try:
+        time.sleep(0.5)
+        answers = [_request(face, "GET", "/v1/models")[0] for _ in range(16)]
+        answers.append(_request(face, "POST", "/v1/completions", {"prompt": "x = ", "max_tokens": 2})[0])
+        assert answers == [200] * 17
+    finally:
+        stop.set()
+        dribbler.join(timeout=10)
+        for s in slow:
             s.close()
-    assert _wait(lambda: _request(face, "GET", "/v1/models")[0] == 200)
+
+
+def test_a_header_block_gets_its_time_in_all_not_per_byte(daemon):
+    server = serve_http(daemon, "127.0.0.1", 0, KEY, idle_timeout=1.0)
+    try:
+        with socket.create_connection(server.server_address, timeout=10) as s:
+            sent = 0
+            for byte in b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+                try:
+                    s.send(bytes([byte]))
+                except OSError:
+                    break
+                sent += 1
+                if select.select([s], [], [], 0.25)[0]:   # readable: the face closed it
+                    break
+            assert _closed_unanswered(s)
+            assert sent < 20                                  # 1 s of a byte every 0.25 s, with room to spare
+    finally:
+        server.close()
 
 
 def test_idle_connections_are_closed(daemon):

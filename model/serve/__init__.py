@@ -8,6 +8,7 @@
 - remote.py      RemoteEngine: the engine protocol over an OpenAI-compatible server
 - openai_api.py  the OpenAI completions format: request parsing, response bodies
 - openai_http.py the daemon's OpenAI-compatible HTTP face (loopback, API key, limits)
+- http_gate.py   the face's front door: every request's headers read on one thread, the key checked
 - keys.py        the HTTP face's API key: made, kept beside the socket, checked
 - cli.py         `latent engine serve | stop | status` (also `python -m model.serve`)
 

@@ -4,46 +4,50 @@ Served by `latent engine serve --http 127.0.0.1:PORT` (or `[::1]:PORT`), on loop
 so any client of the OpenAI completions API (streaming or not) can use Latent's engine and
 its latent reuse. The request format is openai_api.py's. What guards it:
 
-- every request carries `Authorization: Bearer KEY` (keys.py), else 401;
-- at most MAX_CONNECTIONS connections at once (beyond, 503 and closed), headers of at most
-  MAX_HEADER bytes (431), bodies of at most MAX_BODY (413), IDLE_TIMEOUT seconds of silence;
-- a completion is a job of the daemon's fair scheduler, and all the face's connections are one
+- every request carries `Authorization: Bearer KEY` (keys.py), else 401 — checked by the gate
+  (http_gate.py), which reads every request's header block on one thread: at most MAX_HEADER
+  bytes (431) arriving within IDLE_TIMEOUT seconds in all, from the connection or its previous
+  reply (else it closes); so clients without the key never hold a handler thread;
+- at most MAX_REQUESTS requests with the key are served at once, each on a handler thread
+  (beyond, 503 and closed); bodies of at most MAX_BODY (413); IDLE_TIMEOUT seconds for each
+  read and write of a request; a kept-alive connection goes back to the gate between requests;
+- a completion is a job of the daemon's fair scheduler, and all the face's requests are one
   party of it (they carry its one key), so HTTP takes turns with each socket client as one
   client, however many connections it opens; a completion is cancelled when its HTTP client
   hangs up.
 """
 from __future__ import annotations
 
-import http.client
+import io
 import itertools
 import json
 import logging
 import queue
 import select
 import socket
+import socketserver
 import threading
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Iterator
 
 from . import keys
-from .framing import AcceptBackoff
+from .http_gate import Gate, answer, shut
 from .openai_api import (BadRequest, body_length, chunk_body, completion_body, completion_id, error_body, finish,
                          parse_completion_request, parse_json)
 from .scheduler import Client, Job, Refused
 
 log = logging.getLogger("latent.engine")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")   # the only hosts the face binds to
-MAX_CONNECTIONS = 32
-MAX_HEADER = 32 << 10      # bytes of header lines per request
-IDLE_TIMEOUT = 10.0        # seconds a connection may send nothing (or leave a reply unread)
+MAX_REQUESTS = 32          # requests with the key served at once
+IDLE_TIMEOUT = 10.0        # seconds for a header block in all, and for each read or write after it
 POLL = 0.1                 # seconds between checks that a waiting client is still there
 
 
 class HttpClient(Client):
-    """One HTTP connection as a client of the daemon: the worker's replies wait in a queue
-    for the connection's handler thread."""
+    """One HTTP request as a client of the daemon: the worker's replies wait in a queue for
+    the request's handler thread."""
 
     def __init__(self, party) -> None:
         super().__init__(party)
@@ -54,23 +58,23 @@ class HttpClient(Client):
             self.replies.put(message)
 
 
-class FaceServer(ThreadingHTTPServer):
+class FaceServer(socketserver.TCPServer):
     """The listening face: bound at construction (so a bad address fails before the model
     loads), serving once start() hands it the daemon and the key."""
 
-    daemon_threads = True
+    allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS,
+    def __init__(self, host: str, port: int, *, max_requests: int = MAX_REQUESTS,
                  idle_timeout: float = IDLE_TIMEOUT) -> None:
         if host not in LOOPBACK:
             raise ValueError(f"The HTTP face binds to loopback only, not {host!r}.")
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.max_connections, self.idle_timeout = max_connections, idle_timeout
+        self.max_requests, self.idle_timeout = max_requests, idle_timeout
         self.engine_daemon = None
         self.api_key = ""
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._backoff = AcceptBackoff(f"HTTP face on {host}:{port}")
+        self._slots = threading.BoundedSemaphore(max_requests)
+        self._gate: Gate | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
         super().__init__((host, port), Handler)
@@ -83,70 +87,80 @@ class FaceServer(ThreadingHTTPServer):
 
     def start(self, daemon, api_key: str) -> None:
         self.engine_daemon, self.api_key = daemon, api_key
-        self._thread = threading.Thread(target=self.serve_forever, name="latent-http", daemon=True)
+        self._gate = Gate(self.socket, api_key, self._dispatch, self.idle_timeout)
+        self._thread = threading.Thread(target=self._gate.serve, name="latent-http", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._thread is not None:
-            self.shutdown()
+        if self._gate is not None:
+            self._gate.close()
+            self._thread.join(timeout=5)
         self.server_close()
 
-    # -- socketserver's hooks ---------------------------------------------------------------
-    def get_request(self):
+    def _dispatch(self, sock: socket.socket, peer: tuple, data: bytes) -> None:
+        """Serve a request with the key on a thread of its own (the gate calls this)."""
+        if not self._slots.acquire(blocking=False):
+            answer(sock, 503, f"The HTTP face serves at most {self.max_requests} requests at once; try again "
+                              f"shortly.", "too_many_connections", {"Retry-After": "1"})
+            return
         try:
-            request = super().get_request()
-        except OSError as e:
-            self._backoff(e)   # out of descriptors: pause; socketserver carries on either way
-            raise
-        self._backoff.accepted()
-        return request
+            threading.Thread(target=self._serve, args=(sock, peer, data), daemon=True).start()
+        except RuntimeError:   # no thread to be had
+            self._slots.release()
+            answer(sock, 503, "The HTTP face cannot take a request right now; try again shortly.", "overloaded",
+                   {"Retry-After": "1"})
 
-    def verify_request(self, request, client_address) -> bool:
-        if self._slots.acquire(blocking=False):
-            return True
-        _refuse(request, f"The HTTP face serves at most {self.max_connections} connections at once; try again shortly.")
-        return False
-
-    def finish_request(self, request, client_address) -> None:
+    def _serve(self, sock: socket.socket, peer: tuple, data: bytes) -> None:
+        handler = None
         try:
-            super().finish_request(request, client_address)
+            handler = Handler(sock, peer, self, data)
+        except Exception:
+            log.exception("HTTP request from %s failed", peer[0])
         finally:
             self._slots.release()
-
-    def handle_error(self, request, client_address) -> None:
-        log.exception("HTTP request from %s failed", client_address[0])
+        if handler is not None and not handler.close_connection and not self._closed:
+            self._gate.admit(sock, peer, handler.leftover)   # kept alive: the gate reads its next request
+        else:
+            shut(sock)
 
 
 class Handler(BaseHTTPRequestHandler):
+    """One request with the key, whose header block the gate has read (`data`, with whatever
+    followed it); `leftover` is what came after the request, for the gate to read next."""
+
     protocol_version = "HTTP/1.1"
     server_version = "latent"
+    rbufsize = 0           # nothing is read ahead of the request: what follows it goes back to the gate
     server: FaceServer
 
+    def __init__(self, request, client_address, server: FaceServer, data: bytes) -> None:
+        self.data, self.leftover = data, b""
+        super().__init__(request, client_address, server)
+
     def setup(self) -> None:
-        self.timeout = self.server.idle_timeout   # every read and write of this connection
+        self.timeout = self.server.idle_timeout   # every read and write of this request
         super().setup()
-        self.rfile = _HeaderBudget(self.rfile)
+        self.rfile = _Prefixed(self.data, self.rfile)
         self.client = HttpClient(party=("http", self.server.address))
         self.ids = itertools.count(1)
         self.server.engine_daemon.attach(self.client)
 
+    def handle(self) -> None:
+        """One request; the gate reads the next one's header block."""
+        self.close_connection = True
+        self.handle_one_request()
+
     def finish(self) -> None:
+        self.leftover = self.rfile.rest()
         try:
             super().finish()
         except OSError:
             pass
         finally:
             self.server.engine_daemon.release(self.client)
-
-    def parse_request(self) -> bool:
-        self.rfile.budget = MAX_HEADER   # the header lines parse_request reads draw on it
-        try:
-            return super().parse_request()
-        finally:
-            self.rfile.budget = None
 
     def log_message(self, fmt, *args) -> None:   # quiet: the daemon logs its own way
         pass
@@ -291,22 +305,28 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
 
-class _HeaderBudget:
-    """The handler's rfile, with a byte budget on the lines read while it is set (the headers)."""
+class _Prefixed:
+    """The handler's rfile: the bytes the gate read first (the whole header block, maybe some
+    of the body), then the socket, read no further than the request asks."""
 
-    def __init__(self, raw) -> None:
-        self.raw, self.budget = raw, None
+    def __init__(self, data: bytes, raw) -> None:
+        self.buffer, self.raw = io.BytesIO(data), raw
 
     def readline(self, limit: int = -1) -> bytes:
-        line = self.raw.readline(limit)
-        if self.budget is not None:
-            self.budget -= len(line)
-            if self.budget < 0:   # parse_request answers it with 431
-                raise http.client.LineTooLong(f"headers over {MAX_HEADER} bytes")
-        return line
+        return self.buffer.readline(limit)   # the header block is all in the buffer
 
-    def read(self, size: int = -1) -> bytes:
-        return self.raw.read(size)
+    def read(self, size: int) -> bytes:
+        data = self.buffer.read(size)
+        while len(data) < size:
+            chunk = self.raw.read(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def rest(self) -> bytes:
+        """What the gate read beyond this request (the next one, pipelined)."""
+        return self.buffer.read()
 
     def close(self) -> None:
         self.raw.close()
@@ -322,18 +342,6 @@ def _hung_up(sock: socket.socket) -> bool:
         return sock.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
-
-
-def _refuse(request: socket.socket, message: str) -> None:
-    """503 on a connection over the limit, written straight to its (empty) send buffer."""
-    data = json.dumps(error_body(503, message, "too_many_connections")).encode()
-    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
-    try:
-        request.settimeout(0.5)
-        request.sendall(head + data)
-    except OSError:
-        pass
 
 
 def serve_http(daemon, host: str, port: int, api_key: str, **limits) -> FaceServer:
