@@ -26,7 +26,7 @@ class SamplingParams:
     top_p: float = option(1.0, "nucleus sampling: keep the smallest set of tokens reaching this probability",
                           min=0.0, max=1.0)
     top_k: int = option(0, "sample among the k most likely tokens; 0 keeps all", min=0)
-    seed: int | None = option(None, "random seed for sampling; none draws one")
+    seed: int | None = option(None, "random seed for sampling; none draws one", min=-(1 << 63), max=(1 << 63) - 1)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(str(s) for s in self.stop if s))

@@ -27,6 +27,8 @@ class Tokenizer:
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         self.fim = detect(backend.token_to_id)
         self.special_tokens = tuple(t.content for t in backend.get_added_tokens_decoder().values())
+        # no token's text is longer (a byte-level vocabulary spells each byte as one character)
+        self.longest_token_chars = max(map(len, backend.get_vocab(with_added_tokens=True)), default=1)
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "Tokenizer":

@@ -446,6 +446,29 @@ def test_bad_completion_fields_get_400_with_an_openai_error(face, raw):
     assert status == 400 and _is_openai_error(body), (status, body)
 
 
+@pytest.mark.parametrize("raw, message", [
+    (b'{"prompt": "x", "max_tokens": 0}', "max_tokens must be at least 1, got 0."),   # as vLLM answers it
+    (b'{"prompt": "x", "seed": 100000000000000000000000000000}',
+     "Setting 'seed' cannot be 100000000000000000000000000000; it takes a whole number from -9223372036854775808 "
+     "to 9223372036854775807."),
+    (b'{"prompt": "x", "seed": 9223372036854775808, "temperature": 0.5}', "Setting 'seed' cannot be"),
+])
+def test_zero_max_tokens_and_a_seed_beyond_64_bits_get_400_with_one_sentence(face, raw, message):
+    """max_tokens 0 generated to the end of the context; a huge seed got an internal message."""
+    status, body = _request(face, "POST", "/v1/completions", raw)
+    assert status == 400 and _is_openai_error(body, "invalid_value"), (status, body)
+    assert body["error"]["message"].startswith(message) and body["error"]["message"].count(". ") == 0
+
+
+def test_a_prompt_longer_than_the_context_could_hold_is_refused_before_it_is_tokenized(face, engine):
+    """A 1M-character prompt stalled every client for seconds while it was tokenized."""
+    status, body = _request(face, "POST", "/v1/completions", {"prompt": "x" * 1_000_000, "max_tokens": 1})
+    assert status == 400 and re.fullmatch(
+        rf"The prompt has 1000000 characters, more than the context of {engine.runtime.max_context} tokens can "
+        rf"hold \(at most \d+ characters\)\.", body["error"]["message"]), body
+    assert _request(face, "POST", "/v1/completions", {"prompt": "x = 1\n" * 100, "max_tokens": 1})[0] == 200
+
+
 def test_max_tokens_is_capped_at_sampling_params_limit(face):
     status, body = _request(face, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 70000})
     assert status == 400 and "65536" in body["error"]["message"]
@@ -467,6 +490,24 @@ def test_a_non_loopback_http_address_is_refused_before_the_model_loads(tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("latent: error: --http takes a loopback HOST:PORT") and err.count("\n") == 1
     assert not sock.exists()
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o606], ids=["0644", "0640", "0606"])
+def test_an_api_key_file_others_can_read_is_refused_before_the_model_loads(tmp_path, capsys, mode):
+    """It was taken without a word: whoever can read the key can use the face (ssh refuses such keys)."""
+    key_file = tmp_path / "key"
+    key_file.write_text("a-key-others-can-read\n")
+    os.chmod(key_file, mode)
+    argv = ["serve", "--http", "127.0.0.1:0", "--api-key-file", str(key_file), "--model", str(tmp_path / "missing"),
+            "--socket", str(tmp_path / "s.sock")]
+    assert engine_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"latent: error: --api-key-file is refused: {key_file} can be read or written by other users "
+                   f"(mode {mode:04o}), who could then use the HTTP face; make it private (chmod 600 {key_file}), "
+                   f"as ssh requires of a private key.\n")
+    os.chmod(key_file, 0o600)
+    assert engine_cli(argv) == 2
+    assert "--api-key-file" not in capsys.readouterr().err    # a private one is taken (the model is what fails)
 
 
 def test_a_taken_http_port_is_refused_before_the_model_loads(tmp_path, capsys):

@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also serve OpenAI-compatible /v1/completions on this loopback address "
                             "(127.0.0.1:PORT or [::1]:PORT; port 0 picks a free one)")
     serve.add_argument("--api-key-file", type=Path, default=None, metavar="FILE",
-                       help="with --http: the key clients must send as 'Authorization: Bearer KEY' "
-                            "(default: a new random key, written to engine.key beside the socket)")
+                       help="with --http: a file only you can read (mode 0600) whose first line is the key clients must "
+                            "send as 'Authorization: Bearer KEY' (default: a new random key, written to "
+                            "engine.key beside the socket)")
     serve.add_argument("--api-key", default=None, metavar="KEY",
                        help="with --http: the key itself (other users can see it in the process list; "
                             "prefer --api-key-file)")
@@ -119,6 +120,8 @@ def _api_key(args: argparse.Namespace) -> str:
     if args.api_key_file is not None:
         try:
             return keys.read_key_file(args.api_key_file)
+        except keys.ExposedKey as e:
+            raise OptionError(f"--api-key-file is refused: {sentence(e)}") from None
         except (OSError, ValueError) as e:
             raise OptionError(f"--api-key-file cannot be read: {sentence(e)}") from None
     if args.api_key is not None:

@@ -14,9 +14,11 @@ the folder (private_files.py); elsewhere one log line says so and it serves with
 persistence.
 
 No client can hold up the others: each has at most MAX_QUEUED generations waiting, prompts
-have size limits (framing.py), a client that leaves a reply unread for SEND_TIMEOUT seconds
-is dropped and its jobs cancelled (connection.py), and when accept() runs out of file
-descriptors the daemon waits for some to be freed instead of exiting.
+have size limits (framing.py; a text prompt also no longer than the engine's context could
+hold, checked before the tokenizer — which holds the interpreter while it works — sees it),
+a client that leaves a reply unread for SEND_TIMEOUT seconds is dropped and its jobs
+cancelled (connection.py), and when accept() runs out of file descriptors the daemon waits
+for some to be freed instead of exiting.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class EngineDaemon:
         self.persist = Path(persist) if persist else None   # where the cache is kept across restarts
         self.http = None                                      # the OpenAI face, when one is served
         self._scheduler = FairScheduler()
+        self.max_prompt_chars = prompt_chars_limit(engine)
         self._stop = threading.Event()
         self._last_activity = time.monotonic()
         self._clients: set[Client] = set()
@@ -185,6 +188,9 @@ class EngineDaemon:
         if isinstance(prompt, str) and len(prompt) > MAX_PROMPT_CHARS:
             raise Refused(f"The prompt has {len(prompt)} characters; "
                           f"the daemon takes at most {MAX_PROMPT_CHARS} characters.")
+        if isinstance(prompt, str) and len(prompt) > self.max_prompt_chars:
+            raise Refused(f"The prompt has {len(prompt)} characters, more than the context of "
+                          f"{_context(self.engine)} tokens can hold (at most {self.max_prompt_chars} characters).")
         if not isinstance(prompt, str) and len(prompt) > MAX_PROMPT_IDS:
             raise Refused(f"The prompt has {len(prompt)} token ids; "
                           f"the daemon takes at most {MAX_PROMPT_IDS} token ids.")
@@ -258,6 +264,20 @@ class EngineDaemon:
         job.client.jobs.pop(job.id, None)
         self.touch()
         return False
+
+
+def prompt_chars_limit(engine) -> int:
+    """The most characters a text prompt may have: MAX_PROMPT_CHARS, and no more than the
+    engine's context could hold were every token as long as its tokenizer's longest."""
+    longest = getattr(engine.tokenizer, "longest_token_chars", None)
+    context = _context(engine)
+    return min(MAX_PROMPT_CHARS, context * longest) if context and longest else MAX_PROMPT_CHARS
+
+
+def _context(engine) -> int | None:
+    """Tokens the engine's working buffer holds (what it refuses a prompt beyond)."""
+    runtime = getattr(engine, "runtime", None)
+    return getattr(runtime, "max_context", None) or getattr(engine, "context_length", None)
 
 
 def _same_user(sock: socket.socket) -> bool:

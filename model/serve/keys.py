@@ -1,7 +1,9 @@
 """The HTTP face's API key: chosen at start, kept beside the socket, checked in constant time.
 
 `latent engine serve --http …` takes `--api-key-file FILE` or `--api-key KEY`, else makes a
-new key with secrets.token_urlsafe. The key in effect is written to `engine.key` beside
+new key with secrets.token_urlsafe. A key file that other users can read or write is refused,
+as ssh refuses such a private key: whoever can read the key can use the face, so serving with
+it would only look protected. The key in effect is written to `engine.key` beside
 `engine.sock` (mode 0600, in the 0700 runtime folder) and the face's address to
 `engine.http`; both go when the daemon exits. RemoteEngine reads that key for a URL naming
 exactly that address (http://127.0.0.1:PORT, not localhost) while the daemon at the default
@@ -11,7 +13,9 @@ Imports no torch.
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
+import stat
 from pathlib import Path
 
 from ..private_files import write_private
@@ -22,9 +26,19 @@ def new_key() -> str:
     return secrets.token_urlsafe(32)
 
 
+class ExposedKey(ValueError):
+    """A key file other users can read or write; str(error) is one sentence."""
+
+
 def read_key_file(path: Path) -> str:
-    """The key in a file (its first line); ValueError, one sentence, for an empty file."""
-    text = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    """The key in a file (its first line); ExposedKey for a file other users can read or
+    write, ValueError (one sentence) for an empty one."""
+    path = Path(path).expanduser()
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise ExposedKey(f"{path} can be read or written by other users (mode {mode:04o}), who could then use "
+                         f"the HTTP face; make it private (chmod 600 {path}), as ssh requires of a private key.")
+    text = path.read_text(encoding="utf-8").strip()
     key = text.splitlines()[0].strip() if text else ""
     if not key:
         raise ValueError(f"The API key file {path} is empty.")

@@ -3,9 +3,10 @@ SamplingParams, and the response bodies. Pure functions; the server is openai_ht
 
 Beyond the OpenAI fields, `suffix` builds a fill-in-the-middle prompt with the model's own FIM
 tokens (model/fim.py), and `top_k` / `stop_token_ids` are taken as vLLM takes them. Only
-n = 1 is served. `max_tokens` is at most SamplingParams' limit (65536); more is a 400, as is
-any value SamplingParams refuses, a number JSON does not have (NaN, Infinity, 1e999) and a
-body nested too deeply to parse. Errors are `{"error": {"message", "type", "param", "code"}}`.
+n = 1 is served. `max_tokens` is from 1 (0 is a 400, as vLLM answers it: the face has no
+`echo` that would make 0 tokens useful) to SamplingParams' limit (65536); more is a 400, as is
+any value SamplingParams refuses (a `seed` beyond 64-bit signed integers among them, as vLLM),
+a number JSON does not have (NaN, Infinity, 1e999) and a body nested too deeply to parse. Errors are `{"error": {"message", "type", "param", "code"}}`.
 """
 from __future__ import annotations
 
@@ -85,6 +86,8 @@ def parse_completion_request(body: dict, engine) -> tuple[str | list[int], Sampl
     if not isinstance(stop_ids, list):
         raise BadRequest("'stop_token_ids' must be a list of token ids.")
     given = {key: body[key] if body.get(key) is not None else default for key, default in DEFAULTS.items()}
+    if given["max_tokens"] == 0 and type(given["max_tokens"]) is int:
+        raise BadRequest("max_tokens must be at least 1, got 0.")
     try:
         params = SamplingParams(max_new_tokens=given["max_tokens"], stop=tuple(stop), stop_token_ids=tuple(stop_ids),
                                 temperature=given["temperature"], top_p=given["top_p"], top_k=given["top_k"],
