@@ -53,17 +53,22 @@ class RuntimeConfig:
     device: str = option("cpu", "where the model runs: cpu, cuda or cuda:N")
     dtype: str = option("float32", "weight dtype (bfloat16 is many times slower than float32 on most CPUs)",
                         choices=("float32", "bfloat16", "float16"))
-    quantize: str | None = option(None, "weight-only quantization at load", choices=(None, "int8"))
+    quantize: str | None = option(None, "weight-only quantization as each weight loads: int8 (a quarter of "
+                                        "float32's memory; on the CPU through fbgemm's int8 GEMM)",
+                                  choices=(None, "int8"))
     threads: int = option(0, "PyTorch CPU threads for prefill; 0 picks them by model size (1 below 100M "
                              "parameters, else every core); a small model decodes on one", min=0, max=1024)
-    attention: str = option("auto", "MLA path: absorbed into the latent, naive decompression, or auto",
+    attention: str = option("auto", "MLA path: absorbed (into the latent), naive (decompressed) or auto "
+                                    "(absorbed when a forward adds at most absorb_threshold tokens)",
                             choices=("auto", "absorbed", "naive"))
     absorb_threshold: int = option(64, "auto attention: absorbed when a forward adds at most this many tokens",
                                    min=0)
     max_context: int = option(4096, "tokens the engine's working latent buffer holds", min=64, max=1 << 20)
     cache_mb: int = option(1024, "budget of the latent prefix cache, MiB", min=0, max=1 << 20)
-    reuse: str = option("exact", "latent reuse: exact prefixes, or also moved suffixes (shift, approximate)",
-                        choices=("exact", "shift"))
+    reuse: str = option("exact", "exact: a keystroke reuses the cached latents of the unchanged prefix; shift: "
+                                 "also those of the text after the cursor, which merely moved (k_pe re-rotated): "
+                                 "a few tokens to compute per keystroke instead of the whole suffix window, "
+                                 "approximate (docs/benchmarks.md)", choices=("exact", "shift"))
     shift_min_tokens: int = option(16, "shift reuse: only spans of at least this many tokens", min=1)
     shift_max_steps: int = option(32, "shift reuse: consecutive shifts of a span before it is recomputed", min=0)
     shift_max_drift: int = option(32, "shift reuse: tokens of a span's past changed since it was exact, at most",
