@@ -18,13 +18,14 @@ Nothing here knows about LSP or torch; the model is reached through `model.proto
 """
 from completion.config import CompletionConfig
 from completion.document import Document, Workspace
-from completion.errors import InvalidPosition, UnknownDocument
+from completion.errors import DocumentLimit, InvalidPosition, UnknownDocument
 from completion.service import CompletionService, skip_reason
 
 __all__ = [
     "CompletionConfig",
     "CompletionService",
     "Document",
+    "DocumentLimit",
     "InvalidPosition",
     "UnknownDocument",
     "Workspace",

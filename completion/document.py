@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import tree_sitter
 
-from completion.errors import InvalidPosition, UnknownDocument
+from completion.errors import DocumentLimit, InvalidPosition, UnknownDocument
 from completion.languages import LanguageSpec, language_for
 from completion.types import Position, Snapshot, TextChange
 
@@ -271,35 +271,67 @@ class Document:
         return DocumentState(text, version, Lines(text), tree)
 
 
+MAX_DOCUMENTS = 2000        # open documents kept at most: an editor sends those it has loaded (open
+                            # tabs, what extensions read), hundreds in a large session; each costs
+                            # 10-50 KB beyond its text (tree, line starts), so at most ~100 MB
+MAX_CHARS = 256 << 20       # characters kept in all (a Workspace's default; the server's: four
+                            # messages of max_message_mb)
+
+
 class Workspace:
-    """The open documents. Mutated by notifications; read (briefly locked) by requests."""
+    """The open documents, at most `max_documents` holding at most `max_chars` characters in
+    all: `open` refuses one more, and `change` drops a document that grows past the bound
+    (DocumentLimit, one sentence); the others are kept whole. Mutated by notifications; read
+    (briefly locked) by requests."""
 
     def __init__(self, on_close: Callable[[str], None] | None = None,
-                 max_parse_chars: int = MAX_PARSE_CHARS) -> None:
+                 max_parse_chars: int = MAX_PARSE_CHARS, max_documents: int = MAX_DOCUMENTS,
+                 max_chars: int = MAX_CHARS) -> None:
         self._documents: dict[str, Document] = {}
         self._lock = threading.Lock()
         self.on_close = on_close   # the owner's hook: free its per-document state
         self.max_parse_chars = max_parse_chars   # for documents opened from now on
+        self.max_documents, self.max_chars = max_documents, max_chars
+        self.chars = 0             # characters of the open documents
 
     def open(self, uri: str, language_id: str, text: str, version: int,
              path: str | None = None) -> Document:
         """Open (or re-open, replacing all state of) a document."""
         if uri in self._documents:
             self.close(uri)
+        if len(self._documents) >= self.max_documents:
+            raise DocumentLimit(f"The document {uri} is not kept: {len(self._documents):,} documents are open, the "
+                                "most the server keeps; close some and open it again.")
+        self._check_chars(uri, self.chars + len(text))
         document = Document(uri, language_id, text, version, path, self.max_parse_chars)
         with self._lock:
             self._documents[uri] = document
+        self.chars += len(text)
         return document
 
     def change(self, uri: str, version: int, changes: Sequence[TextChange]) -> None:
-        self._require(uri).apply(changes, version)
+        document = self._require(uri)
+        before = len(document.text)
+        document.apply(changes, version)
+        self.chars += len(document.text) - before
+        if self.chars > self.max_chars:
+            self.close(uri)
+            self._check_chars(uri, self.chars + len(document.text))
 
     def close(self, uri: str) -> None:
         """Forget a document and every piece of per-document state kept for it."""
         with self._lock:
-            self._documents.pop(uri, None)
+            document = self._documents.pop(uri, None)
+        if document is not None:
+            self.chars -= len(document.text)
         if self.on_close is not None:
             self.on_close(uri)
+
+    def _check_chars(self, uri: str, chars: int) -> None:
+        if chars > self.max_chars:
+            raise DocumentLimit(f"The document {uri} is not kept: the open documents would hold {chars:,} "
+                                f"characters, more than the {self.max_chars:,} the server keeps; close some and open "
+                                "it again.")
 
     def get(self, uri: str) -> Document | None:
         return self._documents.get(uri)

@@ -11,3 +11,8 @@ class UnknownDocument(KeyError):
 
     def __str__(self) -> str:  # KeyError would show the repr of its argument
         return str(self.args[0]) if self.args else "unknown document"
+
+
+class DocumentLimit(ValueError):
+    """A document the workspace does not keep: more documents, or more characters in all, than
+    its bound (completion.document.Workspace); str(error) is one sentence."""

@@ -68,6 +68,7 @@ REASONS = {
     "snoozed": "Latent is snoozed for a while (latent.toggle).",
     "manual": "Suggestions come only when you ask (trigger = manual).",
     "diverged": "The server's copy of this document diverged from the editor's; reopen the document.",
+    "not-kept": "The server keeps no more open documents (the log says which bound); close some and reopen this one.",
 }
 
 

@@ -9,6 +9,12 @@ protocol.LatentProtocol).
 A didChange with an invalid change keeps its valid ones (messages.split_changes); the
 server's copy can no longer be trusted then, so the document is marked diverged
 (`session.stale`) and answers nothing until it is opened again or sent whole.
+
+The open documents are bounded (completion.document.Workspace: 2,000 documents, and four
+messages of max_message_mb of text in all): a document past the bound is not kept — one logged
+sentence (for the first ten; then at debug level), its changes are ignored quietly, and its
+completions answer empty with the reason "not-kept" until it closes and opens again. Every
+document within the bound is kept whole.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import re
 from lsprotocol import types
 from pygls.uris import to_fs_path
 
-from completion.errors import UnknownDocument
+from completion.errors import DocumentLimit, UnknownDocument
 from completion.types import Position, Range, TextChange
 
 log = logging.getLogger(__name__)
@@ -77,10 +83,14 @@ def register(server, session) -> None:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(params: types.DidOpenTextDocumentParams) -> None:
         doc = params.text_document
-        document = session.documents.open(doc.uri, doc.language_id, clean(doc.text), doc.version,
-                                          path=relative_path(server.workspace, doc.uri))
         session.stale.discard(doc.uri)
         session.unparsed.discard(doc.uri)
+        session.refused.pop(doc.uri, None)
+        try:
+            document = session.documents.open(doc.uri, doc.language_id, clean(doc.text), doc.version,
+                                              path=relative_path(server.workspace, doc.uri))
+        except DocumentLimit as e:
+            return refuse(session, doc.uri, e)
         _note_size(session, document)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
@@ -90,8 +100,10 @@ def register(server, session) -> None:
         try:
             session.documents.change(doc.uri, doc.version, changes)
         except UnknownDocument as e:
-            log.warning("%s The change is ignored.", e)
+            log.log(logging.DEBUG if doc.uri in session.refused else logging.WARNING, "%s The change is ignored.", e)
             return
+        except DocumentLimit as e:
+            return refuse(session, doc.uri, e)
         if any(change.range is None for change in changes):
             session.stale.discard(doc.uri)   # the whole text: the copy is the editor's again
         _note_size(session, session.documents.get(doc.uri))
@@ -99,6 +111,20 @@ def register(server, session) -> None:
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(params: types.DidCloseTextDocumentParams) -> None:
         session.close_document(params.text_document.uri)
+
+
+LOGGED_REFUSALS = 10   # documents not kept that are logged as warnings; later ones at debug level
+
+
+def refuse(session, uri: str, error: DocumentLimit) -> None:
+    """A document past the bound: drop what is kept of it, and remember it (as many as the bound
+    holds documents) so that its requests say why they answer nothing."""
+    session.close_document(uri)
+    level = logging.WARNING if len(session.refused) < LOGGED_REFUSALS else logging.DEBUG
+    log.log(level, "%s", error)
+    session.refused[uri] = None
+    if len(session.refused) > session.documents.max_documents:
+        del session.refused[next(iter(session.refused))]
 
 
 def _note_size(session, document) -> None:

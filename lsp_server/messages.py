@@ -2,11 +2,11 @@
 table, no pygls).
 
 pygls' converter takes `9.9` or `"4"` for a position's line (and edits the wrong place), a
-boolean or an object for an id, and a number for a method; and it drops a whole didChange for
-one bad change. These checks read the plain JSON value first:
+boolean or an object for an id, a number for a method, and a string for a command's arguments
+(as the list of its characters); and it drops a whole didChange for one bad change. These checks read the plain JSON value first:
 
     kind, msg_id, problem = classify(data)    # "request" | "notification" | "response" | "invalid"
-    problem = bad_position(params)            # a Position that is not two whole numbers >= 0
+    problem = bad_params(method, params)      # a Position that is not two whole numbers >= 0, …
     data, rejected, diverged = split_changes(data)   # a didChange keeps its valid changes
 
 Every problem is one sentence. A request's problem is answered with its id (null when the id
@@ -19,6 +19,7 @@ from typing import Any
 from lsprotocol.types import METHOD_TO_TYPES
 
 UINTEGER_MAX = 2 ** 31 - 1   # LSP's uinteger
+EXECUTE_COMMAND = "workspace/executeCommand"
 NOTIFICATIONS = frozenset(method for method, (_, result, *_) in METHOD_TO_TYPES.items() if result is None)
 
 
@@ -41,6 +42,17 @@ def classify(data: Any) -> tuple[str, Any, str | None]:
     if has_id and ("result" in data or "error" in data):
         return "response", msg_id, None
     return "invalid", None, "A message must have a method, or an id and a result or error."
+
+
+def bad_params(method: Any, params: Any) -> str | None:
+    """What pygls' converter would misread in `params`, described; None when nothing: a position
+    (bad_position), or workspace/executeCommand arguments that are not an array (a string was
+    read as a list of its characters)."""
+    if method == EXECUTE_COMMAND and isinstance(params, dict):
+        arguments = params.get("arguments")
+        if arguments is not None and not isinstance(arguments, list):
+            return f"The arguments of workspace/executeCommand must be an array, not {_kind(arguments)}."
+    return bad_position(params)
 
 
 def bad_position(params: Any) -> str | None:

@@ -3,9 +3,10 @@
 1. messages come in through `receive` (from transport.serve), which decodes each body strictly
    and checks it before pygls structures it (messages.py): invalid UTF-8 or JSON is a
    ParseError, a message that is no JSON-RPC request an InvalidRequest (id null when the id
-   itself is unusable), a position that is not two whole numbers InvalidParams; a request whose
-   params cannot be read is answered with InvalidParams (MethodNotFound for a method the server
-   does not serve). A notification is never answered: its problems are logged;
+   itself is unusable), a position that is not two whole numbers or command arguments that are
+   not an array InvalidParams; a request whose params cannot be read is answered with
+   InvalidParams (MethodNotFound for a method the server does not serve). A notification is
+   never answered: its problems are logged;
 2. the lifecycle: a request before `initialize` is answered with ServerNotInitialized, a second
    `initialize` or any request after `shutdown` with InvalidRequest; notifications then are
    dropped, but `exit`;
@@ -79,7 +80,7 @@ class LatentProtocol(LanguageServerProtocol):
         rejected, diverged = [], False
         if method == types.TEXT_DOCUMENT_DID_CHANGE:
             data, rejected, diverged = messages.split_changes(data)
-        elif kind != "response" and (problem := messages.bad_position(data.get("params"))) is not None:
+        elif kind != "response" and (problem := messages.bad_params(method, data.get("params"))) is not None:
             return self.answer_error(kind, msg_id, method, JsonRpcInvalidParams(problem))
         self.dispatch(kind, data)
         if rejected or diverged:

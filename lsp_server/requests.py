@@ -13,7 +13,8 @@ ruff_server's background document requests).
 
 A request is answered with an empty result when the model is not ready, completion is off
 (latent.toggle, a snooze, the language, or `trigger = manual` for ghost text while typing), the
-server's copy of the document diverged from the editor's (documents.diverged), a newer request
+server's copy of the document diverged from the editor's (documents.diverged) or the document is
+past the bound on open documents (documents.refuse), a newer request
 superseded it, or the pipeline failed (logged). Each such skip has its reason (a key of
 completion.types.REASONS), which the status carries. A position outside the document or an
 unknown document is an InvalidParams error. Ghost text while typing waits `debounce_ms` on the
@@ -120,6 +121,9 @@ class Requests:
         if request.skipped:
             return request
         document = session.documents.get(uri)
+        if document is None and uri in session.refused:
+            request.skipped = "not-kept"
+            return request
         if document is None:
             request.error = f"The document {uri} is not open."
             return request

@@ -30,9 +30,11 @@ class Session:
         self.store = store
         self.settings, more = store.settings()
         self.startup_warnings = list(warnings or []) + more
-        self.documents = Workspace(max_parse_chars=self.settings.max_parse_kb << 10)
+        self.documents = Workspace(max_parse_chars=self.settings.max_parse_kb << 10,
+                                   max_chars=_max_chars(self.settings))
         self.stale: set[str] = set()             # documents whose copy diverged (documents.diverged)
         self.unparsed: set[str] = set()          # documents over max_parse_kb, said once
+        self.refused: dict[str, None] = {}       # documents not kept, over the bound (documents.refuse)
         self.status = Status(enabled=self.settings.enable, model=self.settings.model or "bundled")
         self.worker = Worker()
         self.requests = Requests(self)
@@ -67,6 +69,7 @@ class Session:
         self.documents.close(uri)
         self.stale.discard(uri)
         self.unparsed.discard(uri)
+        self.refused.pop(uri, None)
         if self.service is not None:
             self.service.forget(uri)
 
@@ -78,6 +81,7 @@ class Session:
         if self.settings.enable:
             self.status.snoozed_until = None
         self.documents.max_parse_chars = self.settings.max_parse_kb << 10   # for documents opened from now on
+        self.documents.max_chars = _max_chars(self.settings)
         return warnings
 
     def apply_settings(self) -> None:
@@ -136,3 +140,9 @@ class Session:
         self.worker.stop(timeout=1.0)
         self.requests.inflight.clear()
         self.unload()
+
+
+def _max_chars(settings: Settings) -> int:
+    """The characters the open documents may hold in all: four messages of max_message_mb (each
+    document arrives whole in one message), so raising that limit raises this one."""
+    return settings.max_message_mb << 22

@@ -10,11 +10,15 @@ The Framer
   in CR LF or LF alone, and ignores headers other than Content-Length;
 - reads a body of at most `limit()` bytes: a larger one is skipped unread, and a request whose
   id shows at its start is answered with an error (`Oversized`);
+- delivers a body that is no JSON message at once, for the protocol to answer (-32700), unless
+  it may be one cut short or run long by a wrong length (`_misframed`): then the next header
+  decides;
 - after a framing error — no Content-Length or one that is not a number, a line that is not a
-  header, a body that does not end where its length says — resynchronises on the next
-  Content-Length header, and delivers the JSON message found before it, if any (a length one
-  byte off, a body after `Content-Length: 0`, a missing header). A header cannot hide inside a
-  JSON body: its strings hold no raw line breaks;
+  header, a body that does not end where its length says, a Content-Length header inside a
+  body (its length was too large: the client's next message came first) — resynchronises on
+  the next Content-Length header, and delivers the JSON message found before it, if any (a
+  length one byte off, or thousands too many, a body after `Content-Length: 0`, a missing
+  header). A header cannot hide inside a JSON body: its strings hold no raw line breaks;
 - raises `Unreadable` after `limit()` bytes without a header (or more than a refused body
   claimed): that is no LSP client, and the server exits with a message rather than stay deaf.
 """
@@ -75,6 +79,7 @@ class Framer:
         self.claimed = 0             # the size a refused body claimed (its bytes are dropped)
         self.sniff: int | None = None   # a refused body whose id is still to be read
         self.suspect: bytes | None = None   # a body of the right length that ends wrong
+        self.body_scanned = 0        # buffer[:body_scanned] of a pending body holds no header
 
     def feed(self, data: bytes) -> list:
         self.buffer += data
@@ -103,23 +108,39 @@ class Framer:
                                   "unread."))
             del buffer[:end]
             return self._lose(events, None, claimed=length)
+        if self._header_inside(end, min(len(buffer), end + length)):
+            return self._lose(events, f"A body is shorter than its Content-Length of {length}: another message's "
+                                      "header comes before its end.")
         if len(buffer) < end + length:
             return False
-        if _last_visible(buffer, end + length, end) not in (ord("}"), ord("]")):
-            suspect = bytes(buffer[end:end + length])
+        body = bytes(buffer[end:end + length])
+        if _last_visible(buffer, end + length, end) not in (ord("}"), ord("]")) and _misframed(body):
             del buffer[:end]
             self._lose(events, f"A body does not end where its Content-Length of {length} says.")
-            self.suspect = suspect   # answered as unreadable if nothing better is found before the next header
+            self.suspect = body   # answered as unreadable if nothing better is found before the next header
             return True
-        events.append(Body(bytes(buffer[end:end + length])))
+        events.append(Body(body))
         del buffer[:end + length]
+        self.body_scanned = 0
         return True
+
+    def _header_inside(self, start: int, end: int) -> bool:
+        """Whether a Content-Length header line ends in buffer[start:end], a body's bytes so far
+        (only the lines not looked at before: a body arrives in many reads)."""
+        buffer = self.buffer
+        newline = buffer.find(b"\n", max(start, self.body_scanned), end)
+        self.body_scanned = end
+        while newline >= 0:
+            if _NEXT_HEADER.search(buffer, max(start, newline - _OVERLAP), newline + 1):
+                return True
+            newline = buffer.find(b"\n", newline + 1, end)
+        return False
 
     def _lose(self, events: list, problem: str | None, claimed: int = 0) -> bool:
         """Resynchronise from the start of the buffer (the next header search skips its first byte)."""
         if problem is not None:
             events.append(Problem(problem))
-        self.lost, self.scanned, self.dropped = True, 1, 0
+        self.lost, self.scanned, self.dropped, self.body_scanned = True, 1, 0, 0
         self.claimed, self.sniff, self.suspect = claimed, (claimed or None), None
         return True
 
@@ -174,6 +195,24 @@ class Framer:
         is_request = match is not None and b'"method"' in self.buffer[:1024]
         events.append(Oversized(self.sniff, json.loads(match.group(1)) if is_request else None))
         self.sniff = None
+
+
+def _misframed(body: bytes) -> bool:
+    """Whether a body that does not end like a JSON message may be one that a wrong
+    Content-Length cut short or ran past (the next header tells), rather than no JSON message
+    whatever its length (then it is answered at once)."""
+    text = body.decode("utf-8", "surrogateescape").strip()
+    if not text:
+        return True                  # a length of 0 before a body
+    if text[0] not in "{[":
+        return False
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:   # cut short: the error is at its end, or in a string it opened
+        return e.pos >= len(text) - 5 or e.msg.startswith("Unterminated string") or e.msg == "Extra data"
+    except RecursionError:
+        return False
+    return False
 
 
 def _last_visible(data: bytearray, end: int, start: int = 0) -> int | None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from completion.document import Document, Lines, Workspace, parse
-from completion.errors import InvalidPosition, UnknownDocument
+from completion.errors import DocumentLimit, InvalidPosition, UnknownDocument
 from completion.languages import language_for
 from completion.types import Position, Range, TextChange
 
@@ -273,3 +273,22 @@ def test_language_for_maps_ids_and_extensions():
     assert language_for("shellscript").name == "bash"
     assert language_for("plaintext", "file:///x/script.lua").name == "lua"
     assert language_for("markdown", "README.md") is None
+
+
+def test_the_workspace_keeps_documents_up_to_its_bounds_and_those_whole():
+    workspace = Workspace(max_documents=3, max_chars=100)
+    for name in "abc":
+        workspace.open(f"file:///{name}.py", "python", "x = 1\n", 1)
+    with pytest.raises(DocumentLimit, match=r"^The document file:///d.py is not kept: 3 documents are open"):
+        workspace.open("file:///d.py", "python", "y = 2\n", 1)
+    workspace.open("file:///a.py", "python", "x = 2\n", 2)            # reopening is no new document
+    workspace.close("file:///c.py")
+    workspace.open("file:///d.py", "python", "y = 2\n", 1)            # room again
+    with pytest.raises(DocumentLimit, match="more than the 100"):
+        workspace.change("file:///d.py", 2, [TextChange("z" * 90)])     # grows past: dropped
+    assert workspace.get("file:///d.py") is None and workspace.chars == 12
+    assert {d.uri: d.text for d in workspace.documents()} == {"file:///a.py": "x = 2\n", "file:///b.py": "x = 1\n"}
+    with pytest.raises(DocumentLimit, match="101 characters, more than the 100 the server keeps; close some"):
+        workspace.open("file:///e.txt", "plaintext", "e" * 89, 1)
+    assert workspace.chars == 12
+

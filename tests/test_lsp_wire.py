@@ -418,6 +418,7 @@ FRAMINGS = {
                            b"Content-Length: %d\r\n\r\n" % len(b) + b, -32601),
     "NUL bytes in the header": (lambda b: b"Content-Length: \x00%d\r\n\r\n" % len(b) + b, -32601),
     "an unfinished header": (lambda b: b"Content-Length: %d\r\n" % len(b) + b, -32601),
+    "Content-Length 20 KB too long": (lambda b: b"Content-Length: %d\r\n\r\n" % (len(b) + 20_000) + b, -32601),
 }
 
 
@@ -450,6 +451,16 @@ def test_the_framer_reads_the_same_messages_however_the_bytes_arrive(name):
         piecewise += messages(framer.feed(data[i:i + 3]))
     assert piecewise == whole and whole[-1] == Body(probe)
     assert len(whole) == (2 if code else 1)
+
+
+def test_the_framer_delivers_a_body_that_is_no_json_message_at_once():
+    """Unless a wrong length may have cut a JSON message short or run past it: then the next
+    header decides (FRAMINGS)."""
+    for body in (b"hello", b"{garbage", b'"x"', b"[" * 10_000):
+        assert Framer(lambda: 1 << 20).feed(frame(body)) == [Body(body)]
+    for cut in (b'{"jsonrpc": "2.0", "id": 1, "method": "x"', b'{"a": "b', b'{"id": tr', b'{"a": 1}C', b""):
+        events = Framer(lambda: 1 << 20).feed(frame(cut))
+        assert not any(isinstance(event, Body) for event in events), cut
 
 
 @settings(max_examples=300, deadline=None)
@@ -556,6 +567,11 @@ BAD_REQUESTS = [   # (name, body, the id answered, the error code)
         ("a uri that is a number", [5, "x", [0, 0, 0, 0]]),
         ("text that is a list", ["file:///five.py", ["x"], [0, 0, 0, 0]]),
     ])
+] + [   # issue #20 item 9: a string was read as the list of its characters, and answered
+    (f"latent.stats with arguments {name}", message("workspace/executeCommand", {"command": "latent.stats",
+                                                                                "arguments": arguments}, f"s{i}"),
+     f"s{i}", -32602)
+    for i, (name, arguments) in enumerate([("a string", "abc"), ("an object", {"a": 1}), ("a number", 5)])
 ]
 
 
@@ -873,6 +889,72 @@ def test_lone_cr_line_ends_complete_as_lf_ones(wire, tmp_path):
         server.notify("textDocument/didClose", {"textDocument": {"uri": uri}})   # no snippets of it in the next
     assert answers["lf"], "the model suggested nothing here"
     assert answers["cr"] == answers["crlf"] == answers["lf"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue #20, 9. Frames whose length is wrong, bodies that are not JSON, and open documents
+
+def test_a_content_length_past_its_body_ends_at_the_next_header(wire):
+    """A length 20 KB too large swallowed the next messages until that many bytes came (0 of 10
+    answered); the next message's header ends the body, which is read too."""
+    server = wire()
+    server.initialize(ready=False)
+    body = _echo("long")
+    server.write(b"Content-Length: %d\r\n\r\n" % (len(body) + 20_000) + body)
+    ids = [server.request("wire/echo") for _ in range(10)]
+    for msg_id in ["long", *ids]:
+        assert server.answer(msg_id)["error"]["code"] == -32601      # read: an unknown method
+    [said] = server.logs("shorter than its Content-Length", count=1)
+    assert is_sentence(said.split(": ", 1)[1])
+
+
+@pytest.mark.parametrize("body", [b"hello", b"not json at all!", b"{garbage", b'"a string"', b"[" * 100_000])
+def test_a_framed_body_that_is_not_json_is_answered_at_once(wire, body):
+    """It was answered only once the next message came."""
+    server = wire()
+    server.initialize(ready=False)
+    start = len(server.messages)
+    server.write(frame(body))                                          # and nothing after it
+    got = server.wait(lambda m: "method" not in m, 15, start)
+    assert got is not None, f"not answered; {server.tail()}"
+    assert got["id"] is None and got["error"]["code"] in (-32700, -32600)
+    assert server.responds() and len(server.answers(None)) == 1
+
+
+def test_open_documents_are_bounded_and_those_within_are_kept_whole(wire):
+    """30,000 small documents took 2.2 GB. At most 2,000 are kept (a large editing session has
+    hundreds; each costs 10-50 KB beyond its text), and four messages of max_message_mb of text
+    in all; one more is not kept (a sentence in the log, empty completions that say why)."""
+    server = wire(max_message_mb="1")
+    server.initialize(ready=False)
+    texts = {f"file:///many/m{i}.py": f"def f{i}(x):\n    return x + {i}\n" for i in range(2000)}
+    for uri, text in texts.items():
+        server.open(uri, text)
+    extra = "file:///many/extra.py"
+    server.open(extra, "x = 1\n")
+    server.change(extra, 2, span(0, 0, 0, 0, "y = 2\n"))               # ignored quietly
+    assert {d["uri"]: d["sha256"] for d in server.stats()["open"]} == {u: digest(t) for u, t in texts.items()}
+    [refused] = server.logs("not kept", count=1)
+    assert extra in refused and "2,000" in refused and is_sentence(refused.split(": ", 1)[1])
+    answer = server.answer(server.request(INLINE, inline_params(extra, 0, 0)))
+    assert answer["result"] == {"items": []} and server.notifications("latent/status")[-1]["last"]["reason"] == "not-kept"
+    server.notify("textDocument/didClose", {"textDocument": {"uri": "file:///many/m0.py"}})
+    server.open(extra, "x = 1\n")                                      # room again
+    assert server.document(extra) is not None and server.stats()["documents"] == 2000
+    assert len(server.logs("is not open")) == 0
+
+    server = wire(max_message_mb="1")                                 # 4 MiB of text in all
+    server.initialize(ready=False)
+    big = "padding padding padding\n" * 36_000                         # 864,000 characters a message
+    kept = [f"file:///big/{name}.txt" for name in "abcd"]
+    for uri in kept:
+        server.open(uri, big, "plaintext")
+    server.open("file:///big/e.txt", big, "plaintext")                 # over: not kept
+    server.open("file:///big/small.txt", "x = 1\n", "plaintext")
+    server.change("file:///big/small.txt", 2, span(1, 0, 1, 0, big))   # grows past: dropped
+    assert {d["uri"]: d["sha256"] for d in server.stats()["open"]} == {uri: digest(big) for uri in kept}
+    assert [line.split()[3] for line in server.logs("not kept", count=2)] == ["file:///big/e.txt",
+                                                                             "file:///big/small.txt"]
 
 
 # ---------------------------------------------------------------------------------------------
