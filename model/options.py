@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, Iterator
 
 _HELP, _CHOICES, _MIN, _MAX, _KEEP_CASE = "help", "choices", "min", "max", "keep_case"
@@ -53,7 +54,7 @@ class Spec:
     def describe(self) -> str:
         if self.choices:
             return "one of " + ", ".join("none" if c is None else str(c) for c in self.choices)
-        words = {"bool": "true or false", "int": "a whole number", "float": "a number"}
+        words = {"bool": "true or false", "int": "a whole number", "float": "a number", "Path": "a path"}
         text = words.get(self.base_kind, "a list of names" if self.is_list else "a string")
         if self.min is not None and self.max is not None:
             return f"{text} from {self.min} to {self.max}"
@@ -100,10 +101,17 @@ def coerce(spec: Spec, raw: Any) -> Any:
     return _check_value(spec, value, raw)
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = ()) -> None:
-    """A --flag per option of `cls` (values stay strings; `coerce` reads them)."""
+def add_arguments(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (),
+                  switches: bool = False) -> None:
+    """A --flag per option of `cls` (values stay strings; `coerce` reads them). With `switches`
+    a true-or-false option is --flag / --no-flag instead of --flag VALUE."""
     for spec in specs(cls):
         if spec.name in skip:
+            continue
+        if switches and spec.base_kind == "bool":
+            default = "" if spec.default is None else f" (default {_shown(spec.default)})"
+            parser.add_argument(spec.flag, dest=spec.name, default=None, action=argparse.BooleanOptionalAction,
+                                help=spec.help + default)
             continue
         extra = f" ({spec.describe()}; default {_shown(spec.default)})"
         parser.add_argument(spec.flag, dest=spec.name, default=None, metavar=spec.name.upper(),
@@ -163,6 +171,10 @@ def _convert(spec: Spec, raw: Any) -> Any:
         if isinstance(raw, bool):
             raise ValueError(raw)
         return float(raw)
+    if kind == "Path":
+        if not isinstance(raw, (str, Path)) or not str(raw).strip():
+            raise TypeError(raw)
+        return Path(str(raw).strip()).expanduser()
     if spec.is_list:
         if isinstance(raw, str):
             raw = raw.split(",")
@@ -191,6 +203,8 @@ def _check_value(spec: Spec, value: Any, raw: Any = None) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise fail()
     if kind == "bool" and not isinstance(value, bool):
+        raise fail()
+    if kind == "Path" and not isinstance(value, Path):
         raise fail()
     if spec.is_list:
         if not isinstance(value, (list, tuple, set, frozenset)):

@@ -112,6 +112,28 @@ def test_a_corrupt_checkpoint_is_one_readable_error_and_is_left_alone(corpus_dir
     assert main(argv(corpus_dir, out, "--max-steps", "4", "--seed", "3")) == 2     # another run's settings
 
 
+def test_the_checkpoint_keeps_the_whole_configuration_and_bad_flags_are_one_sentence(corpus_dir, tmp_path,
+                                                                                     capsys):
+    """Training's flags are options like every other setting (model/train/config.py): each is
+    checked against its declaration, and the checkpoint keeps every one of them."""
+    from dataclasses import fields
+
+    from model.train.config import TrainConfig
+
+    out = tmp_path / "run"
+    assert main(argv(corpus_dir, out, "--max-steps", "2", "--lr", "0.004")) == 0
+    saved = checkpoint(out)["args"]
+    assert set(saved) == {f.name for f in fields(TrainConfig)}
+    assert (saved["lr"], saved["batch_size"], saved["procs"], saved["out"]) == (0.004, 4, 1, str(out))
+    for bad, name in ((["--minutes", "-1"], "minutes"), (["--fim-rate", "1.5"], "fim_rate"),
+                      (["--preset", "huge"], "preset")):
+        capsys.readouterr()
+        assert main(argv(corpus_dir, tmp_path / "bad", *bad)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("latent train: error:") and name in err[0], err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_run_refuses_a_corpus_cache_tokenised_otherwise(corpus_dir, tmp_path, capsys):
     out, other = tmp_path / "run", tmp_path / "other"
     assert main(argv(corpus_dir, out, "--max-steps", "2")) == 0

@@ -7,11 +7,14 @@ import shlex
 import signal
 import sys
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
-from model.train.corpus import MAX_POSITIONS, Corpus, TrainError, describe, load_corpus, prepare_corpus, stdlib_root
+from model import options
+from model.train.config import TrainConfig
+from model.train.corpus import Corpus, TrainError, describe, load_corpus, prepare_corpus, stdlib_root
 from model.train.export import export_model, model_card
 from model.train.loop import Budget, Trainer
 from model.train.parallel import joined, launch
@@ -20,7 +23,9 @@ from model.train.samples import trained_layouts
 from model.train.start import committed_start, default_run_dir, start_tokenizer, write_training_note
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> TrainConfig:
+    """The run's configuration from the command line, its device-dependent options filled in; a
+    value that does not fit its option is a TrainError (one sentence)."""
     p = argparse.ArgumentParser(
         prog="latent train",
         description="Train Latent's bundled DeepSeek-V2-architecture coder on the corpus `latent train corpus` "
@@ -28,121 +33,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "SIGTERM or Ctrl-C checkpoints and stops it. Two more commands: `latent train corpus` builds the "
                     "corpus (see `latent train corpus --help`), `latent train export` takes a model out of a run "
                     "(see `latent train export --help`).")
-    p.add_argument("--out", type=Path, help="run folder: corpus/, checkpoint.pt, log.jsonl, model/; the same "
-                   "command resumes the run it holds (default ~/.cache/latent/runs/PRESET)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model shape (default %(default)s)")
-    p.add_argument("--minutes", type=float, help="stop this command after this many minutes, then export "
-                   "(default: go on until stopped with SIGTERM or Ctrl-C, which checkpoints)")
-    p.add_argument("--max-steps", type=int, help="stop the run at this many optimizer steps, then export")
-    p.add_argument("--max-tokens", type=float, help="stop the run at this many tokens seen, then export")
-    p.add_argument("--decay", type=float, default=0.1, help="length of the decay branch a model is exported "
-                   "from, as a share of the run's steps (default %(default)s)")
-    p.add_argument("--decay-steps", type=int, help="length of the decay branch in steps (overrides --decay)")
-    p.add_argument("--checkpoint-minutes", type=float, default=5.0,
-                   help="minutes between checkpoints (default %(default)s; also on SIGTERM / SIGINT)")
-    p.add_argument("--init", choices=["auto", "committed", "random"], default="auto",
-                   help="weights of a run with no checkpoint: committed ones of the preset's shape (the bundled "
-                   "model or model/train/resume, whichever has seen more tokens) when there are any (auto) or "
-                   "required (committed), or random (default %(default)s)")
-    p.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw",
-                   help="AdamW, or Muon for the hidden matrices with AdamW for the rest (default %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast)")
-    p.add_argument("--batch-size", type=int, help="rows per step, over all processes (default 16 on CPU, "
-                   "128 on CUDA)")
-    p.add_argument("--seq-len", type=int, default=1024, help="tokens per row (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3 on CPU, 3e-3 on CUDA)")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
-    p.add_argument("--fim-rate", type=float, default=0.5, help="share of samples in FIM form (default %(default)s)")
-    p.add_argument("--spm-rate", type=float, default=0.5, help="share of the FIM samples laid out suffix-first "
-                   "(SPM), the rest prefix-first (PSM) (default %(default)s)")
-    p.add_argument("--balance-coef", type=float, default=0.01, help="expert balance loss weight")
-    p.add_argument("--eval-every", type=float, help="minutes between held-out checks "
-                   "(default: a tenth of --minutes, 0.5–10)")
-    p.add_argument("--eval-rows", type=int, help="rows of each held-out set in periodic checks, "
-                   "0 = all (default 48 on CPU, all on CUDA)")
-    p.add_argument("--final-eval-rows", type=int, help="rows of each held-out set in the check of the "
-                   "exported model, 0 = all (default 192 on CPU, all on CUDA)")
-    p.add_argument("--heldout-tokens", type=int, default=1_000_000, help="evaluate on the held-out files "
-                   "up to this many tokens, 0 = all (default %(default)s)")
-    p.add_argument("--log-every", type=int, default=10, help="steps between log lines")
-    p.add_argument("--threads", type=int, help="CPU threads for torch in each process (default: the cores "
-                   "shared among --procs)")
-    p.add_argument("--procs", type=int, help="processes training together, each on its share of every batch "
-                   "and of the cores (default: one per core on the CPU, at most 2; 1 on CUDA)")
-    p.add_argument("--data-workers", type=int, help="processes building epochs ahead, 0 = one "
-                   "background thread (default 0 on CPU, up to 8 on CUDA)")
-    p.add_argument("--experts", default="grouped_mm", choices=["auto", "eager", "grouped_mm"],
-                   help="transformers' experts implementation (default %(default)s; auto: its own choice)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                   help="torch.compile the training step (default: on the CPU, where it is measured)")
-    p.add_argument("--shard-mib", type=float, default=16, help="largest weights file of the exported "
-                   "model; bigger models are sharded (default %(default)s)")
-    corpus = p.add_argument_group("corpus")
-    corpus.add_argument("--corpus-dir", type=Path, help="train on the .py files under this folder (default: "
-                        "~/.cache/latent/corpus/files, which `latent train corpus` builds, if it is there, "
-                        "else the running interpreter's standard library)")
-    corpus.add_argument("--corpus-cache", type=Path, help="a prepared corpus folder (tokenizer + ids), "
-                        "e.g. made on another machine with --prepare-only")
-    corpus.add_argument("--vocab-size", type=int, default=8192, help="BPE entries, specials included")
-    corpus.add_argument("--prepare-only", action="store_true",
-                        help="write OUT/corpus (tokenizer + token ids) and stop")
-    corpus.add_argument("--max-mib", type=float, default=0, help="keep the prepared token ids (ids.xz) "
-                        "within this many MiB by leaving out a random share of training files, e.g. to "
-                        "carry the corpus to a GPU machine (default: no limit)")
-    corpus.add_argument("--tokenizer-mb", type=float, default=0, help="train the tokenizer on this many MB "
-                        "of the training split, a stable sample (default: all of it)")
-    args = p.parse_args(argv)
-    _fill_defaults(args)
-    return args
+    options.add_arguments(p, TrainConfig, switches=True)
+    namespace = p.parse_args(argv)
+    try:
+        config = options.build(TrainConfig, options.from_arguments(TrainConfig, namespace))
+    except options.OptionError as e:
+        raise TrainError(str(e).rstrip(".")) from None
+    return config.filled(default_run_dir(config.preset))
 
 
-def _fill_defaults(args: argparse.Namespace) -> None:
-    cuda = args.device.startswith("cuda")
-    if args.out is None:
-        args.out = default_run_dir(args.preset)
-    args.out = args.out.expanduser()
-    if args.compile is None:
-        args.compile = not cuda
-    if args.procs is None:
-        args.procs = 1 if cuda else max(1, min(2, os.cpu_count() or 1))
-    if args.threads is None and not cuda:
-        args.threads = max(1, (os.cpu_count() or 1) // args.procs)
-    if args.max_tokens is not None:
-        args.max_tokens = int(args.max_tokens)
-    if args.batch_size is None:
-        args.batch_size = 128 if cuda else 16
-    if args.lr is None:
-        args.lr = 3e-3 if cuda else 2e-3
-    if args.eval_rows is None:
-        args.eval_rows = 0 if cuda else 48
-    if args.final_eval_rows is None:
-        args.final_eval_rows = 0 if cuda else 192
-    if args.data_workers is None:                # CPU: one process builds the next epoch part
-        args.data_workers = min(8, max(1, (os.cpu_count() or 2) - 4)) if cuda else 1
-    if args.eval_every is None:
-        args.eval_every = min(10.0, max(0.5, args.minutes / 10)) if args.minutes else 10.0
-
-
-def _check_args(args: argparse.Namespace) -> None:
+def _check_args(args: TrainConfig) -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise TrainError("--device cuda: no CUDA device is available to this torch")
     if not args.device.startswith(("cpu", "cuda")):
         raise TrainError(f"--device {args.device}: use cpu or cuda")
-    if not (0 <= args.fim_rate <= 1 and 0 <= args.spm_rate <= 1):
-        raise TrainError("--fim-rate and --spm-rate must lie between 0 and 1")
-    if args.vocab_size > 65535 or args.vocab_size < 300:
-        raise TrainError("--vocab-size must lie between 300 and 65535")
-    if args.seq_len + 1 > MAX_POSITIONS or args.seq_len < 32:
-        raise TrainError(f"--seq-len must lie between 32 and {MAX_POSITIONS - 1}")
-    for name in ("minutes", "max_steps", "max_tokens", "decay_steps", "checkpoint_minutes"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise TrainError(f"--{name.replace('_', '-')} must be positive")
-    if not 0 <= args.decay < 1:
-        raise TrainError("--decay must lie between 0 and 1")
-    if args.procs < 1 or args.batch_size % args.procs:
+    assert args.procs and args.batch_size, "filled: TrainConfig.filled gives them values"
+    if args.batch_size % args.procs:
         raise TrainError(f"--batch-size {args.batch_size} must be a multiple of --procs {args.procs}")
     if args.procs > 1 and args.device.startswith("cuda"):
         raise TrainError("--procs > 1 is for the CPU; on CUDA use one process")
@@ -157,14 +63,14 @@ def default_corpus_dir() -> Path:
     return collected if collected.is_dir() else stdlib_root()
 
 
-def get_corpus(args: argparse.Namespace, log) -> Corpus:
+def get_corpus(args: TrainConfig, log) -> Corpus:
     """The corpus cache to train on: --corpus-cache, else OUT/corpus (made if missing, or
     made again with --prepare-only), tokenised with the committed model's tokenizer when the run
     will start from that model."""
     if args.corpus_cache:
         corpus = load_corpus(args.corpus_cache.expanduser())
-    elif (args.out / "corpus" / "corpus.json").is_file() and not args.prepare_only:
-        corpus = load_corpus(args.out / "corpus")
+    elif (args.run_dir / "corpus" / "corpus.json").is_file() and not args.prepare_only:
+        corpus = load_corpus(args.run_dir / "corpus")
     else:
         source = (args.corpus_dir or default_corpus_dir()).expanduser()
         if not source.is_dir():
@@ -172,15 +78,13 @@ def get_corpus(args: argparse.Namespace, log) -> Corpus:
         layouts = trained_layouts(args.fim_rate, args.spm_rate)
         tokenizer = (start_tokenizer(hf_config(PRESETS[args.preset], args.vocab_size, layouts))
                      if args.init != "random" else None)
-        return prepare_corpus(source, args.out / "corpus", args.vocab_size, log, args.max_mib,
+        return prepare_corpus(source, args.run_dir / "corpus", args.vocab_size, log, args.max_mib,
                               args.tokenizer_mb, tokenizer)
-    if corpus.tokenizer.get_vocab_size() != args.vocab_size:
-        args.vocab_size = corpus.tokenizer.get_vocab_size()
     log(f"corpus: {describe(corpus.meta)} (cache {corpus.root})")
     return corpus
 
 
-def start_run(trainer: Trainer, args: argparse.Namespace, log) -> None:
+def start_run(trainer: Trainer, args: TrainConfig, log) -> None:
     """Resume from the run folder's checkpoint, or begin: from committed weights with this run's
     shape and tokenizer (and `--init` allows), else from random weights; says which."""
     if trainer.checkpoint_path.is_file():
@@ -195,10 +99,10 @@ def start_run(trainer: Trainer, args: argparse.Namespace, log) -> None:
         if weights is not None:
             trainer.start_from(weights, note, cursor)
     trainer.state.origin = note
-    log(f"no checkpoint in {args.out}: starting from {note}")
+    log(f"no checkpoint in {args.run_dir}: starting from {note}")
 
 
-def train(args: argparse.Namespace, argv: list[str], log=print) -> int:
+def train(args: TrainConfig, argv: list[str], log=print) -> int:
     """One command: the corpus, then (unless --prepare-only) the run — resumed from its
     checkpoint — until its budget is spent (then a decay branch is exported to OUT/model) or it
     is stopped with SIGTERM / SIGINT (then it checkpoints and exits). With --procs > 1 this
@@ -209,16 +113,17 @@ def train(args: argparse.Namespace, argv: list[str], log=print) -> int:
         log = _quiet
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     command = ("latent train " + shlex.join(argv)).strip()
     corpus = get_corpus(args, log)
     if args.prepare_only:
         return 0
+    args = replace(args, vocab_size=corpus.tokenizer.get_vocab_size())   # a prepared corpus has its own
     children = []
     if group.world == 1 and args.procs > 1:
-        group, children = launch(argv, args.procs, args.out, args.threads)
-    trainer = Trainer(args, corpus, args.out, log, group)
+        group, children = launch(argv, args.procs, args.run_dir, args.threads)
+    trainer = Trainer(args, corpus, args.run_dir, log, group)
     start_run(trainer, args, log)
     trainer.state.commands.append([trainer.state.step, command])
     log(f"model: preset {args.preset}, {trainer.n_params:,} parameters, {args.optimizer}; device {args.device}, "
@@ -230,9 +135,9 @@ def train(args: argparse.Namespace, argv: list[str], log=print) -> int:
         why = trainer.run(budget)
         if why != "budget":
             log(f"stopped by {why} at step {trainer.state.step} ({trainer.state.tokens / 1e6:.2f}M tokens); "
-                f"checkpoint saved in {args.out}: the same command goes on from it")
+                f"checkpoint saved in {args.run_dir}: the same command goes on from it")
             return 0
-        export_branch(trainer, args, args.out / "model", command, log)
+        export_branch(trainer, args, args.run_dir / "model", command, log)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -248,7 +153,7 @@ def _quiet(*_args) -> None:
     """The log of a process other than rank 0."""
 
 
-def export_branch(trainer: Trainer, args: argparse.Namespace, out: Path, command: str, log) -> dict:
+def export_branch(trainer: Trainer, args: TrainConfig, out: Path, command: str, log) -> dict:
     """The decay branch from the trainer's current state, evaluated and written to `out`."""
     steps = args.decay_steps or round(args.decay * trainer.state.step)
     final = trainer.decay(steps) if steps > 0 else trainer.heldout.evaluate(trainer.model, args.final_eval_rows)
@@ -283,15 +188,12 @@ def export_main(argv: list[str]) -> int:
         return int(e.code or 0)
     out = ours.out.expanduser()
     try:
-        saved = _run_args(out)
-        args = parse_args([])
-        vars(args).update(saved, out=out, compile=False, procs=1,   # compiling (~1 min) does not pay for a branch
-                          threads=os.cpu_count() or 1)
+        args = replace(_run_config(out), out=out, compile=False, procs=1,   # compiling (~1 min) does not pay
+                       threads=os.cpu_count() or 1)                        # for a branch
         if ours.decay is not None:              # a share asked for here wins over the run's own length
-            args.decay, args.decay_steps = ours.decay, None
-        for name in ("decay_steps", "final_eval_rows", "threads"):
-            if getattr(ours, name) is not None:
-                setattr(args, name, getattr(ours, name))
+            args = replace(args, decay=ours.decay, decay_steps=None)
+        args = replace(args, **{name: getattr(ours, name) for name in ("decay_steps", "final_eval_rows", "threads")
+                                if getattr(ours, name) is not None})
         if args.threads:
             torch.set_num_threads(args.threads)
         corpus = get_corpus(args, print)
@@ -306,8 +208,8 @@ def export_main(argv: list[str]) -> int:
     return 0
 
 
-def _run_args(out: Path) -> dict:
-    """The arguments a run was started with, from its checkpoint."""
+def _run_config(out: Path) -> TrainConfig:
+    """The configuration a run was started with, from its checkpoint."""
     path = out / "checkpoint.pt"
     if not path.is_file():
         raise TrainError(f"no checkpoint at {path}: start the run with `latent train` first")
@@ -315,10 +217,11 @@ def _run_args(out: Path) -> dict:
         saved = torch.load(path, map_location="cpu", weights_only=False)["args"]
     except Exception as e:
         raise TrainError(f"the checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
-    for key in ("out", "corpus_dir", "corpus_cache"):
-        if saved.get(key) is not None:
-            saved[key] = Path(saved[key])
-    return saved
+    known = {f.name for f in fields(TrainConfig)}
+    try:
+        return options.build(TrainConfig, {k: v for k, v in saved.items() if k in known and v is not None})
+    except options.OptionError as e:
+        raise TrainError(f"the checkpoint {path} holds a configuration this version refuses: {e}") from None
 
 
 def corpus_main(argv: list[str]) -> int:
@@ -366,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as e:                      # --help, or a usage error already printed
         return int(e.code or 0)
+    except TrainError as e:
+        print(f"latent train: error: {e}", file=sys.stderr)
+        return 2
     try:
         return train(args, argv)
     except TrainError as e:

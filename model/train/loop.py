@@ -3,7 +3,6 @@ checkpoints that let the same command go on where the last one stopped, and the 
 a model is exported from (the schedule and the optimizers are `model/train/optim.py`)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.train.config import RUN_DEFINING, TrainConfig
 from model.train.corpus import Corpus, TrainError
 from model.train.evaluate import HeldOut, autocast, inputs_targets
 from model.train.optim import decay_factor, make_optimizers, warmup_factor
@@ -100,7 +100,6 @@ class TrainState:
 
 
 # The arguments that define a run: a checkpoint made with others cannot be resumed by this command.
-RUN_KEYS = ("preset", "seq_len", "seed", "fim_rate", "spm_rate", "vocab_size", "optimizer")
 
 
 class Budget:
@@ -109,7 +108,7 @@ class Budget:
     SIGINT); with none of these, it goes on until stopped."""
 
     def __init__(self, minutes: float | None = None, max_steps: int | None = None,
-                 max_tokens: int | None = None, started: float | None = None):
+                 max_tokens: float | None = None, started: float | None = None):
         self.deadline = (started or time.time()) + minutes * 60 if minutes else None
         self.max_steps, self.max_tokens = max_steps, max_tokens
         self.stop_asked: str | None = None      # the signal's name
@@ -127,7 +126,7 @@ class Budget:
 class Trainer:
     """One training run: data, model, optimizer, the loop and its checkpoints."""
 
-    def __init__(self, args: argparse.Namespace, corpus: Corpus, run_dir: Path, log, group: Group | None = None):
+    def __init__(self, args: TrainConfig, corpus: Corpus, run_dir: Path, log, group: Group | None = None):
         self.args, self.corpus, self.run_dir = args, corpus, run_dir
         self.group = group or Group()
         self.log = log if self.group.leader else (lambda *_: None)
@@ -164,7 +163,7 @@ class Trainer:
         return self.run_dir / "checkpoint.pt"
 
     def run_key(self) -> dict:
-        return {k: getattr(self.args, k) for k in RUN_KEYS}
+        return {k: getattr(self.args, k) for k in RUN_DEFINING}
 
     def save_checkpoint(self) -> None:
         """Everything the run needs to go on as if never stopped — model, optimizer, schedule and
@@ -178,7 +177,7 @@ class Trainer:
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "state": dataclasses.asdict(self.state), "rng": torch.get_rng_state(),
                     "key": self.run_key(), "corpus": self.corpus_id,
-                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()}}, tmp)
+                    "args": self.args.saved()}, tmp)
         os.replace(tmp, self.checkpoint_path)
         self.last_checkpoint = time.time()
 
@@ -189,7 +188,7 @@ class Trainer:
         except Exception as e:                      # truncated, not a checkpoint, another version
             raise TrainError(f"the checkpoint {self.checkpoint_path} cannot be read ({type(e).__name__}: {e}); "
                              f"move it away to start the run again") from None
-        if {k: key.get(k) for k in RUN_KEYS} != self.run_key():
+        if {k: key.get(k) for k in RUN_DEFINING} != self.run_key():
             changed = ", ".join(f"{k} {key.get(k)!r} (asked: {v!r})" for k, v in self.run_key().items()
                                 if key.get(k) != v)
             raise TrainError(f"the run in {self.run_dir} was started with other settings: {changed}; "
