@@ -4,10 +4,15 @@ Three backends implement it — the in-process `Engine` (model/engine/), the msg
 client (model/serve/client.py) and the OpenAI-compatible remote client (model/serve/remote.py)
 — so the completion pipeline and the language server never know which one they talk to.
 
-    gen = engine.generate(prompt_text, SamplingParams(max_new_tokens=64, stop=("\\n",)), cancel=token)
-    for piece in gen:          # text pieces as they are decoded
-        ...
+    with engine.generate(prompt_text, SamplingParams(max_new_tokens=64, stop=("\\n",)), cancel=token) as gen:
+        for piece in gen:      # text pieces as they are decoded
+            ...
     gen.text, gen.stats        # the whole text (stop string excluded) and the request's figures
+
+A generation holds what its backend needs until it ends or is closed (the engine's pinned
+cache rows, a daemon client's connection), so a consumer that may stop before the end — by
+choice or by an exception — closes it in a `finally`, or uses it as a context manager as
+above; `run()` does so itself.
 
 A prompt is text in which the model family's special tokens appear as their strings (the
 tokenizer maps them to single ids), or a list of token ids. The beginning-of-sequence token is
@@ -86,7 +91,8 @@ class Generation:
     """An iterator of text pieces that keeps the whole text and the stats once finished.
 
     Backends subclass it or pass a generator of pieces; `stats` is filled in by the backend
-    and final when iteration ends. `run()` drains the iterator and returns the text.
+    and final when iteration ends. `run()` drains the iterator and returns the text; `with`
+    closes it on the way out, however the block ends.
     """
 
     def __init__(self, pieces: Iterator[str], stats: GenerationStats | None = None) -> None:
@@ -107,9 +113,18 @@ class Generation:
         return "".join(self._parts)
 
     def run(self) -> str:
-        for _ in self:
-            pass
+        try:
+            for _ in self:
+                pass
+        finally:
+            self.close()
         return self.text
+
+    def __enter__(self) -> "Generation":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Stop early: the backend releases what it holds (locks, sockets) right away."""

@@ -1,7 +1,9 @@
 """The engine against the transformers reference, and its own invariants."""
 from __future__ import annotations
 
+import gc
 import os
+import threading
 from dataclasses import replace
 
 import pytest
@@ -173,6 +175,61 @@ def test_cancel_before_prefill_does_no_work(pair):
     gen = engine.generate(_prompt(10), SamplingParams(max_new_tokens=5), cancel=token)
     assert gen.run() == ""
     assert gen.stats.finish_reason == "cancelled" and gen.stats.prefilled_tokens == 0
+
+
+def _nothing_pinned(engine) -> bool:
+    """Every cached row can be evicted (the cache is emptied to see it)."""
+    engine.cache.evict(0)
+    return engine.cache.stats()["cache_tokens"] == 0
+
+
+def _finishes(engine, prompt, seconds: float = 30.0) -> bool:
+    """Whether another generation runs to its end on another thread within `seconds`."""
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (engine.generate(prompt, SamplingParams(max_new_tokens=2)).run(),
+                                              done.set()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return done.is_set()
+
+
+def test_a_consumer_that_raises_mid_stream_leaves_nothing_held(pair):
+    """A generation used as a context manager is closed however its block ends: a consumer that
+    fails after its first piece leaves no cache row pinned and the engine free for the next
+    generation at once. (gc is off: nothing may rest on the generation being collected.)"""
+    _, engine, _ = pair
+    ids = _prompt(24, seed=31)
+    engine.generate(ids, SamplingParams(max_new_tokens=1)).run()    # cached: the next one pins this prefix
+    gc.disable()
+    try:
+        with pytest.raises(RuntimeError, match="consumer failed"):
+            with engine.generate(ids + [7], SamplingParams(max_new_tokens=20, stop_token_ids=())) as gen:
+                for _ in gen:
+                    raise RuntimeError("the consumer failed")
+        assert gen.stats.generated_tokens >= 1                       # it stopped mid-stream
+        assert _nothing_pinned(engine)
+        assert _finishes(engine, ids)
+    finally:
+        gc.enable()
+
+
+def test_a_generation_closed_while_parked_leaves_the_holders_rows_alone(pair):
+    """Two generations take turns; closing the paused (parked) one neither trims nor files the
+    rows of the one holding the live buffer, which writes what it writes alone."""
+    _, engine, _ = pair
+    params = SamplingParams(max_new_tokens=16, stop_token_ids=())
+    first, second = _prompt(20, seed=32), _prompt(18, seed=33)
+    alone = engine.generate(second, params).run()
+    engine.clear_cache()
+    with engine.generate(first, params) as a, engine.generate(second, params) as b:
+        next(a)
+        pieces = [next(b)]                       # b takes the buffer: a is parked
+        a.close()
+        pieces += list(b)
+    assert "".join(pieces) == alone
+    kept = engine.live.tokens                    # b's prompt and the tokens it fed, as plain decoding leaves them
+    assert kept[: len(second)] == tuple(second) and len(kept) == len(second) + b.stats.generated_tokens - 1
+    assert _nothing_pinned(engine)
 
 
 def test_sampling_with_a_seed_is_reproducible(pair):

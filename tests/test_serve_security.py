@@ -9,6 +9,7 @@ needs; the rest use the tiny real engine.
 """
 from __future__ import annotations
 
+import gc
 import http.client
 import itertools
 import json
@@ -36,6 +37,7 @@ from model.serve.client import EngineClient, daemon_argv
 from model.serve.daemon import TURN_STEPS, EngineDaemon
 from model.serve.framing import RPCError, recv_frame, send_frame
 from model.serve.openai_http import serve_http
+from model.serve.scheduler import Client
 from model.serve.remote import RemoteEngine
 
 KEY = "the-owners-key"
@@ -580,6 +582,37 @@ def test_a_client_that_stops_reading_is_dropped_and_the_others_go_on(scripted_da
     assert done == ["xx"] * 3
     assert scripted.cancelled and scripted.cancelled[0].startswith("g")   # its generation was stopped
     greedy.close()
+
+
+def test_a_reply_that_raises_mid_stream_ends_its_job_and_the_worker_goes_on(daemon, engine):
+    """The worker is the consumer of a generation: a client whose replies raise (its first
+    piece, then the error reply too) has its job ended and its generation closed — no cache row
+    stays pinned — and the next client's request is answered. (gc is off: nothing may rest on
+    the generation being collected; the job keeps a reference to it.)"""
+    class Broken(Client):
+        def send(self, message: dict) -> None:
+            raise RuntimeError("this client cannot take a reply")
+
+    prompt, params = "def add(a, b):\n    return", SamplingParams(max_new_tokens=40, stop_token_ids=())
+    EngineClient(daemon.socket_path).generate(prompt, SamplingParams(max_new_tokens=1)).run()   # cached: pinned next
+    broken = Broken()
+    daemon.attach(broken)
+    gc.disable()
+    try:
+        job = daemon.queue(broken, 1, prompt, params)
+        assert _wait(lambda: job.id not in broken.jobs)                   # ended, not left half-way
+        assert job.generation is not None and 1 <= job.generation.stats.generated_tokens < 40
+        answer = []
+        thread = threading.Thread(target=lambda: answer.append(
+            EngineClient(daemon.socket_path).generate("x = ", SamplingParams(max_new_tokens=2)).run()), daemon=True)
+        thread.start()
+        thread.join(timeout=30)
+        assert answer, "the worker no longer answers"
+        engine.cache.evict(0)                                             # the worker is idle (answered)
+        assert engine.cache.stats()["cache_tokens"] == 0                  # every row could go: none pinned
+    finally:
+        gc.enable()
+        daemon.release(broken)
 
 
 def test_a_client_queues_at_most_8_requests_and_a_cancelled_one_is_answered_at_once(scripted_daemon, scripted):

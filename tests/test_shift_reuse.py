@@ -123,7 +123,7 @@ def test_short_suffixes_and_generated_text_are_not_shifted(engine):
 
     prompt = _ids(40, 5)
     engine.generate(prompt, SamplingParams(max_new_tokens=24, stop_token_ids=())).run()
-    written = engine.live.tokens[10:]                 # prompt tail + generated text
+    written = list(engine.live.tokens[10:])           # prompt tail + generated text
     gen = engine.generate(_ids(12, 6) + written, SamplingParams(max_new_tokens=1))
     gen.run()
     assert gen.stats.extra["shifted_tokens"] == 0      # the generated rows are not a suffix

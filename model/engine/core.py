@@ -13,7 +13,13 @@ A generation holds the engine only while it computes, not while its consumer hol
 between two pieces another generation may run (the daemon takes turns so), which first parks
 the paused one — files its rows in the radix cache and keeps its token list — and the paused
 one, when it goes on, copies its rows back (recomputing any evicted meanwhile) and continues
-exactly where it stopped: the same sampler, stop strings and text.
+exactly where it stopped: the same sampler, stop strings and text. Each computation's claim on
+the live buffer is a `Lease`, and the buffer's state — rows, parking, pins, filing — changes
+only through LiveBuffer's methods (live.py).
+
+Between two pieces a generation holds no lock; what it keeps — its lease's pinned match, and
+the buffer's rows until another computation parks them — its close releases, so consumers
+close it in a `finally` (or use `with engine.generate(...) as gen:`).
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from ..tokenizer import Tokenizer, TokenizerError
 from ..transformer import Transformer
 from . import persist
 from .generate import Request, decode, prefill
-from .live import LiveBuffer, Plan
+from .live import Lease, LiveBuffer, Plan
 from .radix import LatentCache
 from .step import Forward
 
@@ -66,8 +72,7 @@ class Engine:
         for experts in model.modules():        # a GPU decodes without host syncs; see moe.py
             if isinstance(experts, Experts) and not isinstance(experts, Int8Experts):
                 experts.batched_decode = runtime.device != "cpu"
-        self._lock = threading.Lock()
-        self._holder: _Turn | None = None    # the generation whose rows the live buffer holds
+        self._lock = threading.Lock()       # one computation at a time, each its lease on self.live
         self.last_stats: GenerationStats | None = None
         self.requests = 0
 
@@ -139,9 +144,8 @@ class Engine:
 
     def clear_cache(self) -> None:
         with self._lock:
-            self._park()
-            self.cache.clear()
             self.live.clear()
+            self.cache.clear()
 
     def stats(self) -> dict:
         out = {
@@ -187,17 +191,17 @@ class Engine:
         cached rows, prefilling the rest, filing the rows in the cache. Used to check reuse."""
         tokens = [int(t) for t in token_ids]
         with self._lock:
-            self._park()
-            stats = GenerationStats(prompt_tokens=len(tokens))
-            plan = self.live.plan(tokens, self.cache, self.runtime)
-            self._count(plan, stats)
-            self.cache.pin(plan.match)
-            torch.set_num_threads(self.threads[0])
+            lease = Lease()
+            self.live.hold(lease, self.cache)
             try:
+                stats = GenerationStats(prompt_tokens=len(tokens))
+                plan = self.live.plan(lease, tokens, self.cache, self.runtime)
+                self._count(plan, stats)
+                torch.set_num_threads(self.threads[0])
                 logits = self._fill(tokens, plan, CancelToken())
             finally:
-                self.cache.unpin(plan.match)
-                self.live.file_rows(self.cache)
+                self.live.release(lease, self.cache)
+            assert logits is not None, "an uncancellable fill returns logits"
             self.last_stats = stats
             return logits.cpu()
 
@@ -233,14 +237,14 @@ class Engine:
         if req.cancel.cancelled:
             stats.finish_reason = "cancelled"
             return
-        turn = _Turn(len(req.tokens))
-        steps = self._generate_locked(req, stats, turn)
+        lease = Lease()
+        steps = self._steps(req, stats, lease)
         with self._lock:
             self.requests += 1
         try:
             while True:
                 with self._lock:
-                    if not self._hold(turn, req.cancel):
+                    if not self._hold(lease, req.cancel):
                         stats.finish_reason = "cancelled"
                         return
                     piece = next(steps, None)
@@ -249,83 +253,52 @@ class Engine:
                 yield piece
         finally:
             with self._lock:
-                self._release(turn, steps)
+                steps.close()   # touches neither the buffer nor the cache: the release does
+                self.live.release(lease, self.cache, stats.generated_tokens)
                 self.last_stats = stats
 
-    def _hold(self, turn: "_Turn", cancel: CancelToken) -> bool:
-        """Give `turn` the live buffer — parking the paused generation that holds it, putting
-        back `turn`'s rows if it was parked; False for a parked one cancelled meanwhile."""
-        if self._holder is turn:
+    def _hold(self, lease: Lease, cancel: CancelToken) -> bool:
+        """Give `lease` the live buffer (parking the paused generation that holds it), its rows
+        recomputed where they were evicted while it was parked; False for a parked one
+        cancelled meanwhile, which ends as it is."""
+        if self.live.holder is lease:
             return True
-        if turn.fed is not None and cancel.cancelled:
-            return False   # it ends as it is: no rows need to come back for that
-        self._park()
-        if turn.fed is not None:
-            self._unpark(turn)
-        self._holder = turn
+        if lease.parked and cancel.cancelled:
+            return False
+        fed = self.live.hold(lease, self.cache)
+        if fed:                                   # it was parked: it goes on decoding
+            if len(self.live) < len(fed):
+                torch.set_num_threads(self.threads[0])
+                prefill(self._forward(), self.live, fed[len(self.live):], CancelToken(), self._absorbed)
+            torch.set_num_threads(self.threads[1])
         return True
 
-    def _park(self) -> None:
-        """The paused generation that holds the live buffer leaves it: its exact rows go to the
-        radix tree, and it keeps a copy of its token list."""
-        holder, self._holder = self._holder, None
-        if holder is not None:
-            holder.fed = list(self.live.tokens)
-            self.live.file_rows(self.cache)
-
-    def _unpark(self, turn: "_Turn") -> None:
-        """Put a parked generation's rows back in place: from the tree where they were filed,
-        the rest (evicted meanwhile) recomputed."""
-        fed, turn.fed = turn.fed, None
-        known = self.live.restore(fed, self.cache, turn.prompt)
-        if known < len(fed):
-            torch.set_num_threads(self.threads[0])
-            prefill(self._forward(), self.live, fed, known, len(fed), CancelToken(), self._absorbed)
-        torch.set_num_threads(self.threads[1])
-
-    def _release(self, turn: "_Turn", steps: Iterator[str]) -> None:
-        """Close a generation's steps. A parked one leaves the live buffer as it is (another's
-        now): its clean-up trims its own token list and files nothing."""
-        if self._holder is turn:
-            steps.close()
-            self._holder = None
-            return
-        tokens, self.live.tokens = self.live.tokens, turn.fed or []
-        try:
-            steps.close()
-        finally:
-            self.live.tokens = tokens
-
-    def _generate_locked(self, req: Request, stats: GenerationStats, turn: "_Turn") -> Iterator[str]:
+    def _steps(self, req: Request, stats: GenerationStats, lease: Lease) -> Iterator[str]:
+        """Plan, prefill and decode `req` as the holder of `lease`; each piece is computed while
+        the caller holds the lock and the lease holds the buffer."""
         t0 = time.perf_counter()
-        plan = self.live.plan(req.tokens, self.cache, self.runtime)
+        plan = self.live.plan(lease, req.tokens, self.cache, self.runtime)
         self._count(plan, stats)
-        self.cache.pin(plan.match)
-        try:
-            torch.set_num_threads(self.threads[0])
-            logits = self._fill(req.tokens, plan, req.cancel)
-            stats.prefill_ms = (time.perf_counter() - t0) * 1e3
-            if logits is None:
-                stats.finish_reason = "cancelled"
-                return
-            torch.set_num_threads(self.threads[1])
-            yield from decode(self._forward(), self.live, self.tokenizer, req, logits, stats, self._absorbed,
-                              self._speculate())
-        finally:
-            self.cache.unpin(plan.match)
-            if self._holder is turn:   # else it was parked, its rows filed then
-                self.live.file_rows(self.cache)
+        torch.set_num_threads(self.threads[0])
+        logits = self._fill(req.tokens, plan, req.cancel)
+        stats.prefill_ms = (time.perf_counter() - t0) * 1e3
+        if logits is None:
+            stats.finish_reason = "cancelled"
+            return
+        torch.set_num_threads(self.threads[1])
+        yield from decode(self._forward(), self.live, self.tokenizer, req, logits, stats, self._absorbed,
+                          self._speculate())
 
     def _fill(self, tokens: list[int], plan: Plan, cancel: CancelToken) -> torch.Tensor | None:
         """Rows for the whole prompt after plan.reused; the last position's logits (None: cancelled)."""
         shift, live = plan.shift, self.live
         if shift is None:
-            return prefill(self._forward(), live, tokens, plan.reused, len(tokens), cancel, self._absorbed)
-        if shift.dst > plan.reused and prefill(self._forward(), live, tokens, plan.reused, shift.dst, cancel,
+            return prefill(self._forward(), live, tokens[plan.reused :], cancel, self._absorbed)
+        if shift.dst > plan.reused and prefill(self._forward(), live, tokens[plan.reused : shift.dst], cancel,
                                                self._absorbed) is None:
             return None
         live.place(tokens, shift)
-        return prefill(self._forward(), live, tokens, len(tokens) - 1, len(tokens), cancel, self._absorbed)
+        return prefill(self._forward(), live, tokens[-1:], cancel, self._absorbed)
 
     def _count(self, plan: Plan, stats: GenerationStats) -> None:
         stats.reused_tokens = plan.reused + plan.shifted
@@ -360,17 +333,6 @@ class Engine:
 
     def _fingerprint(self) -> str:
         return persist.fingerprint(self.model_dir, self.runtime.dtype, self.runtime.quantize)
-
-
-class _Turn:
-    """One generation's claim on the live buffer: while it is parked (another computation holds
-    the buffer), `fed` is the token list whose rows it had in place; None otherwise."""
-
-    __slots__ = ("prompt", "fed")
-
-    def __init__(self, prompt: int) -> None:
-        self.prompt = prompt                 # how many of its tokens are the prompt
-        self.fed: list[int] | None = None
 
 
 def _threads(asked: int, parameters: int) -> tuple[int, int]:

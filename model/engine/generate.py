@@ -1,12 +1,13 @@
 """Generation over the live buffer: prefill, decode, the sampler and the text stream.
 
-    logits = prefill(forward, live, tokens, start, end, cancel, absorbed)   # None: cancelled
+    logits = prefill(forward, live, tokens[start:end], cancel, absorbed)   # None: cancelled
     yield from decode(forward, live, tokenizer, request, logits, stats, absorbed, speculate)
 
 `forward` is the model's forward (`Transformer.__call__`, or the engine's `Forward`, which
 runs one-token steps through a compiled graph). Both write the rows they compute into the live
-buffer in place and append their tokens to it. Decoding may verify prompt-lookup drafts
-(exact: greedy output is unchanged).
+buffer's window in place, which then counts their tokens (`live.advance`); what the buffer
+keeps when a generation ends is its own rule (`LiveBuffer.release`). Decoding may verify
+prompt-lookup drafts (exact: greedy output is unchanged).
 """
 from __future__ import annotations
 
@@ -37,18 +38,20 @@ class Request:
     cancel: CancelToken
 
 
-def prefill(forward: Forward, live: LiveBuffer, tokens: list[int], start: int, end: int,
-            cancel: CancelToken, absorbed: Absorbed) -> torch.Tensor | None:
-    """Run tokens[start:end) (non-empty) over the rows before them; last logits, None if cancelled."""
-    device = live.rows.device
+def prefill(forward: Forward, live: LiveBuffer, tokens: list[int], cancel: CancelToken,
+            absorbed: Absorbed) -> torch.Tensor | None:
+    """Run `tokens` (non-empty) after those in the live buffer; last logits, None if cancelled."""
+    if not tokens:
+        raise ValueError("prefill needs at least one token")
     logits = None
-    for lo in range(start, end, PREFILL_CHUNK):
+    for lo in range(0, len(tokens), PREFILL_CHUNK):
         if cancel.cancelled:
             return None
-        chunk = tokens[lo : min(lo + PREFILL_CHUNK, end)]
-        ids = torch.tensor(chunk, dtype=torch.long, device=device)
-        logits = forward(ids, live.rows[:, : lo + len(chunk)], absorbed(len(chunk)))
-        live.tokens.extend(chunk)
+        chunk = tokens[lo : lo + PREFILL_CHUNK]
+        ids = torch.tensor(chunk, dtype=torch.long, device=live.rows.device)
+        logits = forward(ids, live.window(len(chunk)), absorbed(len(chunk)))
+        live.advance(chunk)
+    assert logits is not None
     return logits[-1]
 
 
@@ -63,7 +66,6 @@ def decode(forward: Forward, live: LiveBuffer, tokenizer: Tokenizer, req: Reques
     sample = Sampler(req.params)
     out = TextStream(tokenizer, req.params.stop)
     drafts = Drafts(req.tokens, speculate) if speculate and req.params.greedy else None
-    start = len(live.tokens)                     # rows of the prompt are in place up to here
     chosen = [sample(logits)]                    # decided tokens not yet shown
     stats.extra["first_choices"] = first_choices(logits)
     stats.finish_reason = "length"
@@ -94,7 +96,6 @@ def decode(forward: Forward, live: LiveBuffer, tokenizer: Tokenizer, req: Reques
             if tail:
                 yield tail
     finally:  # also when the consumer stops early and closes the generation
-        del live.tokens[start + max(stats.generated_tokens - 1, 0):]   # rows of tokens fed, as plain decoding
         stats.decode_ms = (time.perf_counter() - t0) * 1e3
 
 
@@ -110,8 +111,8 @@ def _step(forward: Forward, live: LiveBuffer, token: int, drafts: "Drafts | None
     draft = drafts.propose() if drafts is not None else []
     ids = torch.tensor([token, *draft], dtype=torch.long, device=live.rows.device)
     t0 = time.perf_counter()
-    logits = forward(ids, live.rows[:, : len(live.tokens) + len(ids)], absorbed(len(ids)), bool(draft))
-    live.tokens.append(token)
+    logits = forward(ids, live.window(len(ids)), absorbed(len(ids)), bool(draft))
+    live.advance((token,))
     if not draft:
         choice = sample(logits[-1])
         if drafts is not None:
@@ -121,7 +122,8 @@ def _step(forward: Forward, live: LiveBuffer, token: int, drafts: "Drafts | None
     taken = 0
     while taken < len(draft) and picks[taken] == draft[taken]:
         taken += 1
-    live.tokens.extend(draft[:taken])             # their rows saw an exact past
+    live.advance(draft[:taken])                   # their rows saw an exact past
+    assert drafts is not None                     # a draft comes from drafts
     drafts.record(len(draft), taken, time.perf_counter() - t0)
     stats.extra["draft_tokens"] = stats.extra.get("draft_tokens", 0) + len(draft)
     stats.extra["accepted_draft_tokens"] = stats.extra.get("accepted_draft_tokens", 0) + taken

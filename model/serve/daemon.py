@@ -227,26 +227,35 @@ class EngineDaemon:
     # -- the one computation ----------------------------------------------------------------
     def _work(self) -> None:
         while (job := self._scheduler.take()) is not None:
-            if self._turn(job) and not self._scheduler.resume(job):
+            try:
+                more = self._turn(job)
+            except Exception:   # not even an error reply could be sent; the turn ended the job
+                log.exception("request %s: no reply could be sent", job.id)
+                more = False
+            if more and not self._scheduler.resume(job):
                 self._end(job)              # its client left during the turn
         for job in self._scheduler.drain():
             self._end(job)
 
     def _turn(self, job: Job) -> bool:
         """Run `job` until it ends or, while other work waits, for TURN_STEPS decode steps;
-        True when it has more to do (its generation is paused, not closed)."""
+        True when it has more to do (its generation is paused, not closed). However the turn
+        ends otherwise — finished, failed, or a reply that raised — the job is ended and its
+        generation closed."""
         client = job.client
+        paused = False
         try:
             if job.generation is None:
                 if client.closed or job.cancel.cancelled:
                     client.send({"id": job.id, "done": True, "stats": {"finish_reason": "cancelled"}})
-                    return self._end(job)
+                    return False
                 job.generation = self.engine.generate(job.prompt, job.params, cancel=job.cancel)
             gen = job.generation
             until = gen.stats.generated_tokens + TURN_STEPS
             for piece in gen:  # figures travel with every piece: a client may stop reading early
                 client.send({"id": job.id, "chunk": piece, "stats": plain(gen.stats.as_dict())})
                 if gen.stats.generated_tokens >= until and self._scheduler.pending and not job.cancel.cancelled:
+                    paused = True
                     return True
             client.send({"id": job.id, "done": True, "stats": plain(gen.stats.as_dict())})
         except ValueError as e:   # the engine's verdict on the request: empty, too long, bad ids
@@ -254,16 +263,17 @@ class EngineDaemon:
         except Exception as e:  # the daemon outlives any one request
             log.exception("request %s failed", job.id)
             client.send({"id": job.id, "error": sentence(e)})
-        return self._end(job)
+        finally:
+            if not paused:
+                self._end(job)
+        return False
 
-    def _end(self, job: Job) -> bool:
-        """Let a job go: its generation closed (should it have stopped midway), its id freed.
-        False, for _turn: nothing more to do."""
+    def _end(self, job: Job) -> None:
+        """Let a job go: its generation closed (should it have stopped midway), its id freed."""
         if job.generation is not None:
             job.generation.close()
         job.client.jobs.pop(job.id, None)
         self.touch()
-        return False
 
 
 def prompt_chars_limit(engine) -> int:
