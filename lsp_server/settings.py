@@ -14,9 +14,10 @@ would grow the server by gigabytes and reload the model, with a new compiled ste
 
 `Settings` is flat: one name per setting, as users write it in config.toml
 (`max_prompt_tokens`), in the environment (`LATENT_MAX_PROMPT_TOKENS`) and from a client
-(`maxPromptTokens`, optionally nested under a `latent` section). Its fields are not declared
-here but gathered from the options (model/options.py) of the groups they configure, each
-declared once with its help and limits:
+(`maxPromptTokens`, optionally nested under a `latent` section). Its fields are gathered from
+the options (model/options.py) of the groups they configure, each declared once with its help
+and limits (a type checker, which cannot see fields made at run time, reads their names, types
+and defaults from a copy in the class that a test holds equal to them):
 
     EngineOptions    where the model comes from and which backend runs it   (here)
     RuntimeConfig    how the engine runs the weights                        (model/params.py)
@@ -42,7 +43,7 @@ import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar, dataclass_transform
 
 from completion.config import CompletionConfig
 from model import options
@@ -52,6 +53,7 @@ from model.params import RuntimeConfig, SamplingParams
 ENV_PREFIX = "LATENT_"
 ENGINES = ("inprocess", "daemon", "auto")   # or "openai:" followed by a server's URL
 LOG_LEVELS = ("debug", "info", "warning", "error")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,86 @@ USER_ONLY = frozenset({"model", "engine", "api_key_env", "tokenizer", "allow_ins
                        "max_context", "max_prompt_tokens", "cache_mb", "threads"})
 
 
-class _Derived:
-    """What Settings does with its fields; the fields themselves come from GROUPS."""
+def _fields() -> list[tuple[str, str, dataclasses.Field]]:
+    """(name, type as written, field) of every setting: the options of GROUPS, less PER_REQUEST."""
+    out: dict[str, tuple] = {}
+    for group in GROUPS:
+        for f in dataclasses.fields(group):
+            if f.metadata and f.name not in PER_REQUEST:
+                assert f.default is not dataclasses.MISSING, f"setting {f.name!r} has no default"
+                assert f.name not in out, f"two groups declare the setting {f.name!r}"
+                out[f.name] = (f.name, f.type, field(default=f.default, metadata=f.metadata))
+    return list(out.values())
+
+
+@dataclass_transform(frozen_default=True)
+def _gathered(cls: type[_T]) -> type[_T]:
+    """`cls` as a frozen dataclass whose fields are the options of GROUPS (_fields), each with
+    its group's type, default, help and limits."""
+    assert not cls.__dict__.get("__annotations__"), f"{cls.__name__}'s fields come from GROUPS alone"
+    cls.__annotations__ = {}
+    for name, kind, f in _fields():
+        cls.__annotations__[name] = kind
+        setattr(cls, name, f)
+    return dataclass(frozen=True)(cls)
+
+
+@_gathered
+class Settings:
+    """Every setting, flat, in the order of GROUPS; valid when made."""
+
+    if TYPE_CHECKING:
+        # What type checkers read; at run time the fields are GROUPS' own (_gathered), and
+        # tests/test_lsp_settings.py fails when these names, types or defaults differ from them.
+        # EngineOptions
+        model: str | None = None
+        engine: str = "inprocess"
+        daemon_idle_minutes: int = 30
+        api_key_env: str | None = None
+        tokenizer: str | None = None
+        allow_insecure_remote: bool = False
+        # RuntimeConfig
+        device: str = "cpu"
+        dtype: str = "float32"
+        quantize: str | None = None
+        threads: int = 0
+        attention: str = "auto"
+        absorb_threshold: int = 64
+        max_context: int = 4096
+        cache_mb: int = 1024
+        reuse: str = "exact"
+        shift_min_tokens: int = 16
+        shift_max_steps: int = 32
+        shift_max_drift: int = 32
+        speculate: int = 8
+        compile: bool = True
+        # CompletionConfig
+        max_prompt_tokens: int = 2048
+        prefix_fraction: float = 0.75
+        snippet_tokens: int = 512
+        max_new_tokens_line: int = 48
+        max_new_tokens_block: int = 160
+        multiline: bool = True
+        fim_format: str | None = None
+        fim_layout: str = "auto"
+        disabled_languages: tuple[str, ...] = ()
+        all_languages: bool = False
+        lru_size: int = 64
+        # SamplingParams
+        temperature: float = 0.0
+        top_p: float = 1.0
+        top_k: int = 0
+        seed: int | None = None
+        # ServerOptions
+        enable: bool = True
+        languages: tuple[str, ...] = ()
+        trigger: str = "auto"
+        debounce_ms: int = 0
+        completion_items: str = "auto"
+        log_level: str = "info"
+        suggestions: int = 3
+        max_message_mb: int = 64
+        max_parse_kb: int = 1024
 
     def __post_init__(self) -> None:
         check(self)
@@ -159,23 +239,10 @@ class _Derived:
             return False
         return not self.languages or language_id in self.languages
 
-    def _group(self, cls, **extra):
+    def _group(self, cls: type[_T], **extra: Any) -> _T:
         return cls(**{s.name: getattr(self, s.name) for s in specs(cls) if s.name not in PER_REQUEST}, **extra)
 
 
-def _fields() -> list[tuple[str, str, dataclasses.Field]]:
-    out: dict[str, tuple] = {}
-    for group in GROUPS:
-        for f in dataclasses.fields(group):
-            if f.metadata and f.name not in PER_REQUEST:
-                assert f.default is not dataclasses.MISSING, f"setting {f.name!r} has no default"
-                assert f.name not in out, f"two groups declare the setting {f.name!r}"
-                out[f.name] = (f.name, f.type, field(default=f.default, metadata=f.metadata))
-    return list(out.values())
-
-
-Settings = dataclasses.make_dataclass("Settings", _fields(), bases=(_Derived,), frozen=True)
-Settings.__module__, Settings.__doc__ = __name__, "Every setting, flat, in the order of GROUPS; valid when made."
 SPECS: dict[str, options.Spec] = {s.name: s for s in specs(Settings)}
 
 

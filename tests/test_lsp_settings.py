@@ -4,6 +4,7 @@ ignored. Pure, no server."""
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import os
 import subprocess
@@ -111,6 +112,28 @@ def test_every_option_of_the_groups_is_a_setting_with_its_default_and_limits():
     assert defaults.completion_config() == CompletionConfig()
     threads = next(s for s in specs(Settings) if s.name == "threads")
     assert threads.min == 0 and "model size" in threads.help     # 0: automatic, by model size
+
+
+def _declared_for_type_checkers() -> list[tuple[str, str, object]]:
+    """(name, type, default) of each field Settings declares under `if TYPE_CHECKING:`."""
+    tree = ast.parse((ROOT / "lsp_server" / "settings.py").read_text())
+    cls = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Settings")
+    block = next(node for node in cls.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    return [(node.target.id, ast.unparse(node.annotation), ast.literal_eval(node.value))
+            for node in block.body if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            and node.value is not None]
+
+
+def test_what_type_checkers_read_of_settings_is_what_runs():
+    """Settings' fields are made at run time from the groups' options; the copy pyright reads
+    must name the same fields, in the same order, with the same types and defaults."""
+    def typed(value):   # 0, 0.0 and False are equal; a default of the wrong type is not
+        return type(value), value
+
+    declared = [(name, kind, typed(default)) for name, kind, default in _declared_for_type_checkers()]
+    running = [(f.name, ast.unparse(ast.parse(str(f.type), mode="eval")), typed(f.default))
+               for f in dataclasses.fields(Settings)]
+    assert declared == running
 
 
 def test_groups_are_built_from_the_settings():
