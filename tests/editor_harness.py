@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 EDITORS = ROOT / "editors"
 DEPS = EDITORS / ".deps"
 BUNDLED = ROOT / "model" / "bundled"
@@ -65,7 +65,7 @@ def candidates() -> list:
         return Model(None, "bundled", None)
 
     def parrot() -> Model:
-        from editors.testing import parrot_model
+        import parrot_model
 
         return Model(str(parrot_model.build(DEPS / "parrot-model")), "parrot", parrot_model.ANSWER)
 

@@ -35,7 +35,6 @@ def model_path() -> str | None:
     """None for the bundled model, else the folder of a tiny random checkpoint (made once)."""
     if has_bundled():
         return None
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from tiny_models import save_checkpoint
 
     folder = Path(tempfile.mkdtemp(prefix="latent-lsp-model-"))

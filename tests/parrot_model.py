@@ -6,7 +6,7 @@ CPU, a 3-layer DeepSeek-V2 look-alike (MoE + MLA, the same as tests/tiny_models.
 only skill is: after `<｜fim▁end｜>` say ANSWER, then end of sentence. It goes through the real
 loading path (Hugging Face folder, tokenizer files), like any checkpoint.
 
-    python editors/testing/parrot_model.py OUT_DIR      # writes the folder (cached by content)
+    python tests/parrot_model.py OUT_DIR      # writes the folder (cached by content)
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 ANSWER = "latent_answer + 1"
 VERSION = 1  # bump to retrain cached copies
 
@@ -29,7 +28,6 @@ def build(out: Path, answer: str = ANSWER, steps: int = 160, seed: int = 0) -> P
     import torch
     from tokenizers import Tokenizer
 
-    sys.path.insert(0, str(ROOT / "tests"))
     from tiny_models import SPECIALS, build_reference, write_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)

@@ -11,16 +11,14 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from editors.testing import harness  # noqa: E402
-from editors.testing.harness import DEPS, EDITORS, Tmux, wait_for  # noqa: E402
+import editor_harness as harness
+from editor_harness import DEPS, EDITORS, Tmux, wait_for
 
 VERSIONS = {"0.12": DEPS / "bin" / "nvim-0.12", "0.11": DEPS / "bin" / "nvim-0.11"}
 ARTIFACTS = harness.ROOT / "artifacts" / "editors"

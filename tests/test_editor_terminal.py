@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from editors.testing import harness  # noqa: E402
-from editors.testing.harness import EDITORS, Tmux, wait_for  # noqa: E402
+import editor_harness as harness
+from editor_harness import EDITORS, Tmux, wait_for
 
-from lsp_server import repl  # noqa: E402
+from lsp_server import repl
 
 # (earlier inputs, the line being typed): the first one the model completes is used
 REPL_CONTEXTS = [

@@ -16,15 +16,13 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from editors.testing import harness  # noqa: E402
-from editors.testing.harness import DEPS, EDITORS, wait_for  # noqa: E402
+import editor_harness as harness
+from editor_harness import DEPS, EDITORS, wait_for
 
 CODE_SERVER = DEPS / "code-server" / "node_modules" / ".bin" / "code-server"
 PLAYWRIGHT = DEPS / "code-server" / "node_modules" / "playwright-core" / "package.json"
