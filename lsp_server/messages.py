@@ -32,16 +32,19 @@ def classify(data: Any) -> tuple[str, Any, str | None]:
         return "invalid", None, f"A request id must be a whole number or a string, not {_kind(msg_id)}."
     if "method" in data:
         kind = "request" if has_id else "notification"
-        if data.get("jsonrpc") != "2.0":
-            return kind, msg_id, 'A message must say "jsonrpc": "2.0".'
-        if not isinstance(data["method"], str):
-            return kind, msg_id, f"A method must be a string, not {_kind(data['method'])}."
-        if has_id and data["method"] in NOTIFICATIONS:
-            return kind, msg_id, f"{data['method']} is a notification: it is sent without an id."
+    elif has_id and ("result" in data or "error" in data):
+        kind = "response"
+    else:
+        return "invalid", None, "A message must have a method, or an id and a result or error."
+    if data.get("jsonrpc") != "2.0":
+        return kind, msg_id, 'A message must say "jsonrpc": "2.0".'
+    if kind == "response":
         return kind, msg_id, None
-    if has_id and ("result" in data or "error" in data):
-        return "response", msg_id, None
-    return "invalid", None, "A message must have a method, or an id and a result or error."
+    if not isinstance(data["method"], str):
+        return kind, msg_id, f"A method must be a string, not {_kind(data['method'])}."
+    if has_id and data["method"] in NOTIFICATIONS:
+        return kind, msg_id, f"{data['method']} is a notification: it is sent without an id."
+    return kind, msg_id, None
 
 
 def bad_params(method: Any, params: Any) -> str | None:
@@ -77,8 +80,9 @@ def split_changes(data: dict) -> tuple[dict, list[str], bool]:
     left out; and whether the document has diverged: a change was left out after its last
     whole-text change. (Unreadable params are left as they are, for pygls to refuse.)"""
     params = data.get("params")
-    changes = params.get("contentChanges") if isinstance(params, dict) else None
-    document = params.get("textDocument") if isinstance(params, dict) else None
+    if not isinstance(params, dict):
+        return data, [], False
+    changes, document = params.get("contentChanges"), params.get("textDocument")
     if not isinstance(changes, list) or not isinstance(document, dict):
         return data, [], False
     where = f"{document.get('uri')} (version {document.get('version')})"

@@ -25,16 +25,26 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
-from pygls.exceptions import (JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest, JsonRpcMethodNotFound,
-                              JsonRpcParseError, JsonRpcServerNotInitialized)
+from pygls.exceptions import (
+    JsonRpcException,
+    JsonRpcInvalidParams,
+    JsonRpcInvalidRequest,
+    JsonRpcMethodNotFound,
+    JsonRpcParseError,
+    JsonRpcServerNotInitialized,
+)
 from pygls.protocol import LanguageServerProtocol
-from pygls.protocol.json_rpc import RPCNotification, RPCRequest
+from pygls.protocol.json_rpc import RPCMessage, RPCNotification, RPCRequest
 from pygls.protocol.language_server import lsp_method
 
 from lsp_server import completion_list, documents, messages
 from lsp_server.transport import Oversized
+
+if TYPE_CHECKING:
+    from lsp_server.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +57,7 @@ class Unreadable:
 
 
 class LatentProtocol(LanguageServerProtocol):
-    session = None   # the server's Session (server.create sets it)
+    session: Session   # the server's Session (server.create sets it)
 
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(self, params: types.InitializeParams):
@@ -121,7 +131,7 @@ class LatentProtocol(LanguageServerProtocol):
             log.warning("Request %s (%s): %s", msg_id, method, error.message)
             self.send_error(msg_id, error)
         else:
-            log.log(logging.DEBUG if quiet else logging.WARNING, "The %s %s is ignored: %s", kind, method,
+            log.log(logging.DEBUG if quiet else logging.WARNING, "The %s %s is ignored: %s", kind, method or msg_id,
                     error.message)
 
     def refuse_unreadable(self, error: JsonRpcException) -> None:
@@ -136,9 +146,11 @@ class LatentProtocol(LanguageServerProtocol):
                 f"The message is {oversized.size} bytes, more than max_message_mb ({limit} MiB) allows; "
                 "it was not read."))
 
-    def structure_message(self, data):
+    def structure_message(self, data: dict[str, Any]) -> RPCMessage | Unreadable:
+        """pygls' message for `data`, which messages.classify has checked; a request whose params
+        cannot be read is Unreadable."""
         try:
-            return super().structure_message(data)
+            message = super().structure_message(data)
         except JsonRpcException:
             if "id" not in data or "method" not in data:
                 raise
@@ -146,8 +158,11 @@ class LatentProtocol(LanguageServerProtocol):
             if method not in self.fm.features and method not in self.fm.builtin_features:
                 return Unreadable(data["id"], JsonRpcMethodNotFound.of(method))
             return Unreadable(data["id"], JsonRpcInvalidParams(f"The params of {method} could not be read."))
+        assert not isinstance(message, dict), "pygls leaves only a message without jsonrpc unstructured"
+        # lsprotocol's ResponseErrorMessage has an optional id, which pygls' RPCError protocol lacks
+        return message  # pyright: ignore[reportReturnType]
 
-    def handle_message(self, message):
+    def handle_message(self, message: RPCMessage | Unreadable) -> None:
         if isinstance(message, Unreadable):
             log.warning("Request %s: %s", message.id, message.error.message)
             self.send_error(message.id, message.error)

@@ -216,11 +216,14 @@ class Console:
         except SyntaxError:
             self._show_error(skip=0)
             return
-        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        last = tree.body[-1] if tree.body else None
+        shown = last.value if isinstance(last, ast.Expr) else None   # a last expression's value is printed
+        if shown is not None:
+            tree.body.pop()
         try:
             exec(compile(tree, "<latent>", "exec"), self.namespace)
-            if last is not None:
-                value = eval(compile(ast.Expression(last.value), "<latent>", "eval"), self.namespace)
+            if shown is not None:
+                value = eval(compile(ast.Expression(shown), "<latent>", "eval"), self.namespace)
                 if value is not None:
                     self.namespace["_"] = value
                     print(repr(value))
@@ -349,7 +352,7 @@ def make_session(suggester: Suggester, inputs: list[str], history_file: Path | N
             buffer.validate_and_handle()
             return
         line = buffer.document.current_line_before_cursor
-        indent_ = re.match(r"[ \t]*", line).group(0)
+        indent_ = line[:len(line) - len(line.lstrip(" \t"))]
         if line.rstrip().endswith(":"):
             indent_ += "    "
         buffer.insert_text("\n" + indent_)

@@ -143,6 +143,7 @@ class Requests:
             request.skipped = "language-disabled"
         if request.skipped:
             return request
+        assert service is not None, "without a service the request was skipped (loading, load-failed)"
         snapshot = document.snapshot()
         count = ask.count
 

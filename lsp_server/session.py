@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from completion import CompletionService, Workspace
 from lsp_server import logs, status
@@ -21,11 +22,17 @@ from lsp_server.requests import Requests
 from lsp_server.settings import Settings, SettingsStore
 from lsp_server.status import Status
 from lsp_server.worker import Worker
+from model.protocol import EngineProtocol
+
+if TYPE_CHECKING:
+    from lsp_server.server import LatentServer
 
 log = logging.getLogger(__name__)
 
 
 class Session:
+    server: LatentServer   # the pygls LanguageServer that talks to the client (server.create sets it)
+
     def __init__(self, store: SettingsStore, warnings: list[str] | None = None) -> None:
         self.store = store
         self.settings, more = store.settings()
@@ -38,9 +45,8 @@ class Session:
         self.status = Status(enabled=self.settings.enable, model=self.settings.model or "bundled")
         self.worker = Worker()
         self.requests = Requests(self)
-        self.engine = None
+        self.engine: EngineProtocol | None = None
         self.service: CompletionService | None = None
-        self.server = None                       # the pygls LanguageServer (server.create)
         self.loading = False                     # loading.ensure_model's: a load runs …
         self.attempted_key: tuple | None = None  # … or ran, for these engine settings
         self.told_remote: set[str] = set()       # remote engine URLs named to the user (loading.py)
@@ -52,7 +58,7 @@ class Session:
         self._snooze: asyncio.TimerHandle | None = None   # latent.toggle's timer that ends a snooze
 
     # -- the engine and its service ------------------------------------------------------------
-    def install(self, engine, settings: Settings) -> None:
+    def install(self, engine: EngineProtocol, settings: Settings) -> None:
         """Serve completions from a loaded engine, over the open documents."""
         self.service = CompletionService(engine, settings.completion_config(), workspace=self.documents)
         self.engine = engine

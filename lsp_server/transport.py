@@ -192,8 +192,10 @@ class Framer:
         if self.sniff is None or (len(self.buffer) < 1024 and not done):
             return
         match = _ID_AT_START.match(self.buffer)
-        is_request = match is not None and b'"method"' in self.buffer[:1024]
-        events.append(Oversized(self.sniff, json.loads(match.group(1)) if is_request else None))
+        msg_id = None
+        if match is not None and b'"method"' in self.buffer[:1024]:   # a request: its id is answered
+            msg_id = json.loads(match.group(1))
+        events.append(Oversized(self.sniff, msg_id))
         self.sniff = None
 
 

@@ -26,11 +26,13 @@ from model.protocol import CancelToken
 
 log = logging.getLogger(__name__)
 
+Key = tuple[Hashable, str]   # (document, kind)
+
 
 class Job:
     __slots__ = ("key", "fn", "cancel", "future", "not_before")
 
-    def __init__(self, key: Hashable | None, fn: Callable[[CancelToken], Any], delay: float = 0.0) -> None:
+    def __init__(self, key: Key | None, fn: Callable[[CancelToken], Any], delay: float = 0.0) -> None:
         self.key = key
         self.fn = fn
         self.cancel = CancelToken()
@@ -46,12 +48,12 @@ class Worker:
     def __init__(self, name: str = "latent-completion") -> None:
         self._name = name
         self._queue: deque[Job] = deque()
-        self._latest: dict[Hashable, Job] = {}
+        self._latest: dict[Key, Job] = {}
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopped = False
 
-    def submit(self, key: tuple[Hashable, str] | None, fn: Callable[[CancelToken], Any],
+    def submit(self, key: Key | None, fn: Callable[[CancelToken], Any],
                delay: float = 0.0) -> Job:
         """Queue `fn(cancel)` to run in `delay` seconds at the earliest; with a key, cancel the
         key's previous job."""
@@ -110,7 +112,7 @@ class Worker:
         while not self._stopped:
             now = time.monotonic()
             waits = [job.wait(now) for job in self._queue]
-            for job, wait in zip(self._queue, waits):
+            for job, wait in zip(self._queue, waits, strict=True):
                 if wait == 0.0:
                     self._queue.remove(job)
                     return job

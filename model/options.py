@@ -101,7 +101,7 @@ def coerce(spec: Spec, raw: Any) -> Any:
     return _check_value(spec, value, raw)
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (),
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, *, skip: tuple[str, ...] = (),
                   switches: bool = False) -> None:
     """A --flag per option of `cls` (values stay strings; `coerce` reads them). With `switches`
     a true-or-false option is --flag / --no-flag instead of --flag VALUE."""

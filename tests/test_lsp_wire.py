@@ -637,6 +637,15 @@ def test_a_notification_is_never_answered(wire):
     assert [m["id"] for m in answers] == [answers[-1]["id"]], answers   # the probe's, nothing else
 
 
+def test_a_response_without_jsonrpc_is_a_warning_not_a_failure(wire):
+    server = wire()
+    server.initialize(ready=False)
+    server.send({"id": 99, "result": None})
+    assert server.responds()
+    assert 'The response 99 is ignored: A message must say "jsonrpc": "2.0".' in server.stderr()
+    assert "Traceback" not in server.stderr(), server.tail()
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. A bad change
 
