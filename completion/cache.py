@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Hashable
+from typing import Generic, Hashable, TypeVar
+
+V = TypeVar("V")
 
 
-class LruCache:
+class LruCache(Generic[V]):
     # ---------------------------------------------------------------------------------------
     # Public API
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._entries: OrderedDict[tuple[str, Hashable], object] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, Hashable], V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, uri: str, key: Hashable):
+    def get(self, uri: str, key: Hashable) -> V | None:
         """The value stored for (uri, key), now the most recently used; None if absent."""
         with self._lock:
             value = self._entries.get((uri, key))
@@ -29,7 +31,7 @@ class LruCache:
                 self._entries.move_to_end((uri, key))
             return value
 
-    def put(self, uri: str, key: Hashable, value) -> None:
+    def put(self, uri: str, key: Hashable, value: V) -> None:
         with self._lock:
             self._entries[(uri, key)] = value
             self._entries.move_to_end((uri, key))

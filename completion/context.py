@@ -12,16 +12,15 @@
 `build_context` puts the three together.
 """
 from __future__ import annotations
-from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
 import tree_sitter
 
+from completion.document import utf8_length
 from completion.languages import LanguageSpec
 from completion.related import RelatedIndex, Snippet, Source, comment_of, related_snippets
-from completion.document import utf8_length
 from completion.windows import Count, Cursor, choose_windows, indent_width
 
 # What may follow the cursor on its line for a completion to make sense there: closing

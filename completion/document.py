@@ -18,6 +18,7 @@ published tree in place, so a worker thread may read them while the event loop a
 from __future__ import annotations
 
 import bisect
+import enum
 import re
 import threading
 from typing import Callable, NamedTuple, Sequence
@@ -107,17 +108,18 @@ class Lines:
             return len(self.text)
         start = self.starts[line]
         index = _utf16_to_index(self.line_text(line), character)
-        if index is _PAST_END:
+        if index is _Miss.PAST_END:
             if strict:
                 raise InvalidPosition(
                     f"Character {character} is past the end of line {line}, which is "
                     f"{utf16_length(self.line_text(line))} UTF-16 code units long.")
             return self.line_end(line)
-        if index is _INSIDE_PAIR:
+        if index is _Miss.INSIDE_PAIR:
             if strict:
                 raise InvalidPosition(
                     f"Character {character} of line {line} falls inside a surrogate pair.")
-            return start + _utf16_to_index(self.line_text(line), character - 1)
+            index = _utf16_to_index(self.line_text(line), character - 1)
+            assert isinstance(index, int), "the code unit before a pair's second half starts the pair"
         return start + index
 
     def position(self, offset: int) -> Position:
@@ -126,14 +128,17 @@ class Lines:
         return Position(line, utf16_length(self.text[self.starts[line]:offset]))
 
 
-_PAST_END = object()
-_INSIDE_PAIR = object()
+class _Miss(enum.Enum):
+    """Why a UTF-16 position has no str index on its line."""
+
+    PAST_END = enum.auto()
+    INSIDE_PAIR = enum.auto()   # between the two code units of a character outside the BMP
 
 
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")   # two UTF-16 code units each
 
 
-def _utf16_to_index(line: str, units: int):
+def _utf16_to_index(line: str, units: int) -> int | _Miss:
     """The str index `units` UTF-16 code units into `line`, or a marker when there is none.
     Only the characters outside the BMP are visited: a line of megabytes costs no Python loop."""
     shift = 0   # characters outside the BMP before the point reached
@@ -142,10 +147,10 @@ def _utf16_to_index(line: str, units: int):
         if units <= before:
             break
         if units == before + 1:
-            return _INSIDE_PAIR
+            return _Miss.INSIDE_PAIR
         shift += 1
     index = units - shift
-    return index if index <= len(line) else _PAST_END
+    return index if index <= len(line) else _Miss.PAST_END
 
 
 def ts_point(text: str, offset: int) -> tuple[int, int]:

@@ -60,12 +60,13 @@ class Plan:
         return self.mode == "line" and bool(self.head.strip()) and not self.tail.strip()
 
 
-def plan_for(mode: str, language: LanguageSpec | None, tree, cursor: Cursor,
+def plan_for(mode: str, language: LanguageSpec | None, tree: tree_sitter.Tree | None, cursor: Cursor,
              specials: tuple[str, ...]) -> Plan:
     """What postprocessing needs of a request at `cursor`, worked out before the model runs."""
     lines = cursor.lines
     opener_indent = ""
     if mode == "block":
+        assert language is not None and tree is not None, "block mode is decided on a parsed document"
         opener = block_opener(language, tree, cursor)
         text = lines.line_text(opener if opener is not None else cursor.line)
         opener_indent = text[:len(text) - len(text.lstrip(" \t"))]
@@ -76,7 +77,7 @@ def plan_for(mode: str, language: LanguageSpec | None, tree, cursor: Cursor,
                 opener_indent=opener_indent, specials=specials)
 
 
-def suggestion(raw: str, plan: Plan, language: LanguageSpec | None, tree, cursor: Cursor, *,
+def suggestion(raw: str, plan: Plan, language: LanguageSpec | None, tree: tree_sitter.Tree | None, cursor: Cursor, *,
                hit_limit: bool = False) -> tuple[Suggestion | None, str]:
     """The suggestion to show for the model's answer `raw`, with its range and the document's
     line ends; or None and why (a key of completion.types.REASONS)."""
@@ -88,7 +89,7 @@ def suggestion(raw: str, plan: Plan, language: LanguageSpec | None, tree, cursor
     if eol != "\n":
         text = text.replace("\n", eol)
     start, end = cursor.offset, cursor.offset + covered
-    if tree is not None and adds_errors(language, tree, cursor.text, start, end, text):
+    if language is not None and tree is not None and adds_errors(language, tree, cursor.text, start, end, text):
         return None, "syntax-error"
     lines = cursor.lines
     return Suggestion(text, Range(lines.position(start), lines.position(end))), ""

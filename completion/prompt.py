@@ -41,7 +41,7 @@ def resolve_format(configured: str | None, engine: EngineProtocol) -> FimFormat:
     if style in FORMATS:
         return FORMATS[style]
     for fmt in FORMATS.values():
-        if fmt.prefix and _single_token(tokenizer, fmt.prefix) and _single_token(tokenizer, fmt.suffix):
+        if fmt.prefix and fmt.suffix and _single_token(tokenizer, fmt.prefix) and _single_token(tokenizer, fmt.suffix):
             return fmt
     return FORMATS["plain"]
 

@@ -134,6 +134,7 @@ def _find_definitions(source: Source) -> list[_Definition]:
     found = []
     for _, captures in cursor.matches(source.tree.root_node):
         node, name = captures["definition"][0], captures["name"][0]
+        assert name.text is not None, "a tree parsed from bytes keeps its nodes' text"
         found.append(_Definition(
             name.text.decode("utf-8", "replace"), node.start_point[0], node.end_point[0],
             node.start_byte, node.end_byte))

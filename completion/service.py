@@ -45,6 +45,7 @@ from completion.windows import Cursor, TokenCounter
 from model.params import SamplingParams
 from model.protocol import CancelToken, EngineProtocol
 
+
 class CompletionService:
     """The completion pipeline over one engine, with the open documents it completes in."""
 
