@@ -4,12 +4,14 @@ The greedy answer's first step already ranked the first tokens (`first_choices` 
 figures). An alternative forces one of them: the prompt's token ids plus that token, decoded
 greedily from there. The prompt's latent rows are in the cache, so an alternative costs one
 token of prefill and its own decode. Backends that do not rank first tokens (remote servers)
-give no alternatives.
+give no alternatives. `distinct` keeps those whose suggestion is new, computing no more
+alternatives than it needs.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
+from completion.types import Suggestion
 from model.params import SamplingParams
 from model.protocol import CancelToken, TokenizerProtocol
 
@@ -30,3 +32,15 @@ def branches(tokenizer: TokenizerProtocol, prompt: str, params: SamplingParams, 
         if token in params.stop_token_ids or token == tokenizer.eos_id:
             continue
         yield generate([*ids, token], tokenizer.decode([token]))
+
+
+def distinct(first: list[Suggestion], alternatives: Iterable[list[Suggestion]], count: int) -> list[Suggestion]:
+    """`first`, then the suggestion of each alternative whose text is not there yet, until there
+    are `count`: the alternatives are drawn one at a time, and no more once there are enough."""
+    suggestions = list(first)
+    for more in alternatives:
+        if more and all(more[0].text != s.text for s in suggestions):
+            suggestions += more
+        if len(suggestions) >= count:
+            break
+    return suggestions

@@ -341,6 +341,11 @@ class Workspace:
     def get(self, uri: str) -> Document | None:
         return self._documents.get(uri)
 
+    def state_for(self, snapshot: Snapshot) -> DocumentState | None:
+        """The open document's state when `snapshot` is of it (same version and text)."""
+        document = self._documents.get(snapshot.uri)
+        return document.state_for(snapshot) if document is not None else None
+
     def snapshot(self, uri: str) -> Snapshot:
         return self._require(uri).snapshot()
 

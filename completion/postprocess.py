@@ -15,8 +15,9 @@
 
 `covered_length` is the range rule: how many characters right of the cursor the suggestion
 replaces (see its docstring). `adds_errors` rejects a suggestion that gives the document
-tree-sitter ERROR or MISSING nodes it did not have. `finished` tells the streaming loop in the
-service that enough text has arrived for `clean` to cut it, so decoding can stop early.
+tree-sitter ERROR or MISSING nodes it did not have. `finished` tells the streaming loop
+(generation.generate) that enough text has arrived for `clean` to cut it, so decoding can stop
+early.
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
     recall.remember(uri, cursor, result)        # what was shown, after every completion
     recall.type_through(uri, cursor)            # the rest of it, if the user typed its start
-    recall.store(uri, before, after, result)    # computed after an accept, for that text
+    snapshot, offset = after_accept(snapshot, suggestion)   # the text an accept makes …
+    recall.store(uri, before, after, result)    # … and the suggestion computed for it
     recall.take(uri, cursor)                    # … answered when the request is at that place
 
 Both compare the whole text before and after the cursor, so an answer is only reused when the
@@ -14,7 +15,8 @@ import threading
 from dataclasses import replace
 from typing import NamedTuple
 
-from completion.types import CompletionResult, Range, Suggestion
+from completion.document import Lines
+from completion.types import CompletionResult, Range, Snapshot, Suggestion
 from completion.windows import Cursor
 
 
@@ -101,3 +103,19 @@ class Recall:
         """Documents with a suggestion to type through."""
         with self._lock:
             return len(self._shown)
+
+
+def after_accept(snapshot: Snapshot, suggestion: Suggestion) -> tuple[Snapshot, int]:
+    """The snapshot once `suggestion` is in, and the offset just after it: what a suggestion
+    precomputed after an accept is for.
+
+    The editor may or may not have sent the change yet: if the text is already there, the
+    snapshot is used as it is.
+    """
+    lines = Lines(snapshot.text)
+    start = lines.offset(suggestion.range.start, strict=False)
+    end = lines.offset(suggestion.range.end, strict=False)
+    text, inserted = snapshot.text, suggestion.text
+    if text[start:start + len(inserted)] == inserted:
+        return snapshot, start + len(inserted)
+    return replace(snapshot, text=text[:start] + inserted + text[end:]), start + len(inserted)

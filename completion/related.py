@@ -7,16 +7,19 @@ document's definitions and windows until its text changes.
 """
 from __future__ import annotations
 
+import posixpath
 import re
 import threading
+import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Sequence
 
 import tree_sitter
 
-from completion.document import lf
+from completion.document import Document, Workspace, lf
 from completion.languages import LanguageSpec
+from completion.types import Snapshot
 from completion.windows import Count, Cursor, Windows, max_chars
 
 # ---------------------------------------------------------------------------------------------
@@ -31,6 +34,26 @@ class Source(NamedTuple):
     text: str
     version: int
     tree: tree_sitter.Tree | None
+
+
+def other_sources(workspace: Workspace, uri: str) -> list[Source]:
+    """The open documents other than `uri` that snippets may come from; one too large to parse
+    is too large to scan for windows on every keystroke, so it offers none."""
+    sources = []
+    for document in workspace.documents():
+        state = document.state
+        if document.uri == uri or len(state.text) > workspace.max_parse_chars:
+            continue
+        sources.append(Source(document.uri, display_path(document), document.language,
+                              state.text, state.version, state.tree))
+    return sources
+
+
+def display_path(document: Document | Snapshot) -> str:
+    """The relative path for a file's header; the URI's last segment when there is none."""
+    if document.path:
+        return document.path
+    return posixpath.basename(urllib.parse.urlparse(document.uri).path) or document.uri
 
 
 @dataclass(frozen=True)

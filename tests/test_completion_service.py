@@ -7,6 +7,7 @@ import time
 import pytest
 
 from completion import CompletionConfig, CompletionService, InvalidPosition
+from completion.alternatives import distinct
 from completion.types import REASONS, Position, Range, Suggestion, TextChange
 from fakes import FakeEngine, FakeTokenizer, cursor_at
 from model.params import SamplingParams
@@ -462,3 +463,17 @@ def test_a_language_the_model_was_not_trained_on_gets_nothing_unless_forced():
     text, position = cursor_at("x = █\n")
     service.workspace.open("file:///p/a.py", "python", text, 1, path="a.py")
     assert service.complete(service.workspace.snapshot("file:///p/a.py"), position).suggestions
+
+
+def test_alternatives_add_only_new_texts_and_are_drawn_only_while_more_are_wanted():
+    at = Range(Position(0, 0), Position(0, 0))
+    drawn: list[str] = []
+
+    def alternatives():
+        for text in ("first", "", "second", "third", "fourth"):   # "" failed postprocessing
+            drawn.append(text)
+            yield [Suggestion(text, at)] if text else []
+
+    kept = distinct([Suggestion("first", at)], alternatives(), count=3)
+    assert [s.text for s in kept] == ["first", "second", "third"]
+    assert drawn == ["first", "", "second", "third"]   # the fourth is never computed
