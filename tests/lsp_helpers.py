@@ -1,9 +1,10 @@
 """Helpers for the language-server tests: a model to serve, a real server over stdio driven by
 pytest-lsp's client, and the completion pipeline run in-process for the expected answers.
 
-The model is the bundled one once `model/bundled/config.json` exists; until then a tiny random
-checkpoint (tests/tiny_models.py) passed as the `model` setting. Its text is gibberish, so the
-tests compare the server's answers with what the pipeline returns for the same snapshot.
+The model is the bundled one (model/bundled/, in the repository); a checkout without it gets a
+tiny random checkpoint (tests/tiny_models.py) as the `model` setting instead. Either way the
+tests compare the server's answers with what the pipeline returns in-process for the same
+snapshot, so they hold whatever the model writes.
 """
 from __future__ import annotations
 
