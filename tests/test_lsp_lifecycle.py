@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-import time
+import threading
 
 import pytest
 from lsprotocol import types
@@ -51,18 +51,64 @@ async def test_failed_load_is_one_message_then_settings_reload_the_model(tmp_pat
         await s.kill()
 
 
+class HeldRemote:
+    """An OpenAI-compatible engine that never finishes answering: it reads a request, then sends
+    one more byte of a header line every 0.2 s (so no read of its client times out) until the
+    client hangs up. A load that asks it for its models lasts as long as the server process."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/v1"
+        self.asked = threading.Event()       # a request arrived
+        self.hung_up = threading.Event()     # its client went away while it was answering
+        self._closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self._listener.accept()
+        except OSError:                      # closed before anyone asked
+            return
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            self.asked.set()
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Wait: ")
+                while not self._closed.wait(0.2):
+                    conn.sendall(b"a")
+            except OSError:
+                self.hung_up.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+
+
 async def test_requests_while_loading_are_empty_and_exit_without_shutdown_is_status_1(tmp_path):
-    s = await Session.start(server_env(tmp_path), wait=False)
+    """The model comes from a remote engine that never finishes answering (HeldRemote), so the
+    load is under way for as long as the process lives: exit must end it all the same."""
+    remote = HeldRemote()
+    env = server_env(tmp_path, engine=f"openai:{remote.url}")
+    env.pop("LATENT_MODEL", None)                                 # no model named: the load asks for the list
+    s = await Session.start(env, wait=False)
     try:
+        assert await asyncio.to_thread(remote.asked.wait, 60)    # the load is under way …
         s.open("file:///b.txt", PLAIN, "plaintext")
-        assert await s.inline("file:///b.txt", 1, 20) == []      # the model is still loading
+        assert await s.inline("file:///b.txt", 1, 20) == []      # … so completions are empty
         assert s.result.capabilities.completion_provider is None  # inline-capable client, "auto"
-        started = time.perf_counter()
         s.client.exit(None)
-        code = await asyncio.wait_for(s.client._server.wait(), 30)
-        assert code == 1 and time.perf_counter() - started < 10   # a load in progress does not hold it up
+        code = await asyncio.wait_for(s.client._server.wait(), 60)   # against a hang: a load that held exit up never ends
+        assert code == 1
+        assert {status.state for status in s.statuses} == {"loading"}   # the process ended with the load unfinished
+        assert await asyncio.to_thread(remote.hung_up.wait, 60)  # and its request went with it
     finally:
         await s.kill()
+        remote.close()
 
 
 async def test_tcp_transport(tmp_path):
