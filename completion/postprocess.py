@@ -90,7 +90,7 @@ def suggestion(raw: str, plan: Plan, language: LanguageSpec | None, tree: tree_s
     if eol != "\n":
         text = text.replace("\n", eol)
     start, end = cursor.offset, cursor.offset + covered
-    if language is not None and tree is not None and adds_errors(language, tree, cursor.text, start, end, text):
+    if language is not None and tree is not None and adds_errors(language, tree, cursor.text, start, end, text, plan):
         return None, "syntax-error"
     lines = cursor.lines
     return Suggestion(text, Range(lines.position(start), lines.position(end))), ""
@@ -342,16 +342,18 @@ def _scan(text: str, stack: list[str], floor: int | None = None) -> int | None:
 # Syntax
 
 def adds_errors(language: LanguageSpec, tree: tree_sitter.Tree, text: str, start: int, end: int,
-                inserted: str) -> bool:
-    """Whether replacing text[start:end] by `inserted` gives the document a tree-sitter error
-    it did not have.
+                inserted: str, plan: Plan | None = None) -> bool:
+    """Whether replacing text[start:end] by `inserted` makes the document's syntax worse.
 
     Errors (ERROR nodes and MISSING tokens) are told apart by kind and start, mapped through
     the edit: an error of the edited tree that starts inside the inserted text, or that has no
     error of the same kind at the same place in the old tree, is new. An error the document
     already had at the cursor may grow over the suggestion (`x = foo(` completed with `a, b`
-    stays as incomplete as it was) — so a suggestion that only continues an incomplete
-    statement wrongly is not caught here.
+    stays as incomplete as it was). Two ways a suggestion leaves an unfinished statement worse
+    are caught besides: it leaves the statement's error exactly as it was, writing something
+    else after it (`self.` + `# -----`, `os.listdir(` + `import os`); or, in *line* mode at the
+    end of the line, the error grows over the whole suggestion and no bracket is left open for
+    a later line to close (`offset =` + ` self:`).
     """
     edited = tree.copy()
     edit_tree(edited, text, start, end, inserted)
@@ -361,25 +363,36 @@ def adds_errors(language: LanguageSpec, tree: tree_sitter.Tree, text: str, start
     start_byte = len(encode(text[:start]))
     old_end = start_byte + len(encode(text[start:end]))
     new_end = start_byte + len(encode(inserted))
-    old_errors = set(errors(tree.root_node))
-    for kind, byte in errors(new_tree.root_node):
+    old_errors = errors(tree.root_node)
+    new_errors = errors(new_tree.root_node)
+    old_starts = {(kind, byte) for kind, byte, _ in old_errors}
+    for kind, byte, _ in new_errors:
         if start_byte < byte < new_end:
             return True
         old_byte = byte if byte <= start_byte else byte - new_end + old_end
-        if (kind, old_byte) not in old_errors:
+        if (kind, old_byte) not in old_starts:
             return True
+    unfinished = [(kind, byte) for kind, byte, stop in old_errors if kind == "ERROR" and byte < start_byte == stop]
+    if any((kind, byte, start_byte) in new_errors for kind, byte in unfinished):
+        return True                                     # the unfinished statement's error, untouched
+    if plan is not None and plan.mode == "line" and not plan.tail.strip() and "\n" not in inserted.strip():
+        starts = {byte for _, byte in unfinished}
+        grown = any(kind == "ERROR" and byte in starts and stop >= new_end for kind, byte, stop in new_errors)
+        stack: list[str] = []
+        _scan(plan.before + plan.head + inserted, stack)
+        return grown and not any(c in _OPENERS for c in stack)   # an open bracket: a later line may close it
     return False
 
 
-def errors(node: tree_sitter.Node) -> list[tuple[str, int]]:
-    """(kind, start byte) of the ERROR and MISSING nodes under `node`; only subtrees flagged
-    has_error are visited."""
+def errors(node: tree_sitter.Node) -> list[tuple[str, int, int]]:
+    """(kind, start byte, end byte) of the ERROR and MISSING nodes under `node`; only subtrees
+    flagged has_error are visited."""
     found, pending = [], [node]
     while pending:
         node = pending.pop()
         if not node.has_error:
             continue
         if node.is_error or node.is_missing:
-            found.append(("MISSING " + node.type if node.is_missing else "ERROR", node.start_byte))
+            found.append(("MISSING " + node.type if node.is_missing else "ERROR", node.start_byte, node.end_byte))
         pending.extend(node.children)
     return found

@@ -58,6 +58,20 @@ CASES = {
     "js block: an unclosed paren in the body is dropped": (
         "javascript", "function f() {█\n}\n", "\n  return (1;", None, 0),
     "py line: whitespace only is dropped": ("python", "x = █\n", "   ", None, 0),
+    # an unfinished line (the new user's walk, #20): a suggestion must continue it, not write
+    # something else after it, nor leave it broken with nothing open for a later line to close
+    "py line: a comment after an unfinished attribute is dropped": (
+        "python", "class A:\n    def f(self):\n        self.█\n", "# -----", None, 0),
+    "py line: a statement inside an open call is dropped": (
+        "python", "import sys\nfiles = os.listdir(█\n", "import os", None, 0),
+    "py line: an assignment finished with a block header is dropped": (
+        "python", "def f(self):\n    offset =█\n", " self:", None, 0),
+    "py line: the unfinished attribute completed is kept": (
+        "python", "class A:\n    def f(self):\n        self.█\n", "run()", "run()", 0),
+    "py line: an open call continued, still open, is kept": (
+        "python", "x = foo(█\n", "a, b", "a, b", 0),
+    "py line: an unfinished assignment completed is kept": (
+        "python", "def f(self):\n    offset =█\n", " self.x", " self.x", 0),
     "py line: at the end of a written line, the next line": (
         "python", "x = 1█\n", "\nprint(x)\nmore()", "\nprint(x)", 0),
     "py line: a blank next line is dropped": ("python", "x = 1█\n", "\n\nprint(x)", None, 0),
