@@ -54,10 +54,19 @@ class CancelToken:
 
 @runtime_checkable
 class TokenizerProtocol(Protocol):
-    bos_id: int | None
-    eos_id: int | None
-    fim: FimFormat | None
-    special_tokens: tuple[str, ...]   # strings that encode() maps to single control tokens
+    @property
+    def bos_id(self) -> int | None: ...
+
+    @property
+    def eos_id(self) -> int | None: ...
+
+    @property
+    def fim(self) -> FimFormat | None: ...
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        """Strings that encode() maps to single control tokens."""
+        ...
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
         """Token ids of `text`; special-token strings map to their single ids."""
@@ -135,8 +144,11 @@ class Generation:
 
 @runtime_checkable
 class EngineProtocol(Protocol):
-    tokenizer: TokenizerProtocol
-    model_name: str
+    @property
+    def tokenizer(self) -> TokenizerProtocol: ...
+
+    @property
+    def model_name(self) -> str: ...
 
     @property
     def fim_format(self) -> str | None:
