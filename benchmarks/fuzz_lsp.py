@@ -6,8 +6,8 @@ written as raw bytes to `latent lsp` on stdin, case after case, against one serv
 time (a fresh one every `--cases-per-server`, with the next seed). After each case the server
 must answer a probe, answer every well-formed request exactly once and no notification, and
 hold exactly the text that valid and invalid changes make of a document edited along the way.
-The generator and these checks are tests/test_lsp_wire.py's `Fuzz`, whose short run is part of
-`make test`.
+The generator and these checks are tests/wire_fuzz.py's `Fuzz`, whose short run
+(tests/test_lsp_wire_fuzz.py) is part of `make test`.
 
 Prints the cases run and each kind of finding — crashes, hangs, missing and duplicate
 responses, answered notifications, lost edits — which must all be zero (exit status 1
@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))   # a script: pytest's pythonpath does not apply
 
-from test_lsp_wire import Fuzz, Wire  # noqa: E402
+from wire_fuzz import Fuzz  # noqa: E402
+from wire_helpers import Wire  # noqa: E402
 
 FINDINGS = ("crashes", "hangs", "missing responses", "duplicate responses", "answered notifications", "lost edits")
 
