@@ -154,6 +154,24 @@ def test_unknown_method_is_an_error_not_a_crash(daemon):
     assert client.call("info")["version"] == 1
 
 
+def test_a_method_that_is_no_name_is_an_error_reply_and_the_connection_goes_on(daemon):
+    s = raw_connection(daemon)
+    send_frame(s, {"id": 1, "method": ["a", "list"], "params": {}})   # unhashable: was a TypeError in the reader
+    assert recv_frame(s) == {"id": 1, "error": "Unknown method ['a', 'list']."}
+    send_frame(s, {"id": 2, "method": "info", "params": {}})
+    assert recv_frame(s)["result"]["version"] == 1
+
+
+def test_a_closed_client_connects_again_on_its_next_request(daemon):
+    client = EngineClient(daemon.socket_path)
+    client.close()
+    assert client.call("info")["version"] == 1
+    client.close()
+    gen = client.generate("x = ", SamplingParams(max_new_tokens=2))
+    gen.run()
+    assert gen.stats.generated_tokens >= 1 and gen.stats.finish_reason != "error"
+
+
 def test_no_daemon_is_a_clear_error(tmp_path):
     with pytest.raises(RPCError, match="No engine daemon answers"):
         EngineClient(tmp_path / "none.sock")

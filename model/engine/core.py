@@ -27,15 +27,15 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Generator, Iterator, Sequence
 
 import torch
 
 from ..config import ModelArgs
 from ..loader import BUNDLED_DIR, ModelLoadError, load_model, read_args, resolve_model_dir
+from ..moe import Experts
 from ..params import RuntimeConfig, SamplingParams
 from ..protocol import CancelToken, Generation, GenerationStats
-from ..moe import Experts
 from ..quant import Int8Experts, pack_for_cpu, weight_bytes
 from ..tokenizer import Tokenizer, TokenizerError
 from ..transformer import Transformer
@@ -103,7 +103,7 @@ class Engine:
         tokens = torch.zeros(4, dtype=torch.long, device=scratch.device)
         self.model(tokens, scratch[:, :4], absorbed=False)
         self.model(tokens[:1], scratch[:, :5], absorbed=True)
-        if self.runtime.compile and self._compiles():
+        if self.runtime.compile and self.model_dir is not None and self._compiles():
             self.forward.compile_in_background(self.model_dir, self.runtime, self.threads[1])
 
     @property
@@ -273,7 +273,7 @@ class Engine:
             torch.set_num_threads(self.threads[1])
         return True
 
-    def _steps(self, req: Request, stats: GenerationStats, lease: Lease) -> Iterator[str]:
+    def _steps(self, req: Request, stats: GenerationStats, lease: Lease) -> Generator[str, None, None]:
         """Plan, prefill and decode `req` as the holder of `lease`; each piece is computed while
         the caller holds the lock and the lease holds the buffer."""
         t0 = time.perf_counter()
@@ -327,8 +327,9 @@ class Engine:
     def _compiles(self) -> bool:
         """Whether compiling the decode step pays: a small float model on CPU, whose step is
         per-operation overhead. (A large model's step is bound by reading its weights, and the
-        compiled step gathers the chosen experts' weights, megabytes each.)"""
-        return (self.model_dir is not None and self.runtime.device == "cpu" and self.runtime.quantize is None
+        compiled step gathers the chosen experts' weights, megabytes each.) The compiler, a
+        child process, loads the checkpoint from its folder: warmup() asks for one too."""
+        return (self.runtime.device == "cpu" and self.runtime.quantize is None
                 and self.parameters < SMALL_MODEL_PARAMETERS)
 
     def _fingerprint(self) -> str:

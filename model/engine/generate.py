@@ -102,7 +102,7 @@ def decode(forward: Forward, live: LiveBuffer, tokenizer: Tokenizer, req: Reques
 def first_choices(logits: torch.Tensor, k: int = 4) -> list[list]:
     """The k most likely first tokens and their log-probabilities: where alternatives branch."""
     top = logits.float().log_softmax(-1).topk(min(k, logits.shape[-1]))
-    return [[int(i), round(float(lp), 4)] for lp, i in zip(top.values.tolist(), top.indices.tolist())]
+    return [[int(i), round(float(lp), 4)] for lp, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
 
 def _step(forward: Forward, live: LiveBuffer, token: int, drafts: "Drafts | None", sample: "Sampler",

@@ -44,7 +44,9 @@ def save(cache: LatentCache, path: Path, stamp: str, row_dtype: torch.dtype, max
                      "rows": rows.cpu().contiguous().view(torch.uint8).numpy().tobytes()}
                     for tokens, rows in entries],
     }
-    write_private(Path(path), msgpack.packb(payload, use_bin_type=True))
+    data = msgpack.packb(payload, use_bin_type=True)
+    assert isinstance(data, bytes), "packb returns the bytes (its Packer resets after each object)"
+    write_private(Path(path), data)
     return _distinct_tokens(tokens for tokens, _ in entries)
 
 

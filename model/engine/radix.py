@@ -18,19 +18,25 @@ import torch
 
 
 class Node:
+    """An edge of the tree and the node it leads to. Nodes order by last access, least recent
+    first (ties by identity): the eviction heap pops the least recently used."""
+
     __slots__ = ("key", "rows", "children", "parent", "last_access", "pins")
 
-    def __init__(self, key: tuple[int, ...], rows: torch.Tensor | None, parent: "Node | None") -> None:
+    def __init__(self, key: tuple[int, ...], rows: torch.Tensor, parent: "Node | None") -> None:
         self.key = key                     # token ids on the edge into this node
-        self.rows = rows                   # (L, len(key), D) latent rows, None at the root
+        self.rows = rows                   # (L, len(key), D) latent rows; empty at the root
         self.children: dict[int, Node] = {}
-        self.parent = parent
+        self.parent = parent               # None at the root alone
         self.last_access = 0
         self.pins = 0
 
     @property
     def nbytes(self) -> int:
-        return 0 if self.rows is None else self.rows.numel() * self.rows.element_size()
+        return self.rows.numel() * self.rows.element_size()
+
+    def __lt__(self, other: "Node") -> bool:
+        return (self.last_access, id(self)) < (other.last_access, id(other))
 
 
 @dataclass
@@ -49,7 +55,7 @@ class LatentCache:
 
     # -- public API -------------------------------------------------------------------------
     def clear(self) -> None:
-        self.root = Node((), None, None)
+        self.root = Node((), torch.empty(0), None)
         self.bytes = 0
         self.tokens = 0
         self.lookups = self.lookup_tokens = self.hit_tokens = self.evicted_tokens = 0
@@ -121,18 +127,19 @@ class LatentCache:
         if self.bytes <= budget:
             return 0
         freed = 0
-        heap = [(n.last_access, id(n), n) for n in self._leaves() if n.pins == 0]
+        heap = [n for n in self._leaves() if n.pins == 0]
         heapq.heapify(heap)
         while self.bytes > budget and heap:
-            _, _, leaf = heapq.heappop(heap)
+            leaf = heapq.heappop(heap)
             parent = leaf.parent
+            assert parent is not None, "a leaf is below the root"
             del parent.children[leaf.key[0]]
             self.bytes -= leaf.nbytes
             self.tokens -= len(leaf.key)
             self.evicted_tokens += len(leaf.key)
             freed += leaf.nbytes
             if parent is not self.root and not parent.children and parent.pins == 0:
-                heapq.heappush(heap, (parent.last_access, id(parent), parent))
+                heapq.heappush(heap, parent)
         return freed
 
     def stats(self) -> dict:
@@ -151,12 +158,7 @@ class LatentCache:
         of rows; shared prefixes are counted once. For saving the cache across restarts."""
         out, seen, total = [], set(), 0
         for leaf in sorted(self._leaves(), key=lambda n: n.last_access, reverse=True):
-            path = []
-            node = leaf
-            while node is not self.root:
-                path.append(node)
-                node = node.parent
-            path.reverse()
+            path = _path(leaf)
             extra = sum(n.nbytes for n in path if id(n) not in seen)
             if total + extra > max_bytes:
                 continue
@@ -170,6 +172,7 @@ class LatentCache:
     def _split(self, child: Node, n: int) -> Node:
         """Cut child's edge after n tokens; returns the new upper node (holding those n)."""
         parent = child.parent
+        assert parent is not None, "the root has no edge to cut"
         upper = Node(child.key[:n], child.rows[:, :n].clone(), parent)
         upper.last_access = child.last_access  # unpinned: a pinned child keeps it alive
         child.key, child.rows = child.key[n:], child.rows[:, n:].clone()
@@ -187,6 +190,16 @@ class LatentCache:
 
     def _leaves(self):
         return (n for n in self._nodes() if not n.children and n is not self.root)
+
+
+def _path(node: Node) -> list[Node]:
+    """The nodes from the root's child down to `node`."""
+    path = []
+    while node.parent is not None:   # the root alone has none
+        path.append(node)
+        node = node.parent
+    path.reverse()
+    return path
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int], start: int = 0) -> int:

@@ -84,7 +84,7 @@ def persist_path(raw: str | None, socket_path: Path) -> Path | None:
 
 
 def _serve(args: argparse.Namespace, runtime: RuntimeConfig, socket_path: Path) -> int:
-    from model.engine import Engine   # torch: only the serving process loads it
+    from model.engine import Engine  # torch: only the serving process loads it
 
     from .daemon import EngineDaemon
 
@@ -102,6 +102,7 @@ def _serve(args: argparse.Namespace, runtime: RuntimeConfig, socket_path: Path) 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: daemon.stop())   # `kill` saves the cache too
         if face is not None:
+            assert key is not None, "--http gives both the face and its key"
             face.start(daemon, key)
             key_file = keys.publish(socket_path, key, face.address)
             published = True

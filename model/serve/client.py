@@ -19,8 +19,17 @@ from model import options
 from model.params import RuntimeConfig, SamplingParams
 from model.protocol import CancelToken, Generation, GenerationStats
 
-from .framing import (PROTOCOL_VERSION, FrameError, RPCError, check_socket_path, close_quietly, default_socket_path,
-                      recv_frame, runtime_dir, send_frame)
+from .framing import (
+    PROTOCOL_VERSION,
+    FrameError,
+    RPCError,
+    check_socket_path,
+    close_quietly,
+    default_socket_path,
+    recv_frame,
+    runtime_dir,
+    send_frame,
+)
 
 __all__ = ["EngineClient", "RPCError", "daemon_argv", "start_daemon"]
 
@@ -65,14 +74,14 @@ class EngineClient:
         return self.info.get("context_length")
 
     # -- connection -------------------------------------------------------------------------
-    def _connect(self) -> None:
+    def _connect(self) -> socket.socket:
         check_socket_path(self.socket_path)   # too long a path: say so, rather than wait for a daemon
         deadline = time.monotonic() + self.connect_timeout
         started = False
         while True:
             try:
-                self._sock = self._open()
-                return
+                self._sock = sock = self._open()
+                return sock
             except (OSError, RPCError) as e:
                 error = e
             if self.spawn is None:
@@ -99,6 +108,11 @@ class EngineClient:
     def _reconnect(self) -> None:
         self.close()
         self._connect()
+
+    def _connected(self) -> socket.socket:
+        """The socket to the daemon; connected again if the client was closed (or a reconnect
+        failed)."""
+        return self._sock if self._sock is not None else self._connect()
 
     def close(self) -> None:
         if self._sock is not None:
@@ -128,9 +142,10 @@ class EngineClient:
             for attempt in (0, 1):
                 try:
                     request_id = next(self._ids)
-                    send_frame(self._sock, {"id": request_id, "method": method, "params": params})
+                    sock = self._connected()
+                    send_frame(sock, {"id": request_id, "method": method, "params": params})
                     while True:
-                        reply = recv_frame(self._sock)
+                        reply = recv_frame(sock)
                         if reply is None:
                             raise OSError("the daemon closed the connection")
                         if reply.get("id") == request_id:
@@ -160,7 +175,7 @@ class EngineClient:
 
     def _stream_once(self, wire: dict, stats: GenerationStats, cancel: CancelToken) -> Iterator[str]:
         request_id = next(self._ids)
-        sock = self._sock
+        sock = self._connected()
         send_frame(sock, {"id": request_id, "method": "generate", "params": wire})
         sock.settimeout(0.05)
         cancel_sent = finished = False

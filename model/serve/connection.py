@@ -14,8 +14,16 @@ import threading
 
 from model.params import OptionError, SamplingParams
 
-from .framing import (MAX_PROMPT_CHARS, PROTOCOL_VERSION, FrameError, close_quietly, plain, recv_frame, send_frame,
-                      sentence)
+from .framing import (
+    MAX_PROMPT_CHARS,
+    PROTOCOL_VERSION,
+    FrameError,
+    close_quietly,
+    plain,
+    recv_frame,
+    send_frame,
+    sentence,
+)
 from .scheduler import Client, Refused
 
 log = logging.getLogger("latent.engine")
@@ -97,7 +105,7 @@ class Connection(Client):
         if method == "generate":
             self._generate(request_id, params)
             return
-        call = self._calls.get(method)
+        call = self._calls.get(method) if isinstance(method, str) else None
         if call is None:
             self.send({"id": request_id, "error": f"Unknown method {method!r}."})
             return

@@ -29,14 +29,28 @@ import struct
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model.params import SamplingParams
 from model.private_files import unsafe_folder
 
 from .connection import Connection
-from .framing import (MAX_PROMPT_CHARS, MAX_PROMPT_IDS, PROTOCOL_VERSION, AcceptBackoff, RPCError, check_socket_path,
-                      close_quietly, plain, sentence, socket_alive)
+from .framing import (
+    MAX_PROMPT_CHARS,
+    MAX_PROMPT_IDS,
+    PROTOCOL_VERSION,
+    AcceptBackoff,
+    RPCError,
+    check_socket_path,
+    close_quietly,
+    plain,
+    sentence,
+    socket_alive,
+)
 from .scheduler import Client, FairScheduler, Job, Refused
+
+if TYPE_CHECKING:
+    from .openai_http import FaceServer
 
 log = logging.getLogger("latent.engine")
 TURN_STEPS = 16   # decode steps a generation runs before waiting work of other clients goes first
@@ -51,7 +65,7 @@ class EngineDaemon:
         self.socket_path = Path(socket_path)
         self.idle_exit_s = idle_exit_s
         self.persist = Path(persist) if persist else None   # where the cache is kept across restarts
-        self.http = None                                      # the OpenAI face, when one is served
+        self.http: FaceServer | None = None                   # the OpenAI face, when one is served
         self._scheduler = FairScheduler()
         self.max_prompt_chars = prompt_chars_limit(engine)
         self._stop = threading.Event()
@@ -60,7 +74,8 @@ class EngineDaemon:
         self._server: socket.socket | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
-    def bind(self) -> None:
+    def bind(self) -> socket.socket:
+        """Listen at the socket path (replacing a stale socket file); returns the listening socket."""
         path = self.socket_path
         check_socket_path(path)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -78,10 +93,10 @@ class EngineDaemon:
         server.listen(16)
         server.settimeout(0.5)
         self._server = server
+        return server
 
     def serve_forever(self) -> None:
-        if self._server is None:
-            self.bind()
+        server = self._server if self._server is not None else self.bind()
         self._restore_cache()
         threading.Thread(target=self._work, name="latent-engine-worker", daemon=True).start()
         log.info("engine daemon serving %s at %s", getattr(self.engine, "model_name", "?"), self.socket_path)
@@ -89,7 +104,7 @@ class EngineDaemon:
         try:
             while not self._stop.is_set():
                 try:
-                    sock, _ = self._server.accept()
+                    sock, _ = server.accept()
                 except socket.timeout:
                     self._maybe_idle_exit()
                     continue
@@ -245,12 +260,12 @@ class EngineDaemon:
         client = job.client
         paused = False
         try:
-            if job.generation is None:
+            gen = job.generation
+            if gen is None:
                 if client.closed or job.cancel.cancelled:
                     client.send({"id": job.id, "done": True, "stats": {"finish_reason": "cancelled"}})
                     return False
-                job.generation = self.engine.generate(job.prompt, job.params, cancel=job.cancel)
-            gen = job.generation
+                gen = job.generation = self.engine.generate(job.prompt, job.params, cancel=job.cancel)
             until = gen.stats.generated_tokens + TURN_STEPS
             for piece in gen:  # figures travel with every piece: a client may stop reading early
                 client.send({"id": job.id, "chunk": piece, "stats": plain(gen.stats.as_dict())})

@@ -91,6 +91,7 @@ def check_socket_path(path: Path) -> None:
 
 def send_frame(sock: socket.socket, message: dict, lock: threading.Lock | None = None) -> None:
     data = msgpack.packb(message, use_bin_type=True)
+    assert isinstance(data, bytes), "packb returns the bytes (its Packer resets after each object)"
     frame = struct.pack(">I", len(data)) + data
     if lock is None:
         sock.sendall(frame)

@@ -30,13 +30,25 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from . import keys
 from .http_gate import Gate, answer, shut
-from .openai_api import (BadRequest, body_length, chunk_body, completion_body, completion_id, error_body, finish,
-                         parse_completion_request, parse_json)
+from .openai_api import (
+    BadRequest,
+    body_length,
+    chunk_body,
+    completion_body,
+    completion_id,
+    error_body,
+    finish,
+    parse_completion_request,
+    parse_json,
+)
 from .scheduler import Client, Job, Refused
+
+if TYPE_CHECKING:
+    from .daemon import EngineDaemon
 
 log = logging.getLogger("latent.engine")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")   # the only hosts the face binds to
@@ -71,22 +83,32 @@ class FaceServer(socketserver.TCPServer):
             raise ValueError(f"The HTTP face binds to loopback only, not {host!r}.")
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.max_requests, self.idle_timeout = max_requests, idle_timeout
-        self.engine_daemon = None
         self.api_key = ""
+        self._daemon: EngineDaemon | None = None
         self._slots = threading.BoundedSemaphore(max_requests)
         self._gate: Gate | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
-        super().__init__((host, port), Handler)
+        # TCPServer only binds and listens here: the gate reads each request's header block
+        # and _dispatch runs Handler itself, so TCPServer's own request loop never runs.
+        super().__init__((host, port), socketserver.BaseRequestHandler)
 
     @property
     def address(self) -> str:
         """host:port as bound (the real port when 0 was asked for)."""
         host, port = self.server_address[:2]
+        assert isinstance(host, str), "an IP socket's address names its host as text"
         return keys.address(host, port)
 
-    def start(self, daemon, api_key: str) -> None:
-        self.engine_daemon, self.api_key = daemon, api_key
+    @property
+    def engine_daemon(self) -> EngineDaemon:
+        """The daemon served; no request is served before start() hands it over."""
+        if self._daemon is None:
+            raise RuntimeError("The HTTP face serves no daemon before start().")
+        return self._daemon
+
+    def start(self, daemon: EngineDaemon, api_key: str) -> None:
+        self._daemon, self.api_key = daemon, api_key
         self._gate = Gate(self.socket, api_key, self._dispatch, self.idle_timeout)
         self._thread = threading.Thread(target=self._gate.serve, name="latent-http", daemon=True)
         self._thread.start()
@@ -97,6 +119,7 @@ class FaceServer(socketserver.TCPServer):
         self._closed = True
         if self._gate is not None:
             self._gate.close()
+        if self._thread is not None:
             self._thread.join(timeout=5)
         self.server_close()
 
@@ -121,8 +144,9 @@ class FaceServer(socketserver.TCPServer):
             log.exception("HTTP request from %s failed", peer[0])
         finally:
             self._slots.release()
-        if handler is not None and not handler.close_connection and not self._closed:
-            self._gate.admit(sock, peer, handler.leftover)   # kept alive: the gate reads its next request
+        gate = self._gate   # set: the gate is what called _dispatch
+        if handler is not None and not handler.close_connection and not self._closed and gate is not None:
+            gate.admit(sock, peer, handler.leftover)   # kept alive: the gate reads its next request
         else:
             shut(sock)
 
@@ -141,9 +165,10 @@ class Handler(BaseHTTPRequestHandler):
         super().__init__(request, client_address, server)
 
     def setup(self) -> None:
-        self.timeout = self.server.idle_timeout   # every read and write of this request
+        self.request.settimeout(self.server.idle_timeout)   # every read and write of this request
         super().setup()
-        self.rfile = _Prefixed(self.data, self.rfile)
+        self.prefixed = _Prefixed(self.data, self.rfile)
+        self.rfile = self.prefixed
         self.client = HttpClient(party=("http", self.server.address))
         self.ids = itertools.count(1)
         self.server.engine_daemon.attach(self.client)
@@ -154,7 +179,7 @@ class Handler(BaseHTTPRequestHandler):
         self.handle_one_request()
 
     def finish(self) -> None:
-        self.leftover = self.rfile.rest()
+        self.leftover = self.prefixed.rest()
         try:
             super().finish()
         except OSError:
@@ -305,20 +330,26 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
 
-class _Prefixed:
+class _Prefixed(io.BufferedIOBase):
     """The handler's rfile: the bytes the gate read first (the whole header block, maybe some
     of the body), then the socket, read no further than the request asks."""
 
-    def __init__(self, data: bytes, raw) -> None:
-        self.buffer, self.raw = io.BytesIO(data), raw
+    def __init__(self, data: bytes, stream: io.BufferedIOBase) -> None:
+        super().__init__()
+        self.buffer, self.stream = io.BytesIO(data), stream
 
-    def readline(self, limit: int = -1) -> bytes:
-        return self.buffer.readline(limit)   # the header block is all in the buffer
+    def readable(self) -> bool:
+        return True
 
-    def read(self, size: int) -> bytes:
+    def readline(self, size: int | None = -1) -> bytes:
+        return self.buffer.readline(size)   # the header block is all in the buffer
+
+    def read(self, size: int | None = -1) -> bytes:
         data = self.buffer.read(size)
+        if size is None or size < 0:
+            return data + self.stream.read()
         while len(data) < size:
-            chunk = self.raw.read(size - len(data))
+            chunk = self.stream.read(size - len(data))
             if not chunk:
                 break
             data += chunk
@@ -329,7 +360,8 @@ class _Prefixed:
         return self.buffer.read()
 
     def close(self) -> None:
-        self.raw.close()
+        self.stream.close()
+        super().close()
 
 
 def _hung_up(sock: socket.socket) -> bool:
@@ -344,7 +376,7 @@ def _hung_up(sock: socket.socket) -> bool:
         return True
 
 
-def serve_http(daemon, host: str, port: int, api_key: str, **limits) -> FaceServer:
+def serve_http(daemon: EngineDaemon, host: str, port: int, api_key: str, **limits) -> FaceServer:
     """Serve the daemon's engine over HTTP in a background thread; returns the server
     (.address is where, .close() stops it)."""
     server = FaceServer(host, port, **limits)

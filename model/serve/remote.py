@@ -71,7 +71,7 @@ class RemoteEngine:
         parsed = urllib.parse.urlparse(url if "://" in url else f"http://{url}")
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise RemoteError(f"Remote engine URL {url!r} is not an http(s) address.")
-        self.url, self.parsed = url, parsed
+        self.url, self.parsed, self.host = url, parsed, parsed.hostname
         self.base_path = parsed.path.rstrip("/")
         if not self.base_path.endswith("/v1"):
             self.base_path += "/v1"
@@ -137,7 +137,7 @@ class RemoteEngine:
     # -- http -------------------------------------------------------------------------------
     def _connection(self) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if self.parsed.scheme == "https" else http.client.HTTPConnection
-        return cls(self.parsed.hostname, self.parsed.port, timeout=self.timeout)
+        return cls(self.host, self.parsed.port, timeout=self.timeout)
 
     def _headers(self) -> dict:
         headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
