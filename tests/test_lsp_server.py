@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 import pytest_asyncio
@@ -367,7 +368,12 @@ async def test_a_snooze_turns_completion_off_and_back_on_by_itself(session):
     assert status.enabled is False and status.snoozedUntil == answer["snoozedUntil"]
     assert await session.inline(uri, line, character) == []
     assert session.statuses[-1].last.reason == "snoozed"
-    await asyncio.sleep(1.6)
+
+    async def woken():
+        while not session.statuses[-1].enabled:
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(woken(), 60)                             # on again by itself (60 s: against a hang) …
+    assert time.time() >= answer["snoozedUntil"]                    # … not before the time it said
     status = session.statuses[-1]
     assert status.enabled is True and getattr(status, "snoozedUntil", None) is None
     assert pairs(await session.inline(uri, line, character)) == want
