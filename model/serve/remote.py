@@ -48,6 +48,7 @@ class ApproxTokenizer:
         self.add_bos = False
         self.bytes_per_token = bytes_per_token
         self._specials = fmt.tokens
+        self.special_tokens: tuple[str, ...] = ()   # none beyond the FIM family's, which prompts neutralise anyway
 
     def count(self, text: str) -> int:
         specials = 0
