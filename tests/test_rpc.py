@@ -67,6 +67,18 @@ def test_client_generates_the_same_text_as_the_engine(daemon, engine):
     assert isinstance(client, EngineProtocol)
 
 
+def test_zero_new_tokens_prefills_the_prompt_and_writes_nothing(daemon):
+    """max_new_tokens = 0 asks for the prompt alone (its latents cached): it generated to the end
+    of the context before (#20 item 9)."""
+    client = EngineClient(daemon.socket_path)
+    gen = client.generate(PROMPT, SamplingParams(max_new_tokens=0))
+    assert gen.run() == ""
+    assert (gen.stats.generated_tokens, gen.stats.finish_reason) == (0, "length")
+    again = client.generate(PROMPT, SamplingParams(max_new_tokens=2))
+    again.run()
+    assert again.stats.reused_tokens == again.stats.prompt_tokens - 1   # the prompt was cached
+
+
 def test_clear_cache_empties_the_daemons_cache(daemon, engine):
     client = EngineClient(daemon.socket_path)
     client.generate(PROMPT, SamplingParams(max_new_tokens=4)).run()

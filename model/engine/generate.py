@@ -70,7 +70,7 @@ def decode(forward: Forward, live: LiveBuffer, tokenizer: Tokenizer, req: Reques
     stats.extra["first_choices"] = first_choices(logits)
     stats.finish_reason = "length"
     try:
-        while True:
+        while req.max_new_tokens > 0:            # 0: the prompt is prefilled (and cached), nothing written
             token = chosen.pop(0)
             stats.generated_tokens += 1
             if token in req.stop_ids:
