@@ -370,3 +370,20 @@ def test_a_failed_compile_leaves_the_engine_eager_and_says_so_once(tmp_path, mon
     assert "runs eager" in caplog.records[-1].getMessage()
     gen = engine.generate(_prompt(10), SamplingParams(max_new_tokens=4, stop_token_ids=()))
     assert gen.run() is not None and gen.stats.generated_tokens == 4
+
+
+def test_max_context_beyond_what_the_model_was_trained_on_is_said_and_capped(tmp_path, caplog):
+    """The engine holds no more positions than the model was trained on (#20 item 9): asked
+    for more, it says so in one log line and its context, prompts and stats use the model's."""
+    import json
+
+    save_checkpoint("v2-greedy-yarn", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 96}))
+    with caplog.at_level("WARNING", logger="model.engine.core"):
+        engine = Engine.load(tmp_path, RuntimeConfig(max_context=512, compile=False))
+    [said] = [r.getMessage() for r in caplog.records if "max_context" in r.getMessage()]
+    assert "512" in said and "96" in said
+    assert engine.stats()["max_context"] == 96 and engine.live.rows.shape[1] == 96
+    with pytest.raises(ValueError, match="context holds 96"):
+        engine.generate(list(range(5, 105)), SamplingParams(max_new_tokens=2))

@@ -23,6 +23,8 @@ close it in a `finally` (or use `with engine.generate(...) as gen:`).
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import threading
 import time
@@ -46,6 +48,7 @@ from .radix import LatentCache
 from .step import Forward
 
 SMALL_MODEL_PARAMETERS = 100_000_000
+log = logging.getLogger(__name__)
 
 
 class PromptTooLong(ValueError):
@@ -68,7 +71,11 @@ class Engine:
         self.runtime = runtime
         self.model_name = name
         self.cache = LatentCache(runtime.cache_bytes)
-        self.live = LiveBuffer(model.new_cache(runtime.max_context), model.args)
+        self.context = min(runtime.max_context, model.args.max_position_embeddings)   # tokens the buffer holds
+        if self.context < runtime.max_context:
+            log.warning("max_context is %d but %s was trained on %d positions: the engine holds %d tokens.",
+                        runtime.max_context, name, model.args.max_position_embeddings, self.context)
+        self.live = LiveBuffer(model.new_cache(self.context), model.args)
         for experts in model.modules():        # a GPU decodes without host syncs; see moe.py
             if isinstance(experts, Experts) and not isinstance(experts, Int8Experts):
                 experts.batched_decode = runtime.device != "cpu"
@@ -104,7 +111,8 @@ class Engine:
         self.model(tokens, scratch[:, :4], absorbed=False)
         self.model(tokens[:1], scratch[:, :5], absorbed=True)
         if self.runtime.compile and self.model_dir is not None and self._compiles():
-            self.forward.compile_in_background(self.model_dir, self.runtime, self.threads[1])
+            held = dataclasses.replace(self.runtime, max_context=self.context)   # the buffer the step reads
+            self.forward.compile_in_background(self.model_dir, held, self.threads[1])
 
     @property
     def threads(self) -> tuple[int, int]:
@@ -131,10 +139,10 @@ class Engine:
     def generate(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
                  cancel: CancelToken | None = None) -> Generation:
         tokens = self._tokens(prompt)
-        room = self.runtime.max_context - len(tokens)
+        room = self.context - len(tokens)
         if room < 1:
             raise PromptTooLong(
-                f"The prompt has {len(tokens)} tokens but the context holds {self.runtime.max_context}."
+                f"The prompt has {len(tokens)} tokens but the context holds {self.context}."
             )
         eos = {self.tokenizer.eos_id} if self.tokenizer.eos_id is not None else set()
         request = Request(tokens, params, min(params.max_new_tokens, room),
@@ -162,7 +170,7 @@ class Engine:
             "fim_layouts": list(self.fim_layouts),
             "languages": list(self.languages),
             "latent_bytes_per_token": self.latent_bytes_per_token(),
-            "max_context": self.runtime.max_context,
+            "max_context": self.context,
             "reuse": self.runtime.reuse,
             "requests": self.requests,
             **self.cache.stats(),
