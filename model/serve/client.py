@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 from model import options
 from model.params import RuntimeConfig, SamplingParams
-from model.protocol import CancelToken, Generation, GenerationStats, ModelLoadError
+from model.protocol import CancelToken, Generation, GenerationStats
 
 from .framing import (
     PROTOCOL_VERSION,
@@ -53,11 +53,11 @@ class EngineClient:
         self._connect()
         from model.tokenizer import Tokenizer
 
-        model_dir = self.info.get("model_dir")
-        if not model_dir:   # the prompt budgets need the daemon's own tokenizer, read here
-            raise ModelLoadError(f"The engine daemon at {self.socket_path} did not say where its model folder is, "
-                                 "so its tokenizer cannot be loaded here.")
-        self.tokenizer = Tokenizer.from_dir(model_dir)
+        from .remote import ApproxTokenizer
+
+        model_dir = self.info.get("model_dir")   # the daemon's own tokenizer, read here, for exact budgets
+        self.tokenizer = (Tokenizer.from_dir(model_dir) if model_dir
+                          else ApproxTokenizer(self.info.get("fim_format") or "plain"))   # else an estimate
         self.model_name = f"{self.info.get('model', '?')} (daemon)"
 
     @property
