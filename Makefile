@@ -47,7 +47,7 @@ $(PYRIGHT):
 
 lint: install $(PYRIGHT)
 	$(VENV)/bin/ruff check model completion lsp_server
-	$(PYRIGHT)
+	$(PYRIGHT) -p pyproject.toml
 
 test: install editors-deps
 	$(PY) -m pytest -q
