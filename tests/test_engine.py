@@ -387,3 +387,54 @@ def test_max_context_beyond_what_the_model_was_trained_on_is_said_and_capped(tmp
     assert engine.stats()["max_context"] == 96 and engine.live.rows.shape[1] == 96
     with pytest.raises(ValueError, match="context holds 96"):
         engine.generate(list(range(5, 105)), SamplingParams(max_new_tokens=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# exit: no thread may be inside PyTorch while Python finalizes (it would die of SIGABRT)
+
+EXIT_WHILE_GENERATING = """
+import sys, threading, time
+from model.engine import Engine
+from model.params import RuntimeConfig, SamplingParams
+
+engine = Engine.load(sys.argv[1], RuntimeConfig(compile=False, threads=1))
+going = threading.Event()
+
+def generate():
+    while True:
+        for _ in engine.generate("def f(x):", SamplingParams(max_new_tokens=500, stop_token_ids=())):
+            going.set()
+
+threading.Thread(target=generate, daemon=True).start()
+going.wait()
+time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("run", range(2))
+def test_the_process_exits_cleanly_while_another_thread_generates(tmp_path, run):
+    """Before exit closed the engine, the generating thread was ended inside a decode step and
+    the process died of SIGABRT ("terminate called without an active exception", status 134)."""
+    import subprocess
+    import sys
+
+    save_checkpoint("v2-greedy-yarn", tmp_path)
+    done = subprocess.run([sys.executable, "-c", EXIT_WHILE_GENERATING, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
+
+
+def test_closing_the_compiled_step_ends_its_loader_thread(tmp_path, monkeypatch):
+    """close() (at exit) wakes a compile waiting for its delay and returns once that thread has
+    ended: the thread holds the model, and freeing it there while Python finalizes aborted
+    test_rpc + test_engine runs."""
+    save_checkpoint("v2-greedy-yarn", tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))   # nothing cached: it waits to compile
+    before = set(threading.enumerate())
+    engine = Engine.load(tmp_path, RuntimeConfig(compile=True))
+    loaders = [t for t in threading.enumerate() if t not in before and t.name == "latent-compile"]
+    assert engine.forward.state == "waiting" and loaders
+    engine.forward.close()
+    assert not any(t.is_alive() for t in loaders)
+    assert engine.forward.state == "eager"

@@ -259,6 +259,20 @@ def test_stale_socket_file_is_replaced(engine, tmp_path):
     d.close()
 
 
+def test_a_closed_daemon_has_ended_its_worker(engine, tmp_path):
+    """close() returns once the worker has ended its turn (its client dropped, the generation
+    cancelled): nothing of the daemon computes after it — nor, at exit, while Python finalizes."""
+    before = set(threading.enumerate())
+    d = EngineDaemon(engine, tmp_path / "w.sock")
+    d.bind()
+    threading.Thread(target=d.serve_forever, daemon=True).start()
+    gen = EngineClient(d.socket_path).generate(PROMPT, SamplingParams(max_new_tokens=2000, stop_token_ids=()))
+    next(gen)                                                    # the worker is generating
+    workers = [t for t in threading.enumerate() if t not in before and t.name == "latent-engine-worker"]
+    d.close()
+    assert workers and not any(t.is_alive() for t in workers)
+
+
 def test_idle_daemon_exits(engine, tmp_path):
     d = EngineDaemon(engine, tmp_path / "idle.sock", idle_exit_s=0.3)
     t = threading.Thread(target=d.serve_forever, daemon=True)

@@ -20,14 +20,25 @@ only through LiveBuffer's methods (live.py).
 Between two pieces a generation holds no lock; what it keeps — its lease's pinned match, and
 the buffer's rows until another computation parks them — its close releases, so consumers
 close it in a `finally` (or use `with engine.generate(...) as gen:`).
+
+At interpreter exit (atexit) every engine is closed: the piece in progress is waited for, and
+the engine stays locked. A thread still inside PyTorch when Python finalizes — computing, or
+only freeing a tensor — is ended as it retakes the GIL, through a noexcept C++ destructor, and
+the process dies of SIGABRT ("terminate called without an active exception", see step.py):
+the daemon's worker, an editor's completion thread, any thread that was generating would be
+one. After close() such a thread waits on the lock instead, and what its generation holds is
+left to the exiting process.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import os
 import threading
 import time
+import weakref
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Generator, Iterator, Sequence
 
@@ -55,6 +66,14 @@ class PromptTooLong(ValueError):
     pass
 
 
+class EngineClosed(RuntimeError):
+    """The engine was closed (the process is exiting): it computes nothing more."""
+
+
+_open_engines: weakref.WeakSet["Engine"] = weakref.WeakSet()
+_left_at_exit: list = []   # generations' steps that ended after close(): never freed on their thread
+
+
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, runtime: RuntimeConfig, name: str,
                  model_dir: Path | None = None) -> None:
@@ -80,8 +99,10 @@ class Engine:
             if isinstance(experts, Experts) and not isinstance(experts, Int8Experts):
                 experts.batched_decode = runtime.device != "cpu"
         self._lock = threading.Lock()       # one computation at a time, each its lease on self.live
+        self._closed = False                # set by close(), which keeps the lock: nothing computes after it
         self.last_stats: GenerationStats | None = None
         self.requests = 0
+        _open_engines.add(self)
 
     # -- loading ----------------------------------------------------------------------------
     @classmethod
@@ -106,10 +127,11 @@ class Engine:
     def warmup(self) -> None:
         """Run each path once so the first keystroke does not pay for lazy initialisation, and
         start compiling the decode step in the background where that pays (see step.py)."""
-        scratch = self.model.new_cache(8)
-        tokens = torch.zeros(4, dtype=torch.long, device=scratch.device)
-        self.model(tokens, scratch[:, :4], absorbed=False)
-        self.model(tokens[:1], scratch[:, :5], absorbed=True)
+        with self._computing():   # a loading thread may still be here at exit
+            scratch = self.model.new_cache(8)
+            tokens = torch.zeros(4, dtype=torch.long, device=scratch.device)
+            self.model(tokens, scratch[:, :4], absorbed=False)
+            self.model(tokens[:1], scratch[:, :5], absorbed=True)
         if self.runtime.compile and self.model_dir is not None and self._compiles():
             held = dataclasses.replace(self.runtime, max_context=self.context)   # the buffer the step reads
             self.forward.compile_in_background(self.model_dir, held, self.threads[1])
@@ -151,7 +173,7 @@ class Engine:
         return Generation(self._run(request, stats), stats)
 
     def clear_cache(self) -> None:
-        with self._lock:
+        with self._computing():
             self.live.clear()
             self.cache.clear()
 
@@ -190,7 +212,7 @@ class Engine:
         """float32 logits (T, V) for every position of a prompt; the cache is not touched."""
         tokens = torch.tensor(list(token_ids), dtype=torch.long, device=self.live.rows.device)
         scratch = self.model.new_cache(len(tokens))
-        with self._lock:
+        with self._computing():
             torch.set_num_threads(self.threads[0])
             return self.model(tokens, scratch, absorbed=self._absorbed(len(tokens)), all_logits=True).cpu()
 
@@ -198,7 +220,7 @@ class Engine:
         """Last-position float32 logits computed the way generate() computes them: reusing
         cached rows, prefilling the rest, filing the rows in the cache. Used to check reuse."""
         tokens = [int(t) for t in token_ids]
-        with self._lock:
+        with self._computing():
             lease = Lease()
             self.live.hold(lease, self.cache)
             try:
@@ -218,14 +240,34 @@ class Engine:
 
     def save_cache(self, path: Path, max_bytes: int = 256 << 20) -> int:
         """Write the most recently used cached sequences to a file; returns tokens saved."""
-        with self._lock:
+        with self._computing():
             return persist.save(self.cache, path, self._fingerprint(), self.live.rows.dtype, max_bytes)
 
     def load_cache(self, path: Path) -> int:
         """Restore a saved cache if it was made with these weights; returns tokens restored."""
-        with self._lock:
+        with self._computing():
             return persist.load(self.cache, path, self._fingerprint(), self.live.rows.dtype,
                                 self.live.rows.device)
+
+    def close(self, timeout: float = 60.0) -> bool:
+        """Close the engine for good, as the process exits (atexit does, for every engine): calls
+        from now on are refused (EngineClosed; a generation ends as cancelled), the computation
+        in progress — at most a piece of a generation: a decode step or a prefill — is waited
+        for, and the lock is kept, so a thread going on with a generation waits on it rather
+        than compute. False when the computation in progress outlasted `timeout`."""
+        if self._closed:
+            return True
+        self._closed = True
+        self.forward.close()
+        return self._lock.acquire(timeout=timeout)
+
+    @contextmanager
+    def _computing(self) -> Generator[None, None, None]:
+        """The lock, for a computation; EngineClosed once the engine is closed."""
+        if self._closed:
+            raise EngineClosed("The engine is closed: the process is exiting.")
+        with self._lock:
+            yield
 
     # -- one request ------------------------------------------------------------------------
     def _tokens(self, prompt: str | Sequence[int]) -> list[int]:
@@ -242,7 +284,7 @@ class Engine:
 
     def _run(self, req: Request, stats: GenerationStats) -> Iterator[str]:
         """The pieces, each computed under the lock; while one is out, the engine is free."""
-        if req.cancel.cancelled:
+        if req.cancel.cancelled or self._closed:
             stats.finish_reason = "cancelled"
             return
         lease = Lease()
@@ -260,10 +302,13 @@ class Engine:
                     return
                 yield piece
         finally:
-            with self._lock:
-                steps.close()   # touches neither the buffer nor the cache: the release does
-                self.live.release(lease, self.cache, stats.generated_tokens)
-                self.last_stats = stats
+            if self._closed:   # the process is exiting: its tensors must not be freed on this thread
+                _left_at_exit.append((steps, lease))
+            else:
+                with self._lock:
+                    steps.close()   # touches neither the buffer nor the cache: the release does
+                    self.live.release(lease, self.cache, stats.generated_tokens)
+                    self.last_stats = stats
 
     def _hold(self, lease: Lease, cancel: CancelToken) -> bool:
         """Give `lease` the live buffer (parking the paused generation that holds it), its rows
@@ -342,6 +387,13 @@ class Engine:
 
     def _fingerprint(self) -> str:
         return persist.fingerprint(self.model_dir, self.runtime.dtype, self.runtime.quantize)
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """No thread computes through an engine once Python finalizes (see the module's notes)."""
+    for engine in list(_open_engines):
+        engine.close()
 
 
 def _threads(asked: int, parameters: int) -> tuple[int, int]:

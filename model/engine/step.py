@@ -26,12 +26,16 @@ started together share one), and the child dies with its parent. If anything fai
 line says so and eager stays. While the step runs compiled the engine does not draft
 (core.py `_speculate`): an eager verification of several tokens costs ~8 compiled steps.
 
-At exit (atexit, before the interpreter finalizes) a pending compile is dropped, the child
-killed and a load in progress waited for. A daemon thread still inside a PyTorch call when
-Python finalizes is ended by pthread_exit as it retakes the GIL, and that unwinding through
-pybind11's noexcept gil_scoped_release destructor calls std::terminate: a process exiting while
-the step loads (a `latent complete` that skips) died of SIGABRT, "terminate called without an
-active exception".
+At exit (atexit, before the interpreter finalizes) every Forward is closed: a pending compile
+is dropped, the child killed, a load in progress waited for, and then the loader thread itself,
+woken, until it has ended. A daemon thread still inside a PyTorch call when Python finalizes is
+ended by pthread_exit as it retakes the GIL, and that unwinding through pybind11's noexcept
+gil_scoped_release destructor calls std::terminate: a process exiting while the step loads (a
+`latent complete` that skips) died of SIGABRT, "terminate called without an active exception".
+The loader thread's own end counts too: it holds the Forward, and with it the model, and when
+the engine is gone its last reference goes with the thread — the model's tensors then freed on
+that thread, racing the finalizing interpreter the same way (test_rpc's engines, whose waiting
+compiles the hook woke, aborted 11 of 35 short test runs so).
 """
 from __future__ import annotations
 
@@ -63,7 +67,7 @@ log = logging.getLogger(__name__)
 COMPILE_DELAY = 30.0            # seconds after load before a compile starts (wait() skips it)
 CHECK_TOLERANCE = 1e-4          # compiled against eager logits and rows on the sample
 KEEP_DAYS = 30                  # cached libraries unused this long are deleted
-_children: set[subprocess.Popen] = set()
+CLOSE_WAIT = 10.0               # seconds close() waits for the woken loader thread to end
 _pending: weakref.WeakSet = weakref.WeakSet()   # Forwards whose compile or load may still run
 
 
@@ -81,6 +85,8 @@ class Forward:
         self._hurry = threading.Event()       # set by wait(): skip the delay
         self._closed = threading.Event()      # set by close(): start no compile, no load
         self._in_torch = threading.Lock()     # held while the loader thread calls into PyTorch
+        self._thread: threading.Thread | None = None            # the loader thread, once started
+        self._children: set[subprocess.Popen] = set()           # its compiler process, while it runs
 
     def __call__(self, tokens: torch.Tensor, cache: torch.Tensor, absorbed: bool,
                  all_logits: bool = False) -> torch.Tensor:
@@ -97,8 +103,9 @@ class Forward:
         self.state = "waiting"
         self._done.clear()
         _pending.add(self)
-        threading.Thread(target=self._get, args=(Path(model_dir), runtime, threads),
-                         name="latent-compile", daemon=True).start()
+        self._thread = threading.Thread(target=self._get, args=(Path(model_dir), runtime, threads),
+                                        name="latent-compile", daemon=True)
+        self._thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Start a pending compile now and wait for it (at most `timeout` seconds); whether
@@ -107,13 +114,20 @@ class Forward:
         self._done.wait(timeout)
         return self._compiled is not None
 
-    def close(self) -> None:
-        """Drop a compile not yet started and wait for a load in progress (milliseconds): after
-        this the loader thread makes no PyTorch call. A compiled step already taken stays."""
+    def close(self, timeout: float = CLOSE_WAIT) -> None:
+        """Drop a compile not yet started, kill one in progress, wait for a load in progress
+        (milliseconds) and for the loader thread to end (at most `timeout` seconds): after this
+        it makes no PyTorch call and holds no reference to the model. A compiled step already
+        taken stays."""
         self._closed.set()
         self._hurry.set()
+        for child in list(self._children):
+            _kill(child)
         with self._in_torch:
             pass
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def _get(self, model_dir: Path, runtime: RuntimeConfig, threads: int) -> None:
         t0 = time.perf_counter()
@@ -127,9 +141,9 @@ class Forward:
                     self.state = "eager"
                     return
                 self.state = "compiling"
-                with _locked(package.parent / "compile.lock"):   # one compile at a time on this machine
-                    if not package.is_file() and not self._closed.is_set():
-                        _compile_in_child(model_dir, runtime, threads, package)
+                with _locked(package.parent / "compile.lock", self._closed) as held:   # one compile at a time here
+                    if held and not package.is_file() and not self._closed.is_set():
+                        _compile_in_child(model_dir, runtime, threads, package, self._closed, self._children)
                         _prune(package.parent)
             with self._in_torch:
                 if self._closed.is_set():
@@ -283,17 +297,26 @@ def _cpu() -> str:
 
 
 class _locked:
-    """An exclusive lock on a file, held across processes (released if the holder dies)."""
+    """An exclusive lock on a file, held across processes (released if the holder dies). Waiting
+    for it (another process compiles) gives up once `give_up` is set: then `held` is False."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, give_up: threading.Event) -> None:
+        self.path, self.give_up, self.held = path, give_up, False
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> bool:
         self.handle = open(self.path, "a")
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        while not self.held:
+            try:
+                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.held = True
+            except BlockingIOError:
+                if self.give_up.wait(0.2):
+                    break
+        return self.held
 
     def __exit__(self, *exc) -> None:
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        if self.held:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
 
 
@@ -307,8 +330,10 @@ def _prune(folder: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # the child process
 
-def _compile_in_child(model_dir: Path, runtime: RuntimeConfig, threads: int, package: Path) -> None:
-    """Run the child to write `package` (atomically: under another name, then renamed)."""
+def _compile_in_child(model_dir: Path, runtime: RuntimeConfig, threads: int, package: Path,
+                      closed: threading.Event, children: set[subprocess.Popen]) -> None:
+    """Run the child to write `package` (atomically: under another name, then renamed); it is
+    in `children` while it runs, for close() to kill, and killed at once if `closed` is set."""
     root = Path(__file__).resolve().parents[2]            # the folder holding the `model` package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(root), os.environ.get("PYTHONPATH"))))}
     partial = package.parent / f"{package.stem}.{os.getpid()}.part.pt2"
@@ -316,11 +341,13 @@ def _compile_in_child(model_dir: Path, runtime: RuntimeConfig, threads: int, pac
             "--dtype", runtime.dtype, "--length", str(runtime.max_context), "--threads", str(threads)]
     child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, start_new_session=True)   # its own group: killed whole
-    _children.add(child)
+    children.add(child)
     try:
+        if closed.is_set():              # closed as it started: close() may have missed it
+            _kill(child)
         _, err = child.communicate()
     finally:
-        _children.discard(child)
+        children.discard(child)
     if child.returncode != 0:
         partial.unlink(missing_ok=True)
         lines = [line for line in err.decode(errors="replace").splitlines() if line.strip()]
@@ -328,16 +355,20 @@ def _compile_in_child(model_dir: Path, runtime: RuntimeConfig, threads: int, pac
     partial.replace(package)
 
 
+def _kill(child: subprocess.Popen) -> None:
+    """Kill a compiler process and its own children (its process group)."""
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 @atexit.register
 def _stop_at_exit() -> None:
-    """Kill compiling children and close every Forward still loading (see the module's notes)."""
+    """Close every Forward that may still compile or load (see the module's notes): none starts
+    anything new while the others are closed."""
     for forward in list(_pending):
         forward._closed.set()
-    for child in list(_children):
-        try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     for forward in list(_pending):
         forward.close()
 

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("latent.engine")
 TURN_STEPS = 16   # decode steps a generation runs before waiting work of other clients goes first
+WORKER_EXIT_S = 30.0   # close() waits this long at most for the worker's turn to end (one decode step, its jobs cancelled)
 
 
 class EngineDaemon:
@@ -72,6 +73,7 @@ class EngineDaemon:
         self._last_activity = time.monotonic()
         self._clients: set[Client] = set()
         self._server: socket.socket | None = None
+        self._worker: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def bind(self) -> socket.socket:
@@ -98,7 +100,9 @@ class EngineDaemon:
     def serve_forever(self) -> None:
         server = self._server if self._server is not None else self.bind()
         self._restore_cache()
-        threading.Thread(target=self._work, name="latent-engine-worker", daemon=True).start()
+        worker = threading.Thread(target=self._work, name="latent-engine-worker", daemon=True)
+        worker.start()
+        self._worker = worker   # started: close() may join it
         log.info("engine daemon serving %s at %s", getattr(self.engine, "model_name", "?"), self.socket_path)
         backoff = AcceptBackoff(f"engine daemon at {self.socket_path}")
         try:
@@ -126,6 +130,8 @@ class EngineDaemon:
         return self._stop.is_set()
 
     def close(self) -> None:
+        """Stop serving, save the cache, drop every client (cancelling its jobs) and wait for the
+        worker to end its turn: once this returns the daemon computes nothing more."""
         self.stop()
         if self._server is not None:
             self._server.close()
@@ -139,6 +145,9 @@ class EngineDaemon:
             pass
         for client in list(self._clients):
             client.drop()
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=WORKER_EXIT_S)
 
     def _restore_cache(self) -> None:
         """Load the saved cache, where no other user can have planted it; where they could,
