@@ -36,8 +36,9 @@ def skip_reason(snapshot: Snapshot, position: Position, config: CompletionConfig
     language, or a cursor where no completion goes (inside a word, code after it, a body
     already written). Needs no engine, so a one-shot client decides before loading one."""
     language = language_for(snapshot.language_id, snapshot.path or snapshot.uri)
-    if _names(snapshot, language) & set(config.disabled_languages):
-        return "language-disabled"
+    off = language_off(snapshot, language, config)   # no engine: only the user's own choice
+    if off:
+        return off
     lines = Lines(snapshot.text)
     tree = parse(language, snapshot.text, max_parse_chars) if language is not None else None
     mode, why = decide(language, tree, Cursor(lines, lines.offset(position)), config.multiline)

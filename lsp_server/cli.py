@@ -189,8 +189,8 @@ def _suggest(settings, uri: str, path, language: str, text: str, position, expla
     if why:   # decided before the model loads: the shell bindings ask on every key press
         if explain:
             print(f"latent: no suggestion — {REASONS.get(why, why)} (the model was not loaded)", file=sys.stderr)
-        elif why.startswith("language-"):
-            print(f"latent: no suggestion: {REASONS[why]}", file=sys.stderr)
+        else:
+            _say_language_off(why)
         return ""
     engine = _load(settings)
     loaded = time.perf_counter()
@@ -203,9 +203,17 @@ def _suggest(settings, uri: str, path, language: str, text: str, position, expla
     log.info("%s/%s, %s ms, engine %s", result.source, result.mode, result.timings_ms, result.engine_stats)
     if explain:
         print(explanation(result, (loaded - started) * 1e3, engine), file=sys.stderr)
-    elif result.reason.startswith("language-"):     # a whole file gets nothing: say why, once
-        print(f"latent: no suggestion: {REASONS[result.reason]}", file=sys.stderr)
+    else:
+        _say_language_off(result.reason)
     return result.suggestions[0].text if result.suggestions else ""
+
+
+def _say_language_off(why: str) -> None:
+    """A whole file gets nothing: say why, once (other reasons are per position: silence)."""
+    from completion.types import REASONS
+
+    if why.startswith("language-"):
+        print(f"latent: no suggestion: {REASONS[why]}", file=sys.stderr)
 
 
 def explanation(result, load_ms: float, engine) -> str:
