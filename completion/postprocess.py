@@ -11,17 +11,23 @@
    tokens, a short unit repeated at the end);
 5. trim trailing whitespace; empty or whitespace-only answers become "";
 6. drop an echo: a suggestion that only writes again what is right before the cursor (the text
-   just accepted, or the line above) — after an accept, the model likes to repeat it.
+   just accepted, or the line above) — after an accept, the model likes to repeat it;
+7. after a space that ends written code on the line, drop the suggestion's own leading spaces
+   (`y = ` + ` a`, an alternative forced to start with a space, would write `y =  a`).
 
 `covered_length` is the range rule: how many characters right of the cursor the suggestion
 replaces (see its docstring). `adds_errors` rejects a suggestion that gives the document
-tree-sitter ERROR or MISSING nodes it did not have. `finished` tells the streaming loop
+tree-sitter ERROR or MISSING nodes it did not have, and in Python one whose indentation
+Python would refuse (`indentation_breaks`: tree-sitter's grammar takes an unexpected indent
+silently). `finished` tells the streaming loop
 (generation.generate) that enough text has arrived for `clean` to cut it, so decoding can stop
 early.
 """
 from __future__ import annotations
 
+import io
 import re
+import tokenize
 from dataclasses import dataclass
 
 import tree_sitter
@@ -40,6 +46,7 @@ MAX_LOOP_PERIOD = 8        # lines in a repeated block
 LOOP_COPIES = 3            # copies in a row that make a loop
 MIN_CHAR_LOOP = 12         # characters a repeated unit must cover at the end of a truncated answer
 STUCK_CHARS = 32           # … and covering this many, decoding stops
+INDENT_SCAN_CHARS = 65536  # how far above the cursor a statement at column 0 is looked for
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,8 @@ def suggestion(raw: str, plan: Plan, language: LanguageSpec | None, tree: tree_s
     start, end = cursor.offset, cursor.offset + covered
     if language is not None and tree is not None and adds_errors(language, tree, cursor.text, start, end, text, plan):
         return None, "syntax-error"
+    if language is not None and language.name == "python" and indentation_breaks(cursor, end, lf(text)):
+        return None, "syntax-error"
     lines = cursor.lines
     return Suggestion(text, Range(lines.position(start), lines.position(end))), ""
 
@@ -105,6 +114,8 @@ def clean(raw: str, plan: Plan, *, hit_limit: bool = False) -> str:
     text = text.rstrip() if plan.mode == "block" or not plan.tail.strip() else text
     if not text.strip() or echoes(text, plan):
         return ""
+    if plan.head[-1:] in (" ", "\t") and plan.head.strip():
+        text = text.lstrip(" \t")
     return _close_block(text, plan)
 
 
@@ -382,6 +393,62 @@ def adds_errors(language: LanguageSpec, tree: tree_sitter.Tree, text: str, start
         _scan(plan.before + plan.head + inserted, stack)
         return grown and not any(c in _OPENERS for c in stack)   # an open bracket: a later line may close it
     return False
+
+
+def indentation_breaks(cursor: Cursor, end: int, inserted: str) -> bool:
+    """Whether Python would refuse the indentation of a line the suggestion begins or indents:
+    an unexpected indent, no indented block after a header's colon, or a dedent to a level no
+    enclosing block has. `inserted` ("\\n" line ends) replaces cursor.text[cursor.offset:end],
+    `end` on the cursor's line.
+
+    Python's own tokenizer reads from the nearest statement at column 0 above the cursor (so
+    every enclosing level is known) to the end of the last line the suggestion touches. Only
+    lines that start inside the suggestion, or the cursor's line when the suggestion writes its
+    first code, are judged; where the tokenizer cannot tell (an unclosed string or bracket, no
+    statement at column 0 within INDENT_SCAN_CHARS), the suggestion passes.
+    """
+    head_blank = not cursor.head.strip()
+    if not head_blank and "\n" not in inserted:
+        return False
+    first = _statement_at_column_zero(cursor)
+    if first is None:
+        return False
+    text = cursor.text
+    source = lf(text[cursor.lines.starts[first]:cursor.offset]) + inserted + lf(text[end:cursor.line_end]) + "\n"
+    judged = cursor.line - first + (1 if head_blank else 2)   # the first judged line, 1-based
+    last, opened, indented = "", False, False
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            kind, row = token.type, token.start[0]
+            if kind == tokenize.INDENT:
+                if row >= judged and last != ":":
+                    return True                          # unexpected indent
+                indented = True
+            elif kind == tokenize.NEWLINE:
+                opened, indented = last == ":", False
+            elif kind not in (tokenize.NL, tokenize.COMMENT, tokenize.DEDENT, tokenize.ENDMARKER):
+                if opened and not indented and row >= judged:
+                    return True                          # expected an indented block
+                opened, last = False, token.string
+    except IndentationError as e:
+        return (e.lineno or 0) >= judged                 # unindent does not match any outer level
+    except (SyntaxError, tokenize.TokenError):
+        return False
+    return False
+
+
+def _statement_at_column_zero(cursor: Cursor) -> int | None:
+    """The nearest line at or above the cursor's that starts with a statement at column 0 (not
+    a comment, a string or a closing bracket), within INDENT_SCAN_CHARS characters."""
+    lines, floor = cursor.lines, cursor.offset - INDENT_SCAN_CHARS
+    for line in range(cursor.line, -1, -1):
+        start = lines.starts[line]
+        if start < floor:
+            return None
+        char = cursor.text[start:start + 1]
+        if (char.isalpha() or char in "_@") and (line < cursor.line or start < cursor.offset):
+            return line
+    return None
 
 
 def errors(node: tree_sitter.Node) -> list[tuple[str, int, int]]:

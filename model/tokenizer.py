@@ -13,6 +13,8 @@ from typing import Sequence
 
 from .fim import FimFormat, detect
 
+RELEASE_CHARS = 16384   # texts longer than this are encoded with the interpreter released
+
 
 class TokenizerError(Exception):
     """The tokenizer files are missing or unusable; the message is one sentence."""
@@ -50,7 +52,7 @@ class Tokenizer:
 
     # -- the protocol -----------------------------------------------------------------------
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-        ids = self._tok.encode(_encodable(text), add_special_tokens=False).ids
+        ids = self._ids(text)
         if add_bos and self.bos_id is not None:
             return [self.bos_id, *ids]
         return ids
@@ -59,7 +61,16 @@ class Tokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
     def count(self, text: str) -> int:
-        return len(self._tok.encode(_encodable(text), add_special_tokens=False).ids)
+        return len(self._ids(text))
+
+    def _ids(self, text: str) -> list[int]:
+        """The library's `encode` holds the interpreter lock throughout (a million characters:
+        about a second in which no other thread of the process runs); `encode_batch` releases
+        it and gives the same ids, for a little more overhead on short texts."""
+        text = _encodable(text)
+        if len(text) > RELEASE_CHARS:
+            return self._tok.encode_batch([text], add_special_tokens=False)[0].ids
+        return self._tok.encode(text, add_special_tokens=False).ids
 
     def require_fim(self) -> FimFormat:
         if self.fim is None:

@@ -72,6 +72,19 @@ CASES = {
         "python", "x = foo(█\n", "a, b", "a, b", 0),
     "py line: an unfinished assignment completed is kept": (
         "python", "def f(self):\n    offset =█\n", " self.x", " self.x", 0),
+    # indentation Python refuses, which tree-sitter's grammar takes silently (#20)
+    "py line: an unexpected indent is dropped": (
+        "python", "def f(a):\n    x = 1\n    █\n    return x\n", "    y = 2", None, 0),
+    "py line: a dedent to a level no block has is dropped": (
+        "python", "class A:\n    def f(self):\n        x = 1\n█\n", "  y = 2", None, 0),
+    "py line: a dedent to an enclosing level is kept": (
+        "python", "class A:\n    def f(self):\n        x = 1\n█\n", "    y = 2", "    y = 2", 0),
+    "py line: a header's next line must be indented": (
+        "python", "for x in xs:█\n", "\nprint(x)", None, 0),
+    "py line: a continuation line inside brackets may indent freely": (
+        "python", "def f():\n    x = (1,\n█\n", "           2)", "           2)", 0),
+    "py line: after a space, the suggestion's own leading spaces go": (
+        "python", "def f(a):\n    y = █\n", "  a + 1", "a + 1", 0),
     "py line: at the end of a written line, the next line": (
         "python", "x = 1█\n", "\nprint(x)\nmore()", "\nprint(x)", 0),
     "py line: a blank next line is dropped": ("python", "x = 1█\n", "\n\nprint(x)", None, 0),

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -683,6 +684,39 @@ def test_a_huge_prompt_is_refused_at_once(scripted_daemon, scripted, method, par
     assert limit in reply["error"]
     assert scripted.tokenizer.chars == 0 and scripted.started == []
     assert EngineClient(scripted_daemon.socket_path).call("info")["version"] == 1
+
+
+class WatchedTokenizer:
+    """The real tokenizer, telling when an encode has begun and whether it has returned."""
+
+    def __init__(self, real) -> None:
+        self.real, self.begun, self.returned = real, threading.Event(), False
+
+    def encode(self, text: str, **options) -> list[int]:
+        self.begun.set()
+        ids = self.real.encode(text, **options)
+        self.returned = True
+        return ids
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+def test_another_client_is_answered_while_a_long_text_is_tokenized(scripted_daemon, scripted):
+    """A text of a million characters, within the limit, takes the tokenizer about a second,
+    in which it held the interpreter: every other client of the daemon waited. Now a second
+    client's call is answered while the first one's text is still being tokenized."""
+    real = scripted.tokenizer
+    scripted.tokenizer = watched = WatchedTokenizer(real)
+    code = Path(__file__).read_text(encoding="utf-8")
+    text = (code * (1_000_000 // len(code) + 1))[:1_000_000]
+    slow, quick = raw_connection(scripted_daemon), raw_connection(scripted_daemon)
+    send_frame(slow, {"id": 1, "method": "tokenize", "params": {"text": text}})
+    assert watched.begun.wait(30)
+    send_frame(quick, {"id": 2, "method": "info", "params": {}})
+    assert _final(quick, [2])[2]["result"]["version"] == 1
+    assert not watched.returned, "the other client was answered only once the long text was tokenized"
+    assert _final(slow, [1])[1]["result"] == real.encode(text)
 
 
 @pytest.mark.slow

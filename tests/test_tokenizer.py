@@ -8,7 +8,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers
 from tokenizers.trainers import BpeTrainer
 
-from model.tokenizer import Tokenizer, TokenizerError
+from model.tokenizer import RELEASE_CHARS, Tokenizer, TokenizerError
 
 SOURCE = "def f(x):\n\treturn {'é': x}  # 注释 🙂\r\n"
 
@@ -62,6 +62,18 @@ def test_round_trip_and_bos(tmp_path):
     assert tok.add_bos and tok.encode("x", add_bos=True)[0] == tok.bos_id
     assert tok.encode("x")[0] != tok.bos_id
     assert tok.count(SOURCE) == len(tok.encode(SOURCE))
+
+
+def test_a_long_text_is_encoded_as_a_short_one_is(tmp_path):
+    """Long texts take another call of the library (one that lets other threads run): the same
+    ids as its text in short pieces cut at line starts, special tokens included."""
+    tok = _write(tmp_path, STYLES["deepseek"], bos=STYLES["deepseek"][0], eos=STYLES["deepseek"][1])
+    piece = SOURCE.replace("\r\n", "\n") + "<｜fim▁hole｜>\n"
+    text = piece * (RELEASE_CHARS // len(piece) + 2)
+    assert len(text) > RELEASE_CHARS
+    ids = tok.encode(text, add_bos=True)
+    assert ids == [tok.bos_id, *tok.encode(piece) * (RELEASE_CHARS // len(piece) + 2)]
+    assert tok.count(text) == len(ids) - 1 and tok.decode(ids[1:]) == text
 
 
 def test_missing_tokenizer_json(tmp_path):
