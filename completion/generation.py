@@ -70,14 +70,12 @@ def generate(engine: EngineProtocol, prompt: str | list[int], params: SamplingPa
              cancel: CancelToken, head: str = "") -> tuple[str, dict]:
     """The answer to `prompt` (after `head`, text the prompt already forces) and the engine's
     figures, streamed and stopped as soon as postprocessing would cut the rest."""
-    generation = engine.generate(prompt, params, cancel=cancel)
     stopped_early = False
-    for _ in generation:
-        if postprocess.finished(head + generation.text, plan):
-            stopped_early = True
-            break
-    if stopped_early:
-        generation.close()   # a backend holds its lock and pinned rows until closed
+    with engine.generate(prompt, params, cancel=cancel) as generation:   # closed on any exit: a backend
+        for _ in generation:                                             # holds its lock and pinned rows
+            if postprocess.finished(head + generation.text, plan):
+                stopped_early = True
+                break
     stats = generation.stats.as_dict()
     if stopped_early:
         stats.update(finish_reason="stop", stopped_early=True)

@@ -245,16 +245,18 @@ def test_prompt_lookup_speculation_writes_exactly_what_greedy_decoding_writes(pa
     kept: the text, the stats that count tokens, and the rows left in the live buffer match."""
     _, engine, _ = pair
     pattern = _prompt(12, seed=21)
-    prompt = (pattern * 6)[:64]                   # a prompt that repeats itself gives drafts
-    runs = {}
-    for speculate in (0, 8):
-        engine.runtime = replace(engine.runtime, speculate=speculate)
-        engine.clear_cache()
-        gen = engine.generate(prompt, SamplingParams(max_new_tokens=24, stop_token_ids=()))
-        runs[speculate] = (gen.run(), gen.stats.generated_tokens, list(engine.live.tokens), gen.stats.extra)
-    engine.runtime = replace(engine.runtime, speculate=RuntimeConfig().speculate)
-    assert runs[8][:3] == runs[0][:3]
-    assert "draft_tokens" not in runs[0][3]       # off means off (the bundled-model test sees drafts taken)
+    for length in (64, engine.context - 5):        # the second ends 5 tokens before the context does
+        prompt = (pattern * (length // 12 + 1))[:length]   # a prompt that repeats itself gives drafts
+        runs = {}
+        for speculate in (0, 8):
+            engine.runtime = replace(engine.runtime, speculate=speculate)
+            engine.clear_cache()
+            gen = engine.generate(prompt, SamplingParams(max_new_tokens=24, stop_token_ids=()))
+            runs[speculate] = (gen.run(), gen.stats.generated_tokens, list(engine.live.tokens), gen.stats.extra)
+        engine.runtime = replace(engine.runtime, speculate=RuntimeConfig().speculate)
+        assert runs[8][:3] == runs[0][:3], length
+        assert runs[0][1] == min(24, engine.context - length)
+        assert "draft_tokens" not in runs[0][3]   # off means off (the bundled-model test sees drafts taken)
 
 
 def test_a_small_models_decode_keeps_one_thread_whatever_prefill_gets():

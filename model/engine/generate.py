@@ -89,8 +89,9 @@ def decode(forward: Forward, live: LiveBuffer, tokenizer: Tokenizer, req: Reques
                 break
             if drafts is not None:
                 drafts.add(token)
-            if not chosen:
-                chosen = _step(forward, live, token, drafts, sample, stats, absorbed)
+            if not chosen:   # a draft may take the rows left in the buffer and the tokens left to write
+                room = min(live.capacity - len(live), req.max_new_tokens - stats.generated_tokens) - 1
+                chosen = _step(forward, live, token, drafts, sample, stats, absorbed, room)
         if stats.finish_reason in ("length", "eos", "cancelled"):
             tail = out.flush()
             if tail:
@@ -106,9 +107,10 @@ def first_choices(logits: torch.Tensor, k: int = 4) -> list[list]:
 
 
 def _step(forward: Forward, live: LiveBuffer, token: int, drafts: "Drafts | None", sample: "Sampler",
-          stats: GenerationStats, absorbed: Absorbed) -> list[int]:
-    """Feed `token`, and a draft after it if one is found; the tokens decided next (>= 1)."""
-    draft = drafts.propose() if drafts is not None else []
+          stats: GenerationStats, absorbed: Absorbed, room: int) -> list[int]:
+    """Feed `token`, and a draft of at most `room` tokens after it if one is found; the tokens
+    decided next (>= 1)."""
+    draft = drafts.propose()[:max(room, 0)] if drafts is not None else []
     ids = torch.tensor([token, *draft], dtype=torch.long, device=live.rows.device)
     t0 = time.perf_counter()
     logits = forward(ids, live.window(len(ids)), absorbed(len(ids)), bool(draft))
