@@ -71,9 +71,12 @@ def indent_width(line: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # 2. Windows
 
+MEMO_CHARS = 2048   # longer texts are not memoised: 16,384 whole prompts would be ~150 MB
+
 class TokenCounter:
-    """Token counts of text pieces, memoised (lines rarely change between keystrokes); `chars`
-    counts the characters tokenized, the work done."""
+    """Token counts of text pieces, memoised up to MEMO_CHARS characters (lines rarely change
+    between keystrokes; a whole prompt changes on every one, and the tokenizer encodes it again
+    only from near the change); `chars` counts the characters counted here, the work asked."""
 
     def __init__(self, count: Count, max_entries: int = 16384) -> None:
         self._count = count
@@ -84,6 +87,9 @@ class TokenCounter:
     def __call__(self, text: str) -> int:
         if not text:
             return 0
+        if len(text) > MEMO_CHARS:
+            self.chars += len(text)
+            return self._count(lf(text))
         tokens = self._memo.get(text)
         if tokens is None:
             self.chars += len(text)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .fim import FimFormat, detect
+from .token_reuse import Reuse
 
 RELEASE_CHARS = 16384   # texts longer than this are encoded with the interpreter released
 
@@ -31,6 +32,7 @@ class Tokenizer:
         self.special_tokens = tuple(t.content for t in backend.get_added_tokens_decoder().values())
         # no token's text is longer (a byte-level vocabulary spells each byte as one character)
         self.longest_token_chars = max(map(len, backend.get_vocab(with_added_tokens=True)), default=1)
+        self.reuse = Reuse(backend, self._whole)   # a text typed into is encoded from near the change
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "Tokenizer":
@@ -64,10 +66,12 @@ class Tokenizer:
         return len(self._ids(text))
 
     def _ids(self, text: str) -> list[int]:
+        return self.reuse.encode(_encodable(text))
+
+    def _whole(self, text: str) -> list[int]:
         """The library's `encode` holds the interpreter lock throughout (a million characters:
         about a second in which no other thread of the process runs); `encode_batch` releases
         it and gives the same ids, for a little more overhead on short texts."""
-        text = _encodable(text)
         if len(text) > RELEASE_CHARS:
             return self._tok.encode_batch([text], add_special_tokens=False)[0].ids
         return self._tok.encode(text, add_special_tokens=False).ids
