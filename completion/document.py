@@ -69,9 +69,29 @@ class Lines:
 
     __slots__ = ("text", "starts")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, starts: list[int] | None = None) -> None:
         self.text = text
-        self.starts = [0] + [m.end() for m in _LINE_BREAK.finditer(text)]
+        self.starts = starts if starts is not None else [0] + [m.end() for m in _LINE_BREAK.finditer(text)]
+
+    def edited(self, text: str, start: int, end: int, inserted: int) -> "Lines":
+        """The lines of `text`, which is this text with [start, end) replaced by `inserted`
+        characters: line starts before the edit are kept, those after it shifted, and only
+        the edited lines scanned (a keystroke in a 3,000-line file does not rescan it).
+
+        A line start s before the edit is kept when its line break lies before the character
+        before the edit (s <= start - 1), one after it shifted when the break's characters lie
+        after it (s >= end + 2): a CR at either side of the edit may pair with an LF."""
+        starts = self.starts
+        keep = bisect.bisect_right(starts, max(start - 1, 0))       # starts[:keep] <= start - 1, and 0
+        first_after = bisect.bisect_left(starts, end + 2)           # starts[first_after:] >= end + 2
+        scanned_to = start + inserted + 1                            # end + 1, in the new text
+        scanned = []
+        for match in _LINE_BREAK.finditer(text, starts[keep - 1]):
+            if match.end() > scanned_to:
+                break
+            scanned.append(match.end())
+        shift = start + inserted - end
+        return Lines(text, starts[:keep] + scanned + [s + shift for s in starts[first_after:]])
 
     @property
     def count(self) -> int:
@@ -238,20 +258,21 @@ class Document:
 
     def apply(self, changes: Sequence[TextChange], version: int) -> None:
         """Apply LSP content changes in order (ranges of each relative to the text before it)."""
-        text = self._state.text
+        text, lines = self._state.text, self._state.lines
         tree = self._state.tree.copy() if self._state.tree is not None else None
         for change in changes:
             if change.range is None:
                 text, tree = change.text, None
+                lines = Lines(text)
                 continue
-            lines = self._state.lines if text is self._state.text else Lines(text)
             start = lines.offset(change.range.start, strict=False)
             end = lines.offset(change.range.end, strict=False)
             start, end = min(start, end), max(start, end)
             if tree is not None:
                 edit_tree(tree, text, start, end, change.text)
             text = text[:start] + change.text + text[end:]
-        self._state = self._parsed(text, version, tree)
+            lines = lines.edited(text, start, end, len(change.text))
+        self._state = self._parsed(text, version, tree, lines)
 
     def snapshot(self) -> Snapshot:
         state = self._state
@@ -268,12 +289,13 @@ class Document:
             return state
         return None
 
-    def _parsed(self, text: str, version: int, old_tree: tree_sitter.Tree | None) -> DocumentState:
+    def _parsed(self, text: str, version: int, old_tree: tree_sitter.Tree | None,
+                lines: Lines | None = None) -> DocumentState:
         tree = None
         if self._parser is not None and len(text) <= self.max_parse_chars:
             source = tree_source(text)
             tree = self._parser.parse(source, old_tree) if old_tree else self._parser.parse(source)
-        return DocumentState(text, version, Lines(text), tree)
+        return DocumentState(text, version, lines if lines is not None else Lines(text), tree)
 
 
 MAX_DOCUMENTS = 2000        # open documents kept at most: an editor sends those it has loaded (open

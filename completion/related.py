@@ -78,6 +78,15 @@ class _Definition(NamedTuple):
     start_byte: int
     end_byte: int
 
+    def moved(self, rows: int, offset: int) -> "_Definition":
+        return _Definition(self.name, self.first_line + rows, self.last_line + rows,
+                           self.start_byte + offset, self.end_byte + offset)
+
+
+# (node type, byte length, text hash) of a top-level statement -> its definitions, with rows and
+# bytes counted from the statement's start
+_Pieces = dict[tuple[str, int, int], list[_Definition]]
+
 
 class _Window(NamedTuple):
     first_line: int
@@ -111,11 +120,14 @@ class RelatedIndex:
     """Per-document facts for related snippets (definitions, windows), cached by content.
 
     Other documents change rarely while one is being typed in, so their definitions and window
-    identifier sets are kept per (uri, version, text hash); `forget(uri)` drops a document.
+    identifier sets are kept per (uri, version, text hash); `forget(uri)` drops a document. The
+    document typed in changes on every keystroke: its definitions are kept per top-level
+    statement too (`_Pieces`), so a keystroke queries only the statement it falls in.
     """
 
     def __init__(self, max_documents: int = 64) -> None:
         self._cache: OrderedDict = OrderedDict()
+        self._pieces: dict[str, _Pieces] = {}
         self._max = max_documents
         self._lock = threading.Lock()
 
@@ -123,13 +135,25 @@ class RelatedIndex:
         with self._lock:
             for key in [key for key in self._cache if key[0] == uri]:
                 del self._cache[key]
+            self._pieces.pop(uri, None)
 
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._pieces.clear()
 
     def definitions(self, source: Source) -> list[_Definition]:
-        return self._get(source, "definitions", _find_definitions)
+        return self._get(source, "definitions", self._definitions)
+
+    def _definitions(self, source: Source) -> list[_Definition]:
+        with self._lock:
+            known = self._pieces.get(source.uri, {})
+        found, pieces = _find_definitions(source, known)
+        with self._lock:
+            self._pieces[source.uri] = pieces
+            while len(self._pieces) > self._max:
+                self._pieces.pop(next(iter(self._pieces)))
+        return found
 
     def windows(self, source: Source) -> list[_Window]:
         return self._get(source, "windows", _split_windows)
@@ -150,18 +174,43 @@ class RelatedIndex:
         return value
 
 
-def _find_definitions(source: Source) -> list[_Definition]:
+def _find_definitions(source: Source, known: _Pieces) -> tuple[list[_Definition], _Pieces]:
+    """The definitions of `source` in document order, and its statements' for the next call:
+    a top-level statement whose text is in `known` is not queried again."""
     if source.language is None or source.tree is None or source.language.definition_query is None:
-        return []
-    cursor = tree_sitter.QueryCursor(source.language.definition_query)
+        return [], {}
+    root, query = source.tree.root_node, source.language.definition_query
+    found: list[_Definition] = []
+    pieces: _Pieces = {}
+    for statement in root.children:
+        text = statement.text or b""
+        key = (statement.type, len(text), hash(text))
+        relative = known.get(key)
+        if relative is None:
+            relative = [d.moved(-statement.start_point[0], -statement.start_byte)
+                        for d in query_definitions(query, root, statement.start_byte, statement.end_byte)]
+        pieces[key] = relative
+        found += [d.moved(statement.start_point[0], statement.start_byte) for d in relative]
+    return found, pieces
+
+
+def query_definitions(query: tree_sitter.Query, root: tree_sitter.Node, start_byte: int = 0,
+                      end_byte: int | None = None) -> list[_Definition]:
+    """The definitions the language's query finds in bytes [start_byte, end_byte) of the tree
+    (the whole tree by default), in document order."""
+    end_byte = root.end_byte if end_byte is None else end_byte
+    cursor = tree_sitter.QueryCursor(query)
+    cursor.set_byte_range(start_byte, end_byte)
     found = []
-    for _, captures in cursor.matches(source.tree.root_node):
+    for _, captures in cursor.matches(root):
         node, name = captures["definition"][0], captures["name"][0]
+        if not start_byte <= node.start_byte <= node.end_byte <= end_byte:
+            continue   # a pattern rooted higher (Python's module-level assignments) matches everywhere
         assert name.text is not None, "a tree parsed from bytes keeps its nodes' text"
         found.append(_Definition(
             name.text.decode("utf-8", "replace"), node.start_point[0], node.end_point[0],
             node.start_byte, node.end_byte))
-    return found
+    return sorted(found, key=lambda d: (d.start_byte, -d.end_byte, d.name))
 
 
 def _split_windows(source: Source) -> list[_Window]:

@@ -201,6 +201,21 @@ def test_random_edits_keep_text_and_tree_equal_to_a_fresh_parse(case):
         expected = _oracle_apply(expected, change)
     assert document.text == expected
     assert _shape(document.tree) == _shape(parse(document.language, expected))
+    assert document.lines.starts == Lines(expected).starts   # kept and shifted, not rescanned
+
+
+@settings(max_examples=200, deadline=None)
+@given(_edits())
+def test_line_starts_after_edits_with_lone_and_paired_line_ends_are_a_fresh_scans(case):
+    """An edit next to a CR may pair it with an LF or part them; several changes in one
+    notification each apply to the text the last one left."""
+    text, changes = case
+    document = Document("file:///t.txt", "plaintext", text, 0)
+    document.apply(changes, 1)
+    expected = text
+    for change in changes:
+        expected = _oracle_apply(expected, change)
+    assert document.text == expected and document.lines.starts == Lines(expected).starts
 
 
 # ---------------------------------------------------------------------------------------------

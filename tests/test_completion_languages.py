@@ -1,10 +1,13 @@
 """Every bundled grammar loads, parses, and finds definitions with its query."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import jinja2
 import pytest
 
-from completion.related import RelatedIndex, Source
-from completion.document import parse
+from completion.related import RelatedIndex, Source, query_definitions
+from completion.document import parse, tree_source
 from completion.languages import EXTENSIONS, LANGUAGE_IDS, LANGUAGES, language_for
 
 SAMPLES = {
@@ -65,3 +68,43 @@ def test_ids_and_extensions_point_at_known_languages():
 def test_language_for(language_id, path, name):
     spec = language_for(language_id, path)
     assert (spec.name if spec else None) == name
+
+
+# ---------------------------------------------------------------------------------------------
+# The document typed in: definitions kept per top-level statement (#24)
+
+def _typed(text: str, line: int, chars: int):
+    """The document after each keystroke of typing `chars` characters back from `line`, then
+    after an opening bracket left unclosed, and after it is deleted again."""
+    start = sum(len(x) + 1 for x in text.split("\n")[:line])
+    typed, base = text[start:start + chars], text[:start] + text[start + chars:]
+    for n in range(1, len(typed) + 1):
+        yield base[:start] + typed[:n] + base[start:]
+    yield base[:start] + typed + "(" + base[start:]
+    yield text
+
+
+@pytest.mark.parametrize("module", ["jinja2/lexer.py", "jinja2/runtime.py"])
+def test_the_definitions_of_a_document_typed_in_are_a_whole_querys(module):
+    """Only the statement a keystroke falls in is queried again; what is found equals a query
+    over the whole tree on every keystroke, also when an unclosed bracket changes the tree."""
+    path = Path(jinja2.__file__).parent.parent / module
+    text = path.read_text(encoding="utf-8")
+    spec, index = LANGUAGES["python"], RelatedIndex()
+    parser = spec.parser()
+    tree = parser.parse(tree_source(text))
+    for version, document in enumerate(_typed(text, len(text.split("\n")) // 2, 60), start=1):
+        tree = parser.parse(tree_source(document))
+        found = index.definitions(Source("file:///m.py", "m.py", spec, document, version, tree))
+        assert found == query_definitions(spec.definition_query, tree.root_node), version
+        assert found
+
+
+@pytest.mark.parametrize("name", ["python", "javascript", "go", "rust"])
+def test_definitions_after_an_edit_in_each_language_are_a_whole_querys(name):
+    spec, index = LANGUAGES[name], RelatedIndex()
+    text = SAMPLES[name][0] * 3
+    for version, document in enumerate([text, text.replace("\n", "\n\n", 2), "x" + text, text[5:]], start=1):
+        tree = parse(spec, document)
+        found = index.definitions(Source("file:///x", "x", spec, document, version, tree))
+        assert found == query_definitions(spec.definition_query, tree.root_node)
