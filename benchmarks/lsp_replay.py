@@ -229,6 +229,13 @@ def _get(obj, key: str, default=None):
     return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
 
 
+def _fields(obj) -> dict:
+    """A JSON object's fields as a dict (pygls hands them over as a dict or a named tuple)."""
+    if obj is None:
+        return {}
+    return obj if isinstance(obj, dict) else obj._asdict() if hasattr(obj, "_asdict") else dict(vars(obj))
+
+
 def _server_figures(last) -> dict:
     if last is None:
         return {"source": "superseded"}
@@ -236,6 +243,8 @@ def _server_figures(last) -> dict:
         "source": _get(last, "source"), "server_ms": _get(last, "latencyMs"), "queue_ms": _get(last, "queueMs"),
         "pipeline_ms": _get(last, "pipelineMs"), "engine_ms": _get(last, "engineMs"),
         "prefilled": _get(last, "prefilledTokens"), "reused": _get(last, "reusedTokens"),
+        **{f"{stage}_ms": ms for stage, ms in _fields(_get(last, "timingsMs")).items() if stage != "engine"},
+        **{f"{part}_ms": ms for part, ms in _fields(_get(last, "partsMs")).items()},
     }
 
 
@@ -286,8 +295,14 @@ def report(args, run: dict) -> str:
         row("server: arrival → answer, ms", [r.get("server_ms") for r in answered]),
         row("pipeline (context, prompt, engine, postprocess), ms", [r.get("pipeline_ms") for r in answered]),
         row("engine, ms", [r.get("engine_ms") for r in answered]),
+        row("outside the engine: server − engine, ms", [_minus(r, "server_ms", "engine_ms") for r in answered], 2),
+        row("… parse (tree-sitter, the edits since the last read), ms", [r.get("parse_ms") for r in answered], 2),
+        row("… context (windows, definitions, snippets), ms", [r.get("context_ms") for r in answered], 2),
+        row("…… of which definition queries, ms", [r.get("queries_ms") for r in answered], 2),
+        row("… prompt, ms", [r.get("prompt_ms") for r in answered], 2),
+        row("…… of which tokenizing (context and prompt), ms", [r.get("tokenize_ms") for r in answered], 2),
+        row("… postprocess (syntax check included), ms", [r.get("postprocess_ms") for r in answered], 2),
         row("LSP overhead: server − pipeline, ms", [_minus(r, "server_ms", "pipeline_ms") for r in answered], 2),
-        row("LSP overhead: server − engine, ms", [_minus(r, "server_ms", "engine_ms") for r in answered], 2),
         row("transport and JSON: client − server, ms", [_minus(r, "client_ms", "server_ms") for r in answered], 2),
         row("model answers: tokens prefilled", [r.get("prefilled") for r in by_model], 0),
         row("model answers: tokens reused from the latent cache", [r.get("reused") for r in by_model], 0),

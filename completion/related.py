@@ -10,6 +10,7 @@ from __future__ import annotations
 import posixpath
 import re
 import threading
+import time
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -83,9 +84,9 @@ class _Definition(NamedTuple):
                            self.start_byte + offset, self.end_byte + offset)
 
 
-# (node type, byte length, text hash) of a top-level statement -> its definitions, with rows and
-# bytes counted from the statement's start
-_Pieces = dict[tuple[str, int, int], list[_Definition]]
+# (node type, whether it is a top-level statement, byte length, text hash) of a piece of the
+# tree -> its definitions, with rows and bytes counted from the piece's start
+_Pieces = dict[tuple[str, bool, int, int], list[_Definition]]
 
 
 class _Window(NamedTuple):
@@ -130,6 +131,7 @@ class RelatedIndex:
         self._pieces: dict[str, _Pieces] = {}
         self._max = max_documents
         self._lock = threading.Lock()
+        self.query_seconds = 0.0   # spent finding definitions
 
     def forget(self, uri: str) -> None:
         with self._lock:
@@ -148,8 +150,10 @@ class RelatedIndex:
     def _definitions(self, source: Source) -> list[_Definition]:
         with self._lock:
             known = self._pieces.get(source.uri, {})
+        started = time.perf_counter()
         found, pieces = _find_definitions(source, known)
         with self._lock:
+            self.query_seconds += time.perf_counter() - started
             self._pieces[source.uri] = pieces
             while len(self._pieces) > self._max:
                 self._pieces.pop(next(iter(self._pieces)))
@@ -174,33 +178,63 @@ class RelatedIndex:
         return value
 
 
+SPLIT_BYTES = 4096   # a changed statement longer than this is not queried whole: its parts are
+
+
 def _find_definitions(source: Source, known: _Pieces) -> tuple[list[_Definition], _Pieces]:
-    """The definitions of `source` in document order, and its statements' for the next call:
-    a top-level statement whose text is in `known` is not queried again."""
+    """The definitions of `source` in document order, and its pieces' for the next call: a
+    statement whose text is in `known` is not queried again, and a long one that changed is
+    taken apart (its own header, then each part), so a keystroke in a method of a long class
+    queries that method."""
     if source.language is None or source.tree is None or source.language.definition_query is None:
         return [], {}
     root, query = source.tree.root_node, source.language.definition_query
-    found: list[_Definition] = []
     pieces: _Pieces = {}
+    found: list[_Definition] = []
     for statement in root.children:
-        text = statement.text or b""
-        key = (statement.type, len(text), hash(text))
-        relative = known.get(key)
-        if relative is None:
-            relative = [d.moved(-statement.start_point[0], -statement.start_byte)
-                        for d in query_definitions(query, root, statement.start_byte, statement.end_byte)]
-        pieces[key] = relative
-        found += [d.moved(statement.start_point[0], statement.start_byte) for d in relative]
+        found += _definitions_in(statement, root, query, known, pieces)
     return found, pieces
 
 
+def _definitions_in(node: tree_sitter.Node, root: tree_sitter.Node, query: tree_sitter.Query,
+                    known: _Pieces, pieces: _Pieces) -> list[_Definition]:
+    text, top = node.text or b"", node.parent == root
+    key = (node.type, top, len(text), hash(text))   # a statement matches patterns that start at the module too
+    relative = known.get(key)
+    if relative is None:
+        if len(text) > SPLIT_BYTES and node.child_count:
+            found = _rooted_at(node, root, query)
+            for child in node.children:
+                found += _definitions_in(child, root, query, known, pieces)
+            found.sort(key=_document_order)
+        elif top:
+            found = query_definitions(query, root, node.start_byte, node.end_byte)
+        else:
+            found = query_definitions(query, node)
+        relative = [d.moved(-node.start_point[0], -node.start_byte) for d in found]
+    pieces[key] = relative
+    return [d.moved(node.start_point[0], node.start_byte) for d in relative]
+
+
+def _rooted_at(node: tree_sitter.Node, root: tree_sitter.Node, query: tree_sitter.Query) -> list[_Definition]:
+    """The definitions whose pattern starts at `node` itself (or, for a statement, at the
+    module above it), not below it."""
+    top = node.parent is not None and node.parent == root
+    return [d for d in query_definitions(query, root if top else node, node.start_byte, node.end_byte,
+                                         max_start_depth=1 if top else 0)
+            if (d.start_byte, d.end_byte) == (node.start_byte, node.end_byte)]
+
+
 def query_definitions(query: tree_sitter.Query, root: tree_sitter.Node, start_byte: int = 0,
-                      end_byte: int | None = None) -> list[_Definition]:
-    """The definitions the language's query finds in bytes [start_byte, end_byte) of the tree
-    (the whole tree by default), in document order."""
+                      end_byte: int | None = None, max_start_depth: int | None = None) -> list[_Definition]:
+    """The definitions the language's query finds in bytes [start_byte, end_byte) under `root`
+    (all of it by default), in document order; `max_start_depth`: only patterns that start
+    that deep below `root` at most."""
     end_byte = root.end_byte if end_byte is None else end_byte
     cursor = tree_sitter.QueryCursor(query)
     cursor.set_byte_range(start_byte, end_byte)
+    if max_start_depth is not None:
+        cursor.set_max_start_depth(max_start_depth)
     found = []
     for _, captures in cursor.matches(root):
         node, name = captures["definition"][0], captures["name"][0]
@@ -210,7 +244,11 @@ def query_definitions(query: tree_sitter.Query, root: tree_sitter.Node, start_by
         found.append(_Definition(
             name.text.decode("utf-8", "replace"), node.start_point[0], node.end_point[0],
             node.start_byte, node.end_byte))
-    return sorted(found, key=lambda d: (d.start_byte, -d.end_byte, d.name))
+    return sorted(found, key=_document_order)
+
+
+def _document_order(definition: _Definition) -> tuple[int, int, str]:
+    return definition.start_byte, -definition.end_byte, definition.name
 
 
 def _split_windows(source: Source) -> list[_Window]:

@@ -103,7 +103,9 @@ class CompletionService:
         if result is not None:
             result.timings_ms.setdefault("context", _ms(started))  # answered without the model
             return self._answer(result)
-        result = self._run(snapshot, language, cursor, cancel, state.tree if state is not None else None, count)
+        clock = time.perf_counter()
+        tree = state.tree if state is not None else None   # parsed here when this version is first read
+        result = self._run(snapshot, language, cursor, cancel, tree, count, parse_ms=_ms(clock))
         self._recall.remember(snapshot.uri, cursor, result)
         return self._answer(result)
 
@@ -158,13 +160,17 @@ class CompletionService:
     # One completion through the pipeline
 
     def _run(self, snapshot: Snapshot, language: LanguageSpec | None, cursor: Cursor,
-             cancel: CancelToken, tree=None, count: int = 1) -> CompletionResult:
-        """Context, prompt, engine, postprocess; `tree` is the snapshot's when already known."""
+             cancel: CancelToken, tree=None, count: int = 1, parse_ms: float = 0.0) -> CompletionResult:
+        """Context, prompt, engine, postprocess; `tree` is the snapshot's when already known
+        (parsing it took `parse_ms`)."""
         config, fmt, layout = self.config, self._format, self._layout
-        timings: dict[str, float] = {}
+        timings: dict[str, float] = {"parse": parse_ms}
         clock = time.perf_counter()
         if tree is None and language is not None:
             tree = parse(language, snapshot.text, self.workspace.max_parse_chars)
+            timings["parse"] += _ms(clock)
+            clock = time.perf_counter()
+        tokenize_s, query_s = self._count.seconds, self._related.query_seconds
         mode, why = decide(language, tree, cursor, config.multiline)
         if mode == "none":
             timings["context"] = _ms(clock)
@@ -185,6 +191,8 @@ class CompletionService:
         plan = postprocess.plan_for(mode, language, tree, cursor, self._format.special_strings)
         params = sampling_for(config, fmt, mode, plan)
         timings["prompt"], clock = _ms(clock), time.perf_counter()
+        parts = {"tokenize": (self._count.seconds - tokenize_s) * 1e3,
+                 "queries": (self._related.query_seconds - query_s) * 1e3}
 
         answered = answer(self.engine, self._cache, snapshot.uri, prompt.text, params, plan, cancel)
         if answered is None:
@@ -203,7 +211,7 @@ class CompletionService:
             suggestions = distinct(suggestions, found, count)
             timings["alternatives"] = _ms(clock)
             why = "" if suggestions else why
-        return CompletionResult(suggestions, mode, source, timings, stats, reason=why)
+        return CompletionResult(suggestions, mode, source, timings, stats, reason=why, parts_ms=parts)
 
     def _postprocess(self, raw: str, stats: dict, plan: Plan, language, tree,
                      cursor: Cursor) -> tuple[list[Suggestion], str]:

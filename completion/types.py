@@ -77,6 +77,7 @@ class CompletionResult:
     suggestions: list[Suggestion] = field(default_factory=list)
     mode: str = "none"                # "none" | "line" | "block"
     source: str = "model"             # "model" | "typing-through" | "cache" | "skipped" | "cancelled"
-    timings_ms: dict[str, float] = field(default_factory=dict)  # context, prompt, engine, postprocess
+    timings_ms: dict[str, float] = field(default_factory=dict)  # parse, context, prompt, engine, postprocess
     engine_stats: dict = field(default_factory=dict)            # GenerationStats.as_dict()
     reason: str = ""                  # no suggestion: a key of REASONS
+    parts_ms: dict[str, float] = field(default_factory=dict)    # within the stages: tokenize, queries

@@ -10,6 +10,7 @@ longest line (a 7.65 MB line took 9.6 s to tokenize, holding the interpreter loc
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -83,20 +84,26 @@ class TokenCounter:
         self._memo: dict[str, int] = {}
         self._max = max_entries
         self.chars = 0
+        self.seconds = 0.0   # spent in the tokenizer
 
     def __call__(self, text: str) -> int:
         if not text:
             return 0
         if len(text) > MEMO_CHARS:
-            self.chars += len(text)
-            return self._count(lf(text))
+            return self._counted(text)
         tokens = self._memo.get(text)
         if tokens is None:
-            self.chars += len(text)
-            tokens = self._count(lf(text))
+            tokens = self._counted(text)
             if len(self._memo) >= self._max:
                 self._memo.clear()
             self._memo[text] = tokens
+        return tokens
+
+    def _counted(self, text: str) -> int:
+        self.chars += len(text)
+        started = time.perf_counter()
+        tokens = self._count(lf(text))
+        self.seconds += time.perf_counter() - started
         return tokens
 
 

@@ -73,7 +73,7 @@ def register(server, session) -> None:
         text = document.text
         return {"uri": document.uri, "version": document.version, "chars": len(text),
                 "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
-                "parsed": document.tree is not None, "stale": document.uri in session.stale}
+                "parsed": document.parseable, "stale": document.uri in session.stale}
 
     @server.command("latent.clearCache")
     async def clear_cache(*args) -> dict:

@@ -129,7 +129,7 @@ def refuse(session, uri: str, error: DocumentLimit) -> None:
 
 def _note_size(session, document) -> None:
     """Say once (per opening) that a document is too large to parse."""
-    if document.language is None or document.tree is not None:
+    if document.language is None or document.parseable:   # told without parsing: that waits for a request
         session.unparsed.discard(document.uri)
     elif document.uri not in session.unparsed:
         session.unparsed.add(document.uri)

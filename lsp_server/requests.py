@@ -201,6 +201,7 @@ class Requests:
             "latencyMs": round((now - request.arrived) * 1e3, 3),
             "queueMs": round((started - request.arrived) * 1e3, 3),
             "timingsMs": result.timings_ms,
+            "partsMs": result.parts_ms,                   # within the stages (tokenize, queries)
             "pipelineMs": round(result.timings_ms.get("total") or sum(result.timings_ms.values()), 3),
             "engineMs": result.timings_ms.get("engine", 0.0),
             "reusedTokens": stats.get("reused_tokens", 0) if model else 0,

@@ -253,6 +253,27 @@ def test_a_published_tree_is_never_edited_in_place():
     assert _shape(before) == shape
 
 
+@settings(max_examples=60, deadline=None)
+@given(_edits(), st.lists(st.booleans(), min_size=4, max_size=4))
+def test_changes_nobody_reads_are_parsed_once_when_read(case, read):
+    """A change only edits the tree; the parse waits for the first reader and takes every edit
+    since at once. Whichever versions were read, each tree equals a fresh parse of its text,
+    and a version nobody read was never parsed."""
+    text, changes = case
+    document = Document("file:///t.py", "python", text, 0)
+    states, expected = [], text
+    for version, (change, look) in enumerate(zip(changes, read), start=1):
+        document.apply([change], version)
+        expected = _oracle_apply(expected, change)
+        states.append((document.state, expected, look))
+        if look:
+            assert _shape(document.tree) == _shape(parse(document.language, expected))
+    for state, _, look in states[:-1]:
+        assert state.parsed == look
+    last, last_text, _ = states[-1]
+    assert _shape(last.tree) == _shape(parse(document.language, last_text))
+
+
 def test_workspace_open_change_close():
     closed = []
     workspace = Workspace(on_close=closed.append)

@@ -6,6 +6,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from completion import related
 from completion.related import RelatedIndex, Source, query_definitions
 from completion.document import parse, tree_source
 from completion.languages import EXTENSIONS, LANGUAGE_IDS, LANGUAGES, language_for
@@ -85,9 +86,12 @@ def _typed(text: str, line: int, chars: int):
 
 
 @pytest.mark.parametrize("module", ["jinja2/lexer.py", "jinja2/runtime.py"])
-def test_the_definitions_of_a_document_typed_in_are_a_whole_querys(module):
-    """Only the statement a keystroke falls in is queried again; what is found equals a query
-    over the whole tree on every keystroke, also when an unclosed bracket changes the tree."""
+@pytest.mark.parametrize("split", [related.SPLIT_BYTES, 200])
+def test_the_definitions_of_a_document_typed_in_are_a_whole_querys(module, split, monkeypatch):
+    """Only the statement a keystroke falls in is queried again (the part of it, when it is
+    long); what is found equals a query over the whole tree on every keystroke, also when an
+    unclosed bracket changes the tree."""
+    monkeypatch.setattr(related, "SPLIT_BYTES", split)
     path = Path(jinja2.__file__).parent.parent / module
     text = path.read_text(encoding="utf-8")
     spec, index = LANGUAGES["python"], RelatedIndex()
@@ -100,8 +104,10 @@ def test_the_definitions_of_a_document_typed_in_are_a_whole_querys(module):
         assert found
 
 
-@pytest.mark.parametrize("name", ["python", "javascript", "go", "rust"])
-def test_definitions_after_an_edit_in_each_language_are_a_whole_querys(name):
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+@pytest.mark.parametrize("split", [related.SPLIT_BYTES, 16])
+def test_definitions_after_an_edit_in_each_language_are_a_whole_querys(name, split, monkeypatch):
+    monkeypatch.setattr(related, "SPLIT_BYTES", split)
     spec, index = LANGUAGES[name], RelatedIndex()
     text = SAMPLES[name][0] * 3
     for version, document in enumerate([text, text.replace("\n", "\n\n", 2), "x" + text, text[5:]], start=1):

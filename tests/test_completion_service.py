@@ -52,7 +52,8 @@ def test_a_block_completion_end_to_end():
         "<｜fim▁begin｜># pkg/calc.py\nimport os\n\ndef add(a, b):<｜fim▁hole｜>\n\nprint(add(1, 2))\n<｜fim▁end｜>")
     assert request["max_new_tokens"] == 160 and "\n\n\n" in request["stop"]
     assert request["stop_token_ids"] == (engine.tokenizer.fim.end_id,)
-    assert set(result.timings_ms) == {"context", "prompt", "engine", "postprocess"}
+    assert set(result.timings_ms) == {"parse", "context", "prompt", "engine", "postprocess"}
+    assert set(result.parts_ms) == {"tokenize", "queries"}
     assert result.engine_stats["prompt_tokens"] > 0
 
 
