@@ -1,0 +1,141 @@
+"""Weight-only 4-bit quantization: blocks of 32 inputs with one float16 scale each.
+
+Each weight is a nibble, value + 8, and w = scale * (nibble - 8): the rounding of llama.cpp's
+Q4_0 — the block's weight of largest magnitude becomes -8 exactly, sign kept, and nibbles are
+rounded with the float32 scale that is then kept as float16 (`quantize_q4`). A weight costs 4.5
+bits: Lite in about 9 GB. The bytes are laid out for the kernel, not as Q4_0's: two neighbouring
+blocks share 32 bytes (byte j: the first block's input j low, the second's high), so the input
+size is padded to a multiple of 64 with zero blocks.
+
+The products run in `model/int4_kernel.c`, built the first time it is needed with the system's C
+compiler into ~/.cache/latent/kernels/ (a second; no PyTorch headers) and called through ctypes,
+which lets other threads run meanwhile. Activations are quantized per call to 8-bit blocks of 32
+(Q8_0), and each block's product is an exact integer: vpdpbusd on AVX-512 VNNI, vpmaddubsw on
+AVX2, plain C elsewhere — the same integers on every CPU. Without a compiler the weights are
+dequantized for each product, correct and slow, and the log says so once.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+GROUP = 32                        # inputs per block (Q4_0's)
+SOURCE = Path(__file__).with_name("int4_kernel.c")
+PATHS = {"plain": 0, "avx2": 1, "vnni": 2}
+
+
+def quantize_q4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed, scales) of a (..., N, K) weight, K a multiple of 32: packed uint8 (..., N, Kp/2)
+    and scales float16 (..., N, Kp/32), Kp = K rounded up to a multiple of 64 (zero blocks)."""
+    if w.shape[-1] % GROUP:
+        raise ValueError(f"int4 needs the input size to be a multiple of {GROUP}, not {w.shape[-1]}.")
+    w = w.float()
+    if w.shape[-1] % (2 * GROUP):
+        w = torch.nn.functional.pad(w, (0, GROUP))
+    blocks = w.reshape(*w.shape[:-1], w.shape[-1] // GROUP, GROUP)
+    peak = blocks.gather(-1, blocks.abs().argmax(dim=-1, keepdim=True))   # signed, largest magnitude
+    scale = peak / -8.0
+    inverse = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
+    q = torch.clamp(torch.floor(blocks * inverse + 8.5), 0, 15).to(torch.uint8)   # Q4_0's rounding
+    pairs = q.reshape(*q.shape[:-2], q.shape[-2] // 2, 2, GROUP)
+    packed = pairs[..., 0, :] | (pairs[..., 1, :] << 4)              # (..., N, Kp/64, 32)
+    return (packed.reshape(*w.shape[:-1], w.shape[-1] // 2).contiguous(),
+            scale.squeeze(-1).to(torch.float16).contiguous())
+
+
+def dequantize_q4(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The float32 weight (..., N, Kp) that (packed, scales) stand for."""
+    pairs = packed.reshape(*packed.shape[:-1], packed.shape[-1] // 32, 1, 32)
+    q = torch.cat([pairs & 15, pairs >> 4], dim=-2).float() - 8.0    # (..., N, Kp/64, 2, 32)
+    blocks = q.reshape(*packed.shape[:-1], packed.shape[-1] // 16, GROUP)
+    return (blocks * scales.float().unsqueeze(-1)).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
+
+
+def q4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, path: str | None = None) -> torch.Tensor:
+    """x (..., K) float @ the (N, K) weight's transpose -> (..., N) float32, on as many threads
+    as PyTorch uses. `path` forces a kernel ("plain", "avx2", "vnni"; a test's business)."""
+    lib = kernel()
+    *lead, K = x.shape
+    N, padded = packed.shape[0], packed.shape[-1] * 2
+    rows = x.reshape(-1, K).float()
+    rows = (torch.nn.functional.pad(rows, (0, padded - K)) if padded != K else rows).contiguous()
+    K = padded
+    if lib is None:
+        return (rows @ dequantize_q4(packed, scales).t()).reshape(*lead, N)
+    M = rows.shape[0]
+    y = torch.empty(M, N, dtype=torch.float32)
+    work = torch.empty(M * K + 8 * M * (K // GROUP) + 4, dtype=torch.uint8)
+    status = lib.q4_matmul(rows.data_ptr(), M, K, packed.data_ptr(), scales.data_ptr(), N, y.data_ptr(),
+                           work.data_ptr(), torch.get_num_threads(), -1 if path is None else PATHS[path])
+    if status != 0:
+        raise ValueError(f"The int4 kernel needs a padded input size, a multiple of {2 * GROUP}, not {K}.")
+    return y.reshape(*lead, N)
+
+
+def best_path() -> str:
+    """The kernel this CPU runs ("plain" without a built library)."""
+    lib = kernel()
+    return {v: k for k, v in PATHS.items()}[lib.q4_best_path()] if lib is not None else "plain"
+
+
+# ---------------------------------------------------------------------------------------------
+# The library
+
+_lock = threading.Lock()
+_loaded: list = []   # [library or None], once tried
+
+
+def kernel():
+    """The built library (ctypes), or None where it cannot be built."""
+    with _lock:
+        if not _loaded:
+            _loaded.append(_load())
+        return _loaded[0]
+
+
+def _load():
+    try:
+        path = _build()
+    except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+        log.warning("The int4 kernel could not be built (%s): int4 weights are widened for each product, "
+                    "which is slow.", str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+        return None
+    lib = ctypes.CDLL(str(path))
+    lib.q4_matmul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                              ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.q4_matmul.restype = ctypes.c_int
+    lib.q4_best_path.restype = ctypes.c_int
+    return lib
+
+
+def _build() -> Path:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler (cc) on the PATH")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(SOURCE.read_bytes() + f"{version}|{platform.machine()}".encode()).hexdigest()[:24]
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "latent" / "kernels"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"q4-{key}.so"
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        built = Path(scratch) / target.name
+        done = subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-fopenmp", "-o", str(built), str(SOURCE)],
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {(done.stderr or done.stdout).strip()}")
+        os.replace(built, target)      # another process building the same key wrote the same bytes
+    return target

@@ -1,0 +1,104 @@
+"""4-bit weights (model/int4.py): llama.cpp's Q4_0 blocks, and products whose integers are exact
+on every kernel this CPU has."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import int4
+from model.int4 import GROUP, PATHS, best_path, dequantize_q4, q4_matmul, quantize_q4
+
+
+def _reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """What the kernel computes, in float64: activations rounded to 8-bit blocks of 32 (Q8_0),
+    times the dequantized weight."""
+    blocks = x.double().reshape(*x.shape[:-1], -1, GROUP)
+    peak = blocks.abs().amax(-1, keepdim=True)
+    inverse = torch.where(peak > 0, 127.0 / peak.float().double(), torch.zeros_like(peak))
+    q = torch.clamp(torch.round(blocks * inverse.float().double()), -127, 127)
+    xq = (q * (peak.float() / 127.0).double()).reshape(x.shape)
+    return xq @ dequantize_q4(packed, scales).double().t()
+
+
+def test_blocks_are_q4_0s():
+    """The weight of largest magnitude in each block sets the scale (it is -8 scales), every
+    weight comes back within half a step, but those of the other sign beyond 7 steps, which
+    the nibble's top (15) clamps to within a step: Q4_0's rounding."""
+    torch.manual_seed(0)
+    w = torch.randn(48, 256)
+    packed, scales = quantize_q4(w)
+    assert packed.dtype == torch.uint8 and packed.shape == (48, 128)
+    assert scales.dtype == torch.float16 and scales.shape == (48, 256 // GROUP)
+    back = dequantize_q4(packed, scales)
+    step = scales.float().abs().repeat_interleave(GROUP, dim=1)
+    scale_error = (w.reshape(48, -1, GROUP).abs().amax(-1) / 8 - scales.float().abs()).abs()
+    assert (scale_error <= 1e-3 * scales.float().abs()).all()          # float16's rounding only
+    nibbles = (back / scales.float().repeat_interleave(GROUP, dim=1) + 8).round()
+    slack = 1e-3 * step * 8                                             # the scale's float16 rounding
+    error = (back - w).abs()
+    assert (error[nibbles < 15] <= (step * 0.5 + slack)[nibbles < 15]).all()
+    assert (error <= step + slack).all()
+    assert back.numel() / 2 + scales.numel() * 2 == w.numel() * 4.5 / 8   # 4.5 bits a weight
+
+
+def test_a_block_of_zeros_and_a_size_that_is_not_a_multiple_of_32():
+    packed, scales = quantize_q4(torch.zeros(2, 64))
+    assert torch.equal(dequantize_q4(packed, scales), torch.zeros(2, 64))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quantize_q4(torch.zeros(2, 40))
+
+
+def test_an_odd_number_of_blocks_is_padded_with_a_zero_block():
+    """The kernel takes blocks in pairs: 96 inputs are stored as 128, the last block zero."""
+    torch.manual_seed(3)
+    x, w = torch.randn(2, 96), torch.randn(8, 96)
+    packed, scales = quantize_q4(w)
+    assert packed.shape == (8, 64) and scales.shape == (8, 4) and (scales[:, 3] == 0).all()
+    expected = _reference(torch.nn.functional.pad(x, (0, 32)), packed, scales)
+    assert ((q4_matmul(x, packed, scales).double() - expected).norm() / expected.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("M", [1, 3, 17])
+def test_every_kernel_this_cpu_has_computes_the_same_products(M):
+    """The plain C loop everywhere, AVX2 and AVX-512 VNNI where the CPU has them: each equals
+    the float64 reference of the same quantized activations and weights to float32 rounding,
+    and the two vector paths agree to the bit (same integers, same order of sums)."""
+    assert int4.kernel() is not None, "the int4 kernel did not build (is a C compiler installed?)"
+    torch.manual_seed(M)
+    x, w = torch.randn(M, 512), torch.randn(96, 512) * 0.05
+    packed, scales = quantize_q4(w)
+    expected = _reference(x, packed, scales)
+    paths = [p for p in PATHS if PATHS[p] <= PATHS[best_path()]]
+    results = {p: q4_matmul(x, packed, scales, path=p) for p in paths}
+    for path, y in results.items():
+        assert y.shape == (M, 96)
+        error = ((y.double() - expected).norm() / expected.norm()).item()
+        assert error < 1e-5, (path, error)
+    if "vnni" in results:
+        assert torch.equal(results["vnni"], results["avx2"])
+
+
+def test_the_product_is_close_to_float32s():
+    """What 4 bits cost on a weight of typical spread: about 5-10 % of the output's norm."""
+    torch.manual_seed(1)
+    x, w = torch.randn(4, 2048), torch.randn(1408, 2048) * 0.02
+    packed, scales = quantize_q4(w)
+    exact = x @ w.t()
+    error = ((q4_matmul(x, packed, scales) - exact).norm() / exact.norm()).item()
+    assert 0.01 < error < 0.12, error
+
+
+def test_leading_dimensions_and_threads_do_not_change_the_answer():
+    torch.manual_seed(2)
+    x, w = torch.randn(2, 3, 256), torch.randn(64, 256)
+    packed, scales = quantize_q4(w)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = q4_matmul(x, packed, scales)
+        torch.set_num_threads(2)
+        two = q4_matmul(x, packed, scales)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.shape == (2, 3, 64) and torch.equal(one, two)
+    assert torch.allclose(one.reshape(6, 64), q4_matmul(x.reshape(6, 256), packed, scales))
