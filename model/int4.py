@@ -28,6 +28,10 @@ import threading
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .moe import Experts
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +143,76 @@ def _build() -> Path:
             raise RuntimeError(f"{compiler} failed: {(done.stderr or done.stdout).strip()}")
         os.replace(built, target)      # another process building the same key wrote the same bytes
     return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+
+class Int4Linear(nn.Module):
+    """A linear layer of 4-bit weights (no bias): `packed` (out, Kp/2) uint8, `scale` (out, Kp/32)
+    float16 for `in_features` inputs (Kp: rounded up to a multiple of 64)."""
+
+    weight: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, in_features: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.register_buffer("weight", packed)
+        self.register_buffer("scale", scale)
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear) -> "Int4Linear":
+        packed, scale = quantize_q4(layer.weight.data)
+        return cls(packed, scale, layer.weight.shape[1])
+
+    @classmethod
+    def stacked(cls, layers) -> "Int4Linear":
+        """The layers' rows in one (model/mla.py `stack_rows`): blocks are per row, so exact."""
+        return cls(torch.cat([l.weight for l in layers]), torch.cat([l.scale for l in layers]), layers[0].in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return q4_matmul(x, self.weight, self.scale).to(x.dtype)
+
+    def dequantized(self) -> torch.Tensor:
+        return dequantize_q4(self.weight, self.scale)[:, : self.in_features]
+
+    def values(self) -> int:
+        """The weights it stands for (for parameter counts)."""
+        return self.weight.shape[0] * self.in_features
+
+
+class Int4Experts(Experts):
+    """Stacked experts in 4 bits, each run through the kernel when it is chosen."""
+
+    s13: torch.Tensor
+    s2: torch.Tensor
+
+    def __init__(self, w13: torch.Tensor, s13: torch.Tensor, w2: torch.Tensor, s2: torch.Tensor, dim: int) -> None:
+        nn.Module.__init__(self)
+        self.inter_dim, self.dim = w13.shape[1] // 2, dim
+        self.register_buffer("w13", w13)                  # (E, 2I, Dp/2) uint8
+        self.register_buffer("s13", s13)                  # (E, 2I, Dp/32) float16
+        self.register_buffer("w2", w2)                    # (E, D, Ip/2) uint8
+        self.register_buffer("s2", s2)                    # (E, D, Ip/32) float16
+        self.batched_decode = False
+
+    @classmethod
+    def from_experts(cls, experts: Experts) -> "Int4Experts":
+        w13, s13 = quantize_q4(experts.w13.data)
+        w2, s2 = quantize_q4(experts.w2.data)
+        return cls(w13, s13, w2, s2, experts.w13.shape[2])
+
+    def run(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        gate, up = q4_matmul(x, self.w13[e], self.s13[e]).chunk(2, dim=-1)
+        return q4_matmul(F.silu(gate) * up, self.w2[e], self.s2[e]).to(x.dtype)
+
+    def values(self) -> int:
+        experts = self.w13.shape[0]
+        return experts * 3 * self.inter_dim * self.dim
+
+
+def fits_int4(in_features: int) -> bool:
+    """Whether a product with this many inputs can be int4 (whole blocks of 32); others stay int8,
+    as llama.cpp keeps such tensors in a wider type."""
+    return in_features % GROUP == 0

@@ -183,6 +183,7 @@ def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = 
     transformers model's state_dict() items (its fused experts are taken as they are)."""
     import torch
 
+    from .int4 import quantize_q4
     from .quant import quantize_rows
     from .transformer import Transformer
 
@@ -193,13 +194,17 @@ def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = 
     state: dict[str, torch.Tensor] = {}
     filled: dict[str, set] = {}
     unexpected: list[str] = []
-    int8 = _int8_scales(model) if quantize == "int8" else {}   # weight key -> its scale's key
+    quantized = _quantized_keys(model, quantize)   # weight key -> (its scale's key, "int8" | "int4")
 
     def settle(target: str) -> None:
         """A weight is complete: quantize it now, if asked, so its float form is dropped."""
-        if target in int8 and state[target].dtype != torch.int8:
-            q, scale = quantize_rows(state[target])
-            state[target], state[int8[target]] = q, scale.to(torch_dtype)
+        if target in quantized and state[target].is_floating_point():
+            scale_key, scheme = quantized[target]
+            if scheme == "int4":
+                state[target], state[scale_key] = quantize_q4(state[target])
+            else:
+                q, scale = quantize_rows(state[target])
+                state[target], state[scale_key] = q, scale.to(torch_dtype)
 
     def put(target: str, source: str, tensor: torch.Tensor) -> None:
         if target not in expected:
@@ -234,11 +239,11 @@ def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = 
         state["head.weight"] = state["embed.weight"]
         settle("head.weight")
     _check_complete(expected, state, filled, unexpected, args)
-    if int8:
-        _as_int8(model, torch_dtype)
+    if quantized:
+        _as_quantized(model, torch_dtype, quantized)
     model.load_state_dict(state, assign=True, strict=True)
     model.init_rope(min(args.max_position_embeddings, 8192))
-    if int8:
+    if quantized:
         from .mla import MLA
 
         for module in model.modules():   # the absorbed-attention weights, from the int8 ones
@@ -247,44 +252,71 @@ def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = 
     return model.eval()
 
 
-def _int8_scales(model) -> dict[str, str]:
-    """The weights int8 quantization replaces (every Linear's and the experts'), each with the
-    key of its scale in the int8 modules (model/quant.py)."""
+def _quantized_keys(model, quantize: str | None) -> dict[str, tuple[str, str]]:
+    """The weights quantization replaces (every Linear's and the experts'), each with the key of
+    its scale in the quantized modules and its scheme: `quantize`, except that int4 needs whole
+    blocks of 32 inputs, and a product with other input sizes stays int8."""
     from torch import nn
 
+    from .int4 import fits_int4
     from .moe import Experts
+
+    if quantize is None:
+        return {}
+
+    def scheme(*inputs: int) -> str:
+        return "int4" if quantize == "int4" and all(fits_int4(n) for n in inputs) else "int8"
 
     out = {}
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         if isinstance(module, nn.Linear):
-            out[f"{prefix}weight"] = f"{prefix}scale"
+            out[f"{prefix}weight"] = (f"{prefix}scale", scheme(module.weight.shape[1]))
         elif isinstance(module, Experts):
-            out.update({f"{prefix}w13": f"{prefix}s13", f"{prefix}w2": f"{prefix}s2"})
+            kind = scheme(module.w13.shape[2], module.w2.shape[2])
+            out.update({f"{prefix}w13": (f"{prefix}s13", kind), f"{prefix}w2": (f"{prefix}s2", kind)})
     return out
 
 
-def _as_int8(model, dtype) -> None:
-    """Swap the meta model's Linear and Experts modules for their int8 forms (still on meta),
-    for the quantized state to be assigned to."""
+def _as_quantized(model, dtype, quantized: dict[str, tuple[str, str]]) -> None:
+    """Swap the meta model's Linear and Experts modules for their quantized forms (still on
+    meta), for the quantized state to be assigned to."""
     import torch
     from torch import nn
 
+    from .int4 import GROUP, Int4Experts, Int4Linear
     from .moe import Experts
     from .quant import Int8Experts, Int8Linear
 
     def empty(shape, kind=torch.int8):
         return torch.empty(shape, dtype=kind, device="meta")
 
-    for module in list(model.modules()):
+    def padded(n: int) -> int:        # int4's input size, whole pairs of blocks
+        return -(-n // (2 * GROUP)) * 2 * GROUP
+
+    def int4(out: int, inp: int, *lead: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (empty((*lead, out, padded(inp) // 2), torch.uint8),
+                empty((*lead, out, padded(inp) // GROUP), torch.float16))
+
+    for name, module in list(model.named_modules()):
+        prefix = f"{name}." if name else ""
         for child_name, child in list(module.named_children()):
+            key = f"{prefix}{child_name}."
             if isinstance(child, nn.Linear):
                 out, inp = child.weight.shape
-                setattr(module, child_name, Int8Linear(empty((out, inp)), empty((out,), dtype), dtype))
-            elif isinstance(child, Experts) and not isinstance(child, Int8Experts):
+                if quantized[f"{key}weight"][1] == "int4":
+                    packed, scale = int4(out, inp)
+                    setattr(module, child_name, Int4Linear(packed, scale, inp))
+                else:
+                    setattr(module, child_name, Int8Linear(empty((out, inp)), empty((out,), dtype), dtype))
+            elif isinstance(child, Experts) and not isinstance(child, (Int8Experts, Int4Experts)):
                 e, two_i, d = child.w13.shape
-                setattr(module, child_name, Int8Experts(empty((e, two_i, d)), empty((e, two_i), dtype),
-                                                        empty((e, d, two_i // 2)), empty((e, d), dtype), dtype))
+                if quantized[f"{key}w13"][1] == "int4":
+                    (w13, s13), (w2, s2) = int4(two_i, d, e), int4(d, two_i // 2, e)
+                    setattr(module, child_name, Int4Experts(w13, s13, w2, s2, d))
+                else:
+                    setattr(module, child_name, Int8Experts(empty((e, two_i, d)), empty((e, two_i), dtype),
+                                                            empty((e, d, two_i // 2)), empty((e, d), dtype), dtype))
 
 
 @contextlib.contextmanager

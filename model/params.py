@@ -54,8 +54,9 @@ class RuntimeConfig:
     dtype: str = option("float32", "weight dtype (bfloat16 is many times slower than float32 on most CPUs)",
                         choices=("float32", "bfloat16", "float16"))
     quantize: str | None = option(None, "weight-only quantization as each weight loads: int8 (a quarter of "
-                                        "float32's memory; on the CPU through fbgemm's int8 GEMM)",
-                                  choices=(None, "int8"))
+                                        "float32's memory; on the CPU through fbgemm's int8 GEMM) or int4 (an "
+                                        "eighth, in llama.cpp's Q4_0 blocks; CPU only)",
+                                  choices=(None, "int8", "int4"))
     threads: int = option(0, "PyTorch CPU threads for prefill; 0 picks them by model size (1 below 100M "
                              "parameters, else every core); a small model decodes on one", min=0, max=1024)
     attention: str = option("auto", "MLA path: absorbed (into the latent), naive (decompressed) or auto "
@@ -84,6 +85,8 @@ class RuntimeConfig:
         device = self.device
         if device != "cpu" and not (device == "cuda" or device.startswith("cuda:") and device[5:].isdigit()):
             raise OptionError(f"Setting 'device' cannot be {device!r}; it takes cpu, cuda or cuda:N.")
+        if self.quantize == "int4" and device != "cpu":
+            raise OptionError("Setting 'quantize' int4 runs on the CPU only; on a GPU use int8 or bfloat16.")
 
     @property
     def cache_bytes(self) -> int:

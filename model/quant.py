@@ -81,6 +81,10 @@ class Int8Linear(nn.Module):
         q = self.weight if self.packed is None else fbgemm_unpack(self.packed)
         return q.to(self.scale.dtype) * self.scale[:, None]
 
+    def values(self) -> int:
+        """The weights it stands for (for parameter counts)."""
+        return self.weight.numel()
+
 
 class Int8Experts(Experts):
     """Stacked experts in int8; an expert's weights are widened only when it is chosen."""
@@ -114,6 +118,9 @@ class Int8Experts(Experts):
             return dynamic_linear(F.silu(gate) * up, p2)
         gate, up = int8_linear(x, self.w13[e], self.s13[e]).chunk(2, dim=-1)
         return int8_linear(F.silu(gate) * up, self.w2[e], self.s2[e])
+
+    def values(self) -> int:
+        return self.w13.numel() + self.w2.numel()
 
 
 def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

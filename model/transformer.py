@@ -83,6 +83,11 @@ class Transformer(nn.Module):
         return self.head(self.norm(x)).float()                            # (T or 1, V)
 
     def parameter_count(self) -> int:
-        """Weights as trained: an int8-quantized weight (a buffer) counts one per value."""
-        quantized = sum(b.numel() for b in self.buffers() if b.dtype == torch.int8)
+        """Weights as trained: a quantized layer (model/quant.py, model/int4.py) counts the
+        weights it stands for."""
+        from .int4 import Int4Experts, Int4Linear
+        from .quant import Int8Experts, Int8Linear
+
+        kinds = (Int8Linear, Int8Experts, Int4Linear, Int4Experts)
+        quantized = sum(m.values() for m in self.modules() if isinstance(m, kinds))
         return sum(p.numel() for p in self.parameters()) + quantized

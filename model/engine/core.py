@@ -78,8 +78,8 @@ class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, runtime: RuntimeConfig, name: str,
                  model_dir: Path | None = None) -> None:
         model.pack()
-        if runtime.device == "cpu" and runtime.quantize == "int8":
-            pack_for_cpu(model)   # fbgemm's int8 GEMM (model/quant.py)
+        if runtime.device == "cpu" and runtime.quantize in ("int8", "int4"):
+            pack_for_cpu(model)   # fbgemm's int8 GEMM (model/quant.py) for int8 layers, int4's too
         self.model = model
         self.forward = Forward(model)   # what requests call: the model, one-token steps compiled once built
         self.model_dir = model_dir
