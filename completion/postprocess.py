@@ -25,6 +25,7 @@ early.
 """
 from __future__ import annotations
 
+import functools
 import io
 import re
 import tokenize
@@ -401,11 +402,13 @@ def indentation_breaks(cursor: Cursor, end: int, inserted: str) -> bool:
     enclosing block has. `inserted` ("\\n" line ends) replaces cursor.text[cursor.offset:end],
     `end` on the cursor's line.
 
-    Python's own tokenizer reads from the nearest statement at column 0 above the cursor (so
-    every enclosing level is known) to the end of the last line the suggestion touches. Only
-    lines that start inside the suggestion, or the cursor's line when the suggestion writes its
-    first code, are judged; where the tokenizer cannot tell (an unclosed string or bracket, no
-    statement at column 0 within INDENT_SCAN_CHARS), the suggestion passes.
+    Python's own tokenizer reads the lines from the nearest statement at column 0 above the
+    cursor to the cursor's line once (`_line_start`, kept for the next keystrokes on that line):
+    the enclosing indentation levels and whether the line before opened a block. The lines the
+    suggestion touches are then read after a few lines that rebuild that state. Only lines that
+    start inside the suggestion, or the cursor's line when the suggestion writes its first code,
+    are judged; where the tokenizer cannot tell (an unclosed string or bracket, no statement at
+    column 0 within INDENT_SCAN_CHARS), the suggestion passes.
     """
     head_blank = not cursor.head.strip()
     if not head_blank and "\n" not in inserted:
@@ -414,8 +417,13 @@ def indentation_breaks(cursor: Cursor, end: int, inserted: str) -> bool:
     if first is None:
         return False
     text = cursor.text
-    source = lf(text[cursor.lines.starts[first]:cursor.offset]) + inserted + lf(text[end:cursor.line_end]) + "\n"
-    judged = cursor.line - first + (1 if head_blank else 2)   # the first judged line, 1-based
+    state = _line_start(lf(text[cursor.lines.starts[first]:cursor.line_start]))
+    if state is None:
+        return False
+    levels, opened = state
+    rebuilt = "".join(f"{level}if 1:\n" for level in levels[:-1]) + f"{levels[-1]}{'if 1:' if opened else 'pass'}\n"
+    source = rebuilt + lf(text[cursor.line_start:cursor.offset]) + inserted + lf(text[end:cursor.line_end]) + "\n"
+    judged = len(levels) + (1 if head_blank else 2)   # the first judged line, 1-based
     last, opened, indented = "", False, False
     try:
         for token in tokenize.generate_tokens(io.StringIO(source).readline):
@@ -435,6 +443,34 @@ def indentation_breaks(cursor: Cursor, end: int, inserted: str) -> bool:
     except (SyntaxError, tokenize.TokenError):
         return False
     return False
+
+
+@functools.lru_cache(maxsize=64)
+def _line_start(lines: str) -> tuple[tuple[str, ...], bool] | None:
+    """Python's state after `lines` (whole lines from a statement at column 0): the indentation
+    of each enclosing level, outermost first, and whether the last logical line opened a block;
+    None inside a bracket, a string or a continued line, or when the tokenizer refuses."""
+    levels, opened, last, depth = [""], False, "", 0
+    count = lines.count("\n")
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(lines).readline):
+            if token.start[0] > count:
+                break                                    # what the tokenizer adds at the end
+            if token.type == tokenize.INDENT:
+                levels.append(token.string)
+            elif token.type == tokenize.DEDENT:
+                levels.pop()
+            elif token.type == tokenize.NEWLINE:
+                opened = last == ":"
+            elif token.type == tokenize.OP and token.string in "([{":
+                depth += 1
+            elif token.type == tokenize.OP and token.string in ")]}":
+                depth -= 1
+            if token.type not in (tokenize.NL, tokenize.COMMENT, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+                last = token.string
+    except (SyntaxError, tokenize.TokenError):
+        return None
+    return (tuple(levels), opened) if depth == 0 else None
 
 
 def _statement_at_column_zero(cursor: Cursor) -> int | None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# make bench-llamacpp, step 1: llama.cpp's C++ server (`llama-server`) built once from the source
-# vendored in llama-cpp-python's sdist, into the git-ignored .remote/ (~8 minutes on 2 cores).
-# A no-op when the binary exists.
+# make bench-llamacpp, step 1: llama.cpp's C++ server (`llama-server`) and its quantizer
+# (`llama-quantize`, for Q4_0 files made by llama.cpp itself) built once from the source vendored
+# in llama-cpp-python's sdist, into the git-ignored .remote/ (~8 minutes on 2 cores).
+# A no-op when both binaries exist.
 #
 #   benchmarks/llamacpp/build.sh [PYTHON]     PYTHON: an interpreter with pip (the project's venv)
 set -euo pipefail
@@ -11,10 +12,11 @@ R="$ROOT/.remote"
 VERSION=0.3.36                       # vendors ggml-org/llama.cpp@0c1e57098
 SRC="$R/llama.cpp"
 BIN="$SRC/build/bin/llama-server"
+QUANTIZE="$SRC/build/bin/llama-quantize"
 JOBS="${JOBS:-$(nproc)}"
 
-if [ -x "$BIN" ]; then
-  echo "bench-llamacpp: $BIN is built" >&2
+if [ -x "$BIN" ] && [ -x "$QUANTIZE" ]; then
+  echo "bench-llamacpp: $BIN and $QUANTIZE are built" >&2
   exit 0
 fi
 mkdir -p "$R"
@@ -42,5 +44,5 @@ echo "bench-llamacpp: building llama-server (about 8 minutes on 2 cores)" >&2
 cmake -S "$SRC" -B "$SRC/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF >/dev/null
-nice ninja -C "$SRC/build" -j "$JOBS" llama-server
-echo "bench-llamacpp: built $BIN" >&2
+nice ninja -C "$SRC/build" -j "$JOBS" llama-server llama-quantize
+echo "bench-llamacpp: built $BIN and $QUANTIZE" >&2
