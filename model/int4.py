@@ -3,9 +3,9 @@
 Each weight is a nibble, value + 8, and w = scale * (nibble - 8): the rounding of llama.cpp's
 Q4_0 — the block's weight of largest magnitude becomes -8 exactly, sign kept, and nibbles are
 rounded with the float32 scale that is then kept as float16 (`quantize_q4`). A weight costs 4.5
-bits: Lite in about 9 GB. The bytes are laid out for the kernel, not as Q4_0's: two neighbouring
-blocks share 32 bytes (byte j: the first block's input j low, the second's high), so the input
-size is padded to a multiple of 64 with zero blocks.
+bits: Lite in about 9 GB. The bytes are laid out for the kernel, not as Q4_0's: output rows in
+tiles of 8 (padded with zero rows), a tile's block 128 bytes that one instruction multiplies 8
+rows at a time with (model/int4_kernel.c describes it).
 
 The products run in `model/int4_kernel.c`, built the first time it is needed with the system's C
 compiler into ~/.cache/latent/kernels/ (a second; no PyTorch headers) and called through ctypes,
@@ -36,55 +36,61 @@ from .moe import Experts
 log = logging.getLogger(__name__)
 
 GROUP = 32                        # inputs per block (Q4_0's)
+TILE = 8                          # output rows the kernel multiplies at once
 SOURCE = Path(__file__).with_name("int4_kernel.c")
 PATHS = {"plain": 0, "avx2": 1, "vnni": 2}
 
 
 def quantize_q4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed, scales) of a (..., N, K) weight, K a multiple of 32: packed uint8 (..., N, Kp/2)
-    and scales float16 (..., N, Kp/32), Kp = K rounded up to a multiple of 64 (zero blocks)."""
-    if w.shape[-1] % GROUP:
-        raise ValueError(f"int4 needs the input size to be a multiple of {GROUP}, not {w.shape[-1]}.")
+    """(packed, scales) of a (..., N, K) weight, K a multiple of 32: packed uint8
+    (..., ceil(N/8), K/32, 128) and scales float16 (..., ceil(N/8), K/32, 8)."""
+    *lead, N, K = w.shape
+    if K % GROUP:
+        raise ValueError(f"int4 needs the input size to be a multiple of {GROUP}, not {K}.")
     w = w.float()
-    if w.shape[-1] % (2 * GROUP):
-        w = torch.nn.functional.pad(w, (0, GROUP))
-    blocks = w.reshape(*w.shape[:-1], w.shape[-1] // GROUP, GROUP)
-    peak = blocks.gather(-1, blocks.abs().argmax(dim=-1, keepdim=True))   # signed, largest magnitude
+    if N % TILE:
+        w = torch.nn.functional.pad(w, (0, 0, 0, TILE - N % TILE))
+    tiles, blocks = w.shape[-2] // TILE, K // GROUP
+    w = w.reshape(*lead, tiles, TILE, blocks, GROUP)
+    peak = w.gather(-1, w.abs().argmax(dim=-1, keepdim=True))       # signed, largest magnitude
     scale = peak / -8.0
     inverse = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
-    q = torch.clamp(torch.floor(blocks * inverse + 8.5), 0, 15).to(torch.uint8)   # Q4_0's rounding
-    pairs = q.reshape(*q.shape[:-2], q.shape[-2] // 2, 2, GROUP)
-    packed = pairs[..., 0, :] | (pairs[..., 1, :] << 4)              # (..., N, Kp/64, 32)
-    return (packed.reshape(*w.shape[:-1], w.shape[-1] // 2).contiguous(),
-            scale.squeeze(-1).to(torch.float16).contiguous())
+    q = torch.clamp(torch.floor(w * inverse + 8.5), 0, 15).to(torch.uint8)   # Q4_0's rounding
+    q = q.transpose(-3, -2).reshape(*lead, tiles, blocks, TILE, 4, 2, 4)      # (row, chunk, half, j)
+    packed = (q[..., 0, :] | (q[..., 1, :] << 4)).transpose(-3, -2)          # (chunk, row, j)
+    scales = scale.squeeze(-1).transpose(-2, -1)                             # (tiles, blocks, row)
+    return (packed.reshape(*lead, tiles, blocks, TILE * GROUP // 2).contiguous(),
+            scales.to(torch.float16).contiguous())
 
 
-def dequantize_q4(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """The float32 weight (..., N, Kp) that (packed, scales) stand for."""
-    pairs = packed.reshape(*packed.shape[:-1], packed.shape[-1] // 32, 1, 32)
-    q = torch.cat([pairs & 15, pairs >> 4], dim=-2).float() - 8.0    # (..., N, Kp/64, 2, 32)
-    blocks = q.reshape(*packed.shape[:-1], packed.shape[-1] // 16, GROUP)
-    return (blocks * scales.float().unsqueeze(-1)).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
+def dequantize_q4(packed: torch.Tensor, scales: torch.Tensor, out_features: int) -> torch.Tensor:
+    """The float32 weight (..., out_features, K) that (packed, scales) stand for."""
+    *lead, tiles, blocks, _ = packed.shape
+    chunks = packed.reshape(*lead, tiles, blocks, 4, TILE, 1, 4).transpose(-4, -3)   # (row, chunk, 1, j)
+    q = torch.cat([chunks & 15, chunks >> 4], dim=-2).float() - 8.0               # (row, chunk, half, j)
+    q = q.reshape(*lead, tiles, blocks, TILE, GROUP) * scales.float().unsqueeze(-1)
+    w = q.transpose(-3, -2).reshape(*lead, tiles * TILE, blocks * GROUP)
+    return w[..., :out_features, :]
 
 
-def q4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, path: str | None = None) -> torch.Tensor:
-    """x (..., K) float @ the (N, K) weight's transpose -> (..., N) float32, on as many threads
-    as PyTorch uses. `path` forces a kernel ("plain", "avx2", "vnni"; a test's business)."""
+def q4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, out_features: int,
+              path: str | None = None) -> torch.Tensor:
+    """x (..., K) float @ the (out_features, K) weight's transpose -> (..., out_features) float32,
+    on as many threads as PyTorch uses. `path` forces a kernel ("plain", "avx2", "vnni"; a
+    test's business)."""
     lib = kernel()
     *lead, K = x.shape
-    N, padded = packed.shape[0], packed.shape[-1] * 2
-    rows = x.reshape(-1, K).float()
-    rows = (torch.nn.functional.pad(rows, (0, padded - K)) if padded != K else rows).contiguous()
-    K = padded
+    N = out_features
+    rows = x.reshape(-1, K).float().contiguous()
     if lib is None:
-        return (rows @ dequantize_q4(packed, scales).t()).reshape(*lead, N)
+        return (rows @ dequantize_q4(packed, scales, N).t()).reshape(*lead, N)
     M = rows.shape[0]
     y = torch.empty(M, N, dtype=torch.float32)
     work = torch.empty(M * K + 8 * M * (K // GROUP) + 4, dtype=torch.uint8)
     status = lib.q4_matmul(rows.data_ptr(), M, K, packed.data_ptr(), scales.data_ptr(), N, y.data_ptr(),
                            work.data_ptr(), torch.get_num_threads(), -1 if path is None else PATHS[path])
     if status != 0:
-        raise ValueError(f"The int4 kernel needs a padded input size, a multiple of {2 * GROUP}, not {K}.")
+        raise ValueError(f"int4 needs the input size to be a multiple of {GROUP}, not {K}.")
     return y.reshape(*lead, N)
 
 
@@ -149,37 +155,43 @@ def _build() -> Path:
 # Modules
 
 class Int4Linear(nn.Module):
-    """A linear layer of 4-bit weights (no bias): `packed` (out, Kp/2) uint8, `scale` (out, Kp/32)
-    float16 for `in_features` inputs (Kp: rounded up to a multiple of 64)."""
+    """A linear layer of 4-bit weights (no bias): `weight` the packed nibbles, `scale` the
+    blocks' float16 scales (see `quantize_q4`), for in_features -> out_features."""
 
     weight: torch.Tensor
     scale: torch.Tensor
 
-    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, in_features: int) -> None:
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, in_features: int, out_features: int) -> None:
         super().__init__()
-        self.in_features = in_features
+        self.in_features, self.out_features = in_features, out_features
         self.register_buffer("weight", packed)
         self.register_buffer("scale", scale)
 
     @classmethod
+    def from_weight(cls, w: torch.Tensor) -> "Int4Linear":
+        packed, scale = quantize_q4(w)
+        return cls(packed, scale, w.shape[1], w.shape[0])
+
+    @classmethod
     def from_linear(cls, layer: nn.Linear) -> "Int4Linear":
-        packed, scale = quantize_q4(layer.weight.data)
-        return cls(packed, scale, layer.weight.shape[1])
+        return cls.from_weight(layer.weight.data)
 
     @classmethod
     def stacked(cls, layers) -> "Int4Linear":
-        """The layers' rows in one (model/mla.py `stack_rows`): blocks are per row, so exact."""
-        return cls(torch.cat([l.weight for l in layers]), torch.cat([l.scale for l in layers]), layers[0].in_features)
+        """The layers' rows in one (model/mla.py `stack_rows`). Quantizing the dequantized
+        weights again gives back the same nibbles and scales (the largest weight of a block is
+        -8 scales exactly), so the stacked layer computes what the parts did."""
+        return cls.from_weight(torch.cat([layer.dequantized() for layer in layers]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return q4_matmul(x, self.weight, self.scale).to(x.dtype)
+        return q4_matmul(x, self.weight, self.scale, self.out_features).to(x.dtype)
 
     def dequantized(self) -> torch.Tensor:
-        return dequantize_q4(self.weight, self.scale)[:, : self.in_features]
+        return dequantize_q4(self.weight, self.scale, self.out_features)
 
     def values(self) -> int:
         """The weights it stands for (for parameter counts)."""
-        return self.weight.shape[0] * self.in_features
+        return self.out_features * self.in_features
 
 
 class Int4Experts(Experts):
@@ -188,28 +200,28 @@ class Int4Experts(Experts):
     s13: torch.Tensor
     s2: torch.Tensor
 
-    def __init__(self, w13: torch.Tensor, s13: torch.Tensor, w2: torch.Tensor, s2: torch.Tensor, dim: int) -> None:
+    def __init__(self, w13: torch.Tensor, s13: torch.Tensor, w2: torch.Tensor, s2: torch.Tensor,
+                 dim: int, inter_dim: int) -> None:
         nn.Module.__init__(self)
-        self.inter_dim, self.dim = w13.shape[1] // 2, dim
-        self.register_buffer("w13", w13)                  # (E, 2I, Dp/2) uint8
-        self.register_buffer("s13", s13)                  # (E, 2I, Dp/32) float16
-        self.register_buffer("w2", w2)                    # (E, D, Ip/2) uint8
-        self.register_buffer("s2", s2)                    # (E, D, Ip/32) float16
+        self.inter_dim, self.dim = inter_dim, dim
+        self.register_buffer("w13", w13)                  # (E, ceil(2I/8), D/32, 128) uint8
+        self.register_buffer("s13", s13)                  # (E, ceil(2I/8), D/32, 8) float16
+        self.register_buffer("w2", w2)                    # (E, ceil(D/8), I/32, 128) uint8
+        self.register_buffer("s2", s2)                    # (E, ceil(D/8), I/32, 8) float16
         self.batched_decode = False
 
     @classmethod
     def from_experts(cls, experts: Experts) -> "Int4Experts":
         w13, s13 = quantize_q4(experts.w13.data)
         w2, s2 = quantize_q4(experts.w2.data)
-        return cls(w13, s13, w2, s2, experts.w13.shape[2])
+        return cls(w13, s13, w2, s2, experts.w13.shape[2], experts.inter_dim)
 
     def run(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        gate, up = q4_matmul(x, self.w13[e], self.s13[e]).chunk(2, dim=-1)
-        return q4_matmul(F.silu(gate) * up, self.w2[e], self.s2[e]).to(x.dtype)
+        gate, up = q4_matmul(x, self.w13[e], self.s13[e], 2 * self.inter_dim).chunk(2, dim=-1)
+        return q4_matmul(F.silu(gate) * up, self.w2[e], self.s2[e], self.dim).to(x.dtype)
 
     def values(self) -> int:
-        experts = self.w13.shape[0]
-        return experts * 3 * self.inter_dim * self.dim
+        return self.w13.shape[0] * 3 * self.inter_dim * self.dim
 
 
 def fits_int4(in_features: int) -> bool:

@@ -2,22 +2,22 @@
 
    Weights: per output row, blocks of 32 inputs, each block a float16 scale and 32 nibbles
    holding the weight's value + 8 (0..15): w = scale * (nibble - 8), llama.cpp's Q4_0 rounding,
-   4.5 bits a weight. Two neighbouring blocks share 32 bytes: byte j holds the first block's
-   input j in its low nibble and the second's in its high one, so one load, one mask and one
-   shift give 64 weights (K is padded to a multiple of 64 with zero blocks).
+   4.5 bits a weight. Rows come in tiles of 8 (N padded with zero rows), and a tile's block is
+   128 bytes that one vector instruction multiplies 8 rows at a time with: chunk c (32 bytes)
+   holds, for row r and input j of a group of four, byte 4r + j: the nibble of input 8c + j in
+   the low half and of input 8c + 4 + j in the high half. One load, a mask and a shift give two
+   groups of four inputs for all 8 rows; each group meets its 4 activations (broadcast) in one
+   vpdpbusd (AVX-512 VNNI) or vpmaddubsw + vpmaddwd (AVX2), whose 8 lanes are the 8 rows.
 
    Activations are quantized as they come, per block of 32, to 8 bits with one float scale
-   (llama.cpp's Q8_0), and each block's sum of quantized activations is kept. A block's dot
-   product is then sum(nibble * a) - 8 * sum(a): an unsigned-by-signed 8-bit product, which
-   AVX-512 VNNI's vpdpbusd computes in one instruction and AVX2's vpmaddubsw exactly (15 * 127 * 2
-   < 32768: no pair saturates), and a correction that is one float dot product per row. The two
-   paths give the same integers and, summed in the same order, the same floats. A CPU without
-   AVX2 takes the plain C loop (the same integers, summed in another order).
+   (llama.cpp's Q8_0), and each block's sum of quantized activations is kept: a block's product
+   is sum(nibble * a) - 8 * sum(a), unsigned by signed 8-bit integers, exact on both paths
+   (15 * 127 * 2 < 32768: no pair saturates) and summed in the same order: the same floats. A
+   CPU without AVX2 takes the plain C loop (the same integers, summed in another order).
 
    y[m, n] = sum_b wscale[n, b] * xscale[m, b] * (dot_b(nibbles[n], xq[m]) - 8 * xsum[m, b])
 
-   Rows of activations go four at a time through each pair of blocks, unpacked once for them; a
-   decode step (one row) reads each weight once. */
+   Activation rows go four at a time through each tile's block, unpacked once for them. */
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
@@ -65,109 +65,100 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int8_t *xq, floa
     }
 }
 
-static inline int nibble(const uint8_t *pair, int64_t b, int i) {   /* block b's input i, 0..15 */
-    uint8_t byte = pair[i];
-    return (b & 1) ? byte >> 4 : byte & 15;
+#define TILE 8                      /* output rows a tile holds */
+#define TILE_BLOCK (TILE * BLOCK / 2)   /* bytes of a tile's block: 128 */
+
+static inline int nibble(const uint8_t *tile_block, int r, int i) {   /* row r's input i, 0..15 */
+    int c = i / 8, j = i % 8;
+    uint8_t byte = tile_block[c * 32 + 4 * r + (j % 4)];
+    return j < 4 ? byte & 15 : byte >> 4;
 }
 
 /* -- the plain path ----------------------------------------------------------------------- */
-static void rows_plain(const uint8_t *w, const uint16_t *ws, int64_t n0, int64_t n1, int64_t K,
-                       const int8_t *xq, const float *xs, const float *xsum8, int64_t M, float *y, int64_t N) {
+static void tiles_plain(const uint8_t *w, const uint16_t *ws, int64_t t0, int64_t t1, int64_t K,
+                        const int8_t *xq, const float *xs, const float *xsum8, int64_t M, float *y, int64_t N) {
     int64_t blocks = K / BLOCK;
-    for (int64_t n = n0; n < n1; n++)
-        for (int64_t m = 0; m < M; m++) {
-            float total = 0.0f;
-            for (int64_t b = 0; b < blocks; b++) {
-                const uint8_t *pair = w + n * (K / 2) + (b / 2) * 32;
-                const int8_t *a = xq + m * K + b * BLOCK;
-                int32_t dot = 0;
-                for (int i = 0; i < BLOCK; i++) dot += nibble(pair, b, i) * a[i];
-                float scale = half_to_float(ws[n * blocks + b]) * xs[m * blocks + b];
-                total += scale * (float)dot - scale * xsum8[m * blocks + b];
+    for (int64_t t = t0; t < t1; t++)
+        for (int r = 0; r < TILE && t * TILE + r < N; r++)
+            for (int64_t m = 0; m < M; m++) {
+                float total = 0.0f;
+                for (int64_t b = 0; b < blocks; b++) {
+                    const uint8_t *block = w + (t * blocks + b) * TILE_BLOCK;
+                    const int8_t *a = xq + m * K + b * BLOCK;
+                    int32_t dot = 0;
+                    for (int i = 0; i < BLOCK; i++) dot += nibble(block, r, i) * a[i];
+                    float scale = half_to_float(ws[(t * blocks + b) * TILE + r]) * xs[m * blocks + b];
+                    total += scale * (float)dot - scale * xsum8[m * blocks + b];
+                }
+                y[m * N + t * TILE + r] = total;
             }
-            y[m * N + n] = total;
-        }
 }
 
 /* -- the vector paths: one body, two dot products ----------------------------------------- */
-#define ROWS_BODY(DOT)                                                                          \
+#define TILES_BODY(DOT)                                                                         \
     int64_t blocks = K / BLOCK;                                                                 \
-    float scales[4][blocks];                         /* weight scale x activation scale */      \
-    for (int64_t n = n0; n < n1; n++) {                                                         \
-        const uint8_t *row = w + n * (K / 2);                                                   \
-        const uint16_t *wrow = ws + n * blocks;                                                 \
+    const __m256i low_mask = _mm256_set1_epi8(15);                                              \
+    for (int64_t t = t0; t < t1; t++) {                                                         \
         for (int64_t m0 = 0; m0 < M; m0 += 4) {                                                 \
             int rows = M - m0 < 4 ? (int)(M - m0) : 4;                                          \
-            float correction[4];                                                                \
-            for (int r = 0; r < rows; r++) {                                                    \
-                const float *sx = xs + (m0 + r) * blocks, *s8 = xsum8 + (m0 + r) * blocks;      \
-                __m256 fix = _mm256_setzero_ps();                                               \
-                int64_t b = 0;                                                                  \
-                for (; b + 8 <= blocks; b += 8) {                                               \
-                    __m256 both = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wrow + b))), \
-                                                _mm256_loadu_ps(sx + b));                       \
-                    _mm256_storeu_ps(scales[r] + b, both);                                      \
-                    fix = _mm256_fmadd_ps(both, _mm256_loadu_ps(s8 + b), fix);                  \
-                }                                                                               \
-                float tail = horizontal_sum(fix);                                               \
-                for (; b < blocks; b++) {                                                       \
-                    scales[r][b] = _cvtsh_ss(wrow[b]) * sx[b];                                  \
-                    tail += scales[r][b] * s8[b];                                               \
-                }                                                                               \
-                correction[r] = tail;                                                           \
-            }                                                                                   \
             __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),    \
                              _mm256_setzero_ps()};                                              \
-            for (int64_t b = 0; b < blocks; b += 2) {                                           \
-                __m256i packed = _mm256_loadu_si256((const __m256i *)(row + b * 16));           \
-                __m256i first = _mm256_and_si256(packed, _mm256_set1_epi8(15));                 \
-                __m256i second = _mm256_and_si256(_mm256_srli_epi16(packed, 4), _mm256_set1_epi8(15)); \
+            for (int64_t b = 0; b < blocks; b++) {                                              \
+                const uint8_t *block = w + (t * blocks + b) * TILE_BLOCK;                       \
+                __m256i groups[8];                                                              \
+                for (int c = 0; c < 4; c++) {                                                   \
+                    __m256i chunk = _mm256_loadu_si256((const __m256i *)(block + 32 * c));      \
+                    groups[2 * c] = _mm256_and_si256(chunk, low_mask);                          \
+                    groups[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(chunk, 4), low_mask); \
+                }                                                                               \
+                __m256 wscale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ws + (t * blocks + b) * TILE))); \
                 for (int r = 0; r < rows; r++) {                                                \
                     const int8_t *a = xq + (m0 + r) * K + b * BLOCK;                            \
-                    __m256i d0 = DOT(first, _mm256_loadu_si256((const __m256i *)a));            \
-                    __m256i d1 = DOT(second, _mm256_loadu_si256((const __m256i *)(a + BLOCK))); \
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_broadcast_ss(scales[r] + b), acc[r]); \
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_broadcast_ss(scales[r] + b + 1), acc[r]); \
+                    __m256i sums = _mm256_setzero_si256();                                      \
+                    for (int g = 0; g < 8; g++) {                                               \
+                        int32_t four;                                                           \
+                        memcpy(&four, a + 4 * g, 4);                                            \
+                        sums = DOT(sums, groups[g], _mm256_set1_epi32(four));                   \
+                    }                                                                           \
+                    float sx = xs[(m0 + r) * blocks + b];                                       \
+                    __m256 part = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(sx),  \
+                                                  _mm256_set1_ps(-sx * xsum8[(m0 + r) * blocks + b])); \
+                    acc[r] = _mm256_fmadd_ps(wscale, part, acc[r]);                             \
                 }                                                                               \
             }                                                                                   \
-            for (int r = 0; r < rows; r++)                                                      \
-                y[(m0 + r) * N + n] = horizontal_sum(acc[r]) - correction[r];                   \
+            for (int r = 0; r < rows; r++) {                                                    \
+                float out[TILE];                                                                \
+                _mm256_storeu_ps(out, acc[r]);                                                  \
+                for (int i = 0; i < TILE && t * TILE + i < N; i++) y[(m0 + r) * N + t * TILE + i] = out[i]; \
+            }                                                                                   \
         }                                                                                       \
     }
 
 __attribute__((target("avx2,fma,f16c")))
-static inline float horizontal_sum(__m256 v) {
-    __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    half = _mm_add_ss(half, _mm_movehdup_ps(half));
-    return _mm_cvtss_f32(half);
-}
-
-__attribute__((target("avx2,fma,f16c")))
-static inline __m256i dot_avx2(__m256i nibbles, __m256i acts) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles, acts), _mm256_set1_epi16(1));
+static inline __m256i dot_avx2(__m256i sums, __m256i nibbles, __m256i acts) {
+    return _mm256_add_epi32(sums, _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles, acts), _mm256_set1_epi16(1)));
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
-static inline __m256i dot_vnni(__m256i nibbles, __m256i acts) {
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles, acts);
+static inline __m256i dot_vnni(__m256i sums, __m256i nibbles, __m256i acts) {
+    return _mm256_dpbusd_epi32(sums, nibbles, acts);
 }
 
 __attribute__((target("avx2,fma,f16c")))
-static void rows_avx2(const uint8_t *w, const uint16_t *ws, int64_t n0, int64_t n1, int64_t K,
-                      const int8_t *xq, const float *xs, const float *xsum8, int64_t M, float *y, int64_t N) {
-    ROWS_BODY(dot_avx2)
+static void tiles_avx2(const uint8_t *w, const uint16_t *ws, int64_t t0, int64_t t1, int64_t K,
+                       const int8_t *xq, const float *xs, const float *xsum8, int64_t M, float *y, int64_t N) {
+    TILES_BODY(dot_avx2)
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
-static void rows_vnni(const uint8_t *w, const uint16_t *ws, int64_t n0, int64_t n1, int64_t K,
-                      const int8_t *xq, const float *xs, const float *xsum8, int64_t M, float *y, int64_t N) {
-    ROWS_BODY(dot_vnni)
+static void tiles_vnni(const uint8_t *w, const uint16_t *ws, int64_t t0, int64_t t1, int64_t K,
+                       const int8_t *xq, const float *xs, const float *xsum8, int64_t M, float *y, int64_t N) {
+    TILES_BODY(dot_vnni)
 }
 
 /* -- the entry points ------------------------------------------------------------------- */
-typedef void (*rows_fn)(const uint8_t *, const uint16_t *, int64_t, int64_t, int64_t,
-                        const int8_t *, const float *, const float *, int64_t, float *, int64_t);
+typedef void (*tiles_fn)(const uint8_t *, const uint16_t *, int64_t, int64_t, int64_t,
+                         const int8_t *, const float *, const float *, int64_t, float *, int64_t);
 
 /* 2: AVX-512 VNNI, 1: AVX2, 0: plain C — what `q4_matmul` runs with `path` -1 (best available). */
 int q4_best_path(void) {
@@ -179,23 +170,25 @@ int q4_best_path(void) {
     return 0;
 }
 
-/* y (M, N) = x (M, K) @ dequantized(w (N, K/2 bytes), ws (N, K/32))^T; K a multiple of 64.
-   `work`: at least M * K + 8 * M * (K / 32) + 4 bytes. Rows of w are shared among `threads`. */
+/* y (M, N) = x (M, K) @ dequantized(w, ws)^T: w (ceil(N/8), K/32, 128) bytes, ws (ceil(N/8), K/32, 8)
+   float16; K a multiple of 32. `work`: at least M * K + 8 * M * (K / 32) + 4 bytes. Tiles are
+   shared among `threads`. */
 int q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const uint16_t *ws, int64_t N,
               float *y, void *work, int threads, int path) {
-    if (K % (2 * BLOCK)) return -1;
-    int64_t blocks = K / BLOCK;
+    if (K % BLOCK) return -1;
+    int64_t blocks = K / BLOCK, tiles = (N + TILE - 1) / TILE;
     int8_t *xq = (int8_t *)work;
     float *xs = (float *)(xq + M * K + ((-(M * K)) & 3));
     float *xsum8 = xs + M * blocks;
     quantize_rows(x, M, K, xq, xs, xsum8);
     int chosen = path < 0 ? q4_best_path() : path;
-    rows_fn rows = chosen == 2 ? rows_vnni : chosen == 1 ? rows_avx2 : rows_plain;
+    tiles_fn run = chosen == 2 ? tiles_vnni : chosen == 1 ? tiles_avx2 : tiles_plain;
     if (threads < 1) threads = 1;
+    if (threads > tiles) threads = (int)tiles;
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int t = 0; t < threads; t++) {
-        int64_t n0 = N * t / threads, n1 = N * (t + 1) / threads;
-        rows(w, ws, n0, n1, K, xq, xs, xsum8, M, y, N);
+        int64_t first = tiles * t / threads, last = tiles * (t + 1) / threads;
+        run(w, ws, first, last, K, xq, xs, xsum8, M, y, N);
     }
     return 0;
 }

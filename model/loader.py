@@ -286,19 +286,17 @@ def _as_quantized(model, dtype, quantized: dict[str, tuple[str, str]]) -> None:
     import torch
     from torch import nn
 
-    from .int4 import GROUP, Int4Experts, Int4Linear
+    from .int4 import GROUP, TILE, Int4Experts, Int4Linear
     from .moe import Experts
     from .quant import Int8Experts, Int8Linear
 
     def empty(shape, kind=torch.int8):
         return torch.empty(shape, dtype=kind, device="meta")
 
-    def padded(n: int) -> int:        # int4's input size, whole pairs of blocks
-        return -(-n // (2 * GROUP)) * 2 * GROUP
-
     def int4(out: int, inp: int, *lead: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return (empty((*lead, out, padded(inp) // 2), torch.uint8),
-                empty((*lead, out, padded(inp) // GROUP), torch.float16))
+        tiles = -(-out // TILE)
+        return (empty((*lead, tiles, inp // GROUP, TILE * GROUP // 2), torch.uint8),
+                empty((*lead, tiles, inp // GROUP, TILE), torch.float16))
 
     for name, module in list(model.named_modules()):
         prefix = f"{name}." if name else ""
@@ -308,14 +306,14 @@ def _as_quantized(model, dtype, quantized: dict[str, tuple[str, str]]) -> None:
                 out, inp = child.weight.shape
                 if quantized[f"{key}weight"][1] == "int4":
                     packed, scale = int4(out, inp)
-                    setattr(module, child_name, Int4Linear(packed, scale, inp))
+                    setattr(module, child_name, Int4Linear(packed, scale, inp, out))
                 else:
                     setattr(module, child_name, Int8Linear(empty((out, inp)), empty((out,), dtype), dtype))
             elif isinstance(child, Experts) and not isinstance(child, (Int8Experts, Int4Experts)):
                 e, two_i, d = child.w13.shape
                 if quantized[f"{key}w13"][1] == "int4":
                     (w13, s13), (w2, s2) = int4(two_i, d, e), int4(d, two_i // 2, e)
-                    setattr(module, child_name, Int4Experts(w13, s13, w2, s2, d))
+                    setattr(module, child_name, Int4Experts(w13, s13, w2, s2, d, two_i // 2))
                 else:
                     setattr(module, child_name, Int8Experts(empty((e, two_i, d)), empty((e, two_i), dtype),
                                                             empty((e, d, two_i // 2)), empty((e, d), dtype), dtype))

@@ -9,7 +9,7 @@ from model import int4
 from model.int4 import GROUP, PATHS, best_path, dequantize_q4, q4_matmul, quantize_q4
 
 
-def _reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def _reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
     """What the kernel computes, in float64: activations rounded to 8-bit blocks of 32 (Q8_0),
     times the dequantized weight."""
     blocks = x.double().reshape(*x.shape[:-1], -1, GROUP)
@@ -17,7 +17,7 @@ def _reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> t
     inverse = torch.where(peak > 0, 127.0 / peak.float().double(), torch.zeros_like(peak))
     q = torch.clamp(torch.round(blocks * inverse.float().double()), -127, 127)
     xq = (q * (peak.float() / 127.0).double()).reshape(x.shape)
-    return xq @ dequantize_q4(packed, scales).double().t()
+    return xq @ dequantize_q4(packed, scales, n).double().t()
 
 
 def test_blocks_are_q4_0s():
@@ -27,35 +27,39 @@ def test_blocks_are_q4_0s():
     torch.manual_seed(0)
     w = torch.randn(48, 256)
     packed, scales = quantize_q4(w)
-    assert packed.dtype == torch.uint8 and packed.shape == (48, 128)
-    assert scales.dtype == torch.float16 and scales.shape == (48, 256 // GROUP)
-    back = dequantize_q4(packed, scales)
-    step = scales.float().abs().repeat_interleave(GROUP, dim=1)
-    scale_error = (w.reshape(48, -1, GROUP).abs().amax(-1) / 8 - scales.float().abs()).abs()
-    assert (scale_error <= 1e-3 * scales.float().abs()).all()          # float16's rounding only
-    nibbles = (back / scales.float().repeat_interleave(GROUP, dim=1) + 8).round()
-    slack = 1e-3 * step * 8                                             # the scale's float16 rounding
+    assert packed.dtype == torch.uint8 and packed.shape == (6, 8, 128)
+    assert scales.dtype == torch.float16 and scales.shape == (6, 8, 8)
+    assert packed.numel() * 8 + scales.numel() * 16 == w.numel() * 4.5    # 4.5 bits a weight
+    back = dequantize_q4(packed, scales, 48)
+    row_scales = scales.float().transpose(1, 2).reshape(48, 8)            # (row, block)
+    step = row_scales.abs().repeat_interleave(GROUP, dim=1)
+    scale_error = (w.reshape(48, -1, GROUP).abs().amax(-1) / 8 - row_scales.abs()).abs()
+    assert (scale_error <= 1e-3 * row_scales.abs()).all()                 # float16's rounding only
+    nibbles = (back / row_scales.repeat_interleave(GROUP, dim=1) + 8).round()
+    slack = 1e-3 * step * 8
     error = (back - w).abs()
     assert (error[nibbles < 15] <= (step * 0.5 + slack)[nibbles < 15]).all()
     assert (error <= step + slack).all()
-    assert back.numel() / 2 + scales.numel() * 2 == w.numel() * 4.5 / 8   # 4.5 bits a weight
 
 
 def test_a_block_of_zeros_and_a_size_that_is_not_a_multiple_of_32():
     packed, scales = quantize_q4(torch.zeros(2, 64))
-    assert torch.equal(dequantize_q4(packed, scales), torch.zeros(2, 64))
+    assert torch.equal(dequantize_q4(packed, scales, 2), torch.zeros(2, 64))
     with pytest.raises(ValueError, match="multiple of 32"):
         quantize_q4(torch.zeros(2, 40))
 
 
-def test_an_odd_number_of_blocks_is_padded_with_a_zero_block():
-    """The kernel takes blocks in pairs: 96 inputs are stored as 128, the last block zero."""
+def test_rows_that_do_not_fill_a_tile_of_8_and_an_odd_number_of_blocks():
+    """The kernel multiplies 8 output rows at a time: 13 rows are stored as 16, the last three
+    zero, and only 13 come out."""
     torch.manual_seed(3)
-    x, w = torch.randn(2, 96), torch.randn(8, 96)
+    x, w = torch.randn(2, 96), torch.randn(13, 96)
     packed, scales = quantize_q4(w)
-    assert packed.shape == (8, 64) and scales.shape == (8, 4) and (scales[:, 3] == 0).all()
-    expected = _reference(torch.nn.functional.pad(x, (0, 32)), packed, scales)
-    assert ((q4_matmul(x, packed, scales).double() - expected).norm() / expected.norm()) < 1e-5
+    assert packed.shape == (2, 3, 128) and (scales[1, :, 5:] == 0).all()
+    assert torch.equal(quantize_q4(dequantize_q4(packed, scales, 13))[0], packed)   # requantizing is exact
+    expected = _reference(x, packed, scales, 13)
+    y = q4_matmul(x, packed, scales, 13)
+    assert y.shape == (2, 13) and ((y.double() - expected).norm() / expected.norm()) < 1e-5
 
 
 @pytest.mark.parametrize("M", [1, 3, 17])
@@ -67,9 +71,9 @@ def test_every_kernel_this_cpu_has_computes_the_same_products(M):
     torch.manual_seed(M)
     x, w = torch.randn(M, 512), torch.randn(96, 512) * 0.05
     packed, scales = quantize_q4(w)
-    expected = _reference(x, packed, scales)
+    expected = _reference(x, packed, scales, 96)
     paths = [p for p in PATHS if PATHS[p] <= PATHS[best_path()]]
-    results = {p: q4_matmul(x, packed, scales, path=p) for p in paths}
+    results = {p: q4_matmul(x, packed, scales, 96, path=p) for p in paths}
     for path, y in results.items():
         assert y.shape == (M, 96)
         error = ((y.double() - expected).norm() / expected.norm()).item()
@@ -84,7 +88,7 @@ def test_the_product_is_close_to_float32s():
     x, w = torch.randn(4, 2048), torch.randn(1408, 2048) * 0.02
     packed, scales = quantize_q4(w)
     exact = x @ w.t()
-    error = ((q4_matmul(x, packed, scales) - exact).norm() / exact.norm()).item()
+    error = ((q4_matmul(x, packed, scales, 1408) - exact).norm() / exact.norm()).item()
     assert 0.01 < error < 0.12, error
 
 
@@ -95,13 +99,13 @@ def test_leading_dimensions_and_threads_do_not_change_the_answer():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = q4_matmul(x, packed, scales)
+        one = q4_matmul(x, packed, scales, 64)
         torch.set_num_threads(2)
-        two = q4_matmul(x, packed, scales)
+        two = q4_matmul(x, packed, scales, 64)
     finally:
         torch.set_num_threads(threads)
     assert one.shape == (2, 3, 64) and torch.equal(one, two)
-    assert torch.allclose(one.reshape(6, 64), q4_matmul(x.reshape(6, 256), packed, scales))
+    assert torch.allclose(one.reshape(6, 64), q4_matmul(x.reshape(6, 256), packed, scales, 64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +142,7 @@ def test_int4_quantizes_what_it_can_and_keeps_int8_where_blocks_do_not_fit(tmp_p
                 if isinstance(w, torch.Tensor) and w.is_floating_point() and w.dim() >= 2 and \
                         w.shape[-1] % GROUP == 0 and not isinstance(module, torch.nn.Embedding) and \
                         module is not fp32.model.head:     # the head stays int8
-                    w.copy_(dequantize_q4(*quantize_q4(w))[..., : w.shape[-1]])
+                    w.copy_(dequantize_q4(*quantize_q4(w), w.shape[-2]))
         for module in fp32.model.modules():
             if hasattr(module, "refresh_weights"):
                 module.refresh_weights()
