@@ -80,10 +80,12 @@ bench-llamacpp: install
 	$(PY) benchmarks/llamacpp_bench.py --write docs/benchmarks.md
 
 # a DeepSeek-Coder-V2-Lite-shaped slice (4 layers, random weights) in int8 against llama.cpp's
-# Q8_0 of the same weights; ~3 GB in the git-ignored .remote/, ~10 minutes on 2 cores
+# Q8_0 of the same weights, and in int4 against its Q4_0; ~4 GB in the git-ignored .remote/,
+# ~20 minutes on 2 cores
 bench-lite: install
 	benchmarks/llamacpp/build.sh $(PY)
 	$(PY) benchmarks/lite_slice_bench.py --write docs/benchmarks.md
+	$(PY) benchmarks/lite_slice_bench.py --quantize int4 --write docs/benchmarks.md
 
 # The bundled model's training, in the background at the lowest priority (docs/training.md, section 6):
 # the corpus once per machine (~10 minutes), then the run in ~/.cache/latent/runs/small, resumed

@@ -1,14 +1,17 @@
 """Real scale on CPU: a DeepSeek-Coder-V2-Lite-shaped slice in int8 against llama.cpp's Q8_0 of
-the same weights (`make bench-lite`).
+the same weights, and in int4 against llama.cpp's Q4_0 (`make bench-lite`).
 
-    python benchmarks/lite_slice_bench.py --layers 4 --write docs/benchmarks.md
+    python benchmarks/lite_slice_bench.py --layers 4 [--quantize int4] --write docs/benchmarks.md
 
 The slice has Lite's real dimensions (hidden 2048, 16 heads, kv_lora_rank 512, a dense first
 layer, then MoE layers of 64 routed experts, 6 chosen, and 2 shared) and vocabulary (102,400),
 but `--layers` layers, with random bfloat16 weights written once as a Hugging Face checkpoint
 into the git-ignored `.remote/lite-slice/` (the bundled model's tokenizer; the vocabulary is
 padded). llama.cpp's own converter makes its Q8_0 GGUF (one scale per 32 weights); Latent loads
-the same checkpoint with quantize = "int8" (one scale per output row).
+the same checkpoint with quantize = "int8" (one scale per output row). For int4, the converter
+writes a bfloat16 GGUF and llama.cpp's quantizer (`llama-quantize … Q4_0`) makes the Q4_0 one
+(blocks of 32, its output head kept at 6 bits); Latent loads the checkpoint with quantize =
+"int4" (the same blocks and rounding, its head in int8).
 
 Both are fed the same token ids (random ids of the tokenizer's range: a random model has no
 meaningful text): prefill tokens/s of a `--prompt`-token prompt from an empty cache, and decode
@@ -46,7 +49,10 @@ from report import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 REMOTE = ROOT / ".remote"
-SECTION = "## DeepSeek-Coder-V2-Lite-shaped slice: int8 against llama.cpp Q8_0 (make bench-lite)"
+SECTIONS = {"int8": "## DeepSeek-Coder-V2-Lite-shaped slice: int8 against llama.cpp Q8_0 (make bench-lite)",
+            "int4": "## DeepSeek-Coder-V2-Lite-shaped slice: int4 against llama.cpp Q4_0 (make bench-lite)"}
+LLAMA_TYPE = {"int8": "Q8_0", "int4": "Q4_0"}
+BYTES_PER_WEIGHT = {"int8": 1.0, "int4": 4.5 / 8}
 THREADS = (1, 2)
 
 
@@ -120,15 +126,23 @@ def make_checkpoint(folder: Path, layers: int) -> None:
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
 
 
-def make_gguf(folder: Path, gguf: Path, llama_dir: Path) -> None:
+def make_gguf(folder: Path, gguf: Path, llama_dir: Path, quantize: str = "int8") -> None:
+    """The GGUF of the checkpoint: Q8_0 straight from llama.cpp's converter; Q4_0 through its
+    quantizer from a bfloat16 conversion."""
     if gguf.is_file() and gguf.stat().st_mtime > (folder / "config.json").stat().st_mtime:
         return
     log = REMOTE / "lite-convert.log"
+    converted = gguf if quantize == "int8" else gguf.with_suffix(".bf16.gguf")
     with log.open("w") as out:
         done = subprocess.run([sys.executable, str(ROOT / "tests" / "remote" / "convert.py"), str(llama_dir),
-                               str(folder), str(gguf), "q8_0"], stdout=out, stderr=subprocess.STDOUT)
+                               str(folder), str(converted), "q8_0" if quantize == "int8" else "bf16"],
+                              stdout=out, stderr=subprocess.STDOUT)
+        if done.returncode == 0 and quantize == "int4":
+            done = subprocess.run([str(llama_dir / "build" / "bin" / "llama-quantize"), str(converted), str(gguf),
+                                   "Q4_0"], stdout=out, stderr=subprocess.STDOUT)
+            converted.unlink(missing_ok=True)
     if done.returncode:
-        raise SystemExit(f"llama.cpp's converter failed; see {log}")
+        raise SystemExit(f"llama.cpp's converter or quantizer failed; see {log}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,13 +203,13 @@ def run_llama(server: LlamaServer, prompt: list[int], new: int) -> tuple[float, 
 
 def bench(args) -> dict:
     folder = REMOTE / "lite-slice"
-    gguf = REMOTE / f"lite-slice-{args.layers}-q8_0.gguf"
+    gguf = REMOTE / f"lite-slice-{args.layers}-{LLAMA_TYPE[args.quantize].lower()}.gguf"
     t = time.perf_counter()
     make_checkpoint(folder, args.layers)
-    make_gguf(folder, gguf, args.llama_dir)
+    make_gguf(folder, gguf, args.llama_dir, args.quantize)
     made_s = time.perf_counter() - t
     t = time.perf_counter()
-    engines = {n: Engine.load(folder, RuntimeConfig(quantize="int8", threads=n, max_context=4096, speculate=0))
+    engines = {n: Engine.load(folder, RuntimeConfig(quantize=args.quantize, threads=n, max_context=4096, speculate=0))
                for n in THREADS}   # the engine sets its own threads per phase from its runtime
     load_s = (time.perf_counter() - t) / len(THREADS)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # the loads' peak, before any buffer
@@ -228,7 +242,8 @@ def bench(args) -> dict:
 
 def report(args, run: dict) -> str:
     figures, bandwidth = run["figures"], run["bandwidth"]
-    active, active_full = active_bytes(run["cfg"]), active_bytes(run["full"])
+    per_weight, llama_type = BYTES_PER_WEIGHT[args.quantize], LLAMA_TYPE[args.quantize]
+    active, active_full = active_bytes(run["cfg"], per_weight), active_bytes(run["full"], per_weight)
     median = statistics.median
     rows = []
     for n in THREADS:
@@ -239,16 +254,17 @@ def report(args, run: dict) -> str:
                     f"{median(lat['prefill']) / median(lla['prefill']):.2f}× | {median(lat['decode']):.2f} | "
                     f"{median(lla['decode']):.2f} | {median(lat['decode']) / median(lla['decode']):.2f}× | "
                     f"{bound:.1f} | {median(lat['decode']) / bound:.0%} | {same}/{len(lat['ids'])} |")
+    quantize_flag = f" --quantize {args.quantize}" if args.quantize != "int8" else ""
     return "\n".join([
-        SECTION, "",
+        SECTIONS[args.quantize], "",
         f"`python benchmarks/lite_slice_bench.py --layers {args.layers} --prompt {args.prompt} --new {args.new} "
-        f"--rounds {args.rounds}` — {time.strftime('%Y-%m-%d')}, {platform.machine()} with {os.cpu_count()} CPUs "
+        f"--rounds {args.rounds}{quantize_flag}` — {time.strftime('%Y-%m-%d')}, {platform.machine()} with {os.cpu_count()} CPUs "
         f"(load average {os.getloadavg()[0]:.1f}: the cores are shared). Lite's dimensions, {args.layers} layers "
-        f"(a dense one, then MoE: 64 experts, 6 chosen, 2 shared), random weights: Latent int8 "
+        f"(a dense one, then MoE: 64 experts, 6 chosen, 2 shared), random weights: Latent {args.quantize} "
         f"{run['weight_bytes'] / 2**30:.2f} GiB with its float32 embedding (loaded in {run['load_s']:.0f} s; the "
         f"process peaked at {run['peak'] / 2**30:.1f} GiB with two copies loaded, one per thread count: each is "
         f"quantized while loading, never the {parameters(run['cfg']) * 4 / 2**30:.1f} GiB float32 model), "
-        "llama.cpp Q8_0 GGUF "
+        f"llama.cpp {llama_type} GGUF "
         f"{run['gguf_bytes'] / 2**30:.2f} GiB. Medians of {args.rounds} rounds, a {args.prompt}-token prompt "
         f"from an empty cache, then {args.new} greedy tokens.", "",
         "| threads | prefill tok/s, Latent | llama.cpp | ratio | decode tok/s, Latent | llama.cpp | ratio | "
@@ -256,13 +272,14 @@ def report(args, run: dict) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows, "",
         f"Memory read bandwidth (summing a 1 GiB buffer, best of 5): {bandwidth[1] / 1e9:.1f} GB/s with 1 thread, "
-        f"{bandwidth[2] / 1e9:.1f} GB/s with 2. A token of this slice reads {active / 1e6:.0f} MB of int8 weights "
-        f"(the LM head alone {run['cfg']['vocab_size'] * run['cfg']['hidden_size'] / 1e6:.0f} MB); the whole "
+        f"{bandwidth[2] / 1e9:.1f} GB/s with 2. A token of this slice reads {active / 1e6:.0f} MB of {args.quantize} "
+        f"weights (the LM head alone {run['cfg']['vocab_size'] * run['cfg']['hidden_size'] / 1e6:.0f} MB in int8); the whole "
         f"27-layer Lite reads {active_full / 1e9:.2f} GB, so its decode bound here is "
         f"{bandwidth[1] / active_full:.1f} tokens/s on 1 thread and {bandwidth[2] / active_full:.1f} on 2 "
         "(`python benchmarks/engine_bench.py --lite` measures the engine at full depth). Random weights make "
-        "near-ties common, so \"same first token\" is a weak same-model check; the two quantizations differ "
-        "(per row against per 32 weights).", ""])
+        "near-ties common, so \"same first token\" is a weak same-model check"
+        + ("; the two quantizations differ (per row against per 32 weights)." if args.quantize == "int8" else
+           "; the two quantizations round alike (Q4_0's blocks), the activations both in 8-bit blocks of 32."), ""])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", type=int, default=256, help="prompt tokens (default: %(default)s)")
     parser.add_argument("--new", type=int, default=32, help="tokens decoded (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--quantize", choices=("int8", "int4"), default="int8",
+                        help="Latent's weights, against llama.cpp's Q8_0 or Q4_0 (default: %(default)s)")
     parser.add_argument("--server", type=Path, default=REMOTE / "llama.cpp" / "build" / "bin" / "llama-server")
     parser.add_argument("--llama-dir", type=Path, default=REMOTE / "llama.cpp")
     parser.add_argument("--write", type=Path, default=None, help="replace this section in a Markdown file")
