@@ -16,11 +16,15 @@ Results print as a Markdown section; --write appends/replaces it in docs/benchma
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import gc
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -216,10 +220,12 @@ def cache_bytes(engine: Engine) -> dict:
 # ---------------------------------------------------------------------------------------------
 # DeepSeek-Coder-V2-Lite shape, int8, random
 
-def lite_int8_engine(layers: int | None = None) -> Engine:
-    """A Lite-shaped engine whose weights are random int8 + per-row scales, made directly in
-    int8: a 15.7B-parameter float32 model would need 63 GB, more than this machine has."""
+def lite_engine(layers: int | None = None, quantize: str = "int8") -> Engine:
+    """A Lite-shaped engine whose weights are random int8 + per-row scales, or random 4-bit
+    blocks with float16 scales (the head then int8, as quantize = "int4" keeps it), made directly
+    in that form: a 15.7B-parameter float32 model would need 63 GB, more than this machine has."""
     from model.config import ModelArgs
+    from model.int4 import GROUP, TILE, Int4Experts, Int4Linear
     from model.moe import Experts
     from model.quant import Int8Experts, Int8Linear
     from model.transformer import Transformer
@@ -236,22 +242,41 @@ def lite_int8_engine(layers: int | None = None) -> Engine:
         q = torch.randint(-127, 128, tuple(shape), dtype=torch.int8, generator=g)
         return q, torch.full(tuple(shape[:-1]), 1.0 / (127 * shape[-1] ** 0.5))
 
-    for module in list(model.modules()):
+    def rand_int4(shape):   # (..., out, in) -> the kernel's packed nibbles and block scales
+        *lead, out, inp = shape
+        tiles, blocks = -(-out // TILE), inp // GROUP
+        packed = torch.randint(0, 256, (*lead, tiles, blocks, TILE * GROUP // 2), dtype=torch.uint8, generator=g)
+        return packed, torch.full((*lead, tiles, blocks, TILE), 1.0 / (8 * inp ** 0.5), dtype=torch.float16)
+
+    for prefix, module in list(model.named_modules()):
         for name, child in list(module.named_children()):
+            int4 = quantize == "int4" and f"{prefix}.{name}".strip(".") != "head"
             if isinstance(child, torch.nn.Linear):
-                q, s = rand_int8(child.weight.shape)
-                setattr(module, name, Int8Linear(q, s, torch.float32))
+                out, inp = child.weight.shape
+                if int4:
+                    setattr(module, name, Int4Linear(*rand_int4((out, inp)), inp, out))
+                else:
+                    q, s = rand_int8(child.weight.shape)
+                    setattr(module, name, Int8Linear(q, s, torch.float32))
             elif isinstance(child, Experts):
-                (a, sa), (b, sb) = rand_int8(child.w13.shape), rand_int8(child.w2.shape)
-                setattr(module, name, Int8Experts(a, sa, b, sb, torch.float32))
+                if int4:
+                    e, two_i, d = child.w13.shape
+                    setattr(module, name, Int4Experts(*rand_int4(child.w13.shape), *rand_int4(child.w2.shape),
+                                                      d, two_i // 2))
+                else:
+                    (a, sa), (b, sb) = rand_int8(child.w13.shape), rand_int8(child.w2.shape)
+                    setattr(module, name, Int8Experts(a, sa, b, sb, torch.float32))
     model.embed = _Int8Embedding(*rand_int8((args.vocab_size, args.dim)))
     for name, p in list(model.named_parameters()):
         if p.device.type == "meta":   # norms (ones) and routers (small, float)
             value = torch.ones(p.shape) if p.dim() == 1 else torch.randn(p.shape, generator=g) * p.shape[-1] ** -0.5
             _assign(model, name, value)
     model.init_rope(8192)
-    runtime = RuntimeConfig(quantize="int8", max_context=2048)
-    return Engine(model.eval(), _ByteTokenizer(), runtime, name="random Coder-V2-Lite shape (int8)")
+    for module in model.modules():
+        if hasattr(module, "refresh_weights"):
+            module.refresh_weights()
+    runtime = RuntimeConfig(quantize=quantize, max_context=2048)
+    return Engine(model.eval(), _ByteTokenizer(), runtime, name=f"random Coder-V2-Lite shape ({quantize})")
 
 
 class _Int8Embedding(torch.nn.Module):
@@ -288,18 +313,19 @@ class _ByteTokenizer:
         return len(text.encode())
 
 
-def bench_lite(layers: int | None, new_tokens: int = 16) -> dict:
+def bench_lite(layers: int | None, new_tokens: int = 16, quantize: str = "int8") -> dict:
     import psutil
 
-    engine = lite_int8_engine(layers)
-    params = sum(v.numel() for v in engine.model.state_dict().values() if v.dtype == torch.int8)
+    engine = lite_engine(layers, quantize)
+    params = engine.model.parameter_count()
     prompt = list(range(100, 612))
     gen = engine.generate(prompt, SamplingParams(max_new_tokens=new_tokens, stop_token_ids=()))
     gen.run()
-    rss = psutil.Process().memory_info().rss
+    rss = max(psutil.Process().memory_info().rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {
         "layers": engine.args.n_layers,
-        "int8_parameters": params,
+        "parameters": params,
+        "weight_bytes": engine.weight_bytes,
         "resident_bytes": rss,
         "prefill_tok_s": gen.stats.prefilled_tokens / (gen.stats.prefill_ms / 1e3),
         "decode_tok_s": (gen.stats.generated_tokens - 1) / (gen.stats.decode_ms / 1e3),
@@ -360,14 +386,25 @@ def run(lite: bool, lite_layers: int | None) -> str:
         f"for per-head K/V of the same shape: {cb['ratio']:.1f}× smaller.",
     ]
     if lite:
-        res = bench_lite(lite_layers)
-        lines += [
-            "",
-            f"DeepSeek-Coder-V2-Lite shape, random int8 weights ({res['layers']} layers, "
-            f"{res['int8_parameters'] / 1e9:.2f}B int8 parameters): peak RSS {res['resident_bytes'] / 2**30:.1f} GiB, "
-            f"prefill {res['prefill_tok_s']:.1f} tokens/s, decode {res['decode_tok_s']:.2f} tokens/s.",
-        ]
+        lines += ["", *lite_lines(lite_layers)]
     return "\n".join(lines) + "\n"
+
+
+def lite_lines(layers: int | None) -> list[str]:
+    """The Lite-shaped model in int8 and in int4, each loaded and served in a process of its own
+    (so that each peak resident size is its own)."""
+    lines = []
+    for quantize in ("int8", "int4"):
+        child = [sys.executable, str(Path(__file__).resolve()), "--lite-child", quantize]
+        if layers:
+            child += ["--lite-layers", str(layers)]
+        res = json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        lines.append(
+            f"DeepSeek-Coder-V2-Lite shape, random {quantize} weights ({res['layers']} layers, "
+            f"{res['parameters'] / 1e9:.2f}B parameters, {res['weight_bytes'] / 2**30:.2f} GiB of weights): peak RSS "
+            f"{res['resident_bytes'] / 2**30:.1f} GiB loading and serving, prefill {res['prefill_tok_s']:.1f} "
+            f"tokens/s, decode {res['decode_tok_s']:.2f} tokens/s (a 512-token prompt, then 16 tokens).")
+    return lines
 
 
 def fim_typing_lines(engine: Engine, text: str) -> list[str]:
@@ -402,10 +439,15 @@ def fim_typing_lines(engine: Engine, text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="engine_bench.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lite", action="store_true", help="also run the Coder-V2-Lite-shaped int8 model")
+    parser.add_argument("--lite", action="store_true", help="also run the Coder-V2-Lite-shaped model, int8 and int4")
     parser.add_argument("--lite-layers", type=int, default=None, help="layers of the Lite-shaped model (default 27)")
+    parser.add_argument("--lite-child", choices=("int8", "int4"), default=None,
+                        help="only the Lite-shaped model in this form; its figures as one JSON line")
     parser.add_argument("--write", type=Path, default=None, help="replace this section in a Markdown file")
     args = parser.parse_args(argv)
+    if args.lite_child:
+        print(json.dumps(bench_lite(args.lite_layers, quantize=args.lite_child)))
+        return 0
     section = run(args.lite, args.lite_layers)
     publish(section, args.write)
     return 0
