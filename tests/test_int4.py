@@ -64,18 +64,19 @@ def test_rows_that_do_not_fill_a_tile_of_8_and_an_odd_number_of_blocks():
 
 @pytest.mark.parametrize("M", [1, 3, 17])
 def test_every_kernel_this_cpu_has_computes_the_same_products(M):
-    """The plain C loop everywhere, AVX2 and AVX-512 VNNI where the CPU has them: each equals
-    the float64 reference of the same quantized activations and weights to float32 rounding,
-    and the two vector paths agree to the bit (same integers, same order of sums)."""
+    """The plain C loop everywhere, AVX2 and AVX-512 VNNI (two tiles to a 512-bit register, an
+    odd one in 256 bits) where the CPU has them: each equals the float64 reference of the same
+    quantized activations and weights to float32 rounding, and the vector paths agree to the
+    bit (same integers, same order of sums)."""
     assert int4.kernel() is not None, "the int4 kernel did not build (is a C compiler installed?)"
     torch.manual_seed(M)
-    x, w = torch.randn(M, 512), torch.randn(96, 512) * 0.05
+    x, w = torch.randn(M, 512), torch.randn(104, 512) * 0.05     # 13 tiles: pairs, and one alone
     packed, scales = quantize_q4(w)
-    expected = _reference(x, packed, scales, 96)
+    expected = _reference(x, packed, scales, 104)
     paths = [p for p in PATHS if PATHS[p] <= PATHS[best_path()]]
-    results = {p: q4_matmul(x, packed, scales, 96, path=p) for p in paths}
+    results = {p: q4_matmul(x, packed, scales, 104, path=p) for p in paths}
     for path, y in results.items():
-        assert y.shape == (M, 96)
+        assert y.shape == (M, 104)
         error = ((y.double() - expected).norm() / expected.norm()).item()
         assert error < 1e-5, (path, error)
     if "vnni" in results:
