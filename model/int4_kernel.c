@@ -172,9 +172,10 @@ static void tiles_vnni512(const uint8_t *w, const uint16_t *ws, int64_t t0, int6
     const __m512i low_mask = _mm512_set1_epi8(15);
     int64_t t = t0;
     for (; t + 1 < t1; t += 2) {
-        for (int64_t m0 = 0; m0 < M; m0 += 4) {
-            int rows = M - m0 < 4 ? (int)(M - m0) : 4;
-            __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int64_t m0 = 0; m0 < M; m0 += 8) {   /* eight activation rows per unpacked block: 32 registers hold them */
+            int rows = M - m0 < 8 ? (int)(M - m0) : 8;
+            __m512 acc[8];
+            for (int r = 0; r < 8; r++) acc[r] = _mm512_setzero_ps();
             for (int64_t b = 0; b < blocks; b++) {
                 const uint8_t *first = w + (t * blocks + b) * TILE_BLOCK;
                 const uint8_t *second = w + ((t + 1) * blocks + b) * TILE_BLOCK;
