@@ -48,6 +48,8 @@ def sampling_for(config: CompletionConfig, fmt: FimFormat, mode: str, plan: Plan
         max_new_tokens=max_new_tokens(config, mode),
         stop=stop + plan.specials,
         stop_token_ids=(fmt.end_id,) if fmt.end_id is not None else (),
+        suppress_token_ids=fmt.marker_ids,   # a middle never holds a marker (a model that mixes up
+                                             # the layouts writes <fim_hole> after an SPM prefix)
     )
 
 

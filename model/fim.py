@@ -38,6 +38,7 @@ class FimFormat:
     file_sep: str | None = None
     repo_name: str | None = None
     end_id: int | None = None
+    marker_ids: tuple[int, ...] = ()   # ids of the prefix, suffix, middle and file tokens: never in a middle
 
     def fill(self, prefix: str, suffix: str, layout: str = "psm") -> str:
         """The FIM part of a prompt; the model writes the middle after it."""
@@ -93,8 +94,10 @@ def detect(token_to_id: Callable[[str], int | None]) -> FimFormat | None:
             if any(t is not None and token_to_id(t) is None for t in main):
                 continue
             known: dict[str | None, int | None] = {t: token_to_id(t) for t in spelled.tokens}  # None: not held
+            markers = (spelled.prefix, spelled.suffix, spelled.middle, spelled.file_sep, spelled.repo_name)
             return replace(spelled, end=spelled.end if known.get(spelled.end) is not None else None,
                            end_id=known.get(spelled.end),
+                           marker_ids=tuple(i for t in markers if (i := known.get(t)) is not None),
                            file_sep=spelled.file_sep if known.get(spelled.file_sep) is not None else None,
                            repo_name=spelled.repo_name if known.get(spelled.repo_name) is not None else None)
     return None

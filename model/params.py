@@ -22,6 +22,8 @@ class SamplingParams:
     max_new_tokens: int = option(64, "tokens to generate at most", min=0, max=65536)
     stop: tuple[str, ...] = option((), "strings that end the generation (never part of the text)", keep_case=True)
     stop_token_ids: tuple[int, ...] = option((), "token ids that end the generation")
+    suppress_token_ids: tuple[int, ...] = option((), "token ids never generated (a fill-in-the-middle answer "
+                                                     "never writes its format's own markers)")
     temperature: float = option(0.0, "sampling temperature; 0 is greedy", min=0.0, max=100.0)
     top_p: float = option(1.0, "nucleus sampling: keep the smallest set of tokens reaching this probability",
                           min=0.0, max=1.0)
@@ -30,9 +32,10 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(str(s) for s in self.stop if s))
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in self.stop_token_ids):
-            raise OptionError("Setting 'stop_token_ids' takes whole numbers.")
-        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        for name in ("stop_token_ids", "suppress_token_ids"):
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in getattr(self, name)):
+                raise OptionError(f"Setting {name!r} takes whole numbers.")
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         check(self)
 
     @property

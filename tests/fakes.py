@@ -42,7 +42,9 @@ class FakeTokenizer:
             self._id(special)
         self.bos_id = self._ids[BOS] if bos else None
         self.eos_id = self._ids[EOS]
-        self.fim = replace(fmt, end_id=self._ids[fmt.end]) if (fmt and declare_fim) else None
+        markers = (fmt.prefix, fmt.suffix, fmt.middle, fmt.file_sep, fmt.repo_name) if fmt else ()
+        self.fim = replace(fmt, end_id=self._ids[fmt.end], marker_ids=tuple(self._ids[t] for t in markers if t)) \
+            if (fmt and declare_fim) else None
         alternatives = [re.escape(s) for s in sorted(self._specials, key=len, reverse=True)]
         self._pattern = re.compile("|".join(alternatives + [r"\w+", r"\s", r"[^\w\s]"]))
 

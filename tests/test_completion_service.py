@@ -52,6 +52,8 @@ def test_a_block_completion_end_to_end():
         "<｜fim▁begin｜># pkg/calc.py\nimport os\n\ndef add(a, b):<｜fim▁hole｜>\n\nprint(add(1, 2))\n<｜fim▁end｜>")
     assert request["max_new_tokens"] == 160 and "\n\n\n" in request["stop"]
     assert request["stop_token_ids"] == (engine.tokenizer.fim.end_id,)
+    markers = {engine.tokenizer.encode(t)[0] for t in ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>")}
+    assert markers <= set(request["suppress_token_ids"])     # a middle never writes the format's markers
     assert set(result.timings_ms) == {"parse", "context", "prompt", "engine", "postprocess"}
     assert set(result.parts_ms) == {"tokenize", "queries"}
     assert result.engine_stats["prompt_tokens"] > 0

@@ -440,3 +440,24 @@ def test_closing_the_compiled_step_ends_its_loader_thread(tmp_path, monkeypatch)
     engine.forward.close()
     assert not any(t.is_alive() for t in loaders)
     assert engine.forward.state == "eager"
+
+
+def test_suppressed_tokens_are_never_written_nor_offered_as_alternatives(pair):
+    """A FIM middle never holds its format's markers: a model that mixes up the layouts put
+    <fim_hole> first after an SPM prefix, which the pipeline cut to an empty answer. The
+    suppressed ids are out of reach of the greedy pick, of sampling, and of the first choices
+    that alternatives branch on."""
+    _, engine, _ = pair
+    ids = _prompt(16, seed=4)
+    plain = engine.generate(ids, SamplingParams(max_new_tokens=8, stop_token_ids=()))
+    plain.run()
+    first = plain.stats.extra["first_choices"][0][0]
+    banned = (first, *[c[0] for c in plain.stats.extra["first_choices"][1:2]])
+    for params in (SamplingParams(max_new_tokens=8, stop_token_ids=(), suppress_token_ids=banned),
+                   SamplingParams(max_new_tokens=8, stop_token_ids=(), suppress_token_ids=banned,
+                                  temperature=1.0, seed=3)):
+        gen = engine.generate(ids, params)
+        gen.run()
+        tokens = list(engine.live.tokens[len(ids):])
+        assert not set(tokens) & set(banned)
+        assert not {c[0] for c in gen.stats.extra["first_choices"]} & set(banned)

@@ -67,7 +67,7 @@ def decode(forward: Forward, live: LiveBuffer, tokenizer: Tokenizer, req: Reques
     out = TextStream(tokenizer, req.params.stop)
     drafts = Drafts(req.tokens, speculate) if speculate and req.params.greedy else None
     chosen = [sample(logits)]                    # decided tokens not yet shown
-    stats.extra["first_choices"] = first_choices(logits)
+    stats.extra["first_choices"] = first_choices(sample.allowed(logits))
     stats.finish_reason = "length"
     try:
         while req.max_new_tokens > 0:            # 0: the prompt is prefilled (and cached), nothing written
@@ -120,7 +120,7 @@ def _step(forward: Forward, live: LiveBuffer, token: int, drafts: "Drafts | None
         if drafts is not None:
             drafts.timed_step(time.perf_counter() - t0)
         return [choice]
-    picks = logits.argmax(-1).tolist()            # greedy choice after token, d1, d2, …
+    picks = sample.allowed(logits).argmax(-1).tolist()   # greedy choice after token, d1, d2, …
     taken = 0
     while taken < len(draft) and picks[taken] == draft[taken]:
         taken += 1
@@ -194,13 +194,21 @@ class Sampler:
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
+        self.suppress = torch.tensor(params.suppress_token_ids, dtype=torch.long) if params.suppress_token_ids else None
         self.generator = None
         if not params.greedy:
             self.generator = torch.Generator()
             self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
 
+    def allowed(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` (.., V) with the suppressed tokens out of reach (a copy when there are any)."""
+        if self.suppress is None:
+            return logits
+        return logits.index_fill(-1, self.suppress.to(logits.device), float("-inf"))
+
     def __call__(self, logits: torch.Tensor) -> int:
         p = self.params
+        logits = self.allowed(logits)
         if p.greedy:
             return int(logits.argmax())
         logits = logits.float().cpu() / p.temperature

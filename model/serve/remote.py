@@ -125,6 +125,8 @@ class RemoteEngine:
             body["top_k"] = params.top_k                           # vLLM / SGLang / llama.cpp extension
         if params.stop_token_ids:
             body["stop_token_ids"] = list(params.stop_token_ids)   # vLLM / SGLang extension
+        if params.suppress_token_ids:                               # OpenAI's ban: -100 (vLLM, llama.cpp)
+            body["logit_bias"] = {str(token): -100 for token in params.suppress_token_ids}
         stats = GenerationStats()
         return Generation(self._stream(body, stats, cancel or CancelToken()), stats)
 
