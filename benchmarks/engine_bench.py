@@ -225,7 +225,7 @@ def lite_engine(layers: int | None = None, quantize: str = "int8") -> Engine:
     blocks with float16 scales (the head then int8, as quantize = "int4" keeps it), made directly
     in that form: a 15.7B-parameter float32 model would need 63 GB, more than this machine has."""
     from model.config import ModelArgs
-    from model.int4 import GROUP, TILE, Int4Experts, Int4Linear
+    from model.int4 import Int4Experts, Int4Linear, q4_shapes
     from model.moe import Experts
     from model.quant import Int8Experts, Int8Linear
     from model.transformer import Transformer
@@ -244,9 +244,9 @@ def lite_engine(layers: int | None = None, quantize: str = "int8") -> Engine:
 
     def rand_int4(shape):   # (..., out, in) -> the kernel's packed nibbles and block scales
         *lead, out, inp = shape
-        tiles, blocks = -(-out // TILE), inp // GROUP
-        packed = torch.randint(0, 256, (*lead, tiles, blocks, TILE * GROUP // 2), dtype=torch.uint8, generator=g)
-        return packed, torch.full((*lead, tiles, blocks, TILE), 1.0 / (8 * inp ** 0.5), dtype=torch.float16)
+        packed, scales = q4_shapes(out, inp)
+        return (torch.randint(0, 256, (*lead, *packed), dtype=torch.uint8, generator=g),
+                torch.full((*lead, *scales), 1.0 / (8 * inp ** 0.5), dtype=torch.float16))
 
     for prefix, module in list(model.named_modules()):
         for name, child in list(module.named_children()):

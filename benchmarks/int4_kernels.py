@@ -27,7 +27,7 @@ from model.int4 import best_path, q4_matmul, quantize_q4
 from model.params import RuntimeConfig
 from model.quant import quantize_rows
 from model.torch_private import fbgemm_linear, fbgemm_prepack
-from report import publish
+from report import publish, seconds_per_call
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## int4 on the CPU (benchmarks/int4_kernels.py)"
@@ -50,14 +50,6 @@ def accuracy() -> dict:
     return out
 
 
-def _seconds(fn, reps: int) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - start) / reps
-
-
 def speed(threads: int) -> list[dict]:
     torch.set_num_threads(threads)
     rows = []
@@ -72,9 +64,9 @@ def speed(threads: int) -> list[dict]:
             reps = {1: 200, 16: 40, 128: 8}[m]
             times: dict[str, list[float]] = {"int4": [], "int8": [], "float32": []}
             for _ in range(5):
-                times["int4"].append(_seconds(lambda: q4_matmul(x, packed, scales, n), reps))
-                times["int8"].append(_seconds(lambda: fbgemm_linear(x, int8, reduce_range=False), reps))
-                times["float32"].append(_seconds(lambda: x @ w.t(), reps))
+                times["int4"].append(seconds_per_call(lambda: q4_matmul(x, packed, scales, n), reps))
+                times["int8"].append(seconds_per_call(lambda: fbgemm_linear(x, int8, reduce_range=False), reps))
+                times["float32"].append(seconds_per_call(lambda: x @ w.t(), reps))
             rows.append({"shape": (n, k), "rows": m, **{key: statistics.median(v) for key, v in times.items()}})
     return rows
 

@@ -12,7 +12,6 @@ Run it with the training paused: the figures are ratios, but two busy cores stil
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import model.quant as quant
 from model.engine import Engine
 from model.params import RuntimeConfig
 from model.torch_private import fbgemm_linear, fbgemm_prepack
+from report import seconds_per_call
 
 SHAPES = [(2816, 2048), (2048, 1408), (8192, 256)]   # Lite's expert w13 and w2; the bundled head
 
@@ -51,14 +51,6 @@ def accuracy() -> None:
     quant.dynamic_linear = native
 
 
-def _seconds(fn, reps: int) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - start) / reps
-
-
 def speed() -> None:
     for out, inp in SHAPES:
         q, scale = quant.quantize_rows(torch.randn(out, inp))
@@ -69,7 +61,7 @@ def speed() -> None:
             times = {"plain": [], "split": []}
             for _ in range(3):   # interleaved, best of 3
                 for label, x in (("plain", plain), ("split", split)):
-                    times[label].append(_seconds(lambda x=x, w=packed: fbgemm_linear(x, w, reduce_range=True), reps))
+                    times[label].append(seconds_per_call(lambda x=x, w=packed: fbgemm_linear(x, w, reduce_range=True), reps))
             t_plain, t_split = min(times["plain"]), min(times["split"])
             print(f"  {out}x{inp}, {m:3d} rows: {t_plain * 1e3:7.3f} ms plain, {t_split * 1e3:7.3f} ms split: "
                   f"{t_split / t_plain:.2f}x")

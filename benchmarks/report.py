@@ -3,12 +3,23 @@
     publish(section_text, path_or_None)          # print it, and replace it in the file if given
     write_section(section_text, path)            # the whole section, replaced
     write_row(path, empty_section, cells, key)   # one row of the section's table, replaced by key
+    seconds_per_call(fn, reps)                   # a product's time, for the kernel benchmarks
 
 Everything outside the section stays as it is.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+
+def seconds_per_call(fn, reps: int) -> float:
+    """Mean seconds of `fn()` over `reps` calls, after one call that warms it up."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps
 
 
 def publish(section: str, path: Path | None) -> None:

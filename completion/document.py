@@ -254,6 +254,11 @@ class DocumentState:
         return tree
 
     @property
+    def has_tree(self) -> bool:
+        """Whether this text has a tree (a grammar, and no more than max_parse_chars)."""
+        return self._parser is not None
+
+    @property
     def parsed(self) -> bool:
         """Whether the tree was read (and so parsed, where there is one to parse)."""
         return not isinstance(self._tree, _Unparsed)
@@ -319,7 +324,7 @@ class Document:
     def parseable(self) -> bool:
         """Whether the current text has a tree (a grammar, and no more than max_parse_chars),
         told without parsing it."""
-        return self._parser is not None and len(self._state.text) <= self.max_parse_chars
+        return self._state.has_tree
 
     def apply(self, changes: Sequence[TextChange], version: int) -> None:
         """Apply LSP content changes in order (ranges of each relative to the text before it)."""

@@ -41,6 +41,12 @@ SOURCE = Path(__file__).with_name("int4_kernel.c")
 PATHS = {"plain": 0, "avx2": 1, "vnni": 2}
 
 
+def q4_shapes(out_features: int, in_features: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes `quantize_q4` stores an (out, in) weight in: packed nibbles and block scales."""
+    tiles, blocks = -(-out_features // TILE), in_features // GROUP
+    return (tiles, blocks, TILE * GROUP // 2), (tiles, blocks, TILE)
+
+
 def quantize_q4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(packed, scales) of a (..., N, K) weight, K a multiple of 32: packed uint8
     (..., ceil(N/8), K/32, 128) and scales float16 (..., ceil(N/8), K/32, 8)."""
@@ -109,6 +115,8 @@ _loaded: list = []   # [library or None], once tried
 
 def kernel():
     """The built library (ctypes), or None where it cannot be built."""
+    if _loaded:
+        return _loaded[0]
     with _lock:
         if not _loaded:
             _loaded.append(_load())

@@ -286,7 +286,7 @@ def _as_quantized(model, dtype, quantized: dict[str, tuple[str, str]]) -> None:
     import torch
     from torch import nn
 
-    from .int4 import GROUP, TILE, Int4Experts, Int4Linear
+    from .int4 import Int4Experts, Int4Linear, q4_shapes
     from .moe import Experts
     from .quant import Int8Experts, Int8Linear
 
@@ -294,9 +294,8 @@ def _as_quantized(model, dtype, quantized: dict[str, tuple[str, str]]) -> None:
         return torch.empty(shape, dtype=kind, device="meta")
 
     def int4(out: int, inp: int, *lead: int) -> tuple[torch.Tensor, torch.Tensor]:
-        tiles = -(-out // TILE)
-        return (empty((*lead, tiles, inp // GROUP, TILE * GROUP // 2), torch.uint8),
-                empty((*lead, tiles, inp // GROUP, TILE), torch.float16))
+        packed, scales = q4_shapes(out, inp)
+        return empty((*lead, *packed), torch.uint8), empty((*lead, *scales), torch.float16)
 
     for name, module in list(model.named_modules()):
         prefix = f"{name}." if name else ""
