@@ -214,7 +214,7 @@ def test_train_end_to_end_writes_a_folder_transformers_loads(tiny_corpus, tmp_pa
                      "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "training.json"]
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "deepseek_v2" and config["q_lora_rank"] and config["n_shared_experts"] == 1
-    assert config["fim_layouts"] == ["psm", "spm"] and config["languages"] == ["python"]
+    assert config["fim_layouts"] == ["spm"] and config["languages"] == ["python"]
 
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -450,6 +450,35 @@ def test_fim_samples_come_in_both_layouts_about_half_each(prepared):
             end = s.index(FIM_END_ID)
             suffix, prefix, middle = (tok.decode(x, skip_special_tokens=False) for x in (s[3:end], s[end + 1:m], s[m:-1]))
             assert prefix + middle + suffix in corpus_text
+
+
+class _AlwaysSays(torch.nn.Module):
+    """A "model" whose greedy pick is always one token."""
+
+    def __init__(self, token: int, vocab: int):
+        super().__init__()
+        self.token, self.vocab = token, vocab
+
+    def forward(self, input_ids):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[..., self.token] = 1.0
+        return type("Out", (), {"logits": logits})()
+
+
+@pytest.mark.parametrize("layout", ["psm", "spm"])
+def test_heldout_first_middle_token_accuracy_counts_the_first_token_of_each_middle(prepared, layout):
+    from model.train.evaluate import EVAL_SEED, HeldOut
+
+    heldout = HeldOut(prepared, row_len=129, device="cpu", batch_size=8)
+    files = prepared.files(heldout=True)
+    samples, middles = marked_samples(prepared, files, np.random.default_rng(EVAL_SEED), 129, 1.0,
+                                      1.0 if layout == "spm" else 0.0)
+    firsts = [s[m] for s, m in zip(samples, middles) if m is not None]
+    assert len(firsts) >= 5
+    token = max(set(firsts), key=firsts.count)               # the commonest first token, and one that is not
+    for picked in (token, min(set(range(600)) - set(firsts))):
+        figures = heldout.evaluate(_AlwaysSays(picked, 600))
+        assert figures[f"fim_first_token_acc_{layout}"] == pytest.approx(firsts.count(picked) / len(firsts))
 
 
 def test_config_declares_layouts_and_language():

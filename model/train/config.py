@@ -48,9 +48,11 @@ class TrainConfig:
     weight_decay: float = option(0.1, "AdamW's weight decay", min=0.0)
     warmup_steps: int = option(100, "steps of linear warm-up", min=0)
     clip: float = option(1.0, "gradient norm clipping", min=0.0)
-    fim_rate: float = option(0.5, "share of samples in FIM form", min=0.0, max=1.0)
-    spm_rate: float = option(0.5, "share of the FIM samples laid out suffix-first (SPM), the rest prefix-first "
-                                  "(PSM)", min=0.0, max=1.0)
+    fim_rate: float = option(0.9, "share of samples in FIM form (Code Llama's 0.9: every request the product "
+                                  "makes is one)", min=0.0, max=1.0)
+    spm_rate: float = option(1.0, "share of the FIM samples laid out suffix-first (SPM), the rest prefix-first "
+                                  "(PSM); one layout, the one the product asks in, so the model never has to "
+                                  "tell them apart", min=0.0, max=1.0)
     balance_coef: float = option(0.01, "expert balance loss weight", min=0.0)
     # evaluation and logs
     eval_every: float = option(0.0, "minutes between held-out checks (0: a tenth of --minutes, 0.5-10)",

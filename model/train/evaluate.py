@@ -71,22 +71,26 @@ class HeldOut:
     @torch.no_grad()
     def evaluate(self, model, max_rows: int = 0) -> dict:
         """Mean loss over all targets, bits per byte of the plain text, the FIM middle loss of
-        each layout and of both together.
+        each layout and of both together, and how often the greedy pick of each layout's first
+        middle token is right (what a suggestion starts with).
 
         `max_rows` > 0 evaluates an evenly spread subset of each set."""
         model.eval()
-        plain_nll, plain_targets = self._nll(model, self._subset(self.plain, max_rows))
+        plain_nll, plain_targets, _ = self._nll(model, self._subset(self.plain, max_rows))
         text = self.nbytes[plain_targets.clamp(min=0)] * (plain_targets >= 0)
         valid = plain_targets >= 0
         total, count = plain_nll[valid].sum(), valid.sum()
         middles, figures = [], {}
         for layout, rows in self.fim.items():
             picked = self._subset(np.arange(len(rows)), max_rows)
-            nll, targets = self._nll(model, rows[picked])
+            nll, targets, hits = self._nll(model, rows[picked])
             middle = torch.from_numpy(self.middle[layout][picked])
             total, count = total + nll[targets >= 0].sum(), count + (targets >= 0).sum()
             middles.append(nll[middle])
+            first = middle.clone()
+            first[:, 1:] &= ~middle[:, :-1]         # a middle's first target (samples never abut)
             figures[f"fim_middle_loss_{layout}"] = float(nll[middle].mean()) if middle.any() else float("nan")
+            figures[f"fim_first_token_acc_{layout}"] = float(hits[first].float().mean()) if first.any() else float("nan")
         model.train()
         both = torch.cat(middles)
         return {
@@ -103,9 +107,10 @@ class HeldOut:
             return rows
         return rows[np.linspace(0, len(rows) - 1, max_rows).round().astype(int)]
 
-    def _nll(self, model, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-target negative log-likelihood in nats (B, T) on the CPU, and the targets."""
-        nll, targets = [], []
+    def _nll(self, model, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-target negative log-likelihood in nats (B, T) on the CPU, the targets, and
+        whether the greedy pick was the target."""
+        nll, targets, hits = [], [], []
         for i in range(0, len(rows), self.batch_size):
             x, y = inputs_targets(rows[i:i + self.batch_size], self.device)
             with autocast(self.device):
@@ -113,4 +118,5 @@ class HeldOut:
             loss = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=-100, reduction="none")
             nll.append(loss.cpu())
             targets.append(y.cpu())
-        return torch.cat(nll), torch.cat(targets)
+            hits.append((logits.argmax(-1) == y).cpu())
+        return torch.cat(nll), torch.cat(targets), torch.cat(hits)

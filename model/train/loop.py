@@ -373,7 +373,8 @@ class Trainer:
         self._write_log({"eval": record})
         self.log(f"step {self.state.step}, {self.state.tokens / 1e6:.2f}M tokens: held-out loss {figures['loss']:.3f}, "
                  f"{figures['bpb']:.3f} bits/byte, FIM middle loss PSM {figures['fim_middle_loss_psm']:.3f} "
-                 f"SPM {figures['fim_middle_loss_spm']:.3f}")
+                 f"SPM {figures['fim_middle_loss_spm']:.3f}, first middle token right PSM "
+                 f"{figures['fim_first_token_acc_psm']:.1%} SPM {figures['fim_first_token_acc_spm']:.1%}")
 
     def _write_log(self, record: dict) -> None:
         if not self.group.leader:
