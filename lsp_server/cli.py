@@ -4,6 +4,7 @@
     latent complete FILE:LINE:COL                 print the suggestion at a position (1-based)
     latent complete --stdin --language L [--at LINE:COL]
     latent info                                   the model, its parameters, the cache budget
+    latent adapt [FOLDER] [--minutes M | --forget]  fit the bundled model to a workspace (lsp_server/adapt.py)
     latent repl …                                 a Python prompt with ghost text (lsp_server/repl.py)
     latent engine serve | stop | status           the shared engine daemon (model/serve/)
     latent train …                                train the bundled model (model/train/)
@@ -26,7 +27,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 EXIT_ERROR = 2
-COMMANDS = ("lsp", "complete", "info", "repl", "engine", "train")
+COMMANDS = ("lsp", "complete", "info", "adapt", "repl", "engine", "train")
 DELEGATED = {"repl": "lsp_server.repl", "engine": "model.serve", "train": "model.train"}  # own parsers
 
 
@@ -94,6 +95,17 @@ def _parser() -> argparse.ArgumentParser:
     settings.add_arguments(info)
     info.set_defaults(run=_info)
 
+    adapt = sub.add_parser("adapt", help="fit a copy of the bundled model to a workspace's code", description=(
+        "Fine-tune a copy of the bundled model on a workspace's source files, on this machine's CPU at the "
+        "lowest priority, for adapt_minutes; lines that may hold secrets are left out. The copy is kept under "
+        "~/.cache/latent/adapt/ and used for that workspace's documents. Nothing leaves the machine."))
+    adapt.add_argument("folder", nargs="?", metavar="FOLDER", help="the workspace (default: the current folder)")
+    adapt.add_argument("--minutes", type=float, metavar="M", help="time budget (default: the adapt_minutes setting)")
+    adapt.add_argument("--forget", action="store_true", help="remove the adapted model and all kept for FOLDER")
+    adapt.add_argument("-v", "--verbose", action="store_true", help="the run's log on stderr")
+    settings.add_arguments(adapt)
+    adapt.set_defaults(run=_adapt)
+
     for name, text in (("repl", "a Python prompt with ghost text (see `latent repl --help`)"),
                        ("engine", "the shared engine daemon: serve | stop | status (see `latent engine --help`)"),
                        ("train", "train the bundled model (see `latent train --help`)")):
@@ -158,18 +170,18 @@ def _complete(args) -> int:
         if not args.language:
             raise UsageError("--stdin needs --language")
         text = sys.stdin.read()
-        uri, path, language = "untitled:stdin", None, args.language
+        uri, path, language, where = "untitled:stdin", None, args.language, Path.cwd()
         lines = Lines(text)
         position = _position(lines, *_line_col(args.at)) if args.at else lines.position(len(text))
     else:
         file, line, col = _location(args.location)
         text = _read(file)
-        uri, path = file.resolve().as_uri(), _display_path(file)
+        uri, path, where = file.resolve().as_uri(), _display_path(file), file.resolve()
         language = args.language or _language_of(file)
         position = _position(Lines(text), line, col)
     settings, _, _ = _settings(args)
     with _quiet(args.log_level):
-        suggestion = _suggest(settings, uri, path, language, text, position, args.explain)
+        suggestion = _suggest(settings, uri, path, language, text, position, args.explain, where)
     sys.stdout.write(suggestion)
     if suggestion and sys.stdout.isatty() and not suggestion.endswith("\n"):
         sys.stdout.write("\n")
@@ -177,7 +189,8 @@ def _complete(args) -> int:
     return 0
 
 
-def _suggest(settings, uri: str, path, language: str, text: str, position, explain: bool = False) -> str:
+def _suggest(settings, uri: str, path, language: str, text: str, position, explain: bool = False,
+             where: Path | None = None) -> str:
     import time
 
     from completion import CompletionService, skip_reason
@@ -192,7 +205,7 @@ def _suggest(settings, uri: str, path, language: str, text: str, position, expla
         else:
             _say_language_off(why)
         return ""
-    engine = _load(settings)
+    engine = _load(settings, where)
     loaded = time.perf_counter()
     try:
         service = CompletionService(engine, config)
@@ -236,20 +249,28 @@ def explanation(result, load_ms: float, engine) -> str:
 
 
 def _info(args) -> int:
+    from lsp_server.engines import adapted_model
+
     settings, _, _ = _settings(args)
+    adapted = adapted_model(settings, Path.cwd())
     with _quiet(args.log_level):
-        engine = _load(settings)
+        engine = _load(settings, Path.cwd())
         stats = engine.stats()
     from model.serve.framing import plain
 
     stats = plain({k: v for k, v in stats.items() if k not in ("last_request", "requests", "lookups")})
+    if adapted is not None:
+        stats["adapted_to"] = str(adapted.root)
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
     per_token = stats.get("latent_bytes_per_token") or 0
     budget = stats.get("cache_budget_bytes", settings.cache_mb << 20)
+    model = f"{stats.get('model')} ({stats.get('model_type', '?')})"
+    if adapted is not None:
+        model = f"bundled, adapted to {adapted.root} by `latent adapt` ({stats.get('model_type', '?')})"
     rows = [
-        ("model", f"{stats.get('model')} ({stats.get('model_type', '?')})"),
+        ("model", model),
         ("parameters", _count(stats.get("parameters"))),
         ("weights", f"{_bytes(stats.get('weight_bytes'))} ({stats.get('quantize') or stats.get('dtype')})"),
         ("device", f"{stats.get('device')}, {_threads(stats.get('threads'))}"),
@@ -268,6 +289,15 @@ def _info(args) -> int:
     for name, value in rows:
         print(f"{name:<13} {value}")
     return 0
+
+
+def _adapt(args) -> int:
+    from lsp_server import adapt
+
+    if args.minutes is not None and not 0 < args.minutes <= 600:
+        raise UsageError(f"--minutes takes a number of minutes from 0 to 600, not {args.minutes:g}")
+    settings, _, _ = _settings(args)
+    return adapt.run(args, settings)
 
 
 def _layouts(declared) -> str:
@@ -295,12 +325,14 @@ def _delegate(command: str, argv: list[str]) -> int:
 # ---------------------------------------------------------------------------------------------
 # Helpers
 
-def _load(settings):
-    from lsp_server.engines import make_engine
+def _load(settings, where=None):
+    """The engine of the settings; for a document or folder `where`, its workspace's adapted
+    model where there is one (`latent adapt`)."""
+    from lsp_server.engines import adapted_model, make_engine
     from model.loader import ModelLoadError
 
     try:
-        return make_engine(settings)
+        return make_engine(settings, adapted_model(settings, where))
     except ModelLoadError as e:
         raise UsageError(str(e).rstrip(".")) from None
 

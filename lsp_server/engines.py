@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import urllib.parse
+from pathlib import Path
 
 from lsp_server.settings import Settings
 from model.protocol import EngineProtocol, ModelLoadError
@@ -20,45 +21,64 @@ from model.protocol import EngineProtocol, ModelLoadError
 log = logging.getLogger(__name__)
 
 
-def make_engine(settings: Settings) -> EngineProtocol:
-    """Load the engine the settings ask for; raises ModelLoadError with one sentence."""
+def adapted_model(settings: Settings, where: str | Path | None):
+    """The workspace whose model `latent adapt` fitted (model/adapted.py) a document or folder
+    at `where` gets, when the settings use the bundled model on this machine and `adapted` is
+    on; else None."""
+    if where is None or settings.model is not None or not settings.adapted or settings.engine.startswith("openai:"):
+        return None
+    from model.adapted import adapted_for
+    from model.loader import BUNDLED_DIR
+
+    try:
+        return adapted_for(where, BUNDLED_DIR)
+    except OSError as e:
+        log.warning("The adapted model of %s cannot be read (%s); using the bundled model.", where, e)
+        return None
+
+
+def make_engine(settings: Settings, adapted=None) -> EngineProtocol:
+    """Load the engine the settings ask for — the adapted model of the workspace `adapted`
+    (adapted_model's answer) in place of the bundled one; raises ModelLoadError with one
+    sentence."""
     if settings.engine.startswith("openai:"):
         return _remote(settings)
+    model = str(adapted.model_dir) if adapted is not None else settings.model
     if settings.engine in ("daemon", "auto"):
         try:
-            return _daemon(settings)
+            return _daemon(settings, model)
         except ModelLoadError as e:
             if settings.engine == "daemon":
                 raise
             log.warning("%s Running the model in-process instead.", e)
-    return _inprocess(settings)
+    return _inprocess(settings, model)
 
 
-def _inprocess(settings: Settings) -> EngineProtocol:
+def _inprocess(settings: Settings, model: str | None) -> EngineProtocol:
     from model.engine import Engine
     from model.loader import BUNDLED_DIR
 
-    if settings.model is None and not (BUNDLED_DIR / "config.json").is_file():
+    if model is None and not (BUNDLED_DIR / "config.json").is_file():
         raise ModelLoadError(
             f"The bundled model is missing from {BUNDLED_DIR}; run `latent train` or set `model` "
             f"to a checkpoint folder.")
-    return Engine.load(settings.model, settings.runtime())
+    return Engine.load(model, settings.runtime())
 
 
-def _daemon(settings: Settings) -> EngineProtocol:
+def _daemon(settings: Settings, model: str | None) -> EngineProtocol:
     from model.serve.client import EngineClient, RPCError, daemon_argv
 
-    argv = daemon_argv(settings.model, settings.runtime(),
+    argv = daemon_argv(model, settings.runtime(),
                        idle_exit=settings.daemon_idle_minutes * 60 if settings.daemon_idle_minutes else None)
     try:
         client = EngineClient(spawn=argv)
     except RPCError as e:
         raise ModelLoadError(f"The shared engine daemon is not available: {str(e).rstrip('.')}.") from None
-    if not _same_model(client.info.get("model_dir"), settings.model):
+    if not _same_model(client.info.get("model_dir"), model):
         client.close()
         raise ModelLoadError(
             f"The running engine daemon serves {client.info.get('model')!r}, not "
-            f"{settings.model or 'bundled'!r}; stop it with `latent engine stop` or use engine = \"inprocess\".")
+            f"{model or 'bundled'!r}; stop it with `latent engine stop` or use engine = \"inprocess\".")
     return client
 
 

@@ -15,7 +15,7 @@ import time
 from lsprotocol import types
 
 from lsp_server import status
-from lsp_server.engines import describe, make_engine, one_sentence
+from lsp_server.engines import adapted_model, describe, make_engine, one_sentence
 
 log = logging.getLogger(__name__)
 _tokens = itertools.count(1)
@@ -27,21 +27,29 @@ async def ensure_model(session) -> None:
         return  # the running load compares the settings again when it ends
     session.loading = True
     try:
-        while session.settings.engine_key() != session.attempted_key:
+        while _key(session) != session.attempted_key:
             settings = session.settings
-            session.attempted_key = settings.engine_key()
-            await _load(session, settings)
+            session.attempted_key = key = _key(session)
+            await _load(session, settings, key[1])
     finally:
         session.loading = False
 
 
-async def _load(session, settings) -> None:
+def _key(session) -> tuple:
+    """What the engine depends on: the settings', and the workspace's adapted model (`latent
+    adapt`) where the settings take it."""
+    return session.settings.engine_key(), adapted_model(session.settings, session.workspace_root())
+
+
+async def _load(session, settings, adapted) -> None:
     name, server, state = settings.model or "bundled", session.server, session.status
+    if adapted is not None:
+        name = f"bundled, adapted to {adapted.root.name}"
     session.unload()
     state.state, state.model, state.message = "loading", name, f"Loading the model {name}."
     status.send(session)
     started = time.perf_counter()
-    engine_future = in_thread(make_engine, settings)
+    engine_future = in_thread(make_engine, settings, adapted)
     token = await _progress_begin(server, f"Loading the model {name}")
     try:
         engine = await engine_future
@@ -55,7 +63,8 @@ async def _load(session, settings) -> None:
         status.send(session)
         return
     seconds = time.perf_counter() - started
-    name = describe(engine)   # e.g. "bundled (daemon)" or "model @ host:port"
+    if adapted is None:
+        name = describe(engine)   # e.g. "bundled (daemon)" or "model @ host:port"
     state.state, state.model, state.message = "ready", name, f"Loaded {name} in {seconds:.1f} s."
     log.info("Loaded the model %s in %.1f s.", name, seconds)
     _tell_where_code_goes(session, settings, name)

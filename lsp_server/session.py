@@ -64,6 +64,20 @@ class Session:
         self.engine = engine
         self.status.cache = {}
 
+    def workspace_root(self) -> str | None:
+        """The folder the client opened (its first workspace folder, or the root path)."""
+        from pygls.uris import to_fs_path
+
+        try:
+            workspace = self.server.workspace
+        except (AttributeError, RuntimeError):      # no server yet, or not initialized
+            return None
+        for folder in workspace.folders.values():
+            path = to_fs_path(folder.uri)
+            if path:
+                return path
+        return workspace.root_path or None
+
     def unload(self) -> None:
         """Drop the engine and its service before another model loads (documents stay open)."""
         self.engine = self.service = None

@@ -77,6 +77,10 @@ class EngineOptions:
                                    keep_case=True)
     allow_insecure_remote: bool = option(False, "let an openai:http:// engine on another machine receive your "
                                                 "code unencrypted (https and this machine need no opt-in)")
+    adapted: bool = option(True, "with the bundled model: use the copy `latent adapt` fitted to the workspace, "
+                                 "where there is one")
+    adapt_minutes: float = option(5.0, "`latent adapt`'s time budget: minutes of training on this machine's CPU",
+                                  min=0.1, max=600.0)
 
     def __post_init__(self) -> None:
         check(self)
@@ -117,7 +121,8 @@ GROUPS = (EngineOptions, RuntimeConfig, CompletionConfig, SamplingParams, Server
 PER_REQUEST = ("max_new_tokens", "stop", "stop_token_ids", "suppress_token_ids")   # SamplingParams' fields the pipeline sets
 # Where code goes and what runs, the server's own limits and the engine's sizes: from the
 # user's layers only.
-USER_ONLY = frozenset({"model", "engine", "api_key_env", "tokenizer", "allow_insecure_remote",
+USER_ONLY = frozenset({"model", "engine", "api_key_env", "tokenizer", "allow_insecure_remote", "adapted",
+                       "adapt_minutes",
                        "max_message_mb", "max_parse_kb",
                        "max_context", "max_prompt_tokens", "cache_mb", "threads"})
 
@@ -160,6 +165,8 @@ class Settings:
         api_key_env: str | None = None
         tokenizer: str | None = None
         allow_insecure_remote: bool = False
+        adapted: bool = True
+        adapt_minutes: float = 5.0
         # RuntimeConfig
         device: str = "cpu"
         dtype: str = "float32"

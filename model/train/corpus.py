@@ -57,8 +57,9 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def read_corpus(root: Path) -> tuple[list[SourceFile], list[str]]:
-    """All `.py` files under `root` (site-packages excluded), and the paths not valid UTF-8.
+def read_corpus(root: Path, held_out=is_heldout) -> tuple[list[SourceFile], list[str]]:
+    """All `.py` files under `root` (site-packages excluded), and the paths not valid UTF-8;
+    `held_out(relative path)` says which files are held out.
 
     A corpus too small to hash any file into the held-out split (a test's handful of
     files) holds out the file with the smallest hash instead, so evaluation always runs.
@@ -73,7 +74,7 @@ def read_corpus(root: Path) -> tuple[list[SourceFile], list[str]]:
         except UnicodeDecodeError:
             skipped.append(rel)
             continue
-        files.append(SourceFile(rel, text, is_heldout(rel)))
+        files.append(SourceFile(rel, text, held_out(rel)))
     if len(files) < 2:
         raise TrainError(f"need at least two UTF-8 .py files under {root}, found {len(files)}")
     if not any(f.heldout for f in files):
@@ -206,14 +207,14 @@ def encode_files(tok, texts: list[str]):
 
 
 def prepare_corpus(source: Path, out: Path, vocab_size: int, log=print, max_mib: float = 0,
-                   tokenizer_mb: float = 0, tokenizer: Path | None = None) -> Corpus:
+                   tokenizer_mb: float = 0, tokenizer: Path | None = None, held_out=is_heldout) -> Corpus:
     """Read the sources, train the tokenizer on the train split (or `tokenizer_mb` MB of it) or
     take `tokenizer` (a tokenizer.json), check the byte-for-byte round trip of every file,
     tokenise, and write the cache folder `out`: raw ids, or ids.xz within `max_mib` MiB."""
     from tokenizers import Tokenizer
 
     t0 = time.time()
-    files, skipped = read_corpus(source)
+    files, skipped = read_corpus(source, held_out)
     if tokenizer:
         tok = Tokenizer.from_file(str(tokenizer))
         log(f"corpus: {len(files):,} files read; tokenizer {tokenizer}")
