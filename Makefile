@@ -59,6 +59,7 @@ test-editors: install editors-deps
 # to the remote backend.
 test-remote: install
 	tests/remote/setup_llamacpp.sh $(PY)
+	benchmarks/llamacpp/build.sh $(PY)
 	$(PY) -m pytest -q -o addopts="" tests/remote
 
 test-fast: install

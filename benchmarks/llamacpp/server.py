@@ -61,6 +61,16 @@ class LlamaServer:
                 "return_tokens": True, **extra}
         return self.post("/completion", body)
 
+    def greedy_picks(self, ids: list[int]) -> list[int]:
+        """Teacher-forced greedy picks: for each prefix ids[:i] (i = 1 … len), the token the
+        server would write next — one request per position, each reusing the cached prefix, so
+        each prefills one token. An end-of-generation pick comes back as no token: -1."""
+        picks = []
+        for i in range(1, len(ids) + 1):
+            tokens = self.complete(ids[:i], 1)["tokens"]
+            picks.append(tokens[0] if tokens else -1)
+        return picks
+
     def close(self) -> None:
         self.conn.close()
         self.process.terminate()
