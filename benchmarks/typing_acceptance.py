@@ -52,19 +52,29 @@ model and layout; each run replaces its own row.
 ROW_KEY = (0, 1, 2)
 
 
-def line_starts(count: int, seed: int) -> list[dict]:
-    """`count` line starts drawn from the held-out packages' function bodies."""
+def line_starts(count: int, seed: int, packages: tuple[str, ...] = HELD_OUT, only=None) -> list[dict]:
+    """`count` line starts drawn from the held-out packages' function bodies (of the files
+    whose path in their package `only(path)` accepts, when given)."""
     candidates = []
-    for package in HELD_OUT:
-        try:
-            module = importlib.import_module(package)
-        except ImportError:
+    for package in packages:
+        root = package_root(package)
+        if root is None:
             continue
-        root = Path(module.__file__).parent
         for path in sorted(root.rglob("*.py")):
-            candidates += _in_file(path, f"{package}/{path.relative_to(root).as_posix()}")
+            rel = path.relative_to(root).as_posix()
+            if only is None or only(rel):
+                candidates += _in_file(path, f"{package}/{rel}")
     random.Random(seed).shuffle(candidates)
     return candidates[:count]
+
+
+def package_root(package: str) -> Path | None:
+    """The folder of an installed package, or None."""
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        return None
+    return Path(module.__file__).parent if module.__file__ else None
 
 
 def _in_file(path: Path, name: str) -> list[dict]:

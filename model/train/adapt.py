@@ -39,6 +39,22 @@ HELD_OUT_TOKENS = 50_000   # of the held-out files evaluated before and after (~
 MIN_TOKENS = 2048          # of training text, below which there is nothing worth adapting to
 
 
+def _layer(name: str) -> int:
+    return int(name.split(".")[2]) if name.startswith("model.layers.") else -1
+
+
+# Which weights an adaptation trains (benchmarks/adapt_bench.py compares them): every weight;
+# the transformer blocks (not the token embedding and the output head, which are most of a small
+# model's weights); the attention (MLA projections) only; the upper half of the blocks with the
+# final norm and the head.
+TRAINABLE = {
+    "all": lambda name, layers: True,
+    "blocks": lambda name, layers: name.startswith("model.layers.") or name == "model.norm.weight",
+    "attention": lambda name, layers: ".self_attn." in name,
+    "top": lambda name, layers: _layer(name) >= layers // 2 or name in ("model.norm.weight", "lm_head.weight"),
+}
+
+
 class AdaptError(Exception):
     """Why a workspace cannot be adapted, as one sentence."""
 
@@ -95,7 +111,7 @@ def _write_note(ws: Workspace, note: dict) -> None:
 
 
 def adapt(ws: Workspace, files: list[tuple[str, str]], base_dir: Path, minutes: float = 5.0, log=print,
-          lr: float = 5e-4, threads: int = 0) -> dict:
+          lr: float = 5e-4, threads: int = 0, train: str = "all") -> dict:
     """Adapt the model in `base_dir` to `files` ((path relative to the workspace, text)) for
     `minutes` of training (what is left of them when a stopped run goes on). Returns the
     summary (also kept in the workspace's note), or {"stopped": …} when SIGTERM / SIGINT came
@@ -108,7 +124,7 @@ def adapt(ws: Workspace, files: list[tuple[str, str]], base_dir: Path, minutes: 
     budget = Budget()                       # its deadline is set when the run begins
     previous = {s: signal.signal(s, budget.ask_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _adapt(ws, files, base_dir, base_cfg, preset, budget, minutes, log, lr, threads)
+        return _adapt(ws, files, base_dir, base_cfg, preset, budget, minutes, log, lr, threads, train)
     except AdaptError:
         if not ws.adapted() and not (ws.home / "run" / "checkpoint.pt").is_file():
             shutil.rmtree(ws.home, ignore_errors=True)      # nothing worth keeping was made
@@ -119,13 +135,13 @@ def adapt(ws: Workspace, files: list[tuple[str, str]], base_dir: Path, minutes: 
 
 
 def _adapt(ws: Workspace, files, base_dir: Path, base_cfg: dict, preset: str, budget: Budget, minutes: float,
-           log, lr: float, threads: int) -> dict:
+           log, lr: float, threads: int, train: str) -> dict:
     identity = base_identity(base_dir)
     ws.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     run_dir = ws.home / "run"
     note = ws.note()
     going_on = ((run_dir / "checkpoint.pt").is_file() and note.get("base_identity") == identity
-                and not note.get("summary"))
+                and note.get("train") == train and not note.get("summary"))
     try:
         if going_on:
             corpus = load_corpus(run_dir / "corpus")
@@ -133,7 +149,7 @@ def _adapt(ws: Workspace, files, base_dir: Path, base_cfg: dict, preset: str, bu
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
             staged = stage(files, ws.home / "files")
-            note = {"workspace": str(ws.root), "base": str(base_dir), "base_identity": identity,
+            note = {"workspace": str(ws.root), "base": str(base_dir), "base_identity": identity, "train": train,
                     "minutes": minutes, "files": staged.files, "lines_left_out": staged.lines_left_out,
                     "files_left_out": staged.files_left_out, "started": time.time()}
             _write_note(ws, note)
@@ -155,7 +171,8 @@ def _adapt(ws: Workspace, files, base_dir: Path, base_cfg: dict, preset: str, bu
                        final_eval_rows=0, checkpoint_minutes=1.0, heldout_tokens=HELD_OUT_TOKENS,
                        log_every=5).filled(run_dir)
     torch.set_num_threads(args.threads)
-    trainer = Trainer(args, corpus, run_dir, log)
+    layers = base_cfg["num_hidden_layers"]
+    trainer = Trainer(args, corpus, run_dir, log, trainable=lambda name: TRAINABLE[train](name, layers))
     try:
         if going_on:
             trainer.load_checkpoint()
@@ -170,7 +187,8 @@ def _adapt(ws: Workspace, files, base_dir: Path, base_cfg: dict, preset: str, bu
         card = _card(ws, base_dir, note, before, final, trainer)
         write_model_folder(export_state_dict(trainer.model.state_dict(), trainer.config), base_cfg, corpus.root,
                            ws.model_dir, card, 64)
-        summary = {"minutes": round(trainer.state.train_seconds / 60, 2), "steps": trainer.state.step,
+        summary = {"minutes": round(trainer.state.train_seconds / 60, 2), "steps": trainer.state.step, "train": train,
+                   "trained_parameters": sum(p.numel() for p in trainer.params),
                    "tokens_seen": trainer.state.tokens, "train_tokens": train_tokens,
                    "files": int(len(corpus.files(heldout=False))), "heldout_files": int(len(corpus.files(heldout=True))),
                    "bpb_before": before["bpb"], "bpb_after": final["bpb"],

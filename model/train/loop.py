@@ -126,7 +126,10 @@ class Budget:
 class Trainer:
     """One training run: data, model, optimizer, the loop and its checkpoints."""
 
-    def __init__(self, args: TrainConfig, corpus: Corpus, run_dir: Path, log, group: Group | None = None):
+    def __init__(self, args: TrainConfig, corpus: Corpus, run_dir: Path, log, group: Group | None = None,
+                 trainable=None):
+        """`trainable(parameter name)` says which weights train (default: all; `latent adapt`
+        compares subsets)."""
         self.args, self.corpus, self.run_dir = args, corpus, run_dir
         self.group = group or Group()
         self.log = log if self.group.leader else (lambda *_: None)
@@ -137,6 +140,9 @@ class Trainer:
         torch.manual_seed(args.seed)
         # the ignore: transformers wraps `to` in functools.wraps, whose typeshed type does not bind self
         self.model = build_model(self.config, args.experts).to(self.device)  # pyright: ignore[reportArgumentType]
+        if trainable is not None:
+            for name, parameter in self.model.named_parameters():
+                parameter.requires_grad_(bool(trainable(name)))
         self.optimizer = make_optimizers(self.model, args.optimizer, args.lr, args.weight_decay, self.device)
         self.balance = BalanceLoss(self.model, PRESETS[args.preset].experts_per_token)
         self.state = TrainState()
