@@ -249,7 +249,8 @@ def test_latent_adapt_command_forgets_and_refuses_what_it_cannot_adapt(tmp_path,
     assert done.returncode == 2 and "--minutes" in done.stderr
 
 
-def test_a_subset_of_the_weights_can_be_adapted_and_the_rest_stays_the_base_models(tmp_path, adapt_dir):
+@pytest.mark.parametrize("train, where", [("attention", (".self_attn.",)), ("lora", (".self_attn.", ".mlp."))])
+def test_a_subset_of_the_weights_can_be_adapted_and_the_rest_stays_the_base_models(tmp_path, adapt_dir, train, where):
     from safetensors.torch import load_file
 
     from model.train.adapt import adapt
@@ -259,11 +260,14 @@ def test_a_subset_of_the_weights_can_be_adapted_and_the_rest_stays_the_base_mode
     _project(project)
     ws = workspace(project)
     summary = adapt(ws, workspace_files(project, {".py"}), BUNDLED_DIR, minutes=0.05, log=lambda *_: None,
-                    threads=2, train="attention")
+                    threads=2, train=train)
     base = {k: v for f in BUNDLED_DIR.glob("*.safetensors") for k, v in load_file(str(f)).items()}
     total = sum(v.numel() for v in base.values())
-    assert summary["train"] == "attention" and summary["trained_parameters"] < 0.1 * total
+    assert summary["train"] == train and summary["trained_parameters"] < 0.1 * total
     adapted = {k: v for f in ws.model_dir.glob("*.safetensors") for k, v in load_file(str(f)).items()}
     assert adapted.keys() == base.keys()
     changed = {k for k in base if not (adapted[k].float() == base[k].to(adapted[k].dtype).float()).all()}
-    assert changed and all(".self_attn." in k for k in changed)
+    assert changed and all(any(w in k for w in where) for k in changed)
+    assert not any(k.endswith("mlp.gate.weight") for k in changed)           # the router stays
+    if train == "lora":                                                        # the experts have adapters too
+        assert any(".mlp.experts." in k for k in changed)

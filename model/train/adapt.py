@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -44,15 +45,59 @@ def _layer(name: str) -> int:
 
 
 # Which weights an adaptation trains (benchmarks/adapt_bench.py compares them): every weight;
-# the transformer blocks (not the token embedding and the output head, which are most of a small
+# low-rank adapters (LoRA, Hu et al. 2021) on every matrix of the attention and the MLPs, the
+# experts included, with the weights themselves frozen; the transformer blocks (not the token embedding and the output head, which are most of a small
 # model's weights); the attention (MLA projections) only; the upper half of the blocks with the
 # final norm and the head.
 TRAINABLE = {
     "all": lambda name, layers: True,
+    "lora": lambda name, layers: False,          # only the adapters add_lora puts on (below)
     "blocks": lambda name, layers: name.startswith("model.layers.") or name == "model.norm.weight",
     "attention": lambda name, layers: ".self_attn." in name,
     "top": lambda name, layers: _layer(name) >= layers // 2 or name in ("model.norm.weight", "lm_head.weight"),
 }
+
+
+LORA_RANK, LORA_ALPHA = 8, 16
+
+
+class LowRank(torch.nn.Module):
+    """A weight as LoRA trains it: W + (alpha / r) · B A, W frozen, B starting at zero. Works
+    for a batch of matrices too (the experts' (E, out, in) weights)."""
+
+    def __init__(self, weight: torch.Tensor, rank: int = LORA_RANK, alpha: float = LORA_ALPHA):
+        super().__init__()
+        *lead, out, inp = weight.shape
+        self.A = torch.nn.Parameter(torch.randn(*lead, rank, inp, dtype=weight.dtype) / math.sqrt(inp))
+        self.B = torch.nn.Parameter(torch.zeros(*lead, out, rank, dtype=weight.dtype))
+        self.scale = alpha / rank
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.scale * (self.B @ self.A)
+
+
+def add_lora(model: torch.nn.Module) -> None:
+    """Freeze every weight, then put low-rank adapters on the matrices of the attention and the
+    MLPs (dense, shared and routed experts; not the router)."""
+    from torch.nn.utils import parametrize
+
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for module_name, module in list(model.named_modules()):
+        for name, parameter in list(module.named_parameters(recurse=False)):
+            full = f"{module_name}.{name}"
+            if parameter.dim() >= 2 and (".self_attn." in full or ".mlp." in full) and not full.endswith("mlp.gate.weight"):
+                parametrize.register_parametrization(module, name, LowRank(parameter.detach()))
+
+
+def merge_lora(model: torch.nn.Module) -> None:
+    """Fold the adapters into the weights (the model is a plain one again)."""
+    from torch.nn.utils import parametrize
+
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
 
 
 class AdaptError(Exception):
@@ -120,6 +165,8 @@ def adapt(ws: Workspace, files: list[tuple[str, str]], base_dir: Path, minutes: 
         base_cfg = json.loads((base_dir / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise AdaptError(f"the model folder {base_dir} has no readable config.json ({type(e).__name__})") from None
+    if train not in TRAINABLE:
+        raise AdaptError(f"train takes {', '.join(TRAINABLE)}, not {train!r}")
     preset = preset_of(base_cfg)
     budget = Budget()                       # its deadline is set when the run begins
     previous = {s: signal.signal(s, budget.ask_stop) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -172,23 +219,30 @@ def _adapt(ws: Workspace, files, base_dir: Path, base_cfg: dict, preset: str, bu
                        log_every=5).filled(run_dir)
     torch.set_num_threads(args.threads)
     layers = base_cfg["num_hidden_layers"]
-    trainer = Trainer(args, corpus, run_dir, log, trainable=lambda name: TRAINABLE[train](name, layers))
+    lora = train == "lora"
+    trainer = Trainer(args, corpus, run_dir, log,
+                      trainable=None if lora else lambda name: TRAINABLE[train](name, layers))
     try:
+        if not going_on:     # the base's weights go in before any adapter (which renames them)
+            trainer.start_from(import_state_dict(_tensors(base_dir)), f"the model in {base_dir}")
+        if lora:
+            add_lora(trainer.model)
+            trainer.parameters_changed()
         if going_on:
             trainer.load_checkpoint()
-        else:
-            trainer.start_from(import_state_dict(_tensors(base_dir)), f"the model in {base_dir}")
         budget.deadline = time.time() + max(0.01, minutes * STABLE_SHARE - trainer.state.train_seconds / 60) * 60
         why = trainer.run(budget)
         if why != "budget":
             return {"stopped": why, "minutes_done": trainer.state.train_seconds / 60}
         before = trainer.state.history[0]
         final = trainer.decay(max(1, round(trainer.state.step * (1 - STABLE_SHARE) / STABLE_SHARE)))
+        trained = sum(p.numel() for p in trainer.params)
+        merge_lora(trainer.model)
         card = _card(ws, base_dir, note, before, final, trainer)
         write_model_folder(export_state_dict(trainer.model.state_dict(), trainer.config), base_cfg, corpus.root,
                            ws.model_dir, card, 64)
         summary = {"minutes": round(trainer.state.train_seconds / 60, 2), "steps": trainer.state.step, "train": train,
-                   "trained_parameters": sum(p.numel() for p in trainer.params),
+                   "trained_parameters": trained,
                    "tokens_seen": trainer.state.tokens, "train_tokens": train_tokens,
                    "files": int(len(corpus.files(heldout=False))), "heldout_files": int(len(corpus.files(heldout=True))),
                    "bpb_before": before["bpb"], "bpb_after": final["bpb"],

@@ -159,6 +159,13 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]   # the same list in every process
         self.corpus_id = corpus_identity(corpus)       # hashed once, not at every checkpoint
 
+    def parameters_changed(self) -> None:
+        """Weights were frozen or added after the Trainer was made (a low-rank adapter, before
+        any step): the list of trained parameters and the optimizer are made again."""
+        args = self.args
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizers(self.model, args.optimizer, args.lr, args.weight_decay, self.device)
+
     @property
     def n_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
