@@ -96,7 +96,8 @@ def merge_lora(model: torch.nn.Module) -> None:
 
     for module in list(model.modules()):
         if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations):
+            names: torch.nn.ModuleDict = module.parametrizations   # pyright: ignore[reportAssignmentType]
+            for name in list(names.keys()):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
 
 
