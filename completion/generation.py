@@ -37,8 +37,8 @@ def prompt_limit(config: CompletionConfig, engine: EngineProtocol, mode: str) ->
     return max(64, min(config.max_prompt_tokens, context - max_new_tokens(config, mode)))
 
 
-def sampling_for(config: CompletionConfig, fmt: FimFormat, mode: str, plan: Plan) -> SamplingParams:
-    """The configured sampling with this mode's token limit and stop rules."""
+def sampling_for(config: CompletionConfig, fmt: FimFormat, mode: str, plan: Plan, heal: str = "") -> SamplingParams:
+    """The configured sampling with this mode's token limit and stop rules, healing `heal`."""
     if mode == "block":
         stop = ("\n\n\n",)
     else:
@@ -50,6 +50,7 @@ def sampling_for(config: CompletionConfig, fmt: FimFormat, mode: str, plan: Plan
         stop_token_ids=(fmt.end_id,) if fmt.end_id is not None else (),
         suppress_token_ids=fmt.marker_ids,   # a middle never holds a marker (a model that mixes up
                                              # the layouts writes <fim_hole> after an SPM prefix)
+        heal=heal,
     )
 
 
@@ -71,14 +72,25 @@ def answer(engine: EngineProtocol, answers: LruCache[tuple[str, dict]], uri: str
 def generate(engine: EngineProtocol, prompt: str | list[int], params: SamplingParams, plan: Plan,
              cancel: CancelToken, head: str = "") -> tuple[str, dict]:
     """The answer to `prompt` (after `head`, text the prompt already forces) and the engine's
-    figures, streamed and stopped as soon as postprocessing would cut the rest."""
+    figures, streamed and stopped as soon as postprocessing would cut the rest. The answer
+    begins after `params.heal`, which the engine writes first (the document already has it)."""
+    heal = params.heal
+    if head:   # a forced first token spells part of what heals, or all of it and more
+        params = replace(params, heal=heal[len(head):] if heal.startswith(head) else "")
     stopped_early = False
     with engine.generate(prompt, params, cancel=cancel) as generation:   # closed on any exit: a backend
         for _ in generation:                                             # holds its lock and pinned rows
-            if postprocess.finished(head + generation.text, plan):
+            if postprocess.finished(healed(head + generation.text, heal), plan):
                 stopped_early = True
                 break
     stats = generation.stats.as_dict()
     if stopped_early:
         stats.update(finish_reason="stop", stopped_early=True)
-    return head + generation.text, stats
+    return healed(head + generation.text, heal), stats
+
+
+def healed(text: str, heal: str) -> str:
+    """An answer without the healed text it begins with ("" while it has not written all of it)."""
+    if text.startswith(heal):
+        return text[len(heal):]
+    return "" if heal.startswith(text) else text

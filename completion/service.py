@@ -187,9 +187,9 @@ class CompletionService:
         timings["context"], clock = _ms(clock), time.perf_counter()
 
         prompt = build_prompt(fmt, context, self._count, max_tokens=limit, bos=self._bos,
-                              layout=layout, specials=self._specials)
+                              layout=layout, specials=self._specials, heal=True)
         plan = postprocess.plan_for(mode, language, tree, cursor, self._format.special_strings)
-        params = sampling_for(config, fmt, mode, plan)
+        params = sampling_for(config, fmt, mode, plan, prompt.heal)
         timings["prompt"], clock = _ms(clock), time.perf_counter()
         parts = {"tokenize": (self._count.seconds - tokenize_s) * 1e3,
                  "queries": (self._related.query_seconds - query_s) * 1e3}

@@ -118,7 +118,7 @@ class ServerOptions:
 
 
 GROUPS = (EngineOptions, RuntimeConfig, CompletionConfig, SamplingParams, ServerOptions)
-PER_REQUEST = ("max_new_tokens", "stop", "stop_token_ids", "suppress_token_ids")   # SamplingParams' fields the pipeline sets
+PER_REQUEST = ("max_new_tokens", "stop", "stop_token_ids", "suppress_token_ids", "heal")   # SamplingParams' fields the pipeline sets
 # Where code goes and what runs, the server's own limits and the engine's sizes: from the
 # user's layers only.
 USER_ONLY = frozenset({"model", "engine", "api_key_env", "tokenizer", "allow_insecure_remote", "adapted",

@@ -24,6 +24,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = option((), "token ids that end the generation")
     suppress_token_ids: tuple[int, ...] = option((), "token ids never generated (a fill-in-the-middle answer "
                                                      "never writes its format's own markers)")
+    heal: str = option("", "text the answer must begin with, taken off the end of the prompt so the model writes "
+                           "it together with what follows, as its tokenizer would have split them (token "
+                           "healing); the answer's text includes it", keep_case=True)
     temperature: float = option(0.0, "sampling temperature; 0 is greedy", min=0.0, max=100.0)
     top_p: float = option(1.0, "nucleus sampling: keep the smallest set of tokens reaching this probability",
                           min=0.0, max=1.0)

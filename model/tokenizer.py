@@ -33,6 +33,8 @@ class Tokenizer:
         # no token's text is longer (a byte-level vocabulary spells each byte as one character)
         self.longest_token_chars = max(map(len, backend.get_vocab(with_added_tokens=True)), default=1)
         self.reuse = Reuse(backend, self._whole)   # a text typed into is encoded from near the change
+        self._texts: dict[str, list[tuple[int, str]]] | None = None   # healing_ids': tokens by first character
+        self._healing: dict[str, list[int]] = {}
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "Tokenizer":
@@ -75,6 +77,24 @@ class Tokenizer:
         if len(text) > RELEASE_CHARS:
             return self._tok.encode_batch([text], add_special_tokens=False)[0].ids
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def healing_ids(self, pending: str) -> list[int]:
+        """Ids of the tokens an answer that must begin with `pending` may take next: those whose
+        text is a beginning of it, or begins with all of it (token healing; kept per text)."""
+        cached = self._healing.get(pending)
+        if cached is None:
+            if self._texts is None:
+                texts: dict[str, list[tuple[int, str]]] = {}
+                for i in range(self.vocab_size):
+                    text = self.decode([i])
+                    if text and "\ufffd" not in text and text not in self.special_tokens:
+                        texts.setdefault(text[0], []).append((i, text))
+                self._texts = texts
+            cached = [i for i, text in self._texts.get(pending[:1], ())
+                      if pending.startswith(text) or text.startswith(pending)]
+            if len(self._healing) < 64:
+                self._healing[pending] = cached
+        return cached
 
     def require_fim(self) -> FimFormat:
         if self.fim is None:

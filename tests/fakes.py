@@ -110,7 +110,8 @@ class FakeEngine:
         with self._lock:
             self.requests.append(dict(prompt=prompt, **asdict(params), cancel=cancel))
         stats = GenerationStats()
-        pieces = self._decode(prompt, self._answer(prompt), params.max_new_tokens, params.stop,
+        # a real engine writes what heals first (SamplingParams.heal), then the answer
+        pieces = self._decode(prompt, params.heal + self._answer(prompt), params.max_new_tokens, params.stop,
                               params.stop_token_ids, cancel, stats)
         return Generation(pieces, stats)
 

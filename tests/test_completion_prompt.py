@@ -76,17 +76,22 @@ def test_auto_layout_is_spm_only_where_the_model_declares_it():
 
 
 def test_with_spm_typing_only_appends_to_the_prompt():
-    """What makes exact reuse cover everything before the new characters."""
-    engine = FakeEngine(["x", "y"], fim_layouts=("psm", "spm"))
+    """What makes exact reuse cover everything before the new characters: within a word the
+    prompt stays as it was (the word is healed: the model writes it), after it the prompt grows."""
+    engine = FakeEngine(["x", "y", "z"], fim_layouts=("psm", "spm"))
     service = CompletionService(engine)
     text, position = cursor_at("def f(a):\n    ret█\n\nprint(f(1))\n")
     service.workspace.open("file:///p/a.py", "python", text, 1, path="a.py")
-    service.complete(service.workspace.snapshot("file:///p/a.py"), position)
-    document = service.workspace.get("file:///p/a.py")
-    document.apply([TextChange("u", Range(position, position))], 2)
-    service.complete(service.workspace.snapshot("file:///p/a.py"), Position(position.line, position.character + 1))
-    first, second = (r["prompt"] for r in engine.requests)
-    assert second == first + "u"
+    uri = "file:///p/a.py"
+    for version, typed in enumerate(("u", "rn "), start=2):
+        service.complete(service.workspace.snapshot(uri), position)
+        service.workspace.get(uri).apply([TextChange(typed, Range(position, position))], version)
+        position = Position(position.line, position.character + len(typed))
+    service.complete(service.workspace.snapshot(uri), position)
+    first, second, third = engine.requests
+    assert first["prompt"].endswith("def f(a):\n   ") and first["heal"] == " ret"
+    assert second["prompt"] == first["prompt"] and second["heal"] == " retu"
+    assert third["prompt"] == first["prompt"] + " return" and third["heal"] == " "
 
 
 def test_sentencepiece_codellama_tokens_take_no_extra_spaces():

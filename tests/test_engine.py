@@ -461,3 +461,21 @@ def test_suppressed_tokens_are_never_written_nor_offered_as_alternatives(pair):
         tokens = list(engine.live.tokens[len(ids):])
         assert not set(tokens) & set(banned)
         assert not {c[0] for c in gen.stats.extra["first_choices"]} & set(banned)
+
+
+@pytest.mark.parametrize("heal", [" ", "re", " retu", "  return a"])
+def test_a_healed_answer_begins_with_what_heals_whatever_the_model_prefers(pair, heal):
+    """Token healing (SamplingParams.heal): the prompt's unfinished end is taken off and the
+    model writes it with what follows, in the tokens training showed it ("\\n" + 7 spaces, then
+    " code"). Until the answer holds it, only tokens that spell on are in reach — of the greedy
+    pick, of sampling, of the first choices alternatives branch on — and drafts wait."""
+    _, engine, _ = pair
+    ids = _prompt(16, seed=5)
+    for params in (SamplingParams(max_new_tokens=8, stop_token_ids=(), heal=heal),
+                   SamplingParams(max_new_tokens=8, stop_token_ids=(), heal=heal, temperature=1.0, seed=3)):
+        gen = engine.generate(ids, params)
+        text = gen.run()
+        assert text.startswith(heal), (heal, text)
+        for token, _ in gen.stats.extra["first_choices"]:
+            piece = engine.tokenizer.decode([token])
+            assert heal.startswith(piece) or piece.startswith(heal)

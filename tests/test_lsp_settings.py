@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from completion.config import CompletionConfig
-from lsp_server.settings import (USER_ONLY, EngineOptions, ServerOptions, Settings, SettingsStore, add_arguments,
+from lsp_server.settings import (PER_REQUEST, USER_ONLY, EngineOptions, ServerOptions, Settings, SettingsStore, add_arguments,
                                  client_layer, config_path, env_layer, from_command_line, merge)
 from model.options import OptionError, specs
 from model.params import RuntimeConfig, SamplingParams
@@ -103,7 +103,7 @@ def test_a_broken_config_file_is_one_warning(tmp_path):
 
 def test_every_option_of_the_groups_is_a_setting_with_its_default_and_limits():
     names = [f.name for f in dataclasses.fields(Settings)]
-    sampling = [s.name for s in specs(SamplingParams) if s.name not in ("max_new_tokens", "stop", "stop_token_ids", "suppress_token_ids")]
+    sampling = [s.name for s in specs(SamplingParams) if s.name not in PER_REQUEST]
     groups = [*(s.name for cls in (EngineOptions, RuntimeConfig, CompletionConfig) for s in specs(cls)),
               *sampling, *(s.name for s in specs(ServerOptions))]
     assert names == groups

@@ -63,11 +63,11 @@ def decode(forward: Forward, live: LiveBuffer, tokenizer: Tokenizer, req: Reques
     many tokens found by prompt lookup (see `Drafts`) in one forward: the draft tokens that
     equal the greedy choice are taken, so the text is what plain greedy decoding writes."""
     t0 = time.perf_counter()
-    sample = Sampler(req.params)
+    sample = Sampler(req.params, tokenizer)
     out = TextStream(tokenizer, req.params.stop)
     drafts = Drafts(req.tokens, speculate) if speculate and req.params.greedy else None
+    stats.extra["first_choices"] = first_choices(sample.allowed(logits))   # (before the pick moves on healing)
     chosen = [sample(logits)]                    # decided tokens not yet shown
-    stats.extra["first_choices"] = first_choices(sample.allowed(logits))
     stats.finish_reason = "length"
     try:
         while req.max_new_tokens > 0:            # 0: the prompt is prefilled (and cached), nothing written
@@ -103,14 +103,15 @@ def decode(forward: Forward, live: LiveBuffer, tokenizer: Tokenizer, req: Reques
 def first_choices(logits: torch.Tensor, k: int = 4) -> list[list]:
     """The k most likely first tokens and their log-probabilities: where alternatives branch."""
     top = logits.float().log_softmax(-1).topk(min(k, logits.shape[-1]))
-    return [[int(i), round(float(lp), 4)] for lp, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+    return [[int(i), round(float(lp), 4)] for lp, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+            if lp != float("-inf")]                     # out of reach (suppressed, not healing) is no choice
 
 
 def _step(forward: Forward, live: LiveBuffer, token: int, drafts: "Drafts | None", sample: "Sampler",
           stats: GenerationStats, absorbed: Absorbed, room: int) -> list[int]:
     """Feed `token`, and a draft of at most `room` tokens after it if one is found; the tokens
     decided next (>= 1)."""
-    draft = drafts.propose()[:max(room, 0)] if drafts is not None else []
+    draft = drafts.propose()[:max(room, 0)] if drafts is not None and not sample.pending else []
     ids = torch.tensor([token, *draft], dtype=torch.long, device=live.rows.device)
     t0 = time.perf_counter()
     logits = forward(ids, live.window(len(ids)), absorbed(len(ids)), bool(draft))
@@ -190,23 +191,41 @@ class Drafts:
 
 
 class Sampler:
-    """Greedy when temperature is 0, else temperature / top-k / top-p with a seeded generator."""
+    """Greedy when temperature is 0, else temperature / top-k / top-p with a seeded generator.
+    Until the answer holds `params.heal`, only tokens that go on spelling it are in reach."""
 
-    def __init__(self, params: SamplingParams) -> None:
+    def __init__(self, params: SamplingParams, tokenizer: Tokenizer | None = None) -> None:
         self.params = params
         self.suppress = torch.tensor(params.suppress_token_ids, dtype=torch.long) if params.suppress_token_ids else None
+        self.tokenizer = tokenizer
+        self.pending = params.heal if tokenizer is not None else ""     # what the answer must still begin with
         self.generator = None
         if not params.greedy:
             self.generator = torch.Generator()
             self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
 
     def allowed(self, logits: torch.Tensor) -> torch.Tensor:
-        """`logits` (.., V) with the suppressed tokens out of reach (a copy when there are any)."""
+        """`logits` (.., V) with the suppressed tokens, and while healing those that do not spell
+        on, out of reach (a copy when there are any)."""
+        if self.pending:
+            assert self.tokenizer is not None
+            keep = torch.tensor(self.tokenizer.healing_ids(self.pending), dtype=torch.long, device=logits.device)
+            if len(keep):                  # (no token spells it: the text cannot be healed; left free)
+                kept = logits.new_full(logits.shape, float("-inf"))
+                logits = kept.index_copy(-1, keep, logits.index_select(-1, keep))
         if self.suppress is None:
             return logits
         return logits.index_fill(-1, self.suppress.to(logits.device), float("-inf"))
 
     def __call__(self, logits: torch.Tensor) -> int:
+        token = self._choose(logits)
+        if self.pending:
+            assert self.tokenizer is not None
+            text = self.tokenizer.decode([token])
+            self.pending = self.pending[len(text):] if self.pending.startswith(text) else ""
+        return token
+
+    def _choose(self, logits: torch.Tensor) -> int:
         p = self.params
         logits = self.allowed(logits)
         if p.greedy:

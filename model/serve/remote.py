@@ -114,6 +114,9 @@ class RemoteEngine:
     # -- the protocol -----------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(), *,
                  cancel: CancelToken | None = None) -> Generation:
+        if params.heal:   # no token healing over the OpenAI API: the text goes back on the prompt,
+            prompt = (prompt + params.heal if isinstance(prompt, str)          # and heads the answer as promised
+                      else [*prompt, *self.tokenizer.encode(params.heal)])
         body = {"model": self.model, "prompt": prompt if isinstance(prompt, str) else list(prompt),
                 "max_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
                 "stream": True}
@@ -128,7 +131,8 @@ class RemoteEngine:
         if params.suppress_token_ids:                               # OpenAI's ban: -100 (vLLM, llama.cpp)
             body["logit_bias"] = {str(token): -100 for token in params.suppress_token_ids}
         stats = GenerationStats()
-        return Generation(self._stream(body, stats, cancel or CancelToken()), stats)
+        stream = self._stream(body, stats, cancel or CancelToken())
+        return Generation(_headed(params.heal, stream) if params.heal else stream, stats)
 
     def clear_cache(self) -> None:
         """Nothing to do here: the remote server owns its cache, and the OpenAI API has no call
@@ -244,3 +248,9 @@ def _reason(e: Exception) -> str:
     if isinstance(e, socket.timeout):
         return "timed out"
     return str(e) or type(e).__name__
+
+
+def _headed(head: str, stream: Iterator[str]) -> Iterator[str]:
+    """`head`, then the stream's pieces (closing this closes the stream)."""
+    yield head
+    yield from stream
