@@ -309,6 +309,16 @@ def test_remote_backend_streams_from_the_http_face(http_url, engine, checkpoint,
     assert isinstance(remote, EngineProtocol)
 
 
+def test_a_remote_server_keeps_the_healing_contract(http_url, engine, checkpoint, monkeypatch):
+    """The OpenAI API cannot constrain the first tokens: the healed text goes back on the prompt
+    and heads the answer, which is what the pipeline then takes off (SamplingParams.heal)."""
+    monkeypatch.setenv("LATENT_TEST_KEY", HTTP_KEY)
+    remote = RemoteEngine(http_url, tokenizer_dir=str(checkpoint), api_key_env="LATENT_TEST_KEY")
+    prompt, heal = PROMPT[:-2], PROMPT[-2:]
+    expected = engine.generate(PROMPT, SamplingParams(max_new_tokens=10)).run()
+    assert remote.generate(prompt, SamplingParams(max_new_tokens=10, heal=heal)).run() == heal + expected
+
+
 def test_http_face_non_streaming_and_suffix(http_url, engine):
     import json
     import urllib.request
