@@ -107,14 +107,14 @@ def common_prefix(a: str, b: str) -> int:
     return n
 
 
-def run(starts: list[dict], model: Path, layout: str, threads: int) -> dict:
+def run(starts: list[dict], model: Path, layout: str, threads: int, healing: bool = True) -> dict:
     from completion import CompletionConfig, CompletionService
     from completion.types import Position
     from model.engine import Engine
 
     engine = Engine.load(str(model), RuntimeConfig(threads=threads))
     engine.forward.wait()   # one decode step for the whole run (compiled where it can be): near-ties stay put
-    service = CompletionService(engine, CompletionConfig(fim_layout=layout))
+    service = CompletionService(engine, CompletionConfig(fim_layout=layout, token_healing=healing))
     accepted, kept, empty, latencies = 0, [], 0, []
     for i, start in enumerate(starts):
         uri = f"file:///heldout/{start['file']}"
@@ -142,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=500, help="line starts to try")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-healing", dest="healing", action="store_false", help="setting token_healing = false")
     p.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     args = p.parse_args(argv)
     starts = line_starts(args.count, args.seed)
     if len(starts) < args.count:
         print(f"typing_acceptance: only {len(starts)} line starts found", file=sys.stderr)
-    figures = run(starts, args.model, args.layout, args.threads)
+    figures = run(starts, args.model, args.layout, args.threads, args.healing)
     print(f"{figures['n']} line starts: accepted {figures['accepted']:.1f} %, kept {figures['kept']:.1f} %, "
           f"empty {figures['empty']:.1f} %, p50 {figures['p50_ms']:.0f} ms")
     if not args.no_docs:

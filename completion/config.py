@@ -30,6 +30,8 @@ class CompletionConfig:
     fim_layout: str = option("auto", "prompt layout: psm, spm (suffix first, so typing only appends to the "
                                      "prompt and the exact cache covers it) or auto (spm where the model declares it)",
                              choices=("auto", *LAYOUTS))
+    token_healing: bool = option(True, "with spm prompts, leave the word or space just before the cursor for the "
+                                       "model to write, split into tokens as its training saw such text")
     disabled_languages: tuple[str, ...] = option((), "never complete these language ids")
     all_languages: bool = option(False, "also complete languages the model does not declare it was "
                                                    "trained on (a model folder may list its languages in config.json; "

@@ -187,7 +187,7 @@ class CompletionService:
         timings["context"], clock = _ms(clock), time.perf_counter()
 
         prompt = build_prompt(fmt, context, self._count, max_tokens=limit, bos=self._bos,
-                              layout=layout, specials=self._specials, heal=True)
+                              layout=layout, specials=self._specials, heal=config.token_healing)
         plan = postprocess.plan_for(mode, language, tree, cursor, self._format.special_strings)
         params = sampling_for(config, fmt, mode, plan, prompt.heal)
         timings["prompt"], clock = _ms(clock), time.perf_counter()

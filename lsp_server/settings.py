@@ -191,6 +191,7 @@ class Settings:
         multiline: bool = True
         fim_format: str | None = None
         fim_layout: str = "auto"
+        token_healing: bool = True
         disabled_languages: tuple[str, ...] = ()
         all_languages: bool = False
         lru_size: int = 64

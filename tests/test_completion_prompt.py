@@ -163,3 +163,15 @@ def test_token_counter_memoises_and_counts_crlf_as_lf():
 
     counter = TokenCounter(count)
     assert counter("ab\r\n") == 3 and counter("ab\r\n") == 3 and calls == ["ab\n"]
+
+
+def test_token_healing_can_be_turned_off_and_psm_prompts_never_heal():
+    text, position = cursor_at("def f(a):\n    ret█\n\nprint(f(1))\n")
+    for config, layouts, ends in ((CompletionConfig(token_healing=False), ("spm",), "def f(a):\n    ret"),
+                                  (CompletionConfig(), (), "<｜fim▁hole｜>\n\nprint(f(1))\n<｜fim▁end｜>")):
+        engine = FakeEngine(["urn a"], fim_layouts=layouts)
+        service = CompletionService(engine, config)
+        service.workspace.open("file:///p/a.py", "python", text, 1, path="a.py")
+        result = service.complete(service.workspace.snapshot("file:///p/a.py"), position)
+        assert engine.requests[0]["prompt"].endswith(ends) and engine.requests[0]["heal"] == ""
+        assert result.suggestions[0].text == "urn a"

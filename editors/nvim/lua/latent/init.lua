@@ -30,8 +30,8 @@ M.server_settings = {
   'shift_max_drift', 'speculate', 'compile',
   -- what is asked of it (a change applies to the next request)
   'max_prompt_tokens', 'prefix_fraction', 'snippet_tokens', 'max_new_tokens_line',
-  'max_new_tokens_block', 'multiline', 'fim_format', 'fim_layout', 'disabled_languages',
-  'all_languages', 'lru_size', 'temperature', 'top_p', 'top_k', 'seed',
+  'max_new_tokens_block', 'multiline', 'fim_format', 'fim_layout', 'token_healing',
+  'disabled_languages', 'all_languages', 'lru_size', 'temperature', 'top_p', 'top_k', 'seed',
   -- the server
   'enable', 'languages', 'trigger', 'debounce_ms', 'completion_items', 'log_level', 'suggestions',
   'max_message_mb', 'max_parse_kb',
