@@ -45,8 +45,8 @@ def make_engine(settings: Settings, adapted=None) -> EngineProtocol:
         return _remote(settings)
     model = str(adapted.model_dir) if adapted is not None else settings.model
     if settings.engine in ("daemon", "auto"):
-        try:
-            return _daemon(settings, model)
+        try:   # an adapted model has a daemon of its own: each keeps its rows, and stays warm
+            return _daemon(settings, model, adapted.home.name if adapted is not None else None)
         except ModelLoadError as e:
             if settings.engine == "daemon":
                 raise
@@ -65,13 +65,16 @@ def _inprocess(settings: Settings, model: str | None) -> EngineProtocol:
     return Engine.load(model, settings.runtime())
 
 
-def _daemon(settings: Settings, model: str | None) -> EngineProtocol:
+def _daemon(settings: Settings, model: str | None, key: str | None = None) -> EngineProtocol:
     from model.serve.client import EngineClient, RPCError, daemon_argv
+    from model.serve.framing import model_socket_path
 
-    argv = daemon_argv(model, settings.runtime(),
+    socket_path = model_socket_path(key) if key else None
+    argv = daemon_argv(model, settings.runtime(), socket_path=socket_path,
+                       persist=socket_path.with_name(f"{socket_path.stem}-cache.msgpack") if socket_path else None,
                        idle_exit=settings.daemon_idle_minutes * 60 if settings.daemon_idle_minutes else None)
     try:
-        client = EngineClient(spawn=argv)
+        client = EngineClient(socket_path, spawn=argv)
     except RPCError as e:
         raise ModelLoadError(f"The shared engine daemon is not available: {str(e).rstrip('.')}.") from None
     if not _same_model(client.info.get("model_dir"), model):

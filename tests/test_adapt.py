@@ -224,6 +224,33 @@ async def test_the_language_server_serves_the_workspaces_adapted_model_and_says_
         await session.stop()
 
 
+def test_on_the_shared_daemon_an_adapted_workspace_gets_a_daemon_of_its_own(adapted, tmp_path, monkeypatch):
+    """engine = "daemon": the adapted model is served by a daemon of its own (its socket, its
+    latent cache and cache file), so the bundled model's daemon and its warm rows stay as they
+    are, and a second window on the workspace shares the adapted one."""
+    from lsp_server.engines import adapted_model, make_engine
+    from lsp_server.settings import merge
+    from model.params import SamplingParams
+
+    project, ws, _, _ = adapted
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    settings = merge({"engine": "daemon", "compile": False, "threads": 1})[0]
+    client = make_engine(settings, adapted_model(settings, project))
+    try:
+        assert client.socket_path == runtime / "latent" / f"engine-{ws.home.name}.sock"
+        assert Path(client.info["model_dir"]).resolve() == ws.model_dir.resolve()
+        assert client.generate("def zorp_frob", SamplingParams(max_new_tokens=4)).run()
+        again = make_engine(settings, adapted_model(settings, project / "sub"))      # a second window
+        assert again.socket_path == client.socket_path
+        again.close()
+    finally:
+        client.close()
+        subprocess.run([sys.executable, "-m", "model.serve", "stop", "--socket", str(client.socket_path)],
+                       capture_output=True, timeout=60, cwd=ROOT)
+
+
 def test_forgetting_removes_everything_kept(adapted):
     project, ws, _, _ = adapted
     done = subprocess.run([sys.executable, "-m", "lsp_server", "adapt", str(project), "--forget"], capture_output=True,

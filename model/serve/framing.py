@@ -65,6 +65,13 @@ def default_socket_path(create: bool = True) -> Path:
     return runtime_dir(create) / "engine.sock"
 
 
+def model_socket_path(key: str, create: bool = True) -> Path:
+    """The socket of the daemon that serves one other model beside the default one (a
+    workspace's adapted model, `key` its folder's name): its own process and latent cache
+    (the language server gives it its own cache file too)."""
+    return runtime_dir(create) / f"engine-{key}.sock"
+
+
 def socket_alive(path: Path) -> bool:
     """Whether something accepts connections on the Unix socket at `path`."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
