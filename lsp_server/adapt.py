@@ -97,7 +97,7 @@ def run(args, settings) -> int:
     from model.train.adapt import AdaptError, adapt, summary_line
 
     try:
-        summary = adapt(ws, files, base, minutes, log=_log(args.verbose), threads=settings.threads)
+        summary = adapt(ws, files, base, minutes, log=_log(args.verbose), threads=settings.threads, train=args.train)
     except AdaptError as e:
         print(f"latent adapt: error: {e}", file=sys.stderr)
         return 2

@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("folder", nargs="?", metavar="FOLDER", help="the workspace (default: the current folder)")
     adapt.add_argument("--minutes", type=float, metavar="M", help="time budget (default: the adapt_minutes setting)")
     adapt.add_argument("--forget", action="store_true", help="remove the adapted model and all kept for FOLDER")
+    from model.adapted import TRAINED
+
+    adapt.add_argument("--train", default=TRAINED[0], choices=TRAINED,
+                       help="which weights learn: low-rank adapters (the default: they keep what the model knows "
+                            "of other code), all, the blocks without embedding and head, the attention, the upper "
+                            "half")
     adapt.add_argument("-v", "--verbose", action="store_true", help="the run's log on stderr")
     settings.add_arguments(adapt)
     adapt.set_defaults(run=_adapt)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NOTE = "workspace.json"
+# Which weights `latent adapt --train` may teach (model/train/adapt.py's TRAINABLE), the default first
+TRAINED = ("lora", "all", "blocks", "attention", "top")
 
 
 def adapt_root() -> Path:
