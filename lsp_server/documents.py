@@ -27,6 +27,7 @@ from pygls.uris import to_fs_path
 
 from completion.errors import DocumentLimit, UnknownDocument
 from completion.types import Position, Range, TextChange
+from lsp_server.loading import ensure_model
 
 log = logging.getLogger(__name__)
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -92,6 +93,8 @@ def register(server, session) -> None:
         except DocumentLimit as e:
             return refuse(session, doc.uri, e)
         _note_size(session, document)
+        if session.initialized:      # `latent adapt` may have finished (or forgotten) the workspace's model
+            session.spawn(ensure_model(session))
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(params: types.DidChangeTextDocumentParams) -> None:

@@ -251,12 +251,26 @@ def test_on_the_shared_daemon_an_adapted_workspace_gets_a_daemon_of_its_own(adap
                        capture_output=True, timeout=60, cwd=ROOT)
 
 
-def test_forgetting_removes_everything_kept(adapted):
+@pytest.mark.asyncio
+async def test_forgetting_removes_everything_kept_and_a_running_server_goes_back_to_the_base(adapted, tmp_path):
+    from lsp_helpers import Session, server_env
+
     project, ws, _, _ = adapted
-    done = subprocess.run([sys.executable, "-m", "lsp_server", "adapt", str(project), "--forget"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120, env={**os.environ})
-    assert done.returncode == 0 and done.stdout.startswith("Forgot the adapted model of")
-    assert not ws.home.exists() and adapted_for(project, BUNDLED_DIR) is None
+    env = server_env(tmp_path, adapt_dir=str(ws.home.parent))
+    env.pop("LATENT_MODEL", None)
+    session = await Session.start(env, root=project)
+    try:
+        assert (await session.ready()).model == f"bundled, adapted to {project.name}"
+        done = subprocess.run([sys.executable, "-m", "lsp_server", "adapt", str(project), "--forget"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ})
+        assert done.returncode == 0 and done.stdout.startswith("Forgot the adapted model of")
+        assert not ws.home.exists() and adapted_for(project, BUNDLED_DIR) is None
+        seen = len(session.statuses)
+        session.open((project / "zorp_1.py").as_uri(), (project / "zorp_1.py").read_text())  # the next file opened
+        status = await session.ready(after=seen)
+        assert status.state == "ready" and status.model == "bundled"
+    finally:
+        await session.stop()
 
 
 def test_latent_adapt_command_forgets_and_refuses_what_it_cannot_adapt(tmp_path, adapt_dir):
