@@ -73,7 +73,7 @@ def bench(args) -> list[dict]:
                 ws.forget()
                 t0 = time.perf_counter()
                 summary = adapt(ws, train, BUNDLED_DIR, minutes, log=lambda *_: None, threads=args.threads,
-                                train=subset)
+                                train=subset, lr=args.lr)
                 wall = time.perf_counter() - t0
                 after = typing_acceptance.run(starts, ws.model_dir, "auto", 1)
                 he = humaneval(ws.model_dir, layout) if args.humaneval else None
@@ -90,7 +90,7 @@ def report(args, rows: list[dict]) -> str:
     command = "python benchmarks/adapt_bench.py " + shlex.join(sys.argv[1:])
     lines = [SECTION, "",
              f"`{command.strip()}` — {time.strftime('%Y-%m-%d')}, {platform.machine()} with {os.cpu_count()} CPUs, "
-             f"the bundled model adapted (lr 5e-4, batch 8, the last 20 % of the budget decaying), training all its "
+             f"the bundled model adapted (lr {args.lr:g}, batch 8, the last 20 % of the budget decaying), training all its "
              f"weights or a subset (model/train/adapt.py's TRAINABLE: blocks = all but the embedding and the head, "
              f"attention = the MLA projections, top = the upper half of the blocks and the head). Typing acceptance on line starts of the package's held-out fifth (base → adapted); "
              f"bits/byte on a tenth of the adapted-on files the run held out; HumanEval single-line exact match "
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=200, help="line starts per package")
     p.add_argument("--train", nargs="+", default=["all"], choices=sorted(TRAINABLE), help="which weights train")
     p.add_argument("--threads", type=int, default=2, help="threads of the adaptation")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     p.add_argument("--no-humaneval", dest="humaneval", action="store_false")
     p.add_argument("--write", type=Path, default=None, help="replace this section in a Markdown file")
     args = p.parse_args(argv)
