@@ -2,7 +2,7 @@
 
 The model is a small DeepSeek-Coder-V2 look-alike — MoE feed-forward with a shared expert,
 Multi-head Latent Attention with a real q-LoRA — trained with the fill-in-the-middle (FIM)
-objective in both layouts (prefix-first PSM and suffix-first SPM) on permissively licensed
+objective in the suffix-first layout (SPM; prefix-first PSM too with --spm-rate < 1) on permissively licensed
 Python: a pinned manifest of PyPI packages plus the CPython standard library, with the
 packages held out for evaluation excluded. It is saved in the Hugging Face layout of a real
 DeepSeek-V2 checkpoint (bf16 safetensors), so the engine's ordinary loading path always runs

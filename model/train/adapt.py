@@ -4,13 +4,14 @@ The files of the workspace (the caller lists them: lsp_server/adapt.py), with ev
 may hold a secret left out (model/train/secrets.py), are tokenised with the base model's
 tokenizer; a tenth of them, chosen by a stable hash of the path, are held out to say what the
 adaptation gained. The run is the bundled model's training loop (model/train/loop.py) started
-from the base model's weights with a fresh optimizer: SPM fill-in-the-middle samples as the
-base was trained, a short warm-up, a constant rate for the first 80 % of the time budget (or of
-two passes over the code, whichever ends first: more passes overfit), then a decay branch to
-zero. It checkpoints every minute and on SIGTERM / Ctrl-C, and the same
-command goes on from the checkpoint with what is left of the budget. The adapted model is
-written as a model folder beside the workspace's note (model/adapted.py), the run and the
-cleaned files are removed, and the summary says what it gained on the held-out files.
+from the base model's weights with a fresh optimizer, training low-rank adapters by default
+(`TRAINABLE`): fill-in-the-middle samples in the layouts the base declares, a short warm-up, a
+constant rate for the first 80 % of the time budget (or of two passes over the code, whichever
+ends first: more passes overfit), then a decay branch to zero. It checkpoints every minute and
+on SIGTERM / Ctrl-C, and the same command goes on from the checkpoint with what is left of the
+budget. The adapted model (adapters folded in) is written as a model folder beside the
+workspace's note (model/adapted.py), the run and the cleaned files are removed, and the summary
+says what it gained on the held-out files.
 """
 from __future__ import annotations
 
@@ -49,12 +50,13 @@ def _layer(name: str) -> int:
     return int(name.split(".")[2]) if name.startswith("model.layers.") else -1
 
 
-# Which weights an adaptation trains (benchmarks/adapt_bench.py compares them; LoRA by default:
-# the others forgot general code, HumanEval single-line 1.5 % -> 0.0-1.1 %, LoRA kept it): every weight;
+# Which weights an adaptation trains (benchmarks/adapt_bench.py compares them): every weight;
 # low-rank adapters (LoRA, Hu et al. 2021) on every matrix of the attention and the MLPs, the
-# experts included, with the weights themselves frozen; the transformer blocks (not the token embedding and the output head, which are most of a small
-# model's weights); the attention (MLA projections) only; the upper half of the blocks with the
-# final norm and the head.
+# experts included, the weights themselves frozen; the transformer blocks (not the token
+# embedding and the output head, most of a small model's weights); the attention (MLA
+# projections) only; the upper half of the blocks with the final norm and the head. LoRA is the
+# default (model/adapted.py's TRAINED): the others forgot general code (HumanEval single-line
+# 1.5 % -> 0.0-1.1 %), LoRA kept it.
 TRAINABLE = {
     "all": lambda name, layers: True,
     "lora": lambda name, layers: False,          # only the adapters add_lora puts on (below)
