@@ -26,6 +26,10 @@ from .protocol import ModelLoadError  # re-exported: the error every backend rai
 # torch is imported where tensors are made: finding and checking a model folder stays light,
 # so a language server attached to the engine daemon never loads PyTorch.
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+# A folder of `latent adapt`'s low-rank adapters (model/train/adapt.py) instead of weights: the
+# base model's weights with W + scale · B A added as they load.
+ADAPTER = "adapter.safetensors"           # "<weight name>.lora_A" (r, in) and ".lora_B" (out, r)
+ADAPTER_CONFIG = "adapter_config.json"    # {"base": "bundled" or the base's folder, "scale": alpha / r}
 
 
 
@@ -174,7 +178,25 @@ def load_model(model_dir: Path, args: ModelArgs, dtype: str = "float32", device:
                quantize: str | None = None):
     """The Transformer with the checkpoint's weights, on `device` in `dtype` (int8 weights and
     `dtype` scales with quantize="int8")."""
+    if (model_dir / ADAPTER_CONFIG).is_file():
+        return build_model(_adapted(model_dir), args, dtype, device, quantize)
     return build_model(_iter_tensors(_weight_files(model_dir)), args, dtype, device, quantize)
+
+
+def _adapted(model_dir: Path):
+    """(name, tensor) of the base model's weights with the folder's adapters added."""
+    try:
+        config = json.loads((model_dir / ADAPTER_CONFIG).read_text())
+        base = BUNDLED_DIR if config["base"] == "bundled" else Path(config["base"])
+        scale = float(config["scale"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"{model_dir / ADAPTER_CONFIG} cannot be read ({_short(e)}).") from None
+    adapters = dict(_iter_tensors([model_dir / ADAPTER]))
+    for key, tensor in _iter_tensors(_weight_files(base)):
+        a, b = adapters.get(f"{key}.lora_A"), adapters.get(f"{key}.lora_B")
+        if a is not None and b is not None:
+            tensor = (tensor.float() + scale * (b.float() @ a.float())).to(tensor.dtype)
+        yield key, tensor
 
 
 def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = "cpu",

@@ -290,10 +290,13 @@ def test_latent_adapt_command_forgets_and_refuses_what_it_cannot_adapt(tmp_path,
     assert done.returncode == 2 and "--minutes" in done.stderr
 
 
-@pytest.mark.parametrize("train, where", [("attention", (".self_attn.",)), ("lora", (".self_attn.", ".mlp."))])
-def test_a_subset_of_the_weights_can_be_adapted_and_the_rest_stays_the_base_models(tmp_path, adapt_dir, train, where):
+def _tensors(folder: Path) -> dict:
     from safetensors.torch import load_file
 
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+def test_a_subset_of_the_weights_can_be_adapted_and_the_rest_stays_the_base_models(tmp_path, adapt_dir):
     from model.train.adapt import adapt
 
     project = tmp_path / "project"
@@ -301,14 +304,68 @@ def test_a_subset_of_the_weights_can_be_adapted_and_the_rest_stays_the_base_mode
     _project(project)
     ws = workspace(project)
     summary = adapt(ws, workspace_files(project, {".py"}), BUNDLED_DIR, minutes=0.05, log=lambda *_: None,
-                    threads=2, train=train)
-    base = {k: v for f in BUNDLED_DIR.glob("*.safetensors") for k, v in load_file(str(f)).items()}
+                    threads=2, train="attention")
+    base, adapted = _tensors(BUNDLED_DIR), _tensors(ws.model_dir)
     total = sum(v.numel() for v in base.values())
-    assert summary["train"] == train and summary["trained_parameters"] < 0.1 * total
-    adapted = {k: v for f in ws.model_dir.glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    assert summary["train"] == "attention" and summary["trained_parameters"] < 0.1 * total
     assert adapted.keys() == base.keys()
     changed = {k for k in base if not (adapted[k].float() == base[k].to(adapted[k].dtype).float()).all()}
-    assert changed and all(any(w in k for w in where) for k in changed)
-    assert not any(k.endswith("mlp.gate.weight") for k in changed)           # the router stays
-    if train == "lora":                                                        # the experts have adapters too
-        assert any(".mlp.experts." in k for k in changed)
+    assert changed and all(".self_attn." in k for k in changed)
+
+
+def test_lora_keeps_only_its_adapters_which_the_loader_adds_to_the_base(tmp_path, adapt_dir):
+    import torch
+
+    from model.engine import Engine
+    from model.params import RuntimeConfig
+    from model.train.adapt import adapt
+
+    project = tmp_path / "project"
+    project.mkdir()
+    _project(project)
+    ws = workspace(project)
+    summary = adapt(ws, workspace_files(project, {".py"}), BUNDLED_DIR, minutes=0.05, log=lambda *_: None,
+                    threads=2, train="lora")
+    base = _tensors(BUNDLED_DIR)
+    adapters = _tensors(ws.model_dir)
+    targets = {k.rsplit(".lora_", 1)[0] for k in adapters}
+    assert targets <= base.keys() and any(".mlp.experts." in k for k in targets)
+    assert all(".self_attn." in k or ".mlp." in k for k in targets)
+    assert not any(k.endswith("mlp.gate.weight") for k in targets)                 # the router stays
+    assert summary["bytes"] < 0.2 * sum((BUNDLED_DIR / f).stat().st_size for f in ("model.safetensors",))
+    runtime = RuntimeConfig(compile=False, threads=1)
+    plain, tuned = Engine.load(None, runtime), Engine.load(ws.model_dir, runtime)
+    ids = plain.tokenizer.encode("def zorp_frobnicate_3_1(quux_widget, blarg_level=1):\n")
+    assert not torch.allclose(plain.logits(ids), tuned.logits(ids))
+    assert tuned.fim_layouts == plain.fim_layouts
+
+
+def test_lora_adapters_under_the_checkpoints_names_are_the_trained_deltas():
+    """What the loader adds (W + B A, per on-disk weight, each expert's gate and up apart) is
+    what the trained, parametrized model computes."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    from model.train.adapt import add_lora, lora_tensors
+    from model.train.export import export_state_dict
+    from model.train.presets import PRESETS, build_model, hf_config
+
+    config = hf_config(PRESETS["tiny"], 600)
+    model = build_model(config, "grouped_mm")
+    base = export_state_dict(model.state_dict(), config, torch.float32)
+    add_lora(model)
+    torch.manual_seed(0)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.1)                       # as if trained: B is no longer zero
+    merged = {}
+    for module_name, module in model.named_modules():
+        for name in list(getattr(module, "parametrizations", {}) or {}):
+            merged[f"{module_name}.{name}"] = getattr(module, name).detach()
+    assert parametrize.is_parametrized(model.model.layers[1].mlp.experts)
+    want = export_state_dict(merged, config, torch.float32)
+    adapters = lora_tensors(model)
+    assert {k.rsplit(".lora_", 1)[0] for k in adapters} == set(want)
+    for key, value in want.items():
+        got = base[key] + adapters[f"{key}.lora_B"] @ adapters[f"{key}.lora_A"]
+        torch.testing.assert_close(got, value, rtol=1e-5, atol=1e-5)

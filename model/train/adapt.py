@@ -9,9 +9,10 @@ from the base model's weights with a fresh optimizer, training low-rank adapters
 constant rate for the first 80 % of the time budget (or of two passes over the code, whichever
 ends first: more passes overfit), then a decay branch to zero. It checkpoints every minute and
 on SIGTERM / Ctrl-C, and the same command goes on from the checkpoint with what is left of the
-budget. The adapted model (adapters folded in) is written as a model folder beside the
-workspace's note (model/adapted.py), the run and the cleaned files are removed, and the summary
-says what it gained on the held-out files.
+budget. The adapted model is written as a model folder beside the workspace's note
+(model/adapted.py) — for LoRA only the adapters, which the loader adds to the base's weights as
+they load — the run and the cleaned files are removed, and the summary says what it gained on
+the held-out files.
 """
 from __future__ import annotations
 
@@ -99,15 +100,58 @@ def add_lora(model: torch.nn.Module) -> None:
                 parametrize.register_parametrization(module, name, LowRank(parameter.detach()))
 
 
-def merge_lora(model: torch.nn.Module) -> None:
-    """Fold the adapters into the weights (the model is a plain one again)."""
+def lora_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapters under the checkpoint's own weight names, as the loader adds them
+    ("<name>.lora_A" (r, in), ".lora_B" (out, r); model/loader.py): the experts' stacked
+    weights are split per expert, the gate and up halves sharing their A."""
     from torch.nn.utils import parametrize
 
-    for module in list(model.modules()):
-        if parametrize.is_parametrized(module):
-            names: torch.nn.ModuleDict = module.parametrizations   # pyright: ignore[reportAssignmentType]
-            for name in list(names.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    out = {}
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        parametrizations: torch.nn.ModuleDict = module.parametrizations   # pyright: ignore[reportAssignmentType]
+        for name, entry in parametrizations.items():
+            low: LowRank = entry[0]                                     # pyright: ignore[reportIndexIssue]
+            a, b = low.A.detach().float(), low.B.detach().float() * low.scale    # scale folded into B
+            full = f"{module_name}.{name}"
+            if name == "gate_up_proj":                                  # (E, 2I, d): gate, then up
+                base, inter = full[: -len("gate_up_proj")], b.shape[1] // 2
+                for e in range(a.shape[0]):
+                    for part, rows in (("gate_proj", b[e, :inter]), ("up_proj", b[e, inter:])):
+                        out[f"{base}{e}.{part}.weight.lora_A"] = a[e].clone()
+                        out[f"{base}{e}.{part}.weight.lora_B"] = rows.clone()
+            elif name == "down_proj" and a.dim() == 3:                  # (E, d, I)
+                base = full[: -len("down_proj")]
+                for e in range(a.shape[0]):
+                    out[f"{base}{e}.down_proj.weight.lora_A"] = a[e].clone()
+                    out[f"{base}{e}.down_proj.weight.lora_B"] = b[e].clone()
+            else:
+                out[f"{full}.lora_A"], out[f"{full}.lora_B"] = a.contiguous(), b.contiguous()
+    return out
+
+
+def write_adapters(model: torch.nn.Module, base_dir: Path, base_cfg: dict, out: Path, card: str) -> None:
+    """A model folder of adapters: the base's config and tokenizer, the adapters, and where the
+    base is (the bundled model by name, so the repository may move)."""
+    from safetensors.torch import save_file
+
+    from model.loader import ADAPTER, ADAPTER_CONFIG, BUNDLED_DIR
+    from model.train.corpus import TOKENIZER_FILES
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(lora_tensors(model), str(tmp / ADAPTER), metadata={"format": "pt"})
+    base = "bundled" if base_dir.resolve() == BUNDLED_DIR.resolve() else str(base_dir.resolve())
+    (tmp / ADAPTER_CONFIG).write_text(json.dumps({"base": base, "scale": 1.0, "rank": LORA_RANK}, indent=1) + "\n")
+    (tmp / "config.json").write_text(json.dumps(base_cfg, indent=2) + "\n")
+    for name in (*TOKENIZER_FILES, "generation_config.json"):
+        if (base_dir / name).is_file():
+            shutil.copyfile(base_dir / name, tmp / name)
+    (tmp / "README.md").write_text(card)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
 
 
 class AdaptError(Exception):
@@ -248,10 +292,12 @@ def _adapt(ws: Workspace, files, base_dir: Path, base_cfg: dict, preset: str, bu
         before = trainer.state.history[0]
         final = trainer.decay(max(1, round(trainer.state.step * (1 - STABLE_SHARE) / STABLE_SHARE)))
         trained = sum(p.numel() for p in trainer.params)
-        merge_lora(trainer.model)
         card = _card(ws, base_dir, note, before, final, trainer)
-        write_model_folder(export_state_dict(trainer.model.state_dict(), trainer.config), base_cfg, corpus.root,
-                           ws.model_dir, card, 64)
+        if lora:        # only the adapters are kept: the base's weights are on disk already
+            write_adapters(trainer.model, base_dir, base_cfg, ws.model_dir, card)
+        else:
+            write_model_folder(export_state_dict(trainer.model.state_dict(), trainer.config), base_cfg, corpus.root,
+                               ws.model_dir, card, 64)
         summary = {"minutes": round(trainer.state.train_seconds / 60, 2), "steps": trainer.state.step, "train": train,
                    "trained_parameters": trained,
                    "tokens_seen": trainer.state.tokens, "train_tokens": train_tokens,
