@@ -331,7 +331,7 @@ def summary_line(ws: Workspace, s: dict) -> str:
                if s["lines_left_out"] else "")
     return (f"Adapted to {ws.root} in {s['minutes']:.1f} min: {s['files']} files ({s['train_tokens']:,} tokens), "
             f"held-out bits/byte {s['bpb_before']:.3f} -> {s['bpb_after']:.3f} ({gain:+.0%} better) on "
-            f"{s['heldout_files']} files it did not learn from{secrets}.")
+            f"{s['heldout_files']} file{'' if s['heldout_files'] == 1 else 's'} it did not learn from{secrets}.")
 
 
 def _card(ws: Workspace, base_dir: Path, note: dict, before: dict, final: dict, trainer: Trainer) -> str:
