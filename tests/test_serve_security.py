@@ -742,7 +742,9 @@ def test_running_out_of_descriptors_does_not_stop_the_daemon(checkpoint, tmp_pat
         for s in held:
             s.close()
         assert _wait(lambda: _answers(sock), 20)
-        assert open(log_path).read().count("out of file descriptors") == 1
+        # logged once per shortage, not once per refused accept: under load a descriptor freed
+        # for a moment (a connection's, a file's) can end one shortage and a second begin
+        assert 1 <= open(log_path).read().count("out of file descriptors") <= 2
     finally:
         proc.terminate()
         proc.wait(timeout=30)
