@@ -91,9 +91,10 @@ class Engine:
         self.model_name = name
         self.cache = LatentCache(runtime.cache_bytes)
         self.context = min(runtime.max_context, model.args.max_position_embeddings)   # tokens the buffer holds
-        if self.context < runtime.max_context:
-            log.warning("max_context is %d but %s was trained on %d positions: the engine holds %d tokens.",
-                        runtime.max_context, name, model.args.max_position_embeddings, self.context)
+        if self.context < runtime.max_context:   # a warning only where the user asked for more than the default
+            log.log(logging.WARNING if runtime.max_context != RuntimeConfig().max_context else logging.INFO,
+                    "max_context is %d but %s was trained on %d positions: the engine holds %d tokens.",
+                    runtime.max_context, name, model.args.max_position_embeddings, self.context)
         self.live = LiveBuffer(model.new_cache(self.context), model.args)
         for experts in model.modules():        # a GPU decodes without host syncs; see moe.py
             if isinstance(experts, Experts) and not isinstance(experts, Int8Experts):
