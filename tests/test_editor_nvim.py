@@ -415,12 +415,15 @@ def several_context():
 
 def wait_for_choice(nv: Neovim, row: int, typed_line: str, ghost: str, index: int, count: int) -> list[str]:
     """Wait until row `row` shows `ghost` after the typed line and the screen says which
-    suggestion it is ("(2/3)"); the screen."""
+    suggestion it is ("(2/3)", of `count` or more: the server's engine has answered other
+    keystrokes before, and a near-tie among the later alternatives can make one more distinct);
+    the screen."""
     def check(screen):
         shown = screen[row].rstrip()
         on_row = shown.startswith(typed_line + ghost)
-        return screen if on_row and any(f" ({index}/{count})" in line for line in screen) else None
-    return nv.tmux.wait_screen(check, 20, f"suggestion {index} of {count}, {ghost!r}")
+        return screen if on_row and any(int(n) >= count for line in screen
+                                        for n in re.findall(rf" \({index}/(\d+)\)", line)) else None
+    return nv.tmux.wait_screen(check, 20, f"suggestion {index} of {count} or more, {ghost!r}")
 
 
 def annotation(screen: list[str]) -> str | None:
