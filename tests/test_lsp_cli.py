@@ -28,11 +28,11 @@ def _case(folder, uri_of):
     """A file, its 1-based end position and the pipeline's (non-empty) suggestion there, for a
     document known by the URI uri_of(file)."""
     for i, text in enumerate(CANDIDATES):
-        file = folder / f"sample{i}.py"          # a language the model declares (the bundled one: Python)
+        file = folder / f"sample{i}.txt"
         file.write_text(text)
         lines = text.split("\n")
         line, character = len(lines) - 1, len(lines[-1])
-        want = expected([(uri_of(file), "python", text)], uri_of(file), line, character)
+        want = expected([(uri_of(file), "plaintext", text)], uri_of(file), line, character)
         if want:
             return file, text, line + 1, character + 1, want[0][0]
     pytest.fail("the model suggests nothing for any candidate text")
@@ -47,9 +47,9 @@ def test_complete_file_line_col_prints_only_the_suggestion(tmp_path):
 
 def test_complete_from_stdin_at_the_end_or_at_a_position(tmp_path):
     file, text, line, col, want = _case(tmp_path, lambda f: "untitled:stdin")
-    done = _run(tmp_path, "complete", "--stdin", "--language", "python", stdin=text)
+    done = _run(tmp_path, "complete", "--stdin", "--language", "plaintext", stdin=text)
     assert (done.returncode, done.stdout) == (0, want), done.stderr
-    done = _run(tmp_path, "complete", "--stdin", "--language", "python", "--at", f"{line}:{col}", stdin=text)
+    done = _run(tmp_path, "complete", "--stdin", "--language", "plaintext", "--at", f"{line}:{col}", stdin=text)
     assert (done.returncode, done.stdout) == (0, want), done.stderr
 
 
