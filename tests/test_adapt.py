@@ -296,15 +296,20 @@ def _tensors(folder: Path) -> dict:
     return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
 
 
-def test_a_subset_of_the_weights_can_be_adapted_and_the_rest_stays_the_base_models(tmp_path, adapt_dir):
+def _quick_adapt(tmp_path: Path, train: str):
+    """A few seconds' adaptation of `train` weights to a fresh copy of the test project."""
     from model.train.adapt import adapt
 
     project = tmp_path / "project"
     project.mkdir()
     _project(project)
     ws = workspace(project)
-    summary = adapt(ws, workspace_files(project, {".py"}), BUNDLED_DIR, minutes=0.05, log=lambda *_: None,
-                    threads=2, train="attention")
+    return ws, adapt(ws, workspace_files(project, {".py"}), BUNDLED_DIR, minutes=0.05, log=lambda *_: None,
+                     threads=2, train=train)
+
+
+def test_a_subset_of_the_weights_can_be_adapted_and_the_rest_stays_the_base_models(tmp_path, adapt_dir):
+    ws, summary = _quick_adapt(tmp_path, "attention")
     base, adapted = _tensors(BUNDLED_DIR), _tensors(ws.model_dir)
     total = sum(v.numel() for v in base.values())
     assert summary["train"] == "attention" and summary["trained_parameters"] < 0.1 * total
@@ -318,14 +323,7 @@ def test_lora_keeps_only_its_adapters_which_the_loader_adds_to_the_base(tmp_path
 
     from model.engine import Engine
     from model.params import RuntimeConfig
-    from model.train.adapt import adapt
-
-    project = tmp_path / "project"
-    project.mkdir()
-    _project(project)
-    ws = workspace(project)
-    summary = adapt(ws, workspace_files(project, {".py"}), BUNDLED_DIR, minutes=0.05, log=lambda *_: None,
-                    threads=2, train="lora")
+    ws, summary = _quick_adapt(tmp_path, "lora")
     base = _tensors(BUNDLED_DIR)
     adapters = _tensors(ws.model_dir)
     targets = {k.rsplit(".lora_", 1)[0] for k in adapters}

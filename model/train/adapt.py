@@ -35,7 +35,7 @@ from model.train.export import export_state_dict, import_state_dict, write_model
 from model.train.loop import Budget, Trainer
 from model.train.presets import PRESETS, hf_config
 from model.train.secrets import clean
-from model.train.start import SHAPE_KEYS
+from model.train.start import SHAPE_KEYS, folder_tensors
 
 HELD_OUT_PERCENT = 10      # of the workspace's files, by a stable hash of the path
 STABLE_SHARE = 0.8         # of the time budget at a constant rate; the rest decays to zero
@@ -278,7 +278,7 @@ def _adapt(ws: Workspace, files, base_dir: Path, base_cfg: dict, preset: str, bu
                       trainable=None if lora else lambda name: TRAINABLE[train](name, layers))
     try:
         if not going_on:     # the base's weights go in before any adapter (which renames them)
-            trainer.start_from(import_state_dict(_tensors(base_dir)), f"the model in {base_dir}")
+            trainer.start_from(import_state_dict(folder_tensors(base_dir)), f"the model in {base_dir}")
         if lora:
             add_lora(trainer.model)
             trainer.parameters_changed()
@@ -312,15 +312,6 @@ def _adapt(ws: Workspace, files, base_dir: Path, base_cfg: dict, preset: str, bu
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.rmtree(ws.home / "files", ignore_errors=True)
     return summary
-
-
-def _tensors(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
-    tensors = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(str(path)))
-    return tensors
 
 
 def summary_line(ws: Workspace, s: dict) -> str:

@@ -74,8 +74,6 @@ def committed_start(config: dict, corpus: Corpus, seed: int) -> tuple[dict | Non
     checkpoint: the start point's weights when it has this run's shape and tokenizer, else
     (None, why not, None) and the run starts from random weights. The cursor is the start
     point's, when it was trained on this corpus with this seed."""
-    from safetensors.torch import load_file
-
     from model.train.export import import_state_dict
 
     folder = start_point(config)
@@ -87,10 +85,7 @@ def committed_start(config: dict, corpus: Corpus, seed: int) -> tuple[dict | Non
     if file_sha256(folder / "tokenizer.json") != file_sha256(corpus.root / "tokenizer.json"):
         return None, (f"random weights: the corpus cache {corpus.root} was tokenised with another tokenizer "
                       f"than {_shown(folder)}"), None
-    tensors = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(str(path)))
-    weights = import_state_dict(tensors)
+    weights = import_state_dict(folder_tensors(folder))
     note = _read_json(folder / TRAINING_NOTE) or {}
     cursor = None
     if note.get("corpus") == corpus_identity(corpus) and note.get("seed") == seed:
@@ -101,6 +96,16 @@ def committed_start(config: dict, corpus: Corpus, seed: int) -> tuple[dict | Non
         where = ", reading the corpus from the start (it was trained on another corpus or seed)"
     what = "the bundled model's" if folder == bundled_dir() else "the last session's stable-phase"
     return weights, f"{what} weights ({_shown(folder)}) with a fresh optimizer{where}", cursor
+
+
+def folder_tensors(folder: Path) -> dict:
+    """Every tensor of a model folder's safetensors files, under the names on disk."""
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    return tensors
 
 
 def _fits(folder: Path, preset_config: dict) -> bool:
