@@ -23,6 +23,18 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "model" / "bundled"
 THREADS = 1  # two shared cores: one torch thread each for the server and the test process
 
+# A document the bundled model completes at its end (it declares Python, so a plaintext document
+# gets nothing): the tests that compare a suggestion open this one, so the comparison is never
+# between two empty answers.
+SUGGESTS = "def total(data):\n    result = 0\n    for key, value in data.items():\n        "
+SUGGESTS_LANGUAGE = "python"
+
+
+def end_of(text: str) -> tuple[int, int]:
+    """The (line, character) of the end of `text` (ASCII text: characters are UTF-16 units)."""
+    lines = text.split("\n")
+    return len(lines) - 1, len(lines[-1])
+
 
 # ---------------------------------------------------------------------------------------------
 # The model

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from lsp_helpers import ROOT, THREADS, expected, model_path, server_env
+from lsp_helpers import ROOT, SUGGESTS, SUGGESTS_LANGUAGE, THREADS, expected, model_path, server_env
 from lsp_server.cli import main
 
-CANDIDATES = ("hello world\nthe quick brown fox ", "x = [1, 2, 3]\nprint(x)\n", "import os\n\nfor name in ")
+CANDIDATES = (SUGGESTS, "import os\n\nfor name in ")
 
 
 def _model_args() -> list[str]:
@@ -28,11 +28,11 @@ def _case(folder, uri_of):
     """A file, its 1-based end position and the pipeline's (non-empty) suggestion there, for a
     document known by the URI uri_of(file)."""
     for i, text in enumerate(CANDIDATES):
-        file = folder / f"sample{i}.txt"
+        file = folder / f"sample{i}.py"          # a language the model declares (the bundled one: Python)
         file.write_text(text)
         lines = text.split("\n")
         line, character = len(lines) - 1, len(lines[-1])
-        want = expected([(uri_of(file), "plaintext", text)], uri_of(file), line, character)
+        want = expected([(uri_of(file), SUGGESTS_LANGUAGE, text)], uri_of(file), line, character)
         if want:
             return file, text, line + 1, character + 1, want[0][0]
     pytest.fail("the model suggests nothing for any candidate text")
@@ -47,9 +47,9 @@ def test_complete_file_line_col_prints_only_the_suggestion(tmp_path):
 
 def test_complete_from_stdin_at_the_end_or_at_a_position(tmp_path):
     file, text, line, col, want = _case(tmp_path, lambda f: "untitled:stdin")
-    done = _run(tmp_path, "complete", "--stdin", "--language", "plaintext", stdin=text)
+    done = _run(tmp_path, "complete", "--stdin", "--language", SUGGESTS_LANGUAGE, stdin=text)
     assert (done.returncode, done.stdout) == (0, want), done.stderr
-    done = _run(tmp_path, "complete", "--stdin", "--language", "plaintext", "--at", f"{line}:{col}", stdin=text)
+    done = _run(tmp_path, "complete", "--stdin", "--language", SUGGESTS_LANGUAGE, "--at", f"{line}:{col}", stdin=text)
     assert (done.returncode, done.stdout) == (0, want), done.stderr
 
 

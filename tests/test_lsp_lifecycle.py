@@ -11,9 +11,9 @@ import pytest
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from lsp_helpers import ROOT, Session, expected, model_path, pairs, server_env
+from lsp_helpers import ROOT, SUGGESTS, SUGGESTS_LANGUAGE, Session, end_of, expected, model_path, pairs, server_env
 
-PLAIN = "hello world\nthe quick brown fox "
+END = end_of(SUGGESTS)
 
 
 async def test_failed_load_is_one_message_then_settings_reload_the_model(tmp_path):
@@ -31,8 +31,8 @@ async def test_failed_load_is_one_message_then_settings_reload_the_model(tmp_pat
         assert message.type == types.MessageType.Error
         assert "no-such-model" in message.message and message.message.count(". ") == 0   # one sentence
         # the server stays up: completions are empty, not errors
-        s.open("file:///a.txt", PLAIN, "plaintext")
-        assert not (await s.completion("file:///a.txt", 1, 20)).items
+        s.open("file:///a.txt", SUGGESTS, SUGGESTS_LANGUAGE)
+        assert not (await s.completion("file:///a.txt", *END)).items
         # settings from each layer: file < env < initializationOptions
         settings = (await s.command("latent.stats"))["settings"]
         assert (settings["max_new_tokens_line"], settings["snippet_tokens"], settings["temperature"]) == (7, 200, 0.0)
@@ -44,8 +44,8 @@ async def test_failed_load_is_one_message_then_settings_reload_the_model(tmp_pat
         s.configure({"latent": {"temperature": 0, "maxNewTokensLine": 48}})   # a client sends all its settings
         assert (await s.ready(after=before)).state == "ready"
         assert s.client.messages == [message]
-        want = expected([("file:///a.txt", "plaintext", PLAIN)], "file:///a.txt", 1, 20, snippet_tokens=200)
-        assert pairs((await s.completion("file:///a.txt", 1, 20)).items[:1]) == want   # the document survived
+        want = expected([("file:///a.txt", SUGGESTS_LANGUAGE, SUGGESTS)], "file:///a.txt", *END, snippet_tokens=200)
+        assert want and pairs((await s.completion("file:///a.txt", *END)).items[:1]) == want   # the document survived
         assert await s.stop() == 0
     finally:
         await s.kill()
@@ -98,8 +98,8 @@ async def test_requests_while_loading_are_empty_and_exit_without_shutdown_is_sta
     s = await Session.start(env, wait=False)
     try:
         assert await asyncio.to_thread(remote.asked.wait, 60)    # the load is under way …
-        s.open("file:///b.txt", PLAIN, "plaintext")
-        assert await s.inline("file:///b.txt", 1, 20) == []      # … so completions are empty
+        s.open("file:///b.txt", SUGGESTS, SUGGESTS_LANGUAGE)
+        assert await s.inline("file:///b.txt", *END) == []      # … so completions are empty
         assert s.result.capabilities.completion_provider is None  # inline-capable client, "auto"
         s.client.exit(None)
         code = await asyncio.wait_for(s.client._server.wait(), 60)   # against a hang: a load that held exit up never ends
@@ -137,11 +137,12 @@ async def test_tcp_transport(tmp_path):
             await asyncio.sleep(0.05)
         uri = "file:///c.txt"
         client.text_document_did_open(
-            types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, "plaintext", 1, PLAIN)))
+            types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, SUGGESTS_LANGUAGE, 1, SUGGESTS)))
         result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
             context=types.InlineCompletionContext(types.InlineCompletionTriggerKind.Invoked),
-            text_document=types.TextDocumentIdentifier(uri), position=types.Position(1, 20)))
-        assert pairs(result.items[:1]) == expected([(uri, "plaintext", PLAIN)], uri, 1, 20)   # best first
+            text_document=types.TextDocumentIdentifier(uri), position=types.Position(*END)))
+        want = expected([(uri, SUGGESTS_LANGUAGE, SUGGESTS)], uri, *END)
+        assert want and pairs(result.items[:1]) == want   # best first
         await client.shutdown_async(None)
         client.exit(None)
         assert await asyncio.wait_for(process.wait(), 30) == 0

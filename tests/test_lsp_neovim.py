@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from lsp_helpers import ROOT, expected, server_env
+from lsp_helpers import ROOT, SUGGESTS, expected, server_env
 
 pynvim = pytest.importorskip("pynvim")
 
-CANDIDATES = ("hello world\nthe quick brown fox ", "x = [1, 2, 3]\nprint(x)", "import os\n\nfor name in ")
+CANDIDATES = (SUGGESTS, "import os\n\nfor name in ")
 
 START = """
 local cfg = ...
@@ -73,12 +73,12 @@ def nvim(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_neovim_shows_and_accepts_the_suggestion(nvim, tmp_path):
-    file = tmp_path / "sample.txt"
+    file = tmp_path / "sample.py"             # a language the model declares (the bundled one: Python)
     for text in CANDIDATES:
         buffer_text = text + "\n"          # Neovim sends the buffer with its final end of line
         lines = text.split("\n")
         line, character = len(lines) - 1, len(lines[-1])
-        want = expected([(file.as_uri(), "text", buffer_text)], file.as_uri(), line, character)
+        want = expected([(file.as_uri(), "python", buffer_text)], file.as_uri(), line, character)
         if want:
             break
     else:

@@ -14,12 +14,13 @@ import pytest_asyncio
 from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 
-from lsp_helpers import Session, expected, pairs, server_env
+from lsp_helpers import SUGGESTS, SUGGESTS_LANGUAGE, Session, end_of, expected, pairs, server_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-PLAIN = "hello world\nthe quick brown fox "        # the random model completes plain text
+PLAIN = "hello world\nthe quick brown fox "        # a random model (no bundled one) completes plain text
 CODE = "x = [1, 2, 3]\nprint(x)\n"
+END = end_of(SUGGESTS)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -33,7 +34,7 @@ async def session(tmp_path_factory):
 
 async def suggestion_case(session, uri: str):
     """A document, cursor and expected suggestion for which the model suggests something."""
-    for language, text in (("plaintext", PLAIN), ("python", CODE), ("plaintext", CODE)):
+    for language, text in ((SUGGESTS_LANGUAGE, SUGGESTS), ("plaintext", PLAIN)):
         lines = text.split("\n")
         line, character = len(lines) - 1, len(lines[-1])
         want = expected([(uri, language, text)], uri, line, character)
@@ -136,20 +137,20 @@ async def test_a_request_sees_the_text_as_it_arrived_not_the_edits_read_with_it(
 
 async def test_cancel_request_answers_cancelled_and_skips_the_work(session):
     uri = "file:///work/cancel.txt"
-    session.open(uri, PLAIN, "plaintext")
-    other = "file:///work/busy.txt"
-    session.open(other, CODE * 50, "plaintext")
+    session.open(uri, SUGGESTS, SUGGESTS_LANGUAGE)
+    other, busy_text = "file:///work/busy.py", CODE * 50 + SUGGESTS
+    session.open(other, busy_text, SUGGESTS_LANGUAGE)
     before = (await session.command("latent.stats"))["service"].get("requests", 0)
-    _, busy = session.send_inline(other, 100, 0)          # keeps the worker busy …
-    msg_id, queued = session.send_inline(uri, 1, 20)     # … while this one waits in the queue
+    _, busy = session.send_inline(other, *end_of(busy_text))   # keeps the worker busy …
+    msg_id, queued = session.send_inline(uri, *END)            # … while this one waits in the queue
     session.client.cancel_request(types.CancelParams(id=msg_id))
     with pytest.raises(JsonRpcRequestCancelled):
         await asyncio.wait_for(queued, 60)
     await asyncio.wait_for(busy, 60)
     after = (await session.command("latent.stats"))["service"].get("requests", 0)
     assert after - before == 1                            # the cancelled one never ran
-    assert pairs(await session.inline(uri, 1, 20)) == expected(
-        [(other, "plaintext", CODE * 50), (uri, "plaintext", PLAIN)], uri, 1, 20)
+    want = expected([(other, SUGGESTS_LANGUAGE, busy_text), (uri, SUGGESTS_LANGUAGE, SUGGESTS)], uri, *END)
+    assert want and pairs(await session.inline(uri, *END)) == want
     session.close(uri)
     session.close(other)
 
@@ -183,8 +184,8 @@ async def test_configuration_changes_take_effect(session):
 
 async def test_clear_cache_empties_the_engines_latent_cache(session):
     uri = "file:///work/clear.txt"
-    session.open(uri, PLAIN, "plaintext")
-    await session.inline(uri, 1, 20)
+    session.open(uri, SUGGESTS, SUGGESTS_LANGUAGE)
+    await session.inline(uri, *END)
     assert (await session.command("latent.stats"))["engine"]["cache_tokens"] > 0
     assert await session.command("latent.clearCache") == {"cleared": True}
     assert (await session.command("latent.stats"))["engine"]["cache_tokens"] == 0
@@ -193,9 +194,15 @@ async def test_clear_cache_empties_the_engines_latent_cache(session):
 
 
 async def test_an_accepted_suggestion_precomputes_the_next_one_on_the_worker(session):
-    uri = "file:///work/accept.txt"
-    language, text, line, character, want = await suggestion_case(session, uri)
-    session.open(uri, text, language)
+    uri = "file:///work/accept.py"
+    for text in (SUGGESTS, "def hello(name):\n    print(", "import os\n\n\ndef main():\n    path = "):
+        line, character = end_of(text)
+        want = expected([(uri, "python", text)], uri, line, character)
+        if want and expected([(uri, "python", text + want[0][0])], uri, *end_of(text + want[0][0])):
+            break                                        # a suggestion, and one after it
+    else:
+        pytest.fail("the model suggests nothing after accepting any candidate's suggestion")
+    session.open(uri, text, "python")
     [item] = await session.inline(uri, line, character)
     before = (await session.command("latent.stats"))["service"]
     await session.command(item.command.command, *item.command.arguments)
@@ -227,19 +234,20 @@ async def test_positions_outside_the_document_are_invalid_params(session):
 
 
 async def test_utf16_positions_around_surrogate_pairs(session):
-    uri = "file:///work/emoji.txt"
-    text = "naïve 😀 日本 the quick brown fox "    # 😀 is two UTF-16 code units
-    session.open(uri, text, "plaintext")
+    uri = "file:///work/emoji.py"
+    text = 'print("naïve 😀 日本", '                # 😀 is two UTF-16 code units
+    session.open(uri, text, "python")
+    emoji = text.index("😀")                      # no character before it is outside the BMP
     with pytest.raises(Exception, match="surrogate pair"):
-        await session.inline(uri, 0, 7)                  # between the two halves of 😀
+        await session.inline(uri, 0, emoji + 1)          # between the two halves of 😀
     end = len(text.encode("utf-16-le")) // 2
     got = await session.inline(uri, 0, end)
-    assert pairs(got) == expected([(uri, "plaintext", text)], uri, 0, end)
+    assert got and pairs(got) == expected([(uri, "python", text)], uri, 0, end)
     for item in got:
         assert item.range.start == types.Position(0, end)
-    session.change(uri, 2, ((0, 6, 0, 8), "🎉🎉"))       # replace 😀 by two emoji, in UTF-16 units
+    session.change(uri, 2, ((0, emoji, 0, emoji + 2), "🎉🎉"))   # replace 😀 by two emoji, in UTF-16 units
     new = text.replace("😀", "🎉🎉")
-    assert pairs(await session.inline(uri, 0, end + 2)) == expected([(uri, "plaintext", new)], uri, 0, end + 2)
+    assert pairs(await session.inline(uri, 0, end + 2)) == expected([(uri, "python", new)], uri, 0, end + 2)
     session.close(uri)
 
 
@@ -247,9 +255,9 @@ async def test_binary_content_and_lone_surrogates_do_not_break_the_server(sessio
     uri = "file:///work/blob.bin"
     errors_before = _errors_logged(session)
     text = "\x00\x01\x02\xff\ufffe\ud800 abc\x00\n\x7f"      # JSON carries the lone surrogate
-    session.open(uri, text, "plaintext")
+    session.open(uri, text, "python")                         # parsed and given to the model
     seen = text.replace("\ud800", "\ufffd")                   # the server reads it as U+FFFD
-    assert pairs(await session.inline(uri, 1, 1)) == expected([(uri, "plaintext", seen)], uri, 1, 1)
+    assert pairs(await session.inline(uri, 1, 1)) == expected([(uri, "python", seen)], uri, 1, 1)
     session.change(uri, 2, (None, "\x00" * 1000), ((0, 10, 0, 10), "\udfff"))
     await session.inline(uri, 0, 1001)
     session.close(uri)
@@ -287,9 +295,10 @@ def _errors_logged(session) -> int:
 
 
 async def _still_answers(session):
-    uri = "file:///work/after.txt"
-    session.open(uri, PLAIN, "plaintext")
-    assert pairs(await session.inline(uri, 1, 20)) == expected([(uri, "plaintext", PLAIN)], uri, 1, 20)
+    uri = "file:///work/after.py"
+    session.open(uri, SUGGESTS, SUGGESTS_LANGUAGE)
+    want = expected([(uri, SUGGESTS_LANGUAGE, SUGGESTS)], uri, *END)
+    assert want and pairs(await session.inline(uri, *END)) == want
     session.close(uri)
 
 
@@ -385,14 +394,15 @@ async def test_a_snooze_turns_completion_off_and_back_on_by_itself(session):
 
 async def test_keystrokes_within_the_debounce_never_reach_the_model(session):
     uri = "file:///work/debounce.txt"
-    session.open(uri, PLAIN, "plaintext")
+    session.open(uri, SUGGESTS, SUGGESTS_LANGUAGE)
     session.configure({"latent": {"debounceMs": 400}})
     await asyncio.sleep(0.3)
     before = (await session.command("latent.stats"))["service"]["requests"]
-    burst = [session.send_inline(uri, 1, 20)[1] for _ in range(3)]
+    burst = [session.send_inline(uri, *END)[1] for _ in range(3)]
     answers = await asyncio.gather(*burst)
     assert [list(a.items) for a in answers[:2]] == [[], []]          # replaced while waiting
-    assert pairs(answers[2].items) == expected([(uri, "plaintext", PLAIN)], uri, 1, 20)
+    want = expected([(uri, SUGGESTS_LANGUAGE, SUGGESTS)], uri, *END)
+    assert want and pairs(answers[2].items) == want
     stats = await session.command("latent.stats")
     assert stats["service"]["requests"] == before + 1
     assert stats["reasons"]["cancelled"] >= 2                       # counted, though no status was sent

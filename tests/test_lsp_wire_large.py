@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from lsp_helpers import SUGGESTS, SUGGESTS_LANGUAGE, end_of
 from wire_helpers import INLINE, bundled_env, digest, inline_params, span
+
+END = end_of(SUGGESTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,20 +41,21 @@ def test_a_ten_megabyte_document_does_not_hold_up_the_others(wire, tmp_path):
     """
     server = wire(bundled_env(tmp_path))
     server.initialize()
-    small = "file:///wire/small.txt"
-    server.open(small, "hello world\nthe quick brown fox ", "plaintext")
-    server.call(INLINE, inline_params(small, 1, 20), timeout=60)           # the answer is cached now
+    small = "file:///wire/small.py"
+    server.open(small, SUGGESTS, SUGGESTS_LANGUAGE)
+    server.call(INLINE, inline_params(small, *END), timeout=60)            # the answer is cached now
     asked = server.stats()["service"].get("model_calls", 0)
+    assert asked >= 1                                                      # the model wrote it
     text = ("def f(x):\n    return x * 2  # padding padding padding\n\n" * 200_000)[: 10 << 20]
     text = text[: text.rfind("\n") + 1]
     line = text.count("\n")
     big = "file:///wire/big.py"
     server.open(big, text)
-    server.call(INLINE, inline_params(small, 1, 20), timeout=120)
+    server.call(INLINE, inline_params(small, *END), timeout=120)
     assert server.document(big)["parsed"] is False                        # not parsed on open …
     for i in range(5):
         server.change(big, 2 + i, span(line, i, line, i, "x"))
-        server.call(INLINE, inline_params(small, 1, 20), timeout=120)
+        server.call(INLINE, inline_params(small, *END), timeout=120)
         record = server.document(big)
         assert (record["sha256"], record["parsed"]) == (digest(text + "x" * (i + 1)), False)   # … nor per keystroke
     assert server.stats()["service"].get("model_calls", 0) == asked       # the other document's answer, as it was

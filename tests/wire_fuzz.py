@@ -25,7 +25,7 @@ class Fuzz:
     (valid and invalid changes) is what the edits make of it. Used here and by
     benchmarks/fuzz_lsp.py; `counts` tallies cases and findings."""
 
-    TRACKED = "file:///fuzz/doc.txt"
+    TRACKED = "file:///fuzz/doc.py"
     CLAIM = 4096     # the largest Content-Length a malformed frame claims below the size limit
 
     def __init__(self, server: Wire, seed: int) -> None:
@@ -34,7 +34,7 @@ class Fuzz:
         self.counts: collections.Counter = collections.Counter()
         self.findings: list[str] = []
         self._ids = itertools.count()
-        server.open(self.TRACKED, self.text, "plaintext")
+        server.open(self.TRACKED, self.text, "python")     # a language the bundled model completes
 
     # -- values --------------------------------------------------------------------------------
     def value(self, depth: int = 0):
