@@ -190,6 +190,17 @@ def test_without_a_checkpoint_a_run_starts_from_committed_weights_and_their_curs
     started = json.loads((resume / "training.json").read_text())
     assert started["steps"] == 9 and started["decay_steps"] == 0 and "lm_head.weight" in stable
 
+    # that session's decay branch beat the bundled model and replaced it: it has seen more tokens,
+    # and still the next machine goes on from the stable weights (the branch is a cooled copy)
+    branch = tmp_path / "branch"
+    assert export_main(["--out", str(second), "--decay-steps", "2", "--to", str(branch)]) == 0
+    assert json.loads((branch / "training.json").read_text())["tokens"] > started["tokens"]
+    monkeypatch.setattr(start, "bundled_dir", lambda: branch)
+    fifth = tmp_path / "fifth"
+    capsys.readouterr()
+    assert main(argv(corpus_dir, fifth, "--max-steps", "10")) == 0
+    assert "starting from the last session's stable-phase weights" in capsys.readouterr().out
+
     # a run of another shape does not start from it, and says why
     third = tmp_path / "third"
     capsys.readouterr()

@@ -3,9 +3,9 @@
 A run folder (`~/.cache/latent/runs/<preset>` by default) holds the corpus cache, the
 checkpoint and the log; the same command resumes from the checkpoint. A machine without one —
 a new machine, every time the project's work moves — starts from committed weights with this
-run's shape and tokenizer: the bundled model, or `model/train/resume/` (the stable-phase
-weights a session left when its candidate did not beat the bundled model), whichever has seen
-more tokens; with a fresh optimizer, reading on where that training stopped: `training.json`
+run's shape and tokenizer: `model/train/resume/` (the stable-phase weights the last session
+left) before the bundled model (a decay branch of them), else whichever has seen more tokens;
+with a fresh optimizer, reading on where that training stopped: `training.json`
 in an exported folder holds the tokens seen and the data cursor.
 """
 from __future__ import annotations
@@ -50,16 +50,21 @@ def corpus_identity(corpus: Corpus) -> dict:
 
 def start_folders() -> list[Path]:
     """The committed model folders a run with no checkpoint may start from: the bundled model,
-    and `model/train/resume/` — the stable-phase weights of the last session whose decay
-    branch did not beat the bundled model, kept so the next session goes on from them."""
+    and `model/train/resume/` — the stable-phase weights the last session left, kept so the
+    next session goes on from them (its decay branch became the bundled model, or did not)."""
     return [resume_dir(), bundled_dir()]
 
 
 def start_point(preset_config: dict) -> Path | None:
-    """Of the start folders with this run's shape, the one trained furthest (tokens seen,
-    from its training.json; a folder without one counts 0)."""
-    fitting = [f for f in start_folders() if _fits(f, preset_config)]
-    return max(fitting, key=lambda f: (_read_json(f / TRAINING_NOTE) or {}).get("tokens", 0), default=None)
+    """Of the start folders with this run's shape, stable-phase weights before a decay branch
+    (the branch is a cooled copy: warmup-stable-decay goes on from the stable phase, and the
+    bundled model is such a branch of the weights in `model/train/resume/`), then the one trained
+    furthest (tokens seen, from its training.json; a folder without one counts 0)."""
+    def rank(folder: Path) -> tuple[bool, int]:
+        note = _read_json(folder / TRAINING_NOTE) or {}
+        return not note.get("decay_steps"), note.get("tokens", 0)
+
+    return max((f for f in start_folders() if _fits(f, preset_config)), key=rank, default=None)
 
 
 def start_tokenizer(preset_config: dict) -> Path | None:
