@@ -5,8 +5,8 @@
     raw, figures, source = answer(engine, answers, uri, prompt, params, plan, cancel)
 
 A mode's new tokens are `max_new_tokens_line` or `max_new_tokens_block`; a line stops at its
-line break (or the one after, where the next line may be offered), a block at two blank lines,
-and both at the family's special tokens. The answer is a recent one when the engine would see
+line break (or the one after, where the next line may be offered; or the line that closes a
+bracket it opened), a block at two blank lines, and both at the family's special tokens. The answer is a recent one when the engine would see
 exactly the same prompt and parameters again (cache.py), else streamed from the engine and
 stopped as soon as postprocessing would cut the rest, so it decodes no token thrown away.
 """
@@ -39,10 +39,9 @@ def prompt_limit(config: CompletionConfig, engine: EngineProtocol, mode: str) ->
 
 def sampling_for(config: CompletionConfig, fmt: FimFormat, mode: str, plan: Plan, heal: str = "") -> SamplingParams:
     """The configured sampling with this mode's token limit and stop rules, healing `heal`."""
-    if mode == "block":
-        stop = ("\n\n\n",)
-    else:
-        stop = ("\n\n",) if plan.next_line_allowed else ("\n",)
+    # a line ends at its line break, or runs on to close a bracket it opened: postprocess.finished
+    # stops the stream there; a blank line ends it in any case
+    stop = ("\n\n\n",) if mode == "block" else ("\n\n",)
     return replace(
         config.sampling,
         max_new_tokens=max_new_tokens(config, mode),

@@ -4,8 +4,10 @@
 
 1. cut at the first special token (the model ran past the middle);
 2. cut to the mode: *line* keeps the first line (at the end of a written line, when the model
-   starts a new one, that next line); *block* keeps lines while they are indented deeper than
-   the block's opener, plus a closing line the cursor's line already ends with;
+   starts a new one, that next line) — and where that line opens a bracket at the end of the
+   cursor's line, the lines up to the one that closes it (a call written over several lines),
+   at most MAX_CONTINUED_LINES; *block* keeps lines while they are indented deeper than the
+   block's opener, plus a closing line the cursor's line already ends with;
 3. cut where the model starts repeating the suffix's next non-blank line;
 4. cut repetition loops (a block of lines three times in a row; when the model ran out of
    tokens, a short unit repeated at the end);
@@ -48,6 +50,7 @@ LOOP_COPIES = 3            # copies in a row that make a loop
 MIN_CHAR_LOOP = 12         # characters a repeated unit must cover at the end of a truncated answer
 STUCK_CHARS = 32           # … and covering this many, decoding stops
 INDENT_SCAN_CHARS = 65536  # how far above the cursor a statement at column 0 is looked for
+MAX_CONTINUED_LINES = 8    # lines a line suggestion may run on to close a bracket it opened
 
 
 @dataclass(frozen=True)
@@ -157,8 +160,15 @@ def finished(text: str, plan: Plan) -> bool:
     if "\n" not in text:
         return False
     if plan.mode == "line":
-        first, _, rest = text.partition("\n")
-        return bool(first.strip()) or not plan.next_line_allowed or "\n" in rest
+        lines = text.split("\n")
+        if not lines[0].strip() and not plan.next_line_allowed:
+            return True
+        first = 0 if lines[0].strip() else 1
+        complete = lines[:-1]
+        if len(complete) <= first:
+            return False                 # the line it keeps is still being written
+        return (_kept_lines(complete, first, plan) is not None
+                or len(complete) - first > MAX_CONTINUED_LINES)
     lines = text.split("\n")[:-1]  # complete lines only
     _, ended = _block_lines(lines, plan)
     if ended or _suffix_repeat_at(lines, plan) is not None:
@@ -178,11 +188,25 @@ def _before_special(text: str, specials: tuple[str, ...]) -> str:
 def _cut_to_mode(text: str, plan: Plan) -> str:
     lines = text.split("\n")
     if plan.mode == "line":
-        if lines[0].strip() or len(lines) == 1 or not plan.next_line_allowed:
-            return lines[0]
-        return "\n" + lines[1]  # the cursor ends a written line: the model wrote the next one
+        first = 0 if lines[0].strip() or len(lines) == 1 or not plan.next_line_allowed else 1
+        kept = "\n".join(lines[first:first + (_kept_lines(lines, first, plan) or 1)])
+        return kept if first == 0 else "\n" + kept   # 1: the cursor ends a written line, the model wrote the next
     kept, _ = _block_lines(lines, plan)
     return "\n".join(lines[:kept])
+
+
+def _kept_lines(lines: list[str], first: int, plan: Plan) -> int | None:
+    """How many of `lines` from `first` a *line* suggestion keeps: 1, or where that line opens a
+    bracket it does not close and the cursor's line has nothing after the cursor, up to the line
+    that closes it — None while none of the lines given (MAX_CONTINUED_LINES at most) does."""
+    if plan.tail.strip():
+        return 1
+    stack: list[str] = []
+    for index in range(first, min(len(lines), first + 1 + MAX_CONTINUED_LINES)):
+        _scan(lines[index] + "\n", stack)   # closers of what the cursor's line opened are passed over
+        if not stack:
+            return index - first + 1
+    return None
 
 
 def _block_lines(lines: list[str], plan: Plan) -> tuple[int, bool]:

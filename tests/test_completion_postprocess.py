@@ -89,6 +89,16 @@ CASES = {
         "python", "x = 1█\n", "\nprint(x)\nmore()", "\nprint(x)", 0),
     "py line: a blank next line is dropped": ("python", "x = 1█\n", "\n\nprint(x)", None, 0),
     "py line: on a blank line, a line break is nothing": ("python", "x = 1\n█\n", "\nprint(x)", None, 0),
+    # a call, list or dict written over several lines (as formatters lay them out) is one line
+    # to the person typing: kept to the line that closes what the suggestion opened
+    "py line: a call over several lines is kept to its closing line": (
+        "python", "def f(xs):\n    n = len(xs)\n    █\n",
+        "result = dict(\n        a=1,\n        b=2,\n    )\n    return result\n",
+        "result = dict(\n        a=1,\n        b=2,\n    )", 0),
+    "py line: the next line, opening a list it closes below": (
+        "python", "x = 1█\n", "\nitems = [\n    x,\n]\nprint(items)", "\nitems = [\n    x,\n]", 0),
+    "py line: a bracket it never closes is dropped": (
+        "python", "def f(xs):\n    n = len(xs)\n    █\n", "result = dict(\n        a=1,", None, 0),
     "py line: a repetition loop is cut": (
         "python", "def f():\n    █\n", "x = 1\n    x = 1\n    x = 1\n    x = 1", "x = 1", 0),
     "py line: the end of sentence token ends the answer": (
@@ -157,6 +167,10 @@ def test_a_character_loop_is_cut_only_when_the_model_ran_out_of_tokens():
     assert clean(looping, plan, hit_limit=True) == "0, "
 
 
+def test_with_code_right_of_the_cursor_a_line_suggestion_stays_one_line():
+    assert clean("h(\n    xs)", Plan("line", "y = g(", ")")) == "h("
+
+
 def test_blocks_of_lines_repeating_three_times_are_cut_to_one():
     plan = Plan("block", "def f():", "", opener_indent="")
     answer = "\n    a()\n    b()\n    a()\n    b()\n    a()\n    b()"
@@ -198,6 +212,9 @@ def test_streaming_stops_when_the_model_is_stuck():
 def test_streaming_stops_as_soon_as_the_answer_is_decided():
     line = Plan("line", "x = ", "")
     assert not finished("foo(", line) and finished("foo()\n", line)
+    assert not finished("foo(\n    a,\n", line) and finished("foo(\n    a,\n)\n", line)   # to its closing line
+    assert finished("foo(\n" + "    a,\n" * 9, line)                                      # … or given up on
+    assert finished("foo(\n", Plan("line", "x = ", " + 1"))                                # code after the cursor
     block = Plan("block", "def f():", "", opener_indent="")
     assert not finished("\n    a = 1\n    b = 2", block)
     assert finished("\n    a = 1\nprint()\n", block)

@@ -63,7 +63,16 @@ def test_line_mode_asks_for_one_line():
     service, engine, position = _service("compute(1))\nnext()", "print(█)\n")
     result = _complete(service, position)
     assert result.mode == "line" and result.suggestions[0].text == "compute(1))"
-    assert engine.requests[0]["max_new_tokens"] == 48 and engine.requests[0]["stop"][0] == "\n"
+    assert engine.requests[0]["max_new_tokens"] == 48
+    assert result.engine_stats.get("stopped_early")          # the stream ended at the line break
+
+
+def test_line_mode_runs_on_to_the_line_that_closes_what_it_opened():
+    service, engine, position = _service("total = sum(\n        xs,\n    )\n    return total\n",
+                                         "def f(xs):\n    n = len(xs)\n    █\n")
+    result = _complete(service, position)
+    assert result.mode == "line" and result.suggestions[0].text == "total = sum(\n        xs,\n    )"
+    assert result.engine_stats.get("stopped_early")          # … and ended there
 
 
 def test_line_mode_at_the_end_of_a_written_line_may_write_the_next_line():
