@@ -64,6 +64,7 @@ class Plan:
     next_line: str | None = None   # the first non-blank line after the cursor's line
     opener_indent: str = ""        # leading whitespace of the line that opens the block
     specials: tuple[str, ...] = ()  # special-token strings that end a middle
+    multiline: bool = True         # False (the setting): a line never runs on to close a bracket
 
     @property
     def next_line_allowed(self) -> bool:
@@ -73,7 +74,7 @@ class Plan:
 
 
 def plan_for(mode: str, language: LanguageSpec | None, tree: tree_sitter.Tree | None, cursor: Cursor,
-             specials: tuple[str, ...]) -> Plan:
+             specials: tuple[str, ...], multiline: bool = True) -> Plan:
     """What postprocessing needs of a request at `cursor`, worked out before the model runs."""
     lines = cursor.lines
     opener_indent = ""
@@ -86,7 +87,7 @@ def plan_for(mode: str, language: LanguageSpec | None, tree: tree_sitter.Tree | 
     first = min(max(lines.starts[max(cursor.line - BEFORE_LINES, 0)], offset - PLAN_CHARS), cursor.line_start)
     return Plan(mode, cursor.text[start:offset], cursor.text[offset:min(cursor.line_end, offset + PLAN_CHARS)],
                 before=lf(cursor.text[first:cursor.line_start]), next_line=cursor.next_line(),
-                opener_indent=opener_indent, specials=specials)
+                opener_indent=opener_indent, specials=specials, multiline=multiline)
 
 
 def suggestion(raw: str, plan: Plan, language: LanguageSpec | None, tree: tree_sitter.Tree | None, cursor: Cursor, *,
@@ -197,9 +198,10 @@ def _cut_to_mode(text: str, plan: Plan) -> str:
 
 def _kept_lines(lines: list[str], first: int, plan: Plan) -> int | None:
     """How many of `lines` from `first` a *line* suggestion keeps: 1, or where that line opens a
-    bracket it does not close and the cursor's line has nothing after the cursor, up to the line
+    bracket it does not close, the cursor's line has nothing after the cursor and the setting
+    `multiline` is on, up to the line
     that closes it — None while none of the lines given (MAX_CONTINUED_LINES at most) does."""
-    if plan.tail.strip():
+    if plan.tail.strip() or not plan.multiline:
         return 1
     stack: list[str] = []
     for index in range(first, min(len(lines), first + 1 + MAX_CONTINUED_LINES)):

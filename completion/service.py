@@ -188,7 +188,7 @@ class CompletionService:
 
         prompt = build_prompt(fmt, context, self._count, max_tokens=limit, bos=self._bos,
                               layout=layout, specials=self._specials, heal=config.token_healing)
-        plan = postprocess.plan_for(mode, language, tree, cursor, self._format.special_strings)
+        plan = postprocess.plan_for(mode, language, tree, cursor, self._format.special_strings, config.multiline)
         params = sampling_for(config, fmt, mode, plan, prompt.heal)
         timings["prompt"], clock = _ms(clock), time.perf_counter()
         parts = {"tokenize": (self._count.seconds - tokenize_s) * 1e3,

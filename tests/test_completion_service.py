@@ -67,10 +67,14 @@ def test_line_mode_asks_for_one_line():
     assert result.engine_stats.get("stopped_early")          # the stream ended at the line break
 
 
-def test_line_mode_runs_on_to_the_line_that_closes_what_it_opened():
+@pytest.mark.parametrize("multiline", [True, False])
+def test_line_mode_runs_on_to_the_line_that_closes_what_it_opened(multiline):
     service, engine, position = _service("total = sum(\n        xs,\n    )\n    return total\n",
-                                         "def f(xs):\n    n = len(xs)\n    █\n")
+                                         "def f(xs):\n    n = len(xs)\n    █\n", multiline=multiline)
     result = _complete(service, position)
+    if not multiline:                                        # "never more than one line": `total = sum(`
+        assert result.suggestions == [] and result.reason == "syntax-error"   # alone is broken
+        return
     assert result.mode == "line" and result.suggestions[0].text == "total = sum(\n        xs,\n    )"
     assert result.engine_stats.get("stopped_early")          # … and ended there
 
