@@ -10,7 +10,8 @@ A document whose language is disabled, or not one the model was trained on, gets
 4. engine (generation): a small LRU of recent answers, else `engine.generate` with stop
    strings derived from the mode, streamed and stopped as soon as postprocessing would cut
    the rest; when more than one suggestion is asked for, `alternatives`;
-5. postprocess: cut, de-duplicate, check the syntax, work out the range.
+5. postprocess: cut, de-duplicate, check the syntax, work out the range; a greedy answer
+   dropped there (a syntax error, a loop, an echo) is followed by up to RETRIES alternatives.
 
 The range of a suggestion is empty (an insertion at the cursor) unless the suggestion closes a
 bracket or quote opened before the cursor and the cursor's line goes on with that same closing
@@ -24,6 +25,7 @@ guarded by one lock that is never held across the engine call.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import Counter
@@ -44,6 +46,12 @@ from completion.related import RelatedIndex, Source, display_path, other_sources
 from completion.types import CompletionResult, Position, Snapshot, Suggestion
 from completion.windows import Cursor, TokenCounter
 from model.protocol import CancelToken, EngineProtocol
+
+# A greedy answer dropped for one of these reasons is not the last word: the answers that begin
+# with the next likely first tokens are tried (RETRIES at most; an engine that does not rank its
+# first tokens has none), and the first that passes is shown. An empty answer ("nothing") stands.
+RETRIED = frozenset({"syntax-error", "repetition", "echo", "suffix-repeat"})
+RETRIES = 2
 
 
 class CompletionService:
@@ -203,10 +211,14 @@ class CompletionService:
 
         suggestions, why = self._postprocess(raw, stats, plan, language, tree, cursor)
         timings["postprocess"] = _ms(clock)
-        if count > 1:
+        retry = not suggestions and why in RETRIED and count == 1
+        if count > 1 or retry:
             clock = time.perf_counter()
             answers = branches(self.engine.tokenizer, prompt.text, params, stats, cancel,
                                lambda ids, head: generate(self.engine, ids, params, plan, cancel, head))
+            if retry:                      # the greedy answer was dropped: the next likely first tokens
+                answers = itertools.islice(answers, RETRIES)
+                self._bump("retries")
             found = (self._postprocess(text, figures, plan, language, tree, cursor)[0] for text, figures in answers)
             suggestions = distinct(suggestions, found, count)
             timings["alternatives"] = _ms(clock)

@@ -80,13 +80,16 @@ class FakeEngine:
 
     def __init__(self, reply: Reply = "", *, tokenizer=None, on_token: Callable[[int], None] | None = None,
                  fim_layouts: tuple[str, ...] = (), languages: tuple[str, ...] = (),
-                 context_length: int | None = None) -> None:
+                 context_length: int | None = None, first_choices: Sequence[str] = ()) -> None:
         self.tokenizer = tokenizer if tokenizer is not None else FakeTokenizer()
         self.fim_layouts, self.languages = fim_layouts, languages   # what the model declares
         self.context_length = context_length
         self.requests: list[dict] = []
         self.on_token = on_token   # called before decode step i (tests cancel or block in it)
         self._reply = list(reply) if isinstance(reply, (list, tuple)) else reply
+        # the first tokens it ranks at the first step, best first (token strings), as the local
+        # engine reports them for alternatives; none: a backend that does not rank them
+        self.first_choices = tuple(first_choices)
         self._lock = threading.Lock()
 
     @property
@@ -110,6 +113,9 @@ class FakeEngine:
         with self._lock:
             self.requests.append(dict(prompt=prompt, **asdict(params), cancel=cancel))
         stats = GenerationStats()
+        if self.first_choices:
+            stats.extra["first_choices"] = [[self.tokenizer.encode(token)[0], 1 / (rank + 2)]
+                                            for rank, token in enumerate(self.first_choices)]
         # a real engine writes what heals first (SamplingParams.heal), then the answer
         pieces = self._decode(prompt, params.heal + self._answer(prompt), params.max_new_tokens, params.stop,
                               params.stop_token_ids, cancel, stats)

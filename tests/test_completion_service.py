@@ -67,6 +67,29 @@ def test_line_mode_asks_for_one_line():
     assert result.engine_stats.get("stopped_early")          # the stream ended at the line break
 
 
+def test_a_dropped_answer_is_followed_by_the_next_likely_first_tokens():
+    """The greedy answer breaks the syntax: the answers that begin with the first tokens ranked
+    next are tried (at most RETRIES), and the first that passes is shown."""
+    marked = "def f(x):\n    y = x\n    █\n"
+    engine = FakeEngine(["print(y))", "(y))", " y"], first_choices=("print", "len", "return"))
+    service = CompletionService(engine)
+    text, position = cursor_at(marked)
+    service.workspace.open(URI, "python", text, 1, path="pkg/calc.py")
+    result = _complete(service, position)
+    assert [s.text for s in result.suggestions] == ["return y"] and engine.calls == 3
+    assert service.stats()["retries"] == 1
+
+    engine = FakeEngine(["print(y)", " y"], first_choices=("print", "return"))   # it passes: no other
+    service = CompletionService(engine)
+    service.workspace.open(URI, "python", text, 1, path="pkg/calc.py")
+    assert [s.text for s in _complete(service, position).suggestions] == ["print(y)"] and engine.calls == 1
+
+    engine = FakeEngine(["", " y"], first_choices=("\n", "return"))             # nothing to write stands
+    service = CompletionService(engine)
+    service.workspace.open(URI, "python", text, 1, path="pkg/calc.py")
+    assert _complete(service, position).reason == "nothing" and engine.calls == 1
+
+
 @pytest.mark.parametrize("multiline", [True, False])
 def test_line_mode_runs_on_to_the_line_that_closes_what_it_opened(multiline):
     service, engine, position = _service("total = sum(\n        xs,\n    )\n    return total\n",
