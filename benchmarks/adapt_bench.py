@@ -29,7 +29,7 @@ import humaneval_infill
 import typing_acceptance
 from model.adapted import workspace
 from model.loader import BUNDLED_DIR
-from model.train.adapt import MAX_EPOCHS, STABLE_SHARE, TRAINABLE, adapt
+from model.train.adapt import MAX_EPOCHS, TRAINABLE, adapt
 from report import publish
 
 SECTION = "## Adapting to a repository: `latent adapt` on held-out packages (benchmarks/adapt_bench.py)"
@@ -84,8 +84,8 @@ def bench(args) -> list[dict]:
                 rows.append({"package": package, "minutes": minutes, "wall_s": wall, "summary": summary,
                              "base": base, "after": after, "humaneval": he, "base_humaneval": base_he,
                              "starts": len(starts)})
-                if summary["minutes"] < 0.9 * minutes * STABLE_SHARE:    # stopped by the passes, not the clock
-                    capped[subset] = rows[-1]
+                if summary["tokens_seen"] >= 0.99 * MAX_EPOCHS * summary["train_tokens"]:
+                    capped[subset] = rows[-1]    # its passes (and their decay) ended it, not the clock
                 print(f"  {subset}, {minutes:g} min: accepted {after['accepted']:.1f} %, kept {after['kept']:.1f} %, bits/byte "
                       f"{summary['bpb_before']:.3f} -> {summary['bpb_after']:.3f}", file=sys.stderr)
             ws.forget()

@@ -5,10 +5,11 @@
     raw, figures, source = answer(engine, answers, uri, prompt, params, plan, cancel)
 
 A mode's new tokens are `max_new_tokens_line` or `max_new_tokens_block`; a line stops at its
-line break (or the one after, where the next line may be offered; or the line that closes a
-bracket it opened), a block at two blank lines, and both at the family's special tokens. The answer is a recent one when the engine would see
-exactly the same prompt and parameters again (cache.py), else streamed from the engine and
-stopped as soon as postprocessing would cut the rest, so it decodes no token thrown away.
+line break (or the one after, where the next line may be offered; or at the line that closes a
+bracket it opened), a block at two blank lines, and both at the family's special tokens. The
+answer is a recent one when the engine would see exactly the same prompt and parameters again
+(cache.py), else streamed from the engine and stopped as soon as postprocessing would cut the
+rest, so it decodes no token thrown away.
 """
 from __future__ import annotations
 

@@ -197,10 +197,10 @@ def _cut_to_mode(text: str, plan: Plan) -> str:
 
 
 def _kept_lines(lines: list[str], first: int, plan: Plan) -> int | None:
-    """How many of `lines` from `first` a *line* suggestion keeps: 1, or where that line opens a
-    bracket it does not close, the cursor's line has nothing after the cursor and the setting
-    `multiline` is on, up to the line
-    that closes it — None while none of the lines given (MAX_CONTINUED_LINES at most) does."""
+    """How many of `lines` from `first` a *line* suggestion keeps: 1; or, where that line opens a
+    bracket it does not close, nothing follows the cursor on its line and the setting
+    `multiline` is on, up to the line that closes it — None while none of the lines given
+    (MAX_CONTINUED_LINES at most) does."""
     if plan.tail.strip() or not plan.multiline:
         return 1
     stack: list[str] = []
