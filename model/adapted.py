@@ -24,7 +24,7 @@ from pathlib import Path
 
 NOTE = "workspace.json"
 # Which weights `latent adapt --train` may teach (model/train/adapt.py's TRAINABLE), the default first
-TRAINED = ("lora", "all", "blocks", "attention", "top")
+TRAINED = ("all", "lora", "blocks", "attention", "top")
 
 
 def adapt_root() -> Path:

@@ -55,9 +55,12 @@ def _layer(name: str) -> int:
 # low-rank adapters (LoRA, Hu et al. 2021) on every matrix of the attention and the MLPs, the
 # experts included, the weights themselves frozen; the transformer blocks (not the token
 # embedding and the output head, most of a small model's weights); the attention (MLA
-# projections) only; the upper half of the blocks with the final norm and the head. LoRA is the
-# default (model/adapted.py's TRAINED): the others forgot general code (HumanEval single-line
-# 1.5 % -> 0.0-1.1 %), LoRA kept it.
+# projections) only; the upper half of the blocks with the final norm and the head. Every
+# weight is the default (model/adapted.py's TRAINED), by measurement on the 15M bundled model
+# (docs/benchmarks.md): in the same minutes it learns a package 3-6 times as much as LoRA
+# (held-out bits/byte -3 to -20 % against -0.4 to -1.5 %) and keeps HumanEval single-line
+# (1.6 % -> 1.5-2.2 %). (On the earlier 4M model it forgot general code, 1.5 % -> 0.0-1.1 %,
+# and LoRA was the default.) The price is a whole copy per workspace, 30 MB against 4 MB.
 TRAINABLE = {
     "all": lambda name, layers: True,
     "lora": lambda name, layers: False,          # only the adapters add_lora puts on (below)
