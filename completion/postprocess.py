@@ -162,9 +162,9 @@ def finished(text: str, plan: Plan) -> bool:
         return False
     if plan.mode == "line":
         lines = text.split("\n")
-        if not lines[0].strip() and not plan.next_line_allowed:
-            return True
-        first = 0 if lines[0].strip() else 1
+        first = _first_kept(lines, plan)
+        if not lines[0].strip() and first == 0:
+            return True                  # a line break first where no next line is offered: nothing
         complete = lines[:-1]
         if len(complete) <= first:
             return False                 # the line it keeps is still being written
@@ -189,11 +189,17 @@ def _before_special(text: str, specials: tuple[str, ...]) -> str:
 def _cut_to_mode(text: str, plan: Plan) -> str:
     lines = text.split("\n")
     if plan.mode == "line":
-        first = 0 if lines[0].strip() or len(lines) == 1 or not plan.next_line_allowed else 1
+        first = _first_kept(lines, plan)
         kept = "\n".join(lines[first:first + (_kept_lines(lines, first, plan) or 1)])
-        return kept if first == 0 else "\n" + kept   # 1: the cursor ends a written line, the model wrote the next
+        return kept if first == 0 else "\n" + kept
     kept, _ = _block_lines(lines, plan)
     return "\n".join(lines[:kept])
+
+
+def _first_kept(lines: list[str], plan: Plan) -> int:
+    """The line a *line* suggestion starts at: the first, or — when it begins with a line break
+    at the end of a written line (`next_line_allowed`) — the next one the model wrote."""
+    return 0 if lines[0].strip() or len(lines) == 1 or not plan.next_line_allowed else 1
 
 
 def _kept_lines(lines: list[str], first: int, plan: Plan) -> int | None:

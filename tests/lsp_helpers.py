@@ -36,6 +36,9 @@ def end_of(text: str) -> tuple[int, int]:
     return len(lines) - 1, len(lines[-1])
 
 
+SUGGESTS_END = end_of(SUGGESTS)
+
+
 # ---------------------------------------------------------------------------------------------
 # The model
 

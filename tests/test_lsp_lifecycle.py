@@ -11,9 +11,8 @@ import pytest
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from lsp_helpers import ROOT, SUGGESTS, SUGGESTS_LANGUAGE, Session, end_of, expected, model_path, pairs, server_env
-
-END = end_of(SUGGESTS)
+from lsp_helpers import ROOT, SUGGESTS, SUGGESTS_END as END, SUGGESTS_LANGUAGE, Session, expected, model_path, pairs
+from lsp_helpers import server_env
 
 
 async def test_failed_load_is_one_message_then_settings_reload_the_model(tmp_path):

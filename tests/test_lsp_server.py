@@ -14,13 +14,12 @@ import pytest_asyncio
 from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 
-from lsp_helpers import SUGGESTS, SUGGESTS_LANGUAGE, Session, end_of, expected, pairs, server_env
+from lsp_helpers import SUGGESTS, SUGGESTS_END as END, SUGGESTS_LANGUAGE, Session, end_of, expected, pairs, server_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PLAIN = "hello world\nthe quick brown fox "        # a random model (no bundled one) completes plain text
 CODE = "x = [1, 2, 3]\nprint(x)\n"
-END = end_of(SUGGESTS)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lsp_helpers import SUGGESTS, SUGGESTS_LANGUAGE, end_of
+from lsp_helpers import SUGGESTS, SUGGESTS_END as END, SUGGESTS_LANGUAGE
 from wire_helpers import INLINE, bundled_env, digest, inline_params, span
-
-END = end_of(SUGGESTS)
 
 
 # ---------------------------------------------------------------------------------------------
