@@ -86,6 +86,14 @@ def prompt_line(screen: list[str], prompt: str) -> str | None:
     return lines[-1][len(prompt):].rstrip() if lines else None
 
 
+def repl_ready(screen: list[str]) -> bool:
+    """Whether the repl's bar says its model is loaded; in a terminal too narrow for the whole
+    word, as much of it as the bar has room for ("latent: rea")."""
+    bar = "latent: ready"
+    return any(bar in line or len(text := line.strip()) >= len("latent: r") and bar.startswith(text)
+               for line in screen)
+
+
 def open_repl(terminal, *args: str, width: int = 100, context=None):
     """`latent repl ARGS` in tmux, the model loaded, the context's earlier inputs run and its
     line typed; (pane, model, typed, the pipeline's suggestion there)."""
@@ -94,7 +102,7 @@ def open_repl(terminal, *args: str, width: int = 100, context=None):
     except harness.Missing as e:
         pytest.fail(str(e))
     pane = terminal([harness.PYTHON, "-m", "lsp_server.repl", *args], model, width=width)
-    pane.wait_screen(lambda s: any("latent: ready" in line for line in s), 60, "the repl's model to load")
+    pane.wait_screen(repl_ready, 60, "the repl's model to load")
     for line in inputs:
         pane.type(line)
         pane.send("Enter")
@@ -189,8 +197,11 @@ def test_repl_cuts_a_long_ghost_text_at_the_terminal_width(terminal):
     model, (inputs, typed, suggestion) = context = repl_context()
     ghost = suggestion.rstrip()
     assert len(ghost) >= 3, f"the suggestion {ghost!r} is too short to cut"
-    room = max(2, len(ghost) // 2)
-    width = len(">>> " + typed) + room + 1  # the cursor's column stays free of ghost text
+    # half the ghost text's room, as narrow as the earlier inputs let the terminal be (each on a
+    # row of its own); the cursor's column stays free of ghost text
+    width = max(len(">>> " + typed) + max(2, len(ghost) // 2), *(len(">>> " + line) for line in inputs)) + 1
+    room = width - len(">>> " + typed) - 1
+    assert len(ghost) > room, f"the suggestion {ghost!r} fits in {room} columns: nothing to cut"
     pane, _, _, _ = open_repl(terminal, width=width, context=context)
     shown = repl.fit(ghost, room)
     assert shown.endswith("…") and len(shown) == room
