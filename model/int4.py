@@ -134,6 +134,10 @@ def _load():
     lib.q4_matmul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                               ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.q4_matmul.restype = ctypes.c_int
+    lib.q4_moe.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                           ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                           ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.q4_moe.restype = ctypes.c_int
     lib.q4_best_path.restype = ctypes.c_int
     return lib
 
@@ -203,7 +207,8 @@ class Int4Linear(nn.Module):
 
 
 class Int4Experts(Experts):
-    """Stacked experts in 4 bits, each run through the kernel when it is chosen."""
+    """Stacked experts in 4 bits, each run through the kernel when it is chosen; a decode step's
+    token goes through all of its experts in one call (`run_chosen`, the kernel's `q4_moe`)."""
 
     s13: torch.Tensor
     s2: torch.Tensor
@@ -216,7 +221,7 @@ class Int4Experts(Experts):
         self.register_buffer("s13", s13)                  # (E, ceil(2I/8), D/32, 8) float16
         self.register_buffer("w2", w2)                    # (E, ceil(D/8), I/32, 128) uint8
         self.register_buffer("s2", s2)                    # (E, ceil(D/8), I/32, 8) float16
-        self.batched_decode = False
+        self.batched_decode = True     # run_chosen: one kernel call for the token's k experts
 
     @classmethod
     def from_experts(cls, experts: Experts) -> "Int4Experts":
@@ -227,6 +232,29 @@ class Int4Experts(Experts):
     def run(self, e: int, x: torch.Tensor) -> torch.Tensor:
         gate, up = q4_matmul(x, self.w13[e], self.s13[e], 2 * self.inter_dim).chunk(2, dim=-1)
         return q4_matmul(F.silu(gate) * up, self.w2[e], self.s2[e], self.dim).to(x.dtype)
+
+    def run_chosen(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, path: str | None = None) -> torch.Tensor:
+        """Tokens x (T, D), each through its k experts idx (T, k), weighted and summed -> (T, D),
+        in one kernel call: a decode step's token costs one call instead of two products and
+        the operations between them per expert. `path` forces a kernel (a test's business)."""
+        lib = kernel()
+        if lib is None:                                  # one by one, the weights widened
+            y = torch.zeros_like(x)
+            for t, (chosen, gates) in enumerate(zip(idx.tolist(), weights, strict=True)):
+                for e, w in zip(chosen, gates, strict=True):
+                    y[t : t + 1] += w * self.run(e, x[t : t + 1])
+            return y
+        rows = x.float().contiguous()
+        chosen = idx.to(torch.int64).contiguous()
+        gates = weights.float().contiguous()
+        y = torch.empty_like(rows)
+        status = lib.q4_moe(rows.data_ptr(), rows.shape[0], self.dim, chosen.data_ptr(), gates.data_ptr(),
+                            chosen.shape[1], self.w13.data_ptr(), self.s13.data_ptr(), self.w2.data_ptr(),
+                            self.s2.data_ptr(), self.inter_dim, y.data_ptr(), torch.get_num_threads(),
+                            -1 if path is None else PATHS[path])
+        if status != 0:
+            raise MemoryError("The int4 experts kernel could not allocate its working memory.")
+        return y.to(x.dtype)
 
     def values(self) -> int:
         return self.w13.shape[0] * 3 * self.inter_dim * self.dim

@@ -234,25 +234,88 @@ int q4_best_path(void) {
     return 0;
 }
 
+static tiles_fn tiles_for(int path) {
+    int chosen = path < 0 ? q4_best_path() : path;
+    return chosen == 2 ? tiles_vnni512 : chosen == 1 ? tiles_avx2 : tiles_plain;
+}
+
+/* Quantized activations (M, K): 8-bit values, then per block its scale and 8 * its sum. */
+typedef struct { int8_t *q; float *scale, *sum8; } activations;
+
+static size_t activations_bytes(int64_t M, int64_t K) {
+    return (size_t)(M * K + 3) / 4 * 4 + 2 * sizeof(float) * (size_t)(M * (K / BLOCK));
+}
+
+static activations activations_at(void *work, int64_t M, int64_t K) {
+    activations a;
+    a.q = (int8_t *)work;
+    a.scale = (float *)((char *)work + (M * K + 3) / 4 * 4);
+    a.sum8 = a.scale + M * (K / BLOCK);
+    return a;
+}
+
+/* y (M, N) = the quantized activations (M, K) @ dequantized(w, ws)^T, tiles shared among threads */
+static void product(activations a, int64_t M, int64_t K, const uint8_t *w, const uint16_t *ws, int64_t N,
+                    float *y, int threads, tiles_fn run) {
+    int64_t tiles = (N + TILE - 1) / TILE;
+    if (threads < 1) threads = 1;
+    if (threads > tiles) threads = (int)tiles;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int t = 0; t < threads; t++) {
+        int64_t first = tiles * t / threads, last = tiles * (t + 1) / threads;
+        run(w, ws, first, last, K, a.q, a.scale, a.sum8, M, y, N);
+    }
+}
+
 /* y (M, N) = x (M, K) @ dequantized(w, ws)^T: w (ceil(N/8), K/32, 128) bytes, ws (ceil(N/8), K/32, 8)
    float16; K a multiple of 32. `work`: at least M * K + 8 * M * (K / 32) + 4 bytes. Tiles are
    shared among `threads`. */
 int q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const uint16_t *ws, int64_t N,
               float *y, void *work, int threads, int path) {
     if (K % BLOCK) return -1;
-    int64_t blocks = K / BLOCK, tiles = (N + TILE - 1) / TILE;
-    int8_t *xq = (int8_t *)work;
-    float *xs = (float *)(xq + M * K + ((-(M * K)) & 3));
-    float *xsum8 = xs + M * blocks;
-    quantize_rows(x, M, K, xq, xs, xsum8);
-    int chosen = path < 0 ? q4_best_path() : path;
-    tiles_fn run = chosen == 2 ? tiles_vnni512 : chosen == 1 ? tiles_avx2 : tiles_plain;
-    if (threads < 1) threads = 1;
-    if (threads > tiles) threads = (int)tiles;
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int t = 0; t < threads; t++) {
-        int64_t first = tiles * t / threads, last = tiles * (t + 1) / threads;
-        run(w, ws, first, last, K, xq, xs, xsum8, M, y, N);
+    activations a = activations_at(work, M, K);
+    quantize_rows(x, M, K, a.q, a.scale, a.sum8);
+    product(a, M, K, w, ws, N, y, threads, tiles_for(path));
+    return 0;
+}
+
+/* A mixture-of-experts layer's routed experts for M tokens in one call (decode's per-operation
+   cost is the point): y (M, D) = sum_j gates[m, j] * expert_{idx[m, j]}(x[m]), each expert
+   w2 @ (silu(gate) * up) with [gate; up] = w13 @ x. Expert e's weights start at w13 + e *
+   (its bytes), laid out as `q4_matmul` takes them: w13 (ceil(2I/8), D/32, 128), s13 (ceil(2I/8),
+   D/32, 8), w2 (ceil(D/8), I/32, 128), s2 (ceil(D/8), I/32, 8). D and I multiples of 32. The
+   same integers and, per product, the same sums as `q4_matmul` on each expert; silu is
+   computed here (expf), so its floats may differ from PyTorch's in the last bits. */
+int q4_moe(const float *x, int64_t M, int64_t D, const int64_t *idx, const float *gates, int64_t k,
+           const uint8_t *w13, const uint16_t *s13, const uint8_t *w2, const uint16_t *s2, int64_t I,
+           float *y, int threads, int path) {
+    if (D % BLOCK || I % BLOCK) return -1;
+    tiles_fn run = tiles_for(path);
+    int64_t rows13 = (2 * I + TILE - 1) / TILE * TILE, rows2 = (D + TILE - 1) / TILE * TILE;
+    size_t bytes13 = (size_t)rows13 / TILE * (D / BLOCK) * TILE_BLOCK, scales13 = (size_t)rows13 * (D / BLOCK);
+    size_t bytes2 = (size_t)rows2 / TILE * (I / BLOCK) * TILE_BLOCK, scales2 = (size_t)rows2 * (I / BLOCK);
+    size_t in_bytes = activations_bytes(1, D), mid_bytes = activations_bytes(1, I);
+    char *work = malloc(in_bytes + mid_bytes + sizeof(float) * (size_t)(2 * I + I + D));
+    if (!work) return -2;
+    activations in = activations_at(work, 1, D), mid = activations_at(work + in_bytes, 1, I);
+    float *up_gate = (float *)(work + in_bytes + mid_bytes), *hidden = up_gate + 2 * I, *out = hidden + I;
+    for (int64_t m = 0; m < M; m++) {
+        float *row = y + m * D;
+        memset(row, 0, sizeof(float) * (size_t)D);
+        quantize_rows(x + m * D, 1, D, in.q, in.scale, in.sum8);
+        for (int64_t j = 0; j < k; j++) {
+            int64_t e = idx[m * k + j];
+            product(in, 1, D, w13 + e * bytes13, s13 + e * scales13, 2 * I, up_gate, threads, run);
+            for (int64_t i = 0; i < I; i++) {
+                float g = up_gate[i];
+                hidden[i] = g / (1.0f + expf(-g)) * up_gate[I + i];
+            }
+            quantize_rows(hidden, 1, I, mid.q, mid.scale, mid.sum8);
+            product(mid, 1, I, w2 + e * bytes2, s2 + e * scales2, D, out, threads, run);
+            float gate = gates[m * k + j];
+            for (int64_t i = 0; i < D; i++) row[i] += gate * out[i];
+        }
     }
+    free(work);
     return 0;
 }

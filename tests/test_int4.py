@@ -109,6 +109,43 @@ def test_leading_dimensions_and_threads_do_not_change_the_answer():
     assert torch.allclose(one.reshape(6, 64), q4_matmul(x.reshape(6, 256), packed, scales, 64))
 
 
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_a_tokens_experts_in_one_call_equal_them_one_by_one(tokens, monkeypatch):
+    """`Int4Experts.run_chosen` (the kernel's q4_moe: a decode step's token through its k
+    experts in one call) against the experts run one by one, as the engine ran them before, on
+    every kernel this CPU has: the same within the rounding of silu's floats, which can move an
+    activation's 8-bit rounding by one step (inter_dim 96: three blocks; 10 experts, 3 chosen)."""
+    from model.int4 import Int4Experts
+    from model.moe import Experts
+
+    assert int4.kernel() is not None, "the int4 kernel did not build (is a C compiler installed?)"
+    torch.manual_seed(7)
+    dense = Experts(10, 128, 96)
+    with torch.no_grad():
+        dense.w13.normal_(0, 0.08)
+        dense.w2.normal_(0, 0.08)
+    experts = Int4Experts.from_experts(dense)
+    x = torch.randn(tokens, 128)
+    idx = torch.stack([torch.randperm(10)[:3] for _ in range(tokens)])
+    weights = torch.rand(tokens, 3)
+    one_by_one = torch.stack([sum(w * experts.run(e, x[t:t + 1])[0] for e, w in zip(idx[t].tolist(), weights[t]))
+                              for t in range(tokens)])
+    paths = [p for p in PATHS if PATHS[p] <= PATHS[best_path()]]
+    for path in paths:
+        y = experts.run_chosen(x, idx, weights, path=path)
+        assert y.shape == (tokens, 128)
+        error = ((y - one_by_one).norm() / one_by_one.norm()).item()
+        assert error < 1e-3, (path, error)
+    # and near float32's weights (4 bits cost ~15-20 % of the norm at these sizes; a wrong
+    # expert or gate would be off by about the whole norm)
+    exact = dense.run_chosen(x, idx, weights)
+    assert ((experts.run_chosen(x, idx, weights) - exact).norm() / exact.norm()).item() < 0.3
+    # without a C compiler: the weights widened, the activations not rounded to 8 bits
+    monkeypatch.setattr(int4, "kernel", lambda: None)
+    widened = experts.run_chosen(x, idx, weights)
+    assert widened.shape == (tokens, 128) and ((widened - one_by_one).norm() / one_by_one.norm()).item() < 0.05
+
+
 # ---------------------------------------------------------------------------------------------
 # quantize = "int4" in an engine
 

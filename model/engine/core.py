@@ -45,6 +45,7 @@ from typing import Generator, Iterator, Sequence
 import torch
 
 from ..config import ModelArgs
+from ..int4 import Int4Experts
 from ..loader import BUNDLED_DIR, ModelLoadError, load_model, read_args, resolve_model_dir
 from ..moe import Experts
 from ..params import RuntimeConfig, SamplingParams
@@ -97,7 +98,7 @@ class Engine:
                     runtime.max_context, name, model.args.max_position_embeddings, self.context)
         self.live = LiveBuffer(model.new_cache(self.context), model.args)
         for experts in model.modules():        # a GPU decodes without host syncs; see moe.py
-            if isinstance(experts, Experts) and not isinstance(experts, Int8Experts):
+            if isinstance(experts, Experts) and not isinstance(experts, (Int8Experts, Int4Experts)):
                 experts.batched_decode = runtime.device != "cpu"
         self._lock = threading.Lock()       # one computation at a time, each its lease on self.live
         self._closed = False                # set by close(), which keeps the lock: nothing computes after it
