@@ -215,6 +215,7 @@ const SCENARIOS = {
     }, 10000);
     const through = `\\] lsp_server\\.requests: inline ${s.file.replace(/[.]/g, "\\.")}:\\S+ typing-through/`;
     const before = logLines(through).length;
+    out.typedThroughBefore = before;   // the answer to the ghost's first character is the next one
     await page.keyboard.type(out.ghost[0]);
     await waitLog("a typed-through answer", through, before + 1, 10000);
     await page.waitForTimeout(500);
