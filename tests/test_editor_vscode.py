@@ -278,12 +278,22 @@ def test_vscode_shows_ghost_text_and_tab_accepts_it(vscode):
     typed_line = before.split("\n")[-1] + typed
     first_line = suggestion.split("\n")[0]
     assert vscode["result"]["ready"]["statusBar"].startswith("Latent"), vscode["result"]["ready"]
-    assert out["ghost"] == first_line, f"ghost text {out['ghost']!r}, the pipeline suggests {first_line!r}"
+    # the server's answers at the end of the typed line (the log counts from 1): the model's, or
+    # the cache's for the same prompt, is what the pipeline gives in-process too; where an answer
+    # to an earlier keystroke foresaw the rest of what was typed, the ghost text is what is left
+    # of that one (typing-through), which depends on how the keys fell between requests
+    log = answers(vscode, "demo.py")
+    at = [line for line in log if line.startswith(f"inline demo.py:{before.count(chr(10)) + 1}:{len(typed_line) + 1}: ")]
+    assert at, f"no answer at the end of the typed line: {log}"
+    shown = out["ghost"]
+    assert shown, out
+    if not all(" typing-through/" in line for line in at):
+        assert shown == first_line, f"ghost text {shown!r}, the pipeline suggests {first_line!r}"
     if model.answer:
-        assert out["ghost"] == model.answer
-    assert out["lineAfterTab"] == typed_line + first_line, out
+        assert shown == model.answer
+    assert out["lineAfterTab"] == typed_line + shown, out
     saved = saved_line(vscode, "demo.py", before.count("\n"))
-    assert saved == typed_line + first_line, f"the saved line is {saved!r}"
+    assert saved == typed_line + shown, f"the saved line is {saved!r}"
 
 
 @pytest.mark.slow
