@@ -17,7 +17,6 @@ differs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import random
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 from report import publish
+from typing_acceptance import package_root
 
 from completion.document import parse, tree_source
 from completion.languages import language_for
@@ -105,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in FILES:
         package, rest = name.split("/", 1)
-        path = Path(importlib.import_module(package).__file__).parent / rest
-        results[name] = measure(path, args.count, rng)
+        root = package_root(package)
+        if root is None:
+            raise SystemExit(f"syntax_check: {package} is not installed")
+        results[name] = measure(root / rest, args.count, rng)
     publish(section(results, args.count), args.write)
     return 0
 

@@ -239,11 +239,7 @@ class Int4Experts(Experts):
         the operations between them per expert. `path` forces a kernel (a test's business)."""
         lib = kernel()
         if lib is None:                                  # one by one, the weights widened
-            y = torch.zeros_like(x)
-            for t, (chosen, gates) in enumerate(zip(idx.tolist(), weights, strict=True)):
-                for e, w in zip(chosen, gates, strict=True):
-                    y[t : t + 1] += w * self.run(e, x[t : t + 1])
-            return y
+            return self.run_each(x, idx, weights)
         rows = x.float().contiguous()
         chosen = idx.to(torch.int64).contiguous()
         gates = weights.float().contiguous()

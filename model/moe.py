@@ -103,6 +103,16 @@ class Experts(nn.Module):
         gate, up = F.linear(x, w13).chunk(2, dim=-1)
         return F.linear(F.silu(gate) * up, w2)
 
+    def run_each(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Per token x (T, D), only its k experts idx (T, k), one by one, weighted and summed ->
+        (T, D) (eager decode on CPU)."""
+        y = torch.zeros_like(x)
+        for t, (experts, w) in enumerate(zip(idx.tolist(), weights, strict=True)):
+            xt = x[t : t + 1]
+            for j, e in enumerate(experts):
+                y[t : t + 1] += w[j] * self.run(e, xt)
+        return y
+
     def run_chosen(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """A few tokens x (T, D), each through its k experts idx (T, k), weighted and summed ->
         (T, D): batched products over the gathered experts, no host round trip."""
@@ -132,18 +142,9 @@ class MoE(nn.Module):
         elif x.shape[0] >= self.grouped_min_tokens:
             y = self._grouped(x, weights, idx)
         else:
-            y = self._gathered(x, weights, idx)
+            y = self.experts.run_each(x, idx, weights)
         if self.shared is not None:
             y = y + self.shared(x)
-        return y
-
-    def _gathered(self, x, weights, idx) -> torch.Tensor:
-        """Per token, only its k experts, one by one (eager decode on CPU)."""
-        y = torch.zeros_like(x)
-        for t, (experts, w) in enumerate(zip(idx.tolist(), weights, strict=True)):
-            xt = x[t : t + 1]
-            for j, e in enumerate(experts):
-                y[t : t + 1] += w[j] * self.experts.run(e, xt)
         return y
 
     def _grouped(self, x, weights, idx) -> torch.Tensor:

@@ -45,12 +45,11 @@ from typing import Generator, Iterator, Sequence
 import torch
 
 from ..config import ModelArgs
-from ..int4 import Int4Experts
 from ..loader import BUNDLED_DIR, ModelLoadError, load_model, read_args, resolve_model_dir
 from ..moe import Experts
 from ..params import RuntimeConfig, SamplingParams
 from ..protocol import CancelToken, Generation, GenerationStats
-from ..quant import Int8Experts, pack_for_cpu, weight_bytes
+from ..quant import pack_for_cpu, weight_bytes
 from ..tokenizer import Tokenizer, TokenizerError
 from ..transformer import Transformer
 from . import persist
@@ -97,8 +96,10 @@ class Engine:
                     "max_context is %d but %s was trained on %d positions: the engine holds %d tokens.",
                     runtime.max_context, name, model.args.max_position_embeddings, self.context)
         self.live = LiveBuffer(model.new_cache(self.context), model.args)
-        for experts in model.modules():        # a GPU decodes without host syncs; see moe.py
-            if isinstance(experts, Experts) and not isinstance(experts, (Int8Experts, Int4Experts)):
+        # a GPU decodes float experts without host syncs (see moe.py); quantized experts
+        # (int8, int4) decide for themselves
+        for experts in model.modules():
+            if type(experts) is Experts:
                 experts.batched_decode = runtime.device != "cpu"
         self._lock = threading.Lock()       # one computation at a time, each its lease on self.live
         self._closed = False                # set by close(), which keeps the lock: nothing computes after it
