@@ -100,6 +100,30 @@ def q4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, out_f
     return y.reshape(*lead, N)
 
 
+def q4_heads(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, first_tile: int, head_tiles: int,
+             out_features: int, path: str | None = None) -> torch.Tensor:
+    """Each head's own rows of a stacked weight: x (H, M, K) -> (H, M, out_features) float32,
+    head h through the out_features rows that start at tile first_tile + h * head_tiles of
+    (packed, scales) — multi-head latent attention's absorbed W_UK and W_UV, one call a layer."""
+    H, M, K = x.shape
+    rows = x.float().contiguous()
+    lib = kernel()
+    if lib is None:
+        tiles = out_features // TILE
+        picked = torch.stack([torch.arange(first_tile + h * head_tiles, first_tile + h * head_tiles + tiles)
+                              for h in range(H)])                                    # (H, tiles)
+        w = dequantize_q4(packed[picked], scales[picked], out_features)            # (H, N, K)
+        return torch.bmm(rows, w.transpose(1, 2))
+    y = torch.empty(H, M, out_features, dtype=torch.float32)
+    status = lib.q4_heads(rows.data_ptr(), H, M, K, packed.data_ptr(), scales.data_ptr(), first_tile, head_tiles,
+                          out_features, y.data_ptr(), torch.get_num_threads(), -1 if path is None else PATHS[path])
+    if status == -2:
+        raise MemoryError("The int4 attention kernel could not allocate its working memory.")
+    if status != 0:
+        raise ValueError(f"int4 per-head products need {GROUP} | inputs and {TILE} | rows, not {K} and {out_features}.")
+    return y
+
+
 def best_path() -> str:
     """The kernel this CPU runs ("plain" without a built library)."""
     lib = kernel()
@@ -138,6 +162,10 @@ def _load():
                            ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.q4_moe.restype = ctypes.c_int
+    lib.q4_heads.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                             ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                             ctypes.c_int, ctypes.c_int]
+    lib.q4_heads.restype = ctypes.c_int
     lib.q4_best_path.restype = ctypes.c_int
     return lib
 

@@ -111,6 +111,7 @@ _EXPERT = re.compile(_LAYER + r"mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight
 # transformers-5 fused layout, should a checkpoint carry it
 _FUSED = re.compile(_LAYER + r"mlp\.experts\.(gate_up_proj|down_proj)(?:\.weight)?$")
 _IGNORED = re.compile(r"rotary_emb\.inv_freq$")
+_KV_B = ".kv_b_proj.weight"
 
 
 def _layer_of(name: str) -> int | None:
@@ -206,6 +207,7 @@ def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = 
     import torch
 
     from .int4 import quantize_q4
+    from .mla import MLA
     from .quant import quantize_rows
     from .transformer import Transformer
 
@@ -217,12 +219,17 @@ def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = 
     filled: dict[str, set] = {}
     unexpected: list[str] = []
     quantized = _quantized_keys(model, quantize)   # weight key -> (its scale's key, "int8" | "int4")
+    absorbed: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}   # attention -> int4 W_UK transposed (mla.py)
 
     def settle(target: str) -> None:
         """A weight is complete: quantize it now, if asked, so its float form is dropped."""
         if target in quantized and state[target].is_floating_point():
             scale_key, scheme = quantized[target]
             if scheme == "int4":
+                if target.endswith(_KV_B):   # absorbed attention's W_UK, from the float weight
+                    attention = model.get_submodule(target[: -len(_KV_B)])
+                    assert isinstance(attention, MLA), target
+                    absorbed[target[: -len(_KV_B)]] = attention.int4_query_weight(state[target])
                 state[target], state[scale_key] = quantize_q4(state[target])
             else:
                 q, scale = quantize_rows(state[target])
@@ -266,11 +273,9 @@ def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = 
     model.load_state_dict(state, assign=True, strict=True)
     model.init_rope(min(args.max_position_embeddings, 8192))
     if quantized:
-        from .mla import MLA
-
-        for module in model.modules():   # the absorbed-attention weights, from the int8 ones
+        for name, module in model.named_modules():   # the absorbed-attention weights
             if isinstance(module, MLA):
-                module.refresh_weights()
+                module.refresh_weights(absorbed.get(name))
     return model.eval()
 
 

@@ -102,6 +102,9 @@ class MLA(nn.Module):
         # of x, stacked into one; the two layers as loaded are then dropped
         self.q_kv_a_proj: nn.Module | None = None
         self._kv_b_float: torch.Tensor | None = None   # kv_b_proj's weight widened, when it is int8
+        # when kv_b_proj is int4: W_UK transposed, (H * R, nope) in 4 bits of its own (model/int4.py
+        # `quantize_q4`: packed, scales), and W_UV read in place from kv_b_proj's rows
+        self._uk_t_q4: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- weights ----------------------------------------------------------------------------
     def absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,9 +122,35 @@ class MLA(nn.Module):
         w = w.view(self.n_heads, self.nope_dim + self.v_dim, self.rank)
         return w[:, : self.nope_dim], w[:, self.nope_dim :]
 
-    def refresh_weights(self) -> None:
-        """kv_b_proj was replaced (loaded, quantized): derive the absorbed weights again."""
+    def refresh_weights(self, uk_t_q4: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """kv_b_proj was replaced (loaded, quantized): derive the absorbed weights again. When
+        it is int4, `uk_t_q4` is W_UK transposed quantized from the float weights as they loaded
+        (`int4_query_weight`); without it, W_UK is taken from kv_b_proj's own 4 bits and rounded
+        a second time along the other axis (a random benchmark model)."""
         self._kv_b_float = None
+        self._uk_t_q4 = None
+        from .int4 import Int4Linear
+
+        if isinstance(self.kv_b_proj, Int4Linear) and self._int4_absorbable():
+            if uk_t_q4 is None:
+                uk_t_q4 = self.int4_query_weight(self.kv_b_proj.dequantized())
+            self._uk_t_q4 = uk_t_q4
+
+    def _int4_absorbable(self) -> bool:
+        """Whether each head's W_UK and W_UV are whole tiles of 8 rows of kv_b_proj, and W_UK
+        transposed has whole blocks of 32 inputs (model/int4.py)."""
+        return self.nope_dim % 32 == 0 and self.v_dim % 8 == 0 and self.rank % 8 == 0
+
+    def int4_query_weight(self, kv_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """W_UK transposed, (H * R, nope), in 4 bits, from kv_b_proj's float weight (H * (nope +
+        v), R): the absorbed query's product on the int4 kernel (as llama.cpp keeps DeepSeek's
+        k_b transposed and quantized on its own). None where its shape does not fit the kernel."""
+        if not self._int4_absorbable():
+            return None
+        from .int4 import quantize_q4
+
+        w_uk = kv_b.view(self.n_heads, self.nope_dim + self.v_dim, self.rank)[:, : self.nope_dim]
+        return quantize_q4(w_uk.transpose(1, 2).reshape(self.n_heads * self.rank, self.nope_dim))
 
     def fuse(self) -> None:
         """Stack the two products of x into one (once, after loading; int8 layers too)."""
@@ -173,16 +202,35 @@ class MLA(nn.Module):
         """Few new tokens (decode, short prefills): scores (H, T, S) are small, and two plain
         products beat SDPA here (measured: 341 against 287 decode tokens/s, bundled model)."""
         H, T, _ = q_nope.shape
-        w_uk, w_uv = self.absorbed_weights()
-        q_lat = torch.bmm(q_nope, w_uk)                                   # (H, T, R)
+        q_lat = self._absorb_query(q_nope)                                # (H, T, R)
         q_full = torch.cat((q_lat, q_pe), dim=-1).view(H * T, -1)         # (H*T, R + P)
         scores = (q_full @ rows.T).view(H, T, -1) * self.scale            # (H, T, S)
         if mask is not None:
             scores = scores + mask
         probs = scores.softmax(dim=-1, dtype=torch.float32).to(rows.dtype)
         o_lat = (probs.view(H * T, -1) @ rows[:, : self.rank]).view(H, T, self.rank)  # (H, T, R)
-        out = torch.bmm(o_lat, w_uv.transpose(1, 2))                      # (H, T, v)
+        out = self._absorb_output(o_lat)                                  # (H, T, v)
         return out.transpose(0, 1).reshape(T, H * self.v_dim)
+
+    def _absorb_query(self, q_nope: torch.Tensor) -> torch.Tensor:
+        """(H, T, nope) -> (H, T, R): each head's query through its W_UK (int4: all heads in one
+        kernel call)."""
+        if self._uk_t_q4 is None:
+            return torch.bmm(q_nope, self.absorbed_weights()[0])
+        from .int4 import TILE, q4_heads
+
+        return q4_heads(q_nope, *self._uk_t_q4, 0, self.rank // TILE, self.rank).to(q_nope.dtype)
+
+    def _absorb_output(self, o_lat: torch.Tensor) -> torch.Tensor:
+        """(H, T, R) -> (H, T, v): each head's latent output through its W_UV."""
+        if self._uk_t_q4 is None:
+            return torch.bmm(o_lat, self.absorbed_weights()[1].transpose(1, 2))
+        from .int4 import TILE, Int4Linear, q4_heads
+
+        # W_UV: rows nope .. nope + v of each head's nope + v rows of kv_b_proj
+        kv_b, head_tiles = self.kv_b_proj, (self.nope_dim + self.v_dim) // TILE
+        assert isinstance(kv_b, Int4Linear), "refresh_weights sets _uk_t_q4 for an int4 kv_b_proj only"
+        return q4_heads(o_lat, kv_b.weight, kv_b.scale, self.nope_dim // TILE, head_tiles, self.v_dim).to(o_lat.dtype)
 
     def _attend_naive(self, q_nope, q_pe, rows, mask) -> torch.Tensor:
         H, T, _ = q_nope.shape
