@@ -56,6 +56,56 @@ def decide(language: LanguageSpec | None, tree: tree_sitter.Tree | None, cursor:
     return "line", ""
 
 
+def editor_indent(language: LanguageSpec | None, tree: tree_sitter.Tree | None, cursor: Cursor) -> str:
+    """The indentation an editor's auto-indent would have put before a cursor at the first
+    column of a blank line inside indented code — a trimmed blank line between statements, a
+    line opened without auto-indent — or "" where the first column stands. After a line that
+    opens a block, the body's: the next non-blank line's indentation when it is deeper (the body
+    is written), else one level deeper than the opener's. Elsewhere, the previous non-blank
+    line's, but only when the next non-blank line is indented too: at the first column after
+    the end of a block, the user may well have dedented on purpose (a new definition).
+
+    The service completes as if it were typed and shows it as part of the suggestion: at the
+    first column, with the line's code removed, on lines of packages in neither the corpus nor
+    the evaluations, the bundled model ended the middle at once on 111 of 200 lines; at this
+    indentation on 19 (on 4 at the line's own, which it is on 75 % of them)."""
+    if cursor.head or cursor.tail:
+        return ""
+    above = _previous_non_blank(cursor)
+    if above is None:
+        return ""
+    base, following = _leading(cursor.lines.line_text(above)), cursor.next_line()
+    if language is not None and tree is not None and block_opener(language, tree, cursor) is not None:
+        if following is not None and indent_width(following) > indent_width(base):
+            return _leading(following)
+        return base + _indent_unit(cursor, base)
+    return base if following is not None and indent_width(following) > 0 else ""
+
+
+def _leading(line: str) -> str:
+    return line[:len(line) - len(line.lstrip(" \t"))]
+
+
+def _indent_unit(cursor: Cursor, base: str) -> str:
+    """One level of the document's indentation: a tab where the lines are indented with tabs,
+    else the smallest step between neighbouring non-blank lines near the cursor (4 spaces when
+    none is seen)."""
+    if "\t" in base:
+        return "\t"
+    lines, steps, previous = cursor.lines, [], None
+    for line in range(max(0, cursor.line - 200), min(lines.count, cursor.line + 200)):
+        text = lines.line_text(line)
+        if not text.strip():
+            continue
+        if text.startswith("\t"):
+            return "\t"
+        width = indent_width(text)
+        if previous is not None and 0 < width - previous <= 8:
+            steps.append(width - previous)
+        previous = width
+    return " " * (min(steps) if steps else 4)
+
+
 def _inside_word(tree: tree_sitter.Tree | None, cursor: Cursor) -> bool:
     head, tail = cursor.head, cursor.tail
     if head[-1:].isalnum() or head[-1:] == "_":

@@ -25,6 +25,7 @@ guarded by one lock that is never held across the engine call.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -34,7 +35,7 @@ from completion import postprocess
 from completion.alternatives import branches, distinct
 from completion.cache import LruCache
 from completion.config import CompletionConfig
-from completion.context import build_context, decide
+from completion.context import build_context, decide, editor_indent
 from completion.document import Lines, Workspace, parse
 from completion.gate import language_off
 from completion.generation import answer, generate, prompt_limit, sampling_for
@@ -43,7 +44,7 @@ from completion.postprocess import Plan
 from completion.prompt import build_prompt, overhead, resolve_format, resolve_layout
 from completion.recall import Recall, after_accept
 from completion.related import RelatedIndex, Source, display_path, other_sources
-from completion.types import CompletionResult, Position, Snapshot, Suggestion
+from completion.types import CompletionResult, Position, Range, Snapshot, Suggestion
 from completion.windows import Cursor, TokenCounter
 from model.protocol import CancelToken, EngineProtocol
 
@@ -178,6 +179,9 @@ class CompletionService:
             tree = parse(language, snapshot.text, self.workspace.max_parse_chars)
             timings["parse"] += _ms(clock)
             clock = time.perf_counter()
+        missing = editor_indent(language, tree, cursor)
+        if missing:
+            return self._indented(snapshot, language, cursor, missing, cancel, count, timings["parse"])
         tokenize_s, query_s = self._count.seconds, self._related.query_seconds
         mode, why = decide(language, tree, cursor, config.multiline)
         if mode == "none":
@@ -224,6 +228,21 @@ class CompletionService:
             timings["alternatives"] = _ms(clock)
             why = "" if suggestions else why
         return CompletionResult(suggestions, mode, source, timings, stats, reason=why, parts_ms=parts)
+
+    def _indented(self, snapshot: Snapshot, language: LanguageSpec | None, cursor: Cursor, missing: str,
+                  cancel: CancelToken, count: int, parse_ms: float) -> CompletionResult:
+        """Complete as if the indentation an editor would have put there (`missing`) were typed
+        (context.editor_indent), and show it as the start of each suggestion."""
+        offset = cursor.offset
+        text = snapshot.text[:offset] + missing + snapshot.text[offset:]
+        indented = Cursor(Lines(text), offset + len(missing))
+        result = self._run(dataclasses.replace(snapshot, text=text), language, indented, cancel, None, count, parse_ms)
+        lines = cursor.lines
+        moved = []
+        for s in result.suggestions:
+            covered = indented.lines.offset(s.range.end) - indented.offset
+            moved.append(Suggestion(missing + s.text, Range(lines.position(offset), lines.position(offset + covered))))
+        return dataclasses.replace(result, suggestions=moved)
 
     def _postprocess(self, raw: str, stats: dict, plan: Plan, language, tree,
                      cursor: Cursor) -> tuple[list[Suggestion], str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from completion.context import build_context, decide_mode
+from completion.context import build_context, decide_mode, editor_indent
 from completion.related import RelatedIndex, Source
 from completion.windows import Cursor, TokenCounter, choose_windows, max_chars
 from completion.document import Lines, parse
@@ -89,6 +89,30 @@ MODE_CASES = {
 @pytest.mark.parametrize("language_id, marked, mode", MODE_CASES.values(), ids=list(MODE_CASES))
 def test_mode(language_id, marked, mode):
     assert _mode(language_id, marked) == mode
+
+
+# A cursor at the first column of a blank line: the indentation an editor's auto-indent would
+# have given it, which the service completes after (and shows as the suggestion's start).
+INDENT_CASES = {
+    "between two statements of a body": ("python", "def f():\n    x = 1\n█\n    return x\n", "    "),
+    "after a block's last line, more of the outer block below": (
+        "python", "def f(xs):\n    for x in xs:\n        g(x)\n█\n    return xs\n", "        "),
+    "an empty body: one level deeper than its header": ("python", "class A:\n    def m(self):\n█\n", "        "),
+    "a written body: its indentation": ("python", "if a:\n█\n      b()\n", "      "),
+    "a level of two spaces": ("python", "def f():\n  if a:\n    b()\n  if c:\n█\n", "    "),
+    "a level of a tab": ("python", "def f():\n\tif a:\n█\n", "\t\t"),
+    "braces": ("javascript", "function f() {\n  let a = 1;\n  if (a) {\n█\n}\n", "    "),
+    "dedented on purpose after a definition": ("python", "def f():\n    return 1\n\n█\n\ndef g():\n    pass\n", ""),
+    "at the end of the file after a definition": ("python", "def f():\n    return 1\n\n█", ""),
+    "module level": ("python", "import os\n█\nx = 1\n", ""),
+    "a cursor after some typed indentation": ("python", "def f():\n    x = 1\n  █\n    return x\n", ""),
+    "a cursor before text": ("python", "def f():\n    x = 1\n█y = 2\n    return x\n", ""),
+}
+
+
+@pytest.mark.parametrize("language_id, marked, indent", INDENT_CASES.values(), ids=INDENT_CASES.keys())
+def test_the_indentation_an_editor_would_have_put_at_the_first_column(language_id, marked, indent):
+    assert editor_indent(*_cursor(language_id, marked)) == indent
 
 
 def test_multiline_off_turns_blocks_into_lines():

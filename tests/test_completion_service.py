@@ -125,6 +125,20 @@ def test_mode_none_skips_the_model():
     assert "context" in result.timings_ms
 
 
+def test_a_blank_line_at_the_first_column_is_completed_at_the_indentation_an_editor_would_give_it():
+    """A trimmed blank line inside a function, the cursor at its first column: the model is
+    asked as if the body's indentation were typed (at the first column it mostly ends the
+    middle at once), and the suggestion brings that indentation; typing it types through."""
+    service, engine, position = _service("return a + b\n", "def add(a, b):\n    x = a\n█\n    return x\n")
+    result = _complete(service, position)
+    assert result.suggestions == [Suggestion("    return a + b", Range(position, position))]
+    assert "    x = a\n    <｜fim▁hole｜>\n    return x\n" in engine.requests[0]["prompt"]
+    position = _type(service, "  ", position)
+    again = _complete(service, position)
+    assert again.source == "typing-through" and again.suggestions[0].text == "  return a + b"
+    assert len(engine.requests) == 1
+
+
 def test_disabled_languages_skip_the_model():
     service, engine, position = _service("x", "x = █\n", disabled_languages={"python"})
     assert _complete(service, position).source == "skipped" and engine.calls == 0
