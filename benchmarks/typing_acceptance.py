@@ -7,7 +7,8 @@ Code the model never saw: functions of the packages held out of training (click,
 networkx, pygments, trio, pyparsing, docutils, markdown-it-py), as installed in this Python.
 A line start is a line inside a function body, with at least 8 characters of code; the
 document is the whole file with that line's code removed and the cursor after its indentation
-— someone about to type the line, the rest of the file in place. The whole completion pipeline
+— someone about to type the line, the rest of the file in place (with `--first-column`, the
+emptied line blank and the cursor at its first column). The whole completion pipeline
 answers (`completion.CompletionService`, as the language server would), and its first line is
 compared with the true line:
 
@@ -107,6 +108,14 @@ def common_prefix(a: str, b: str) -> int:
     return n
 
 
+def at_first_column(start: dict) -> dict:
+    """The same line start with the emptied line blank and the cursor at its first column: a
+    trimmed blank line the user has moved to, or a line opened without auto-indent."""
+    lines = start["text"].split("\n")
+    lines[start["line"]] = ""
+    return {**start, "indent": "", "text": "\n".join(lines)}
+
+
 def run(starts: list[dict], model: Path, layout: str, threads: int, healing: bool = True) -> dict:
     from completion import CompletionConfig, CompletionService
     from completion.types import Position
@@ -143,9 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-healing", dest="healing", action="store_false", help="setting token_healing = false")
+    p.add_argument("--first-column", action="store_true",
+                   help="the emptied line blank and the cursor at its first column, not after its indentation")
+    p.add_argument("--packages", nargs="+", default=HELD_OUT,
+                   help="draw line starts from these installed packages (default: the held-out ones)")
     p.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     args = p.parse_args(argv)
-    starts = line_starts(args.count, args.seed)
+    starts = line_starts(args.count, args.seed, tuple(args.packages))
+    if args.first_column:
+        starts = [at_first_column(start) for start in starts]
     if len(starts) < args.count:
         print(f"typing_acceptance: only {len(starts)} line starts found", file=sys.stderr)
     figures = run(starts, args.model, args.layout, args.threads, args.healing)
@@ -155,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         model = "bundled" if args.model.resolve() == BUNDLED.resolve() else args.model.name
         packages = ", ".join(sorted({s["file"].split("/")[0] for s in starts}))
         command = "python benchmarks/typing_acceptance.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-        write_row(DOCS, HEADER, [model, args.layout, str(figures["n"]), f"{figures['accepted']:.1f} %",
+        cursor = ", first column" if args.first_column else ""
+        write_row(DOCS, HEADER, [model, args.layout + cursor, str(figures["n"]), f"{figures['accepted']:.1f} %",
                                  f"{figures['kept']:.1f} %", f"{figures['empty']:.1f} %",
                                  f"{figures['p50_ms']:.0f}", packages, time.strftime("%Y-%m-%d"),
                                  f"`{command.strip()}`"], ROW_KEY)
