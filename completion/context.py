@@ -21,7 +21,7 @@ import tree_sitter
 from completion.document import utf8_length
 from completion.languages import LanguageSpec
 from completion.related import RelatedIndex, Snippet, Source, comment_of, related_snippets
-from completion.windows import Count, Cursor, choose_windows, indent_width
+from completion.windows import Count, Cursor, choose_windows, indent_width, indentation
 
 # What may follow the cursor on its line for a completion to make sense there: closing
 # brackets and quotes (they are kept, or replaced by a suggestion that includes them) and
@@ -75,16 +75,12 @@ def editor_indent(language: LanguageSpec | None, tree: tree_sitter.Tree | None, 
     above = _previous_non_blank(cursor)
     if above is None:
         return ""
-    base, following = _leading(cursor.lines.line_text(above)), cursor.next_line()
+    base, following = indentation(cursor.lines.line_text(above)), cursor.next_line()
     if language is not None and tree is not None and block_opener(language, tree, cursor) is not None:
         if following is not None and indent_width(following) > indent_width(base):
-            return _leading(following)
+            return indentation(following)
         return base + _indent_unit(cursor, base)
     return base if following is not None and indent_width(following) > 0 else ""
-
-
-def _leading(line: str) -> str:
-    return line[:len(line) - len(line.lstrip(" \t"))]
 
 
 def _indent_unit(cursor: Cursor, base: str) -> str:

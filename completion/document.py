@@ -211,12 +211,15 @@ def edit_tree(tree: tree_sitter.Tree, text: str, start: int, end: int, inserted:
 MAX_PARSE_CHARS = 1 << 20   # longer texts are not parsed (a Workspace's default; the server's max_parse_kb)
 
 
-def parse(language: LanguageSpec, text: str, max_chars: int = MAX_PARSE_CHARS) -> tree_sitter.Tree | None:
-    """A fresh tree of `text` (used for snapshots whose document has moved on); None when the
-    text is longer than `max_chars`: parsing it would hold up every other request."""
+def parse(language: LanguageSpec, text: str, max_chars: int = MAX_PARSE_CHARS,
+          edited: tree_sitter.Tree | None = None) -> tree_sitter.Tree | None:
+    """A tree of `text` (used for snapshots whose document has moved on), fresh or, from
+    `edited` (a tree of the text before, told of the edits: `edit_tree`), incremental; None when
+    the text is longer than `max_chars`: parsing it would hold up every other request."""
     if len(text) > max_chars:
         return None
-    return language.parser().parse(tree_source(text))
+    parser = language.parser()
+    return parser.parse(tree_source(text), edited) if edited is not None else parser.parse(tree_source(text))
 
 
 class DocumentState:

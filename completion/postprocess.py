@@ -39,7 +39,7 @@ from completion.context import block_opener
 from completion.document import edit_tree, encode, lf, line_ending, tree_source
 from completion.languages import LanguageSpec
 from completion.types import Range, Suggestion
-from completion.windows import Cursor, indent_width
+from completion.windows import Cursor, indent_width, indentation
 
 _WORD = re.compile(r"\w")
 BEFORE_LINES = 10          # lines before the cursor scanned for open brackets (the range rule)
@@ -82,7 +82,7 @@ def plan_for(mode: str, language: LanguageSpec | None, tree: tree_sitter.Tree | 
         assert language is not None and tree is not None, "block mode is decided on a parsed document"
         opener = block_opener(language, tree, cursor)
         text = lines.line_text(opener if opener is not None else cursor.line)
-        opener_indent = text[:len(text) - len(text.lstrip(" \t"))]
+        opener_indent = indentation(text)
     offset, start = cursor.offset, max(cursor.line_start, cursor.offset - PLAN_CHARS)
     first = min(max(lines.starts[max(cursor.line - BEFORE_LINES, 0)], offset - PLAN_CHARS), cursor.line_start)
     return Plan(mode, cursor.text[start:offset], cursor.text[offset:min(cursor.line_end, offset + PLAN_CHARS)],

@@ -36,7 +36,7 @@ from completion.alternatives import branches, distinct
 from completion.cache import LruCache
 from completion.config import CompletionConfig
 from completion.context import build_context, decide, editor_indent
-from completion.document import Lines, Workspace, parse
+from completion.document import Lines, Workspace, edit_tree, parse
 from completion.gate import language_off
 from completion.generation import answer, generate, prompt_limit, sampling_for
 from completion.languages import LanguageSpec, language_for
@@ -181,7 +181,7 @@ class CompletionService:
             clock = time.perf_counter()
         missing = editor_indent(language, tree, cursor)
         if missing:
-            return self._indented(snapshot, language, cursor, missing, cancel, count, timings["parse"])
+            return self._indented(snapshot, language, tree, cursor, missing, cancel, count, timings["parse"])
         tokenize_s, query_s = self._count.seconds, self._related.query_seconds
         mode, why = decide(language, tree, cursor, config.multiline)
         if mode == "none":
@@ -229,20 +229,25 @@ class CompletionService:
             why = "" if suggestions else why
         return CompletionResult(suggestions, mode, source, timings, stats, reason=why, parts_ms=parts)
 
-    def _indented(self, snapshot: Snapshot, language: LanguageSpec | None, cursor: Cursor, missing: str,
+    def _indented(self, snapshot: Snapshot, language: LanguageSpec | None, tree, cursor: Cursor, missing: str,
                   cancel: CancelToken, count: int, parse_ms: float) -> CompletionResult:
         """Complete as if the indentation an editor would have put there (`missing`) were typed
-        (context.editor_indent), and show it as the start of each suggestion."""
+        (context.editor_indent), and show it as the start of each suggestion: an insertion at
+        the cursor, which ends its line (nothing follows it to replace). The indented text's
+        tree is the current one edited and parsed again incrementally, not from scratch."""
         offset = cursor.offset
         text = snapshot.text[:offset] + missing + snapshot.text[offset:]
-        indented = Cursor(Lines(text), offset + len(missing))
-        result = self._run(dataclasses.replace(snapshot, text=text), language, indented, cancel, None, count, parse_ms)
-        lines = cursor.lines
-        moved = []
-        for s in result.suggestions:
-            covered = indented.lines.offset(s.range.end) - indented.offset
-            moved.append(Suggestion(missing + s.text, Range(lines.position(offset), lines.position(offset + covered))))
-        return dataclasses.replace(result, suggestions=moved)
+        indented = Cursor(cursor.lines.edited(text, offset, offset, len(missing)), offset + len(missing))
+        clock = time.perf_counter()
+        if tree is not None and language is not None:
+            tree = tree.copy()
+            edit_tree(tree, snapshot.text, offset, offset, missing)
+            tree = parse(language, text, self.workspace.max_parse_chars, edited=tree)
+        result = self._run(dataclasses.replace(snapshot, text=text), language, indented, cancel, tree, count,
+                           parse_ms + _ms(clock))
+        at = cursor.lines.position(offset)
+        return dataclasses.replace(result, suggestions=[Suggestion(missing + s.text, Range(at, at))
+                                                        for s in result.suggestions])
 
     def _postprocess(self, raw: str, stats: dict, plan: Plan, language, tree,
                      cursor: Cursor) -> tuple[list[Suggestion], str]:

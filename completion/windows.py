@@ -62,10 +62,14 @@ class Cursor:
         return None
 
 
+def indentation(line: str) -> str:
+    """The line's leading blanks (spaces and tabs)."""
+    return line[:len(line) - len(line.lstrip(" \t"))]
+
+
 def indent_width(line: str) -> int:
     """Columns of leading whitespace (a tab counts four)."""
-    stripped = line.lstrip(" \t")
-    return len(line[:len(line) - len(stripped)].expandtabs(4))
+    return len(indentation(line).expandtabs(4))
 
 
 

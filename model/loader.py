@@ -227,9 +227,10 @@ def build_model(tensors, args: ModelArgs, dtype: str = "float32", device: str = 
             scale_key, scheme = quantized[target]
             if scheme == "int4":
                 if target.endswith(_KV_B):   # absorbed attention's W_UK, from the float weight
-                    attention = model.get_submodule(target[: -len(_KV_B)])
+                    name = target[: -len(_KV_B)]
+                    attention = model.get_submodule(name)
                     assert isinstance(attention, MLA), target
-                    absorbed[target[: -len(_KV_B)]] = attention.int4_query_weight(state[target])
+                    absorbed[name] = attention.int4_query_weight(state[target])
                 state[target], state[scale_key] = quantize_q4(state[target])
             else:
                 q, scale = quantize_rows(state[target])

@@ -139,7 +139,9 @@ class MLA(nn.Module):
     def _int4_absorbable(self) -> bool:
         """Whether each head's W_UK and W_UV are whole tiles of 8 rows of kv_b_proj, and W_UK
         transposed has whole blocks of 32 inputs (model/int4.py)."""
-        return self.nope_dim % 32 == 0 and self.v_dim % 8 == 0 and self.rank % 8 == 0
+        from .int4 import TILE, fits_int4
+
+        return fits_int4(self.nope_dim) and self.v_dim % TILE == 0 and self.rank % TILE == 0
 
     def int4_query_weight(self, kv_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """W_UK transposed, (H * R, nope), in 4 bits, from kv_b_proj's float weight (H * (nope +
