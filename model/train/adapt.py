@@ -213,7 +213,7 @@ def _write_note(ws: Workspace, note: dict) -> None:
 
 
 def adapt(ws: Workspace, files: list[tuple[str, str]], base_dir: Path, minutes: float = 5.0, log=print,
-          lr: float = 5e-4, threads: int = 0, train: str = TRAINED[0]) -> dict:
+          lr: float = 5e-4, threads: int = 0, train: str = TRAINED[0], passes: float = MAX_EPOCHS) -> dict:
     """Adapt the model in `base_dir` to `files` ((path relative to the workspace, text)) for
     `minutes` of training (what is left of them when a stopped run goes on). Returns the
     summary (also kept in the workspace's note), or {"stopped": …} when SIGTERM / SIGINT came
@@ -228,7 +228,7 @@ def adapt(ws: Workspace, files: list[tuple[str, str]], base_dir: Path, minutes: 
     budget = Budget()                       # its deadline is set when the run begins
     previous = {s: signal.signal(s, budget.ask_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _adapt(ws, files, base_dir, base_cfg, preset, budget, minutes, log, lr, threads, train)
+        return _adapt(ws, files, base_dir, base_cfg, preset, budget, minutes, log, lr, threads, train, passes)
     except AdaptError:
         if not ws.adapted() and not (ws.home / "run" / "checkpoint.pt").is_file():
             shutil.rmtree(ws.home, ignore_errors=True)      # nothing worth keeping was made
@@ -239,7 +239,7 @@ def adapt(ws: Workspace, files: list[tuple[str, str]], base_dir: Path, minutes: 
 
 
 def _adapt(ws: Workspace, files, base_dir: Path, base_cfg: dict, preset: str, budget: Budget, minutes: float,
-           log, lr: float, threads: int, train: str) -> dict:
+           log, lr: float, threads: int, train: str, passes: float) -> dict:
     identity = base_identity(base_dir)
     ws.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     run_dir = ws.home / "run"
@@ -288,7 +288,7 @@ def _adapt(ws: Workspace, files, base_dir: Path, base_cfg: dict, preset: str, bu
         if going_on:
             trainer.load_checkpoint()
         budget.deadline = time.time() + max(0.01, minutes * STABLE_SHARE - trainer.state.train_seconds / 60) * 60
-        budget.max_tokens = max(1, int(MAX_EPOCHS * STABLE_SHARE * train_tokens))
+        budget.max_tokens = max(1, int(passes * STABLE_SHARE * train_tokens))
         why = trainer.run(budget)
         if why != "budget":
             return {"stopped": why, "minutes_done": trainer.state.train_seconds / 60}
