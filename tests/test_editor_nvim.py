@@ -71,6 +71,9 @@ class Neovim:
                          env, cwd=tmp)
         wait_for(lambda: Path(self.socket).exists(), 20, "Neovim's RPC socket")
         self.api = pynvim.attach("socket", path=self.socket)
+        # the socket listens before init.lua is sourced, and Neovim answers requests meanwhile:
+        # a first `require('latent')` could run before init.lua put the plugin on the runtimepath
+        wait_for(lambda: self.api.eval("v:vim_did_enter") == 1, 20, "Neovim's startup (init.lua sourced)")
 
     def unblocked(self) -> None:
         """Fail, showing the screen, when Neovim waits at a prompt (hit-enter after an error or
