@@ -19,7 +19,8 @@ superseded it, or the pipeline failed (logged). Each such skip has its reason (a
 completion.types.REASONS), which the status carries. A position outside the document or an
 unknown document is an InvalidParams error. Ghost text while typing waits `debounce_ms` on the
 worker first, so a keystroke that follows soon replaces it unrun. Each answered completion is
-one log line with its figures, and a `latent/status`.
+one log line with its figures, and a `latent/status`; so is model work whose request the client
+cancelled once the model had answered (its figures become the status's `lastModel`).
 """
 from __future__ import annotations
 
@@ -174,6 +175,7 @@ class Requests:
         except asyncio.CancelledError:       # $/cancelRequest, or shutdown
             request.job.cancel.cancel()
             log.debug("%s %s: cancelled by the client", kind, where)
+            self._keep_model_figures(request)
             raise
         except InvalidPosition as e:
             log.warning("%s %s: %s", kind, where, e)
@@ -190,12 +192,50 @@ class Requests:
         self._record(request, result, started)
         return result.suggestions
 
+    def _keep_model_figures(self, request: Request) -> None:
+        """A request the client cancelled may still have run the model to the end (the job had
+        finished, or was past the engine): the next keystrokes are then answered from it by
+        typing-through, so its figures are the model's latest for the status (`lastModel`)."""
+        assert request.job is not None
+        loop = asyncio.get_running_loop()
+
+        def done(future) -> None:   # the worker thread, or at once where the job had finished
+            if future.cancelled() or future.exception() is not None or future.result() is None:
+                return
+            result, started = future.result()
+            if result.source == "model":
+                loop.call_soon_threadsafe(self._record_model, request, result, started)
+
+        request.job.future.add_done_callback(done)
+
+    def _record_model(self, request: Request, result: CompletionResult, started: float) -> None:
+        if self.session.shut_down:
+            return
+        self.session.status.last_model = self._figures(request, result, started)
+        log.debug("%s %s: the model had answered (%.1f ms in the engine) before the client cancelled",
+                  request.kind, request.where(), result.timings_ms.get("engine", 0.0))
+        status.send(self.session)
+
     def _record(self, request: Request, result: CompletionResult, started: float) -> None:
         """Log the completion's stage timings and token figures, and send the status."""
+        last = self._figures(request, result, started)
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_ms.items() if k != "total")
+        log.info("%s %s: %s/%s in %.1f ms (queue %.1f%s) reused %d prefilled %d generated %d%s -> %d suggestion(s)%s",
+                 request.kind, request.where(), result.source, result.mode, last["latencyMs"], last["queueMs"],
+                 f", {stages}" if stages else "", last["reusedTokens"], last["prefilledTokens"],
+                 last["generatedTokens"], ", typing-through" if last["typingThrough"] else "",
+                 len(result.suggestions), f" ({result.reason})" if result.reason else "")
+        self.session.status.last = last
+        if result.source == "model":
+            self.session.status.last_model = last
+        status.send(self.session)
+
+    def _figures(self, request: Request, result: CompletionResult, started: float) -> dict:
+        """A completion's figures, as the status carries them (`last`, `lastModel`)."""
         now = time.perf_counter()
         stats = result.engine_stats or {}
         model = result.source == "model"
-        last = {
+        return {
             "request": request.id, "method": request.kind, "source": result.source, "mode": result.mode,
             "suggestions": len(result.suggestions),
             "latencyMs": round((now - request.arrived) * 1e3, 3),
@@ -211,11 +251,3 @@ class Requests:
             "reason": result.reason,                      # no suggestion: why (completion.types.REASONS)
             "reasonText": REASONS.get(result.reason, ""),
         }
-        stages = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_ms.items() if k != "total")
-        log.info("%s %s: %s/%s in %.1f ms (queue %.1f%s) reused %d prefilled %d generated %d%s -> %d suggestion(s)%s",
-                 request.kind, request.where(), result.source, result.mode, last["latencyMs"], last["queueMs"],
-                 f", {stages}" if stages else "", last["reusedTokens"], last["prefilledTokens"],
-                 last["generatedTokens"], ", typing-through" if last["typingThrough"] else "",
-                 len(result.suggestions), f" ({result.reason})" if result.reason else "")
-        self.session.status.last = last
-        status.send(self.session)

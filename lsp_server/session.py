@@ -63,6 +63,7 @@ class Session:
         self.service = CompletionService(engine, settings.completion_config(), workspace=self.documents)
         self.engine = engine
         self.status.cache = {}
+        self.status.last_model = None   # another engine: the old one's figures say nothing of it
 
     def workspace_root(self) -> str | None:
         """The folder the client opened (its first workspace folder, or the root path)."""

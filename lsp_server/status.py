@@ -1,12 +1,14 @@
 """`latent/status`: a notification clients can show in a status bar.
 
     {"state": "loading" | "ready" | "error", "enabled": true, "model": "bundled",
-     "message": "…", "lastLatencyMs": 12.5, "last": {…}, "cache": {…},
+     "message": "…", "lastLatencyMs": 12.5, "last": {…}, "lastModel": {…}, "cache": {…},
      "snoozedUntil": 1796000000.0}                    # only while snoozed (latent.toggle)
 
 It is sent when the state changes, when `enable` flips and after every completion
-(`last` describes that completion; `cache` holds the engine's cache figures, refreshed at
-most once a second, and at once by latent.clearCache).
+(`last` describes that completion; `lastModel` the last one the model computed, with the same
+keys — also one whose request the client cancelled after the model had answered, since
+typing-through then answers the next keystrokes from it; `cache` holds the engine's cache
+figures, refreshed at most once a second, and at once by latent.clearCache).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class Status:
     enabled: bool = True
     snoozed_until: float | None = None   # a snooze (latent.toggle false, minutes) ends then: Unix seconds
     last: dict | None = None
+    last_model: dict | None = None   # the last completion the model computed (source "model")
     cache: dict = field(default_factory=dict)
     _cache_at: float = -1e9
 
@@ -36,6 +39,8 @@ class Status:
         if self.last is not None:
             out["lastLatencyMs"] = self.last.get("latencyMs")
             out["last"] = self.last
+        if self.last_model is not None:
+            out["lastModel"] = self.last_model
         return out
 
     def refresh_cache(self, engine, *, force: bool = False) -> None:

@@ -71,9 +71,9 @@ function statusLines(status: Stats["status"], settings: Figures): string[] {
   if (last) {
     const what = last.suggestions ? `${last.suggestions} suggestion(s)` : `nothing: ${last.reasonText || last.reason || "—"}`;
     rows.push(["Last answer", `${last.source}${last.mode && last.mode !== "none" ? `, ${last.mode}` : ""}, ${what}`]);
-    if (last.source === "model") rows.push(["Last model answer", modelFigures(last)]);
     rows.push(["Last latency (request to answer)", `${Math.round(num(last.latencyMs))} ms`]);
   }
+  if (status.lastModel) rows.push(["Last model answer", modelFigures(status.lastModel)]);
   return ["## Status", "", ...table(["Status", "Now"], rows)];
 }
 

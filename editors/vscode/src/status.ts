@@ -1,8 +1,10 @@
 // The status bar item, fed by the server's `latent/status` notification (lsp_server/status.py).
 //
 // Its text shows the state and the MODEL's latency — of the last answer the model computed
-// (engine time) and the tokens it generated: an answer typed through or taken from the cache
-// costs ~1 ms and says nothing about the model, so it never replaces that figure. The tooltip
+// (engine time) and the tokens it generated, the server's `lastModel`: an answer typed through or
+// taken from the cache costs ~1 ms and says nothing about the model, so it never replaces that
+// figure (and an answer the model computed for a request the editor had already cancelled, which
+// the typed-through answers after it come from, does). The tooltip
 // says what the last answer was, why it was empty, and until when a snooze lasts.
 import * as vscode from "vscode";
 
@@ -29,6 +31,7 @@ export interface Status {
   message?: string;
   snoozedUntil?: number; // Unix seconds
   last?: Answer;
+  lastModel?: Answer; // the last answer the model computed
   cache?: { tokens?: number; bytes?: number; budgetBytes?: number; hitRate?: number };
 }
 
@@ -50,7 +53,6 @@ export function modelFigures(answer: Answer): string {
 
 export class StatusItem {
   private status: Status | undefined;
-  private lastModel: Answer | undefined; // the last answer whose source is "model"
 
   constructor(private readonly item: vscode.StatusBarItem) {
     item.name = "Latent";
@@ -60,12 +62,10 @@ export class StatusItem {
   /** A new server (restart): forget the old one's figures. */
   reset(): void {
     this.status = undefined;
-    this.lastModel = undefined;
   }
 
   update(status: Status): void {
     this.status = status;
-    if (status.last?.source === "model") this.lastModel = status.last;
   }
 
   get current(): Status | undefined {
@@ -93,7 +93,7 @@ export class StatusItem {
       item.text = "$(circle-slash) Latent off";
       item.tooltip = this.tooltip(status, view);
     } else {
-      const figures = [...(view.manual ? ["manual"] : []), ...(this.lastModel ? [modelFigures(this.lastModel)] : [])];
+      const figures = [...(view.manual ? ["manual"] : []), ...(status.lastModel ? [modelFigures(status.lastModel)] : [])];
       item.text = ["$(check) Latent", figures.join(" · ")].filter(Boolean).join(" ");
       item.tooltip = this.tooltip(status, view);
     }
@@ -110,7 +110,7 @@ export class StatusItem {
     } else if (view.manual) {
       lines.push("Trigger: manual, suggestions only when you ask (Alt+\\)");
     }
-    const model = this.lastModel;
+    const model = status.lastModel;
     if (model) {
       const ms = Math.round(model.engineMs || model.pipelineMs || model.latencyMs || 0);
       const total = model.latencyMs != null ? `, answered ${Math.round(model.latencyMs)} ms after the request` : "";
