@@ -9,8 +9,9 @@
    at most MAX_CONTINUED_LINES; *block* keeps lines while they are indented deeper than the
    block's opener, plus a closing line the cursor's line already ends with;
 3. cut where the model starts repeating the suffix's next non-blank line;
-4. cut repetition loops (a block of lines three times in a row; when the model ran out of
-   tokens, a short unit repeated at the end);
+4. cut repetition loops (a block of lines three times in a row; a line nested in the block of
+   a line that reads the same, `if x:` / `    if x:`; when the model ran out of tokens, a short
+   unit repeated at the end);
 5. trim trailing whitespace; empty or whitespace-only answers become "";
 6. drop an echo: a suggestion that only writes again what is right before the cursor (the text
    just accepted, or the line above) — after an accept, the model likes to repeat it;
@@ -42,6 +43,7 @@ from completion.types import Range, Suggestion
 from completion.windows import Cursor, indent_width, indentation
 
 _WORD = re.compile(r"\w")
+_WORDS = re.compile(r"\w+")
 BEFORE_LINES = 10          # lines before the cursor scanned for open brackets (the range rule)
 PLAN_CHARS = 4096          # characters at most of the cursor's line kept on each side, and scanned
                            # before it: a line of megabytes is not copied on every streamed token
@@ -286,7 +288,28 @@ def _cut_loops(text: str, plan: Plan, hit_limit: bool) -> str:
             if all(lines[start + k * period:start + (k + 1) * period] == block
                    for k in range(1, LOOP_COPIES)):
                 return "\n".join(lines[:start + period])[len(plan.head):]
+    nested = _nested_repeat_at(lines)
+    if nested is not None:
+        return "\n".join(lines[:nested])[len(plan.head):]
     return _cut_char_loop(text) if hit_limit else text
+
+
+def _nested_repeat_at(lines: list[str]) -> int | None:
+    """The first line that reads the same as a line whose block it is nested in (every line from
+    there to it indented deeper): the model opening the same block again inside itself. Lines
+    of one word (`else:`, `try:`, `} else {`) nest in themselves in real code and are let be."""
+    enclosing: list[tuple[int, str]] = []   # (indentation, text) of the lines still open above
+    for index, line in enumerate(lines):
+        text = line.strip()
+        if not text:
+            continue
+        width = indent_width(line)
+        while enclosing and enclosing[-1][0] >= width:
+            enclosing.pop()
+        if len(_WORDS.findall(text)) > 1 and any(text == above for _, above in enclosing):
+            return index
+        enclosing.append((width, text))
+    return None
 
 
 def _cut_char_loop(text: str) -> str:

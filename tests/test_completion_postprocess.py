@@ -101,6 +101,14 @@ CASES = {
         "python", "def f(xs):\n    n = len(xs)\n    █\n", "result = dict(\n        a=1,", None, 0),
     "py line: a repetition loop is cut": (
         "python", "def f():\n    █\n", "x = 1\n    x = 1\n    x = 1\n    x = 1", "x = 1", 0),
+    "py block: a block opened again inside itself is cut there": (
+        "python", "def f(data):\n    for key in data:█\n    return data\n",
+        '\n        if key in ("a", "b"):\n            if key in ("a", "b"):\n                continue',
+        '\n        if key in ("a", "b"):', 0),
+    "py block: one-word lines nest in themselves in real code": (
+        "python", "def f(a, b):█\n",
+        "\n    if a:\n        pass\n    else:\n        if b:\n            pass\n        else:\n            pass",
+        "\n    if a:\n        pass\n    else:\n        if b:\n            pass\n        else:\n            pass", 0),
     "py line: the end of sentence token ends the answer": (
         "python", "x = █\n", f"42{EOS}\nrubbish", "42", 0),
     "py block: CRLF document gets CRLF suggestions": (
