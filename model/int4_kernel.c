@@ -298,35 +298,61 @@ int q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const uint
    (its bytes), laid out as `q4_matmul` takes them: w13 (ceil(2I/8), D/32, 128), s13 (ceil(2I/8),
    D/32, 8), w2 (ceil(D/8), I/32, 128), s2 (ceil(D/8), I/32, 8). D and I multiples of 32. The
    same integers and, per product, the same sums as `q4_matmul` on each expert; silu is
-   computed here (expf), so its floats may differ from PyTorch's in the last bits. */
+   computed here (expf), so its floats may differ from PyTorch's in the last bits.
+
+   A token costs two parallel regions, not two an expert: the k experts' w13 tiles are shared
+   among the threads as one list, then each thread takes a share of the output's tiles through
+   all k experts' w2 and sums its own rows (in expert order: the same floats as one expert at a
+   time). Between regions the threads wait and the weight stream restarts; with k = 6 that was
+   12 restarts a layer. */
 int q4_moe(const float *x, int64_t M, int64_t D, const int64_t *idx, const float *gates, int64_t k,
            const uint8_t *w13, const uint16_t *s13, const uint8_t *w2, const uint16_t *s2, int64_t I,
            float *y, int threads, int path) {
     if (D % BLOCK || I % BLOCK) return -1;
     tiles_fn run = tiles_for(path);
-    int64_t rows13 = (2 * I + TILE - 1) / TILE * TILE, rows2 = (D + TILE - 1) / TILE * TILE;
-    size_t bytes13 = (size_t)rows13 / TILE * (D / BLOCK) * TILE_BLOCK, scales13 = (size_t)rows13 * (D / BLOCK);
-    size_t bytes2 = (size_t)rows2 / TILE * (I / BLOCK) * TILE_BLOCK, scales2 = (size_t)rows2 * (I / BLOCK);
-    size_t in_bytes = activations_bytes(1, D), mid_bytes = activations_bytes(1, I);
-    char *work = malloc(in_bytes + mid_bytes + sizeof(float) * (size_t)(2 * I + I + D));
+    int64_t tiles13 = (2 * I + TILE - 1) / TILE, tiles2 = (D + TILE - 1) / TILE;
+    size_t bytes13 = (size_t)tiles13 * (D / BLOCK) * TILE_BLOCK, scales13 = (size_t)tiles13 * TILE * (D / BLOCK);
+    size_t bytes2 = (size_t)tiles2 * (I / BLOCK) * TILE_BLOCK, scales2 = (size_t)tiles2 * TILE * (I / BLOCK);
+    size_t in_bytes = activations_bytes(1, D), mid_bytes = activations_bytes(k, I);
+    char *work = malloc(in_bytes + mid_bytes + sizeof(float) * (size_t)(k * 2 * I + k * I + k * D));
     if (!work) return -2;
-    activations in = activations_at(work, 1, D), mid = activations_at(work + in_bytes, 1, I);
-    float *up_gate = (float *)(work + in_bytes + mid_bytes), *hidden = up_gate + 2 * I, *out = hidden + I;
+    activations in = activations_at(work, 1, D), mid = activations_at(work + in_bytes, k, I);
+    float *up_gate = (float *)(work + in_bytes + mid_bytes), *hidden = up_gate + k * 2 * I, *out = hidden + k * I;
+    int64_t blocks_i = I / BLOCK, total13 = k * tiles13;
+    int team = threads < 1 ? 1 : threads;
     for (int64_t m = 0; m < M; m++) {
+        const int64_t *chosen = idx + m * k;
         float *row = y + m * D;
-        memset(row, 0, sizeof(float) * (size_t)D);
         quantize_rows(x + m * D, 1, D, in.q, in.scale, in.sum8);
-        for (int64_t j = 0; j < k; j++) {
-            int64_t e = idx[m * k + j];
-            product(in, 1, D, w13 + e * bytes13, s13 + e * scales13, 2 * I, up_gate, threads, run);
-            for (int64_t i = 0; i < I; i++) {
-                float g = up_gate[i];
-                hidden[i] = g / (1.0f + expf(-g)) * up_gate[I + i];
+        int share13 = team > total13 ? (int)total13 : team;
+        #pragma omp parallel for num_threads(share13) schedule(static)
+        for (int t = 0; t < share13; t++) {                /* [gate; up] of every chosen expert */
+            int64_t first = total13 * t / share13, last = total13 * (t + 1) / share13;
+            for (int64_t j = first / tiles13; j < k && j * tiles13 < last; j++) {
+                int64_t lo = first > j * tiles13 ? first - j * tiles13 : 0;
+                int64_t hi = last < (j + 1) * tiles13 ? last - j * tiles13 : tiles13;
+                run(w13 + chosen[j] * bytes13, s13 + chosen[j] * scales13, lo, hi, D, in.q, in.scale, in.sum8, 1,
+                    up_gate + j * 2 * I, 2 * I);
             }
-            quantize_rows(hidden, 1, I, mid.q, mid.scale, mid.sum8);
-            product(mid, 1, I, w2 + e * bytes2, s2 + e * scales2, D, out, threads, run);
-            float gate = gates[m * k + j];
-            for (int64_t i = 0; i < D; i++) row[i] += gate * out[i];
+        }
+        for (int64_t j = 0; j < k; j++)
+            for (int64_t i = 0; i < I; i++) {
+                float g = up_gate[j * 2 * I + i];
+                hidden[j * I + i] = g / (1.0f + expf(-g)) * up_gate[j * 2 * I + I + i];
+            }
+        quantize_rows(hidden, k, I, mid.q, mid.scale, mid.sum8);
+        int share2 = team > tiles2 ? (int)tiles2 : team;
+        #pragma omp parallel for num_threads(share2) schedule(static)
+        for (int t = 0; t < share2; t++) {                 /* down: each thread its rows, all experts */
+            int64_t first = tiles2 * t / share2, last = tiles2 * (t + 1) / share2;
+            int64_t r0 = first * TILE, r1 = last * TILE < D ? last * TILE : D;
+            for (int64_t i = r0; i < r1; i++) row[i] = 0.0f;
+            for (int64_t j = 0; j < k; j++) {
+                run(w2 + chosen[j] * bytes2, s2 + chosen[j] * scales2, first, last, I, mid.q + j * I,
+                    mid.scale + j * blocks_i, mid.sum8 + j * blocks_i, 1, out + j * D, D);
+                float gate = gates[m * k + j];
+                for (int64_t i = r0; i < r1; i++) row[i] += gate * out[j * D + i];
+            }
         }
     }
     free(work);
