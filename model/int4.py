@@ -236,10 +236,19 @@ class Int4Linear(nn.Module):
 
 class Int4Experts(Experts):
     """Stacked experts in 4 bits, each run through the kernel when it is chosen; a decode step's
-    token goes through all of its experts in one call (`run_chosen`, the kernel's `q4_moe`)."""
+    token goes through all of its experts in one call (`run_chosen`, the kernel's `q4_moe`).
+
+    The layer's shared experts can ride along (`attach_shared`): cut out of the shared MLP's
+    4 bits into experts of the routed experts' shape, numbered after them, so the MoE layer
+    lists them with gate 1 beside the routed ones it chose — one kernel call a token for all of
+    the layer's feed-forward."""
 
     s13: torch.Tensor
     s2: torch.Tensor
+    shared_w13: torch.Tensor   # attach_shared: (shared, ceil(2I/8), D/32, 128), and so on as the routed ones
+    shared_s13: torch.Tensor
+    shared_w2: torch.Tensor
+    shared_s2: torch.Tensor
 
     def __init__(self, w13: torch.Tensor, s13: torch.Tensor, w2: torch.Tensor, s2: torch.Tensor,
                  dim: int, inter_dim: int) -> None:
@@ -250,6 +259,9 @@ class Int4Experts(Experts):
         self.register_buffer("w2", w2)                    # (E, ceil(D/8), I/32, 128) uint8
         self.register_buffer("s2", s2)                    # (E, ceil(D/8), I/32, 8) float16
         self.batched_decode = True     # run_chosen: one kernel call for the token's k experts
+        self.n_routed = w13.shape[0]
+        self.n_shared = 0              # attach_shared: experts n_routed .. n_routed + n_shared - 1
+        self._addresses: tuple[int, tuple[torch.Tensor, ...]] | None = None   # (w13's address, tables)
 
     @classmethod
     def from_experts(cls, experts: Experts) -> "Int4Experts":
@@ -257,9 +269,51 @@ class Int4Experts(Experts):
         w2, s2 = quantize_q4(experts.w2.data)
         return cls(w13, s13, w2, s2, experts.w13.shape[2], experts.inter_dim)
 
+    def attach_shared(self, gate_up: nn.Module, down: nn.Module) -> int:
+        """Take a shared MLP's products (gate rows then up rows, `MLP.fuse`; and down) as
+        experts of this shape: its inter_dim a multiple of ours, each expert a slice of whole
+        tiles of gate and of up and of whole blocks of down — the same 4 bits, no rounding. The
+        expert sum of silu(gate) * up through down is the MLP's, split over its inner units.
+        The number of experts attached: 0 where the layers are not 4-bit or do not cut so."""
+        if self.n_shared or not isinstance(gate_up, Int4Linear) or not isinstance(down, Int4Linear):
+            return 0
+        inner, tiles, blocks = gate_up.out_features // 2, self.inter_dim // TILE, self.inter_dim // GROUP
+        if (gate_up.in_features != self.dim or down.out_features != self.dim or down.in_features != inner
+                or inner % self.inter_dim or self.inter_dim % TILE):
+            return 0
+        n = inner // self.inter_dim
+        gate_w, up_w = gate_up.weight[: n * tiles], gate_up.weight[n * tiles: 2 * n * tiles]
+        gate_s, up_s = gate_up.scale[: n * tiles], gate_up.scale[n * tiles: 2 * n * tiles]
+        pick = range(n)
+        self.register_buffer("shared_w13", torch.stack([torch.cat((gate_w[h * tiles:(h + 1) * tiles],
+                                                                   up_w[h * tiles:(h + 1) * tiles])) for h in pick]))
+        self.register_buffer("shared_s13", torch.stack([torch.cat((gate_s[h * tiles:(h + 1) * tiles],
+                                                                   up_s[h * tiles:(h + 1) * tiles])) for h in pick]))
+        self.register_buffer("shared_w2", torch.stack([down.weight[:, h * blocks:(h + 1) * blocks] for h in pick]))
+        self.register_buffer("shared_s2", torch.stack([down.scale[:, h * blocks:(h + 1) * blocks] for h in pick]))
+        self.n_shared, self._addresses = n, None
+        return n
+
+    def expert(self, e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Expert e's (w13, s13, w2, s2): a routed one, or from n_routed on a shared one."""
+        if e < self.n_routed:
+            return self.w13[e], self.s13[e], self.w2[e], self.s2[e]
+        h = e - self.n_routed
+        return self.shared_w13[h], self.shared_s13[h], self.shared_w2[h], self.shared_s2[h]
+
+    def addresses(self) -> tuple[torch.Tensor, ...]:
+        """Where each expert's w13, s13, w2 and s2 start (int64 tables for the kernel), made once
+        (again only if the weights moved)."""
+        if self._addresses is None or self._addresses[0] != self.w13.data_ptr():
+            parts = [self.expert(e) for e in range(self.n_routed + self.n_shared)]
+            tables = tuple(torch.tensor([p[i].data_ptr() for p in parts], dtype=torch.int64) for i in range(4))
+            self._addresses = (self.w13.data_ptr(), tables)
+        return self._addresses[1]
+
     def run(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        gate, up = q4_matmul(x, self.w13[e], self.s13[e], 2 * self.inter_dim).chunk(2, dim=-1)
-        return q4_matmul(F.silu(gate) * up, self.w2[e], self.s2[e], self.dim).to(x.dtype)
+        w13, s13, w2, s2 = self.expert(e)
+        gate, up = q4_matmul(x, w13, s13, 2 * self.inter_dim).chunk(2, dim=-1)
+        return q4_matmul(F.silu(gate) * up, w2, s2, self.dim).to(x.dtype)
 
     def run_chosen(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, path: str | None = None) -> torch.Tensor:
         """Tokens x (T, D), each through its k experts idx (T, k), weighted and summed -> (T, D),
@@ -272,16 +326,17 @@ class Int4Experts(Experts):
         chosen = idx.to(torch.int64).contiguous()
         gates = weights.float().contiguous()
         y = torch.empty_like(rows)
+        w13, s13, w2, s2 = self.addresses()
         status = lib.q4_moe(rows.data_ptr(), rows.shape[0], self.dim, chosen.data_ptr(), gates.data_ptr(),
-                            chosen.shape[1], self.w13.data_ptr(), self.s13.data_ptr(), self.w2.data_ptr(),
-                            self.s2.data_ptr(), self.inter_dim, y.data_ptr(), torch.get_num_threads(),
+                            chosen.shape[1], w13.data_ptr(), s13.data_ptr(), w2.data_ptr(), s2.data_ptr(),
+                            self.inter_dim, y.data_ptr(), torch.get_num_threads(),
                             -1 if path is None else PATHS[path])
         if status != 0:
             raise MemoryError("The int4 experts kernel could not allocate its working memory.")
         return y.to(x.dtype)
 
     def values(self) -> int:
-        return self.w13.shape[0] * 3 * self.inter_dim * self.dim
+        return (self.n_routed + self.n_shared) * 3 * self.inter_dim * self.dim
 
 
 def fits_int4(in_features: int) -> bool:

@@ -292,11 +292,13 @@ int q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const uint
     return 0;
 }
 
-/* A mixture-of-experts layer's routed experts for M tokens in one call (decode's per-operation
-   cost is the point): y (M, D) = sum_j gates[m, j] * expert_{idx[m, j]}(x[m]), each expert
-   w2 @ (silu(gate) * up) with [gate; up] = w13 @ x. Expert e's weights start at w13 + e *
-   (its bytes), laid out as `q4_matmul` takes them: w13 (ceil(2I/8), D/32, 128), s13 (ceil(2I/8),
-   D/32, 8), w2 (ceil(D/8), I/32, 128), s2 (ceil(D/8), I/32, 8). D and I multiples of 32. The
+/* A mixture-of-experts layer's experts for M tokens in one call (decode's per-operation cost is
+   the point): y (M, D) = sum_j gates[m, j] * expert_{idx[m, j]}(x[m]), each expert
+   w2 @ (silu(gate) * up) with [gate; up] = w13 @ x. Expert e's weights are at the addresses
+   w13_at[e], s13_at[e], w2_at[e], s2_at[e] (the routed experts of a stacked tensor, and the
+   shared ones, which the caller lists after them with gate 1), laid out as `q4_matmul` takes
+   them: w13 (ceil(2I/8), D/32, 128), s13 (ceil(2I/8), D/32, 8), w2 (ceil(D/8), I/32, 128), s2
+   (ceil(D/8), I/32, 8). D and I multiples of 32. The
    same integers and, per product, the same sums as `q4_matmul` on each expert; silu is
    computed here (expf), so its floats may differ from PyTorch's in the last bits.
 
@@ -305,14 +307,14 @@ int q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const uint
    all k experts' w2 and sums its own rows (in expert order: the same floats as one expert at a
    time). Between regions the threads wait and the weight stream restarts; with k = 6 that was
    12 restarts a layer. */
+#define AT(table, e, type) ((const type *)(uintptr_t)(table)[e])
+
 int q4_moe(const float *x, int64_t M, int64_t D, const int64_t *idx, const float *gates, int64_t k,
-           const uint8_t *w13, const uint16_t *s13, const uint8_t *w2, const uint16_t *s2, int64_t I,
+           const int64_t *w13_at, const int64_t *s13_at, const int64_t *w2_at, const int64_t *s2_at, int64_t I,
            float *y, int threads, int path) {
     if (D % BLOCK || I % BLOCK) return -1;
     tiles_fn run = tiles_for(path);
     int64_t tiles13 = (2 * I + TILE - 1) / TILE, tiles2 = (D + TILE - 1) / TILE;
-    size_t bytes13 = (size_t)tiles13 * (D / BLOCK) * TILE_BLOCK, scales13 = (size_t)tiles13 * TILE * (D / BLOCK);
-    size_t bytes2 = (size_t)tiles2 * (I / BLOCK) * TILE_BLOCK, scales2 = (size_t)tiles2 * TILE * (I / BLOCK);
     size_t in_bytes = activations_bytes(1, D), mid_bytes = activations_bytes(k, I);
     char *work = malloc(in_bytes + mid_bytes + sizeof(float) * (size_t)(k * 2 * I + k * I + k * D));
     if (!work) return -2;
@@ -331,8 +333,8 @@ int q4_moe(const float *x, int64_t M, int64_t D, const int64_t *idx, const float
             for (int64_t j = first / tiles13; j < k && j * tiles13 < last; j++) {
                 int64_t lo = first > j * tiles13 ? first - j * tiles13 : 0;
                 int64_t hi = last < (j + 1) * tiles13 ? last - j * tiles13 : tiles13;
-                run(w13 + chosen[j] * bytes13, s13 + chosen[j] * scales13, lo, hi, D, in.q, in.scale, in.sum8, 1,
-                    up_gate + j * 2 * I, 2 * I);
+                run(AT(w13_at, chosen[j], uint8_t), AT(s13_at, chosen[j], uint16_t), lo, hi, D, in.q, in.scale,
+                    in.sum8, 1, up_gate + j * 2 * I, 2 * I);
             }
         }
         for (int64_t j = 0; j < k; j++)
@@ -348,7 +350,7 @@ int q4_moe(const float *x, int64_t M, int64_t D, const int64_t *idx, const float
             int64_t r0 = first * TILE, r1 = last * TILE < D ? last * TILE : D;
             for (int64_t i = r0; i < r1; i++) row[i] = 0.0f;
             for (int64_t j = 0; j < k; j++) {
-                run(w2 + chosen[j] * bytes2, s2 + chosen[j] * scales2, first, last, I, mid.q + j * I,
+                run(AT(w2_at, chosen[j], uint8_t), AT(s2_at, chosen[j], uint16_t), first, last, I, mid.q + j * I,
                     mid.scale + j * blocks_i, mid.sum8 + j * blocks_i, 1, out + j * D, D);
                 float gate = gates[m * k + j];
                 for (int64_t i = r0; i < r1; i++) row[i] += gate * out[j * D + i];

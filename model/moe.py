@@ -133,10 +133,29 @@ class MoE(nn.Module):
         self.experts = Experts(args.n_routed_experts, args.dim, args.moe_inter_dim)
         self.shared = MLP(args.dim, args.moe_inter_dim * args.n_shared_experts) if args.n_shared_experts else None
         self.grouped_min_tokens = 2   # runtime may set a higher value; tests force each path
+        self.folded = 0               # shared experts run as experts n_experts.. (fold_shared)
+        self._shared_ids: torch.Tensor | None = None   # (1, folded): their numbers
+
+    def fold_shared(self) -> None:
+        """Once, after fuse(): where the experts can take the shared MLP as experts of their own
+        (4 bits: model/int4.py `attach_shared`), every token lists them with gate 1 beside its
+        chosen ones — a decode step's whole feed-forward is then one kernel call."""
+        shared = self.shared
+        attach = getattr(self.experts, "attach_shared", None)
+        if shared is None or attach is None or shared.gate_up_proj is None:
+            return
+        n: int = attach(shared.gate_up_proj, shared.down_proj)
+        if n:
+            self.folded, self.shared = n, None
+            self._shared_ids = torch.arange(self.n_experts, self.n_experts + n,
+                                            device=self.gate.weight.device).unsqueeze(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, idx = self.gate(x)                                       # (T, k) each
         weights = weights.to(x.dtype)
+        if self._shared_ids is not None:                                  # (T, k + shared)
+            idx = torch.cat((idx, self._shared_ids.expand(x.shape[0], -1)), dim=1)
+            weights = torch.cat((weights, weights.new_ones(x.shape[0], self.folded)), dim=1)
         if torch.compiler.is_compiling() or (x.shape[0] == 1 and self.experts.batched_decode):
             y = self.experts.run_chosen(x, idx, weights)                  # a graph: no host round trip
         elif x.shape[0] >= self.grouped_min_tokens:
@@ -151,8 +170,8 @@ class MoE(nn.Module):
         """Sort (token, expert) pairs by expert; one matrix product per chosen expert."""
         flat = idx.flatten()                                              # (T*k,)
         order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=self.n_experts).tolist()
-        token_of = order // self.k                                        # token of each sorted pair
+        counts = torch.bincount(flat, minlength=self.n_experts + self.folded).tolist()
+        token_of = order // idx.shape[1]                                  # token of each sorted pair
         w_sorted = weights.flatten()[order]
         y = torch.zeros_like(x)
         begin = 0

@@ -51,13 +51,17 @@ class Transformer(nn.Module):
     def pack(self) -> None:
         """Once, after loading: stack the products that share an input into one each
         (attention's query and kv_a, gate and up of every MLP) — fewer, larger operations per
-        token — and, on CPU, store float linear weights column-major: F.linear then reads
+        token; with 4-bit experts, the shared experts among them, MoE.fold_shared — and, on
+        CPU, store float linear weights column-major: F.linear then reads
         W.T as a contiguous (in, out) matrix, the layout MKL's matrix-vector product reads
         fastest here (the bundled model's head: ~3× faster; 1.2-2.4× for larger ones)."""
         self.requires_grad_(False)
         for module in list(self.modules()):
             if isinstance(module, (MLA, MLP)):
                 module.fuse()
+        for module in list(self.modules()):
+            if isinstance(module, MoE):
+                module.fold_shared()
         if self.embed.weight.device.type != "cpu":
             return
         for module in self.modules():

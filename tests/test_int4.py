@@ -146,6 +146,56 @@ def test_a_tokens_experts_in_one_call_equal_them_one_by_one(tokens, monkeypatch)
     assert widened.shape == (tokens, 128) and ((widened - one_by_one).norm() / one_by_one.norm()).item() < 0.05
 
 
+@pytest.mark.parametrize("checkpoint", ["v2-greedy-yarn", "v2-qlora-group"])
+def test_the_shared_experts_ride_in_the_routed_experts_call(checkpoint, tmp_path, monkeypatch):
+    """With 4-bit experts the shared MLP is cut into experts of the routed ones' shape (whole
+    tiles and blocks of its 4 bits) and every token lists them with gate 1: a decode step's
+    whole feed-forward is one kernel call. The model computes what it did with the shared MLP
+    apart — prefill (the grouped path) and decode (the kernel), within the rounding of silu's
+    floats — and counts the same parameters."""
+    from model.loader import load_model, read_args
+    from model.moe import MoE
+    from tiny_models import save_checkpoint
+
+    save_checkpoint(checkpoint, tmp_path)
+    folded = load_model(tmp_path, read_args(tmp_path), quantize="int4")
+    apart = load_model(tmp_path, read_args(tmp_path), quantize="int4")
+    folded.pack()
+    with monkeypatch.context() as m:
+        m.setattr(MoE, "fold_shared", lambda self: None)
+        apart.pack()
+    moes = [layer.ffn for layer in folded.layers if isinstance(layer.ffn, MoE)]
+    assert moes and all(moe.shared is None and moe.folded == 1 for moe in moes)
+    assert all(layer.ffn.shared is not None for layer in apart.layers if isinstance(layer.ffn, MoE))
+    assert folded.parameter_count() == apart.parameter_count()
+    lib = int4.kernel()
+    ids = torch.tensor(list(range(5, 40)))
+
+    def run(model) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Prefill all but the last 3 tokens, then decode those one a step: the logits, and the
+        feed-forward's kernel calls of the last step."""
+        model.init_rope(64)
+        cache = model.new_cache(len(ids))
+        prefill = model(ids[:-3], cache[:, : len(ids) - 3], absorbed=True, all_logits=True)
+        steps, calls = [], []
+
+        class Counting:
+            def __getattr__(self, name):
+                return lambda *args: calls.append(name) or getattr(lib, name)(*args)
+        for n in range(len(ids) - 3, len(ids)):
+            calls.clear()
+            monkeypatch.setattr(int4, "_loaded", [Counting()])
+            steps.append(model(ids[n:n + 1], cache[:, : n + 1], absorbed=True))
+            monkeypatch.setattr(int4, "_loaded", [lib])
+        return prefill, torch.cat(steps), [c for c in calls if c in ("q4_moe", "q4_matmul")]
+
+    (folded_prefill, folded_steps, folded_calls), (apart_prefill, apart_steps, apart_calls) = run(folded), run(apart)
+    for ours, theirs in ((folded_prefill, apart_prefill), (folded_steps, apart_steps)):
+        assert ((ours - theirs).norm() / theirs.norm()).item() < 1e-3
+    assert folded_calls.count("q4_moe") == len(moes)
+    assert len(apart_calls) - len(folded_calls) == 2 * len(moes)   # the shared MLP's two products
+
+
 def test_each_heads_rows_in_one_call_equal_a_product_per_head(monkeypatch):
     """`q4_heads` (absorbed attention's W_UK and W_UV: head h's rows of a stacked weight, with
     its own activations) computes, on every kernel this CPU has, what `q4_matmul` computes on
