@@ -26,12 +26,34 @@ REPL_CONTEXTS = [
     (["x = 1"], "y = x"),
     ([], "import "),
 ]
+WIDTH = 100   # the terminal's columns: the key tests use a context whose suggestion fits on the line
 LATENT = str(Path(harness.PYTHON).parent / "latent")
 BASH_LINES = ["ls -", "cd ", "echo $", "git ", "python3 "]
 
 
-def repl_context() -> tuple[harness.Model, tuple[list[str], str, str]]:
-    """(model, (inputs, typed, the first line the pipeline suggests there, as the repl asks))."""
+def fits(inputs: list[str], typed: str, suggestion: str) -> bool:
+    """Whether the prompt, the typed text and the suggestion fit on one line of the terminal (a
+    longer one is cut at its edge: test_repl_cuts_a_long_ghost_text_at_the_terminal_width)."""
+    return len(">>> " + typed + suggestion) < WIDTH
+
+
+def cut_width(inputs: list[str], typed: str, suggestion: str) -> tuple[int, int]:
+    """(columns, room for ghost text) of a terminal that cuts the suggestion at about half: as
+    narrow as the earlier inputs let it be (each on a row of its own); the cursor's column stays
+    free of ghost text."""
+    ghost = suggestion.rstrip()
+    width = max(len(">>> " + typed) + max(2, len(ghost) // 2), *(len(">>> " + line) for line in inputs)) + 1
+    return width, width - len(">>> " + typed) - 1
+
+
+def cuttable(inputs: list[str], typed: str, suggestion: str) -> bool:
+    return len(suggestion.rstrip()) > cut_width(inputs, typed, suggestion)[1]
+
+
+def repl_context(accept=fits) -> tuple[harness.Model, tuple[list[str], str, str]]:
+    """(model, (inputs, typed, the first line the pipeline suggests there, as the repl asks)) for
+    the first context whose suggestion `accept(inputs, typed, line)` takes: by default one that
+    fits on the line."""
     def find(model: harness.Model):
         args = ["--set", f"threads={harness.THREADS}"] + (["--model", model.path] if model.path else [])
         suggester = repl.Suggester(repl.settings_from(repl.make_parser().parse_args(args)))
@@ -39,11 +61,11 @@ def repl_context() -> tuple[harness.Model, tuple[list[str], str, str]]:
         assert suggester.state == "ready", suggester.message
         for inputs, typed in REPL_CONTEXTS:
             lines = suggester.suggest(repl.document_text(inputs, typed))
-            if lines:
+            if lines and accept(inputs, typed, lines[0]):
                 return inputs, typed, lines[0]
         return None
 
-    return harness.pick("repl", find)
+    return harness.pick(f"repl-{accept.__name__}", find)
 
 
 def repl_choices() -> tuple[harness.Model, tuple[list[str], str, list[str]]]:
@@ -55,7 +77,7 @@ def repl_choices() -> tuple[harness.Model, tuple[list[str], str, list[str]]]:
         for inputs, typed in REPL_CONTEXTS:
             typing = suggester.suggest(repl.document_text(inputs, typed))
             asked = suggester.suggest(repl.document_text(inputs, typed), asked=True)
-            if typing and len(asked) >= 2 and asked[0] == typing[0]:
+            if typing and len(asked) >= 2 and asked[0] == typing[0] and all(fits(inputs, typed, line) for line in asked):
                 return inputs, typed, asked
         return None
 
@@ -66,7 +88,7 @@ def repl_choices() -> tuple[harness.Model, tuple[list[str], str, list[str]]]:
 def terminal(tmp_path):
     panes = []
 
-    def start(command: list[str], model: harness.Model, width: int = 100, **env) -> Tmux:
+    def start(command: list[str], model: harness.Model, width: int = WIDTH, **env) -> Tmux:
         try:
             pane = Tmux(command, harness.clean_env(tmp_path, model, **env), cwd=tmp_path, width=width, height=20)
         except harness.Missing as e:
@@ -94,7 +116,7 @@ def repl_ready(screen: list[str]) -> bool:
                for line in screen)
 
 
-def open_repl(terminal, *args: str, width: int = 100, context=None):
+def open_repl(terminal, *args: str, width: int = WIDTH, context=None):
     """`latent repl ARGS` in tmux, the model loaded, the context's earlier inputs run and its
     line typed; (pane, model, typed, the pipeline's suggestion there)."""
     try:
@@ -194,14 +216,9 @@ def test_repl_escape_hides_the_ghost_text_until_the_next_keystroke(terminal):
 def test_repl_cuts_a_long_ghost_text_at_the_terminal_width(terminal):
     """Ghost text longer than the room left on the row is cut with an ellipsis on that row,
     never wrapped onto a row of its own under a `... ` prompt; Tab still takes all of it."""
-    model, (inputs, typed, suggestion) = context = repl_context()
+    model, (inputs, typed, suggestion) = context = repl_context(cuttable)
     ghost = suggestion.rstrip()
-    assert len(ghost) >= 3, f"the suggestion {ghost!r} is too short to cut"
-    # half the ghost text's room, as narrow as the earlier inputs let the terminal be (each on a
-    # row of its own); the cursor's column stays free of ghost text
-    width = max(len(">>> " + typed) + max(2, len(ghost) // 2), *(len(">>> " + line) for line in inputs)) + 1
-    room = width - len(">>> " + typed) - 1
-    assert len(ghost) > room, f"the suggestion {ghost!r} fits in {room} columns: nothing to cut"
+    width, room = cut_width(inputs, typed, suggestion)
     pane, _, _, _ = open_repl(terminal, width=width, context=context)
     shown = repl.fit(ghost, room)
     assert shown.endswith("…") and len(shown) == room
