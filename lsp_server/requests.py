@@ -200,10 +200,9 @@ class Requests:
         loop = asyncio.get_running_loop()
 
         def done(future) -> None:   # the worker thread, or at once where the job had finished
-            if future.cancelled() or future.exception() is not None or future.result() is None:
-                return
-            result, started = future.result()
-            if result.source == "model":
+            outcome = None if future.cancelled() or future.exception() is not None else future.result()
+            if outcome is not None and outcome[0].source == "model":
+                result, started = outcome
                 loop.call_soon_threadsafe(self._record_model, request, result, started)
 
         request.job.future.add_done_callback(done)

@@ -133,8 +133,12 @@ class MoE(nn.Module):
         self.experts = Experts(args.n_routed_experts, args.dim, args.moe_inter_dim)
         self.shared = MLP(args.dim, args.moe_inter_dim * args.n_shared_experts) if args.n_shared_experts else None
         self.grouped_min_tokens = 2   # runtime may set a higher value; tests force each path
-        self.folded = 0               # shared experts run as experts n_experts.. (fold_shared)
-        self._shared_ids: torch.Tensor | None = None   # (1, folded): their numbers
+        self._shared_ids: torch.Tensor | None = None   # fold_shared: (1, n) the shared experts' numbers
+
+    @property
+    def folded(self) -> int:
+        """Shared experts that run as experts n_experts.. (fold_shared)."""
+        return 0 if self._shared_ids is None else self._shared_ids.shape[1]
 
     def fold_shared(self) -> None:
         """Once, after fuse(): where the experts can take the shared MLP as experts of their own
@@ -146,7 +150,7 @@ class MoE(nn.Module):
             return
         n: int = attach(shared.gate_up_proj, shared.down_proj)
         if n:
-            self.folded, self.shared = n, None
+            self.shared = None
             self._shared_ids = torch.arange(self.n_experts, self.n_experts + n,
                                             device=self.gate.weight.device).unsqueeze(0)
 
