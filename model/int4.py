@@ -124,6 +124,32 @@ def q4_heads(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, first_
     return y
 
 
+def q4_mla_decode(q: torch.Tensor, kv: torch.Tensor, norm: torch.Tensor, eps: float, cos: torch.Tensor,
+                  sin: torch.Tensor, interleaved: bool, rows: torch.Tensor, uk: tuple[torch.Tensor, torch.Tensor],
+                  uv: tuple[torch.Tensor, torch.Tensor], uv_first_tile: int, uv_head_tiles: int, dims: tuple[int, ...],
+                  scale: float, path: str | None = None) -> torch.Tensor | None:
+    """One decode token's absorbed multi-head latent attention for one layer in one kernel call
+    (model/int4_kernel.c `q4_mla_decode` says what it computes): writes the token's cache row at
+    rows[-1] and returns the heads' outputs (1, H * V) float32, what o_proj takes. q (H, nope + P)
+    and kv (R + P) float32, rows (S, ≥ R + P) float32 with contiguous rows; dims (H, nope, P, R,
+    V). None without the kernel (the caller runs the PyTorch operations)."""
+    lib = kernel()
+    if lib is None:
+        return None
+    H, nope, P, R, V = dims
+    out = torch.empty(1, H * V, dtype=torch.float32)
+    status = lib.q4_mla_decode(q.data_ptr(), kv.data_ptr(), norm.data_ptr(), eps, cos.data_ptr(), sin.data_ptr(),
+                               int(interleaved), rows.data_ptr(), rows.shape[0], rows.stride(0), uk[0].data_ptr(),
+                               uk[1].data_ptr(), uv[0].data_ptr(), uv[1].data_ptr(), uv_first_tile, uv_head_tiles,
+                               H, nope, P, R, V, scale, out.data_ptr(), torch.get_num_threads(),
+                               -1 if path is None else PATHS[path])
+    if status == -2:
+        raise MemoryError("The int4 attention kernel could not allocate its working memory.")
+    if status != 0:
+        raise ValueError(f"the fused int4 attention needs {GROUP} | nope and rank, {TILE} | v, not {dims}.")
+    return out
+
+
 def best_path() -> str:
     """The kernel this CPU runs ("plain" without a built library)."""
     lib = kernel()
@@ -162,10 +188,19 @@ def _load():
                            ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.q4_moe.restype = ctypes.c_int
+    lib.q4_moe_routed.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                  ctypes.c_int, ctypes.c_float, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
+                                  ctypes.c_int]
+    lib.q4_moe_routed.restype = ctypes.c_int
     lib.q4_heads.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                              ctypes.c_int, ctypes.c_int]
     lib.q4_heads.restype = ctypes.c_int
+    lib.q4_mla_decode.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_float] + [ctypes.c_void_p] * 2 + [ctypes.c_int]
+                                  + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 4
+                                  + [ctypes.c_int64] * 7 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_int])
+    lib.q4_mla_decode.restype = ctypes.c_int
     lib.q4_best_path.restype = ctypes.c_int
     return lib
 
@@ -331,6 +366,26 @@ class Int4Experts(Experts):
                             chosen.shape[1], w13.data_ptr(), s13.data_ptr(), w2.data_ptr(), s2.data_ptr(),
                             self.inter_dim, y.data_ptr(), torch.get_num_threads(),
                             -1 if path is None else PATHS[path])
+        if status != 0:
+            raise MemoryError("The int4 experts kernel could not allocate its working memory.")
+        return y.to(x.dtype)
+
+    def run_routed(self, x: torch.Tensor, router: torch.Tensor, k: int, normalize: bool, scaling: float,
+                   path: str | None = None) -> torch.Tensor | None:
+        """One token x (1, D) through its whole feed-forward in one kernel call: the router's
+        softmax scores (router (E, D) float32), its k best experts (greedy; weights summed to 1
+        when `normalize`, times `scaling`), the attached shared experts with weight 1 — what
+        Router and `run_chosen` do in some fifteen operations. None without the kernel."""
+        lib = kernel()
+        if lib is None:
+            return None
+        row = x.float().contiguous()
+        y = torch.empty_like(row)
+        w13, s13, w2, s2 = self.addresses()
+        status = lib.q4_moe_routed(row.data_ptr(), self.dim, router.data_ptr(), self.n_routed, k, int(normalize),
+                                   scaling, self.n_shared, w13.data_ptr(), s13.data_ptr(), w2.data_ptr(),
+                                   s2.data_ptr(), self.inter_dim, y.data_ptr(), torch.get_num_threads(),
+                                   -1 if path is None else PATHS[path])
         if status != 0:
             raise MemoryError("The int4 experts kernel could not allocate its working memory.")
         return y.to(x.dtype)

@@ -309,54 +309,142 @@ int q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const uint
    12 restarts a layer. */
 #define AT(table, e, type) ((const type *)(uintptr_t)(table)[e])
 
-int q4_moe(const float *x, int64_t M, int64_t D, const int64_t *idx, const float *gates, int64_t k,
-           const int64_t *w13_at, const int64_t *s13_at, const int64_t *w2_at, const int64_t *s2_at, int64_t I,
-           float *y, int threads, int path) {
-    if (D % BLOCK || I % BLOCK) return -1;
-    tiles_fn run = tiles_for(path);
+/* Float dot products and row updates (the router's scores, the attention's edges): AVX2 + FMA where the CPU has them, plain C elsewhere. */
+__attribute__((target("avx2,fma")))
+static float dot_avx2f(const float *a, const float *b, int64_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    float lanes[8], total = 0.0f;
+    _mm256_storeu_ps(lanes, _mm256_add_ps(s0, s1));
+    for (int j = 0; j < 8; j++) total += lanes[j];
+    for (; i < n; i++) total += a[i] * b[i];
+    return total;
+}
+
+__attribute__((target("avx2,fma")))
+static void axpy_avx2f(float *y, float a, const float *x, int64_t n) {   /* y += a * x */
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+static float dot_plainf(const float *a, const float *b, int64_t n) {
+    float total = 0.0f;
+    for (int64_t i = 0; i < n; i++) total += a[i] * b[i];
+    return total;
+}
+
+/* One token's k experts (their numbers `chosen`, weights `gates`), into row (D): work holds
+   its activations and the experts' intermediate values (`moe_work_bytes`). */
+static size_t moe_work_bytes(int64_t D, int64_t I, int64_t k) {
+    return activations_bytes(1, D) + activations_bytes(k, I) + sizeof(float) * (size_t)(k * 2 * I + k * I + k * D);
+}
+
+static void moe_token(const float *x, int64_t D, const int64_t *chosen, const float *gates, int64_t k,
+                      const int64_t *w13_at, const int64_t *s13_at, const int64_t *w2_at, const int64_t *s2_at,
+                      int64_t I, float *row, char *work, int threads, tiles_fn run) {
     int64_t tiles13 = (2 * I + TILE - 1) / TILE, tiles2 = (D + TILE - 1) / TILE;
     size_t in_bytes = activations_bytes(1, D), mid_bytes = activations_bytes(k, I);
-    char *work = malloc(in_bytes + mid_bytes + sizeof(float) * (size_t)(k * 2 * I + k * I + k * D));
-    if (!work) return -2;
     activations in = activations_at(work, 1, D), mid = activations_at(work + in_bytes, k, I);
     float *up_gate = (float *)(work + in_bytes + mid_bytes), *hidden = up_gate + k * 2 * I, *out = hidden + k * I;
     int64_t blocks_i = I / BLOCK, total13 = k * tiles13;
     int team = threads < 1 ? 1 : threads;
-    for (int64_t m = 0; m < M; m++) {
-        const int64_t *chosen = idx + m * k;
-        float *row = y + m * D;
-        quantize_rows(x + m * D, 1, D, in.q, in.scale, in.sum8);
-        int share13 = team > total13 ? (int)total13 : team;
-        #pragma omp parallel for num_threads(share13) schedule(static)
-        for (int t = 0; t < share13; t++) {                /* [gate; up] of every chosen expert */
-            int64_t first = total13 * t / share13, last = total13 * (t + 1) / share13;
-            for (int64_t j = first / tiles13; j < k && j * tiles13 < last; j++) {
-                int64_t lo = first > j * tiles13 ? first - j * tiles13 : 0;
-                int64_t hi = last < (j + 1) * tiles13 ? last - j * tiles13 : tiles13;
-                run(AT(w13_at, chosen[j], uint8_t), AT(s13_at, chosen[j], uint16_t), lo, hi, D, in.q, in.scale,
-                    in.sum8, 1, up_gate + j * 2 * I, 2 * I);
-            }
-        }
-        for (int64_t j = 0; j < k; j++)
-            for (int64_t i = 0; i < I; i++) {
-                float g = up_gate[j * 2 * I + i];
-                hidden[j * I + i] = g / (1.0f + expf(-g)) * up_gate[j * 2 * I + I + i];
-            }
-        quantize_rows(hidden, k, I, mid.q, mid.scale, mid.sum8);
-        int share2 = team > tiles2 ? (int)tiles2 : team;
-        #pragma omp parallel for num_threads(share2) schedule(static)
-        for (int t = 0; t < share2; t++) {                 /* down: each thread its rows, all experts */
-            int64_t first = tiles2 * t / share2, last = tiles2 * (t + 1) / share2;
-            int64_t r0 = first * TILE, r1 = last * TILE < D ? last * TILE : D;
-            for (int64_t i = r0; i < r1; i++) row[i] = 0.0f;
-            for (int64_t j = 0; j < k; j++) {
-                run(AT(w2_at, chosen[j], uint8_t), AT(s2_at, chosen[j], uint16_t), first, last, I, mid.q + j * I,
-                    mid.scale + j * blocks_i, mid.sum8 + j * blocks_i, 1, out + j * D, D);
-                float gate = gates[m * k + j];
-                for (int64_t i = r0; i < r1; i++) row[i] += gate * out[j * D + i];
-            }
+    quantize_rows(x, 1, D, in.q, in.scale, in.sum8);
+    int share13 = team > total13 ? (int)total13 : team;
+    #pragma omp parallel for num_threads(share13) schedule(static)
+    for (int t = 0; t < share13; t++) {                /* [gate; up] of every chosen expert */
+        int64_t first = total13 * t / share13, last = total13 * (t + 1) / share13;
+        for (int64_t j = first / tiles13; j < k && j * tiles13 < last; j++) {
+            int64_t lo = first > j * tiles13 ? first - j * tiles13 : 0;
+            int64_t hi = last < (j + 1) * tiles13 ? last - j * tiles13 : tiles13;
+            run(AT(w13_at, chosen[j], uint8_t), AT(s13_at, chosen[j], uint16_t), lo, hi, D, in.q, in.scale,
+                in.sum8, 1, up_gate + j * 2 * I, 2 * I);
         }
     }
+    for (int64_t j = 0; j < k; j++)
+        for (int64_t i = 0; i < I; i++) {
+            float g = up_gate[j * 2 * I + i];
+            hidden[j * I + i] = g / (1.0f + expf(-g)) * up_gate[j * 2 * I + I + i];
+        }
+    quantize_rows(hidden, k, I, mid.q, mid.scale, mid.sum8);
+    int share2 = team > tiles2 ? (int)tiles2 : team;
+    #pragma omp parallel for num_threads(share2) schedule(static)
+    for (int t = 0; t < share2; t++) {                 /* down: each thread its rows, all experts */
+        int64_t first = tiles2 * t / share2, last = tiles2 * (t + 1) / share2;
+        int64_t r0 = first * TILE, r1 = last * TILE < D ? last * TILE : D;
+        for (int64_t i = r0; i < r1; i++) row[i] = 0.0f;
+        for (int64_t j = 0; j < k; j++) {
+            run(AT(w2_at, chosen[j], uint8_t), AT(s2_at, chosen[j], uint16_t), first, last, I, mid.q + j * I,
+                mid.scale + j * blocks_i, mid.sum8 + j * blocks_i, 1, out + j * D, D);
+            float gate = gates[j];
+            for (int64_t i = r0; i < r1; i++) row[i] += gate * out[j * D + i];
+        }
+    }
+}
+
+int q4_moe(const float *x, int64_t M, int64_t D, const int64_t *idx, const float *gates, int64_t k,
+           const int64_t *w13_at, const int64_t *s13_at, const int64_t *w2_at, const int64_t *s2_at, int64_t I,
+           float *y, int threads, int path) {
+    if (D % BLOCK || I % BLOCK) return -1;
+    char *work = malloc(moe_work_bytes(D, I, k));
+    if (!work) return -2;
+    for (int64_t m = 0; m < M; m++)
+        moe_token(x + m * D, D, idx + m * k, gates + m * k, k, w13_at, s13_at, w2_at, s2_at, I, y + m * D, work,
+                  threads, tiles_for(path));
+    free(work);
+    return 0;
+}
+
+/* A decode token's whole feed-forward with its router: the router's scores of the E routed
+   experts (router (E, D) float32 @ x, then softmax), the k best (their weights summed to 1 when
+   `normalize`, then times `scaling`), and the `shared` experts E .. E + shared - 1 with weight 1
+   after them — model/moe.py's Router (softmax scoring, greedy choice) and MoE.forward — then
+   `q4_moe` on them. Ties keep the lower number first (as torch.topk does on CPU); the scores'
+   sums run in another order than PyTorch's. */
+int q4_moe_routed(const float *x, int64_t D, const float *router, int64_t E, int64_t k, int normalize, float scaling,
+                  int64_t shared, const int64_t *w13_at, const int64_t *s13_at, const int64_t *w2_at,
+                  const int64_t *s2_at, int64_t I, float *y, int threads, int path) {
+    if (D % BLOCK || I % BLOCK || k < 1 || k > E) return -1;
+    int chosen_path = path < 0 ? q4_best_path() : path;
+    float (*dot)(const float *, const float *, int64_t) = chosen_path >= 1 ? dot_avx2f : dot_plainf;
+    char *work = malloc(moe_work_bytes(D, I, k + shared) + sizeof(float) * (size_t)(E + k + shared)
+                        + sizeof(int64_t) * (size_t)(k + shared));
+    if (!work) return -2;
+    float *scores = (float *)(work + moe_work_bytes(D, I, k + shared)), *gates = scores + E;
+    int64_t *chosen = (int64_t *)(gates + k + shared);
+    int team = threads < 1 ? 1 : threads > E ? (int)E : threads;
+    #pragma omp parallel for num_threads(team) schedule(static)
+    for (int t = 0; t < team; t++)
+        for (int64_t e = E * t / team; e < E * (t + 1) / team; e++) scores[e] = dot(router + e * D, x, D);
+    float peak = scores[0], sum = 0.0f;
+    for (int64_t e = 1; e < E; e++) peak = fmaxf(peak, scores[e]);
+    for (int64_t e = 0; e < E; e++) sum += (scores[e] = expf(scores[e] - peak));
+    for (int64_t e = 0; e < E; e++) scores[e] /= sum;
+    float picked = 0.0f;
+    for (int64_t j = 0; j < k; j++) {                  /* greedy: the best not yet taken */
+        int64_t best = -1;
+        for (int64_t e = 0; e < E; e++) {
+            int taken = 0;
+            for (int64_t i = 0; i < j; i++) taken |= chosen[i] == e;
+            if (!taken && (best < 0 || scores[e] > scores[best])) best = e;
+        }
+        chosen[j] = best;
+        gates[j] = scores[best];
+        picked += scores[best];
+    }
+    for (int64_t j = 0; j < k; j++)
+        gates[j] = (normalize && k > 1 ? gates[j] / (picked + 1e-20f) : gates[j]) * scaling;
+    for (int64_t j = 0; j < shared; j++) {
+        chosen[k + j] = E + j;
+        gates[k + j] = 1.0f;
+    }
+    moe_token(x, D, chosen, gates, k + shared, w13_at, s13_at, w2_at, s2_at, I, y, work, threads,
+              tiles_for(path));
     free(work);
     return 0;
 }
@@ -382,6 +470,234 @@ int q4_heads(const float *x, int64_t H, int64_t M, int64_t K, const uint8_t *w, 
         int64_t tile = first_tile + h * head_tiles;
         run(w + tile * blocks * TILE_BLOCK, ws + tile * blocks * TILE, 0, N / TILE, K,
             a.q + h * M * K, a.scale + h * M * blocks, a.sum8 + h * M * blocks, M, y + h * M * N, N);
+    }
+    free(work);
+    return 0;
+}
+
+/* -- one decode token's absorbed attention for one layer ----------------------------------- */
+/* The attention over the latent rows, for a thread's heads: scores (nh, S) = scale * q (nh, W)
+   @ rows (S, W)^T, and latent (nh, R) = probabilities (nh, S) @ rows[:, :R]. AVX2 + FMA where
+   the CPU has them (path >= 1): blocks of 4 heads by 2 rows (scores) and 4 heads by 16 latent
+   values (the weighted sum), so each load of a row feeds several heads and no sum waits on a
+   store; plain C elsewhere and for the edges. */
+static void scores_plain(const float *q, int64_t nh, int64_t W, const float *rows, int64_t stride, int64_t S,
+                         float scale, float *scores) {
+    for (int64_t h = 0; h < nh; h++)
+        for (int64_t s = 0; s < S; s++) {
+            float total = 0.0f;
+            for (int64_t i = 0; i < W; i++) total += q[h * W + i] * rows[s * stride + i];
+            scores[h * S + s] = total * scale;
+        }
+}
+
+static void weigh_plain(const float *p, int64_t nh, int64_t S, const float *rows, int64_t stride, int64_t R,
+                        float *latent) {
+    for (int64_t h = 0; h < nh; h++) {
+        float *out = latent + h * R;
+        for (int64_t i = 0; i < R; i++) out[i] = 0.0f;
+        for (int64_t s = 0; s < S; s++)
+            for (int64_t i = 0; i < R; i++) out[i] += p[h * S + s] * rows[s * stride + i];
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static inline float sum8(__m256 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+}
+
+__attribute__((target("avx2,fma")))
+static void scores_avx2(const float *q, int64_t nh, int64_t W, const float *rows, int64_t stride, int64_t S,
+                        float scale, float *scores) {
+    int64_t h = 0;
+    if (W % 8 == 0)
+        for (; h + 4 <= nh; h += 4) {
+            int64_t s = 0;
+            for (; s + 2 <= S; s += 2) {
+                const float *r0 = rows + s * stride, *r1 = r0 + stride;
+                __m256 acc[4][2];
+                for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+                for (int64_t c = 0; c < W; c += 8) {
+                    __m256 a = _mm256_loadu_ps(r0 + c), b = _mm256_loadu_ps(r1 + c);
+                    for (int j = 0; j < 4; j++) {
+                        __m256 qv = _mm256_loadu_ps(q + (h + j) * W + c);
+                        acc[j][0] = _mm256_fmadd_ps(qv, a, acc[j][0]);
+                        acc[j][1] = _mm256_fmadd_ps(qv, b, acc[j][1]);
+                    }
+                }
+                for (int j = 0; j < 4; j++) {
+                    scores[(h + j) * S + s] = sum8(acc[j][0]) * scale;
+                    scores[(h + j) * S + s + 1] = sum8(acc[j][1]) * scale;
+                }
+            }
+            if (s < S)
+                for (int j = 0; j < 4; j++) scores[(h + j) * S + s] = dot_avx2f(q + (h + j) * W, rows + s * stride, W) * scale;
+        }
+    for (; h < nh; h++)
+        for (int64_t s = 0; s < S; s++) scores[h * S + s] = dot_avx2f(q + h * W, rows + s * stride, W) * scale;
+}
+
+__attribute__((target("avx2,fma")))
+static void weigh_avx2(const float *p, int64_t nh, int64_t S, const float *rows, int64_t stride, int64_t R,
+                       float *latent) {
+    int64_t h = 0;
+    if (R % 16 == 0)
+        for (; h + 4 <= nh; h += 4)
+            for (int64_t c = 0; c < R; c += 16) {
+                __m256 acc[4][2];
+                for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+                for (int64_t s = 0; s < S; s++) {
+                    const float *r = rows + s * stride + c;
+                    __m256 a = _mm256_loadu_ps(r), b = _mm256_loadu_ps(r + 8);
+                    for (int j = 0; j < 4; j++) {
+                        __m256 pv = _mm256_broadcast_ss(p + (h + j) * S + s);
+                        acc[j][0] = _mm256_fmadd_ps(pv, a, acc[j][0]);
+                        acc[j][1] = _mm256_fmadd_ps(pv, b, acc[j][1]);
+                    }
+                }
+                for (int j = 0; j < 4; j++) {
+                    _mm256_storeu_ps(latent + (h + j) * R + c, acc[j][0]);
+                    _mm256_storeu_ps(latent + (h + j) * R + c + 8, acc[j][1]);
+                }
+            }
+    for (; h < nh; h++) {
+        memset(latent + h * R, 0, sizeof(float) * (size_t)R);
+        for (int64_t s = 0; s < S; s++) axpy_avx2f(latent + h * R, p[h * S + s], rows + s * stride, R);
+    }
+}
+
+/* p (S) -> softmax(p) in place, float32. The AVX2 path's exp: 2^n * e^r with r = x - n ln 2 in
+   [-ln 2 / 2, ln 2 / 2] and e^r by its Taylor polynomial to degree 7 (error below float32's
+   rounding); plain C takes expf. */
+static void softmax_plain(float *p, int64_t S) {
+    float peak = p[0], sum = 0.0f;
+    for (int64_t s = 1; s < S; s++) peak = fmaxf(peak, p[s]);
+    for (int64_t s = 0; s < S; s++) sum += (p[s] = expf(p[s] - peak));
+    for (int64_t s = 0; s < S; s++) p[s] /= sum;
+}
+
+__attribute__((target("avx2,fma")))
+static inline __m256 exp_avx2(__m256 x) {     /* x <= 0 here (after the peak is taken off) */
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.0f / 5040.0f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 720.0f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 120.0f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 24.0f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 6.0f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
+    __m256i power = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(power));
+}
+
+__attribute__((target("avx2,fma")))
+static void softmax_avx2(float *p, int64_t S) {
+    int64_t s = 0;
+    __m256 top = _mm256_set1_ps(-INFINITY);
+    for (; s + 8 <= S; s += 8) top = _mm256_max_ps(top, _mm256_loadu_ps(p + s));
+    float lanes[8], peak = -INFINITY, sum = 0.0f;
+    _mm256_storeu_ps(lanes, top);
+    for (int j = 0; j < 8; j++) peak = fmaxf(peak, lanes[j]);
+    for (; s < S; s++) peak = fmaxf(peak, p[s]);
+    __m256 total = _mm256_setzero_ps(), base = _mm256_set1_ps(peak);
+    for (s = 0; s + 8 <= S; s += 8) {
+        __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(p + s), base));
+        _mm256_storeu_ps(p + s, e);
+        total = _mm256_add_ps(total, e);
+    }
+    for (; s < S; s++) {
+        __m256 e = exp_avx2(_mm256_set1_ps(p[s] - peak));
+        p[s] = _mm256_cvtss_f32(e);
+        sum += p[s];
+    }
+    sum += sum8(total);
+    __m256 inverse = _mm256_set1_ps(1.0f / sum);
+    for (s = 0; s + 8 <= S; s += 8) _mm256_storeu_ps(p + s, _mm256_mul_ps(_mm256_loadu_ps(p + s), inverse));
+    for (; s < S; s++) p[s] *= 1.0f / sum;
+}
+
+/* x (P) rotated by the angles cos, sin (P/2) into y: pairs (x[2i], x[2i+1]) when interleaved
+   (DeepSeek's checkpoints), else the halves (x[i], x[i + P/2]) — model/rope.py's apply_rotary */
+static void rotate(const float *x, const float *cos, const float *sin, int64_t P, int interleaved, float *y) {
+    int64_t half = P / 2;
+    for (int64_t i = 0; i < half; i++) {
+        int64_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+        float x1 = x[a], x2 = x[b];
+        y[a] = x1 * cos[i] - x2 * sin[i];
+        y[b] = x2 * cos[i] + x1 * sin[i];
+    }
+}
+
+/* Multi-head latent attention, absorbed, for one new token of one layer — what model/mla.py's
+   `MLA.forward` does for it between the query's product and o_proj, in one call:
+   - the token's cache row, written at rows[S - 1]: kv's first R values RMS-normed (norm_w,
+     eps), its last P rotated;
+   - per head h (heads shared among threads): the query's first `nope` values through W_UK
+     (uk: W_UK transposed, (H * R, nope), tiles h * R / 8 ..), its last P rotated; scores
+     against the S rows (scale), softmax, the weighted sum of the rows' latents, and that
+     through W_UV (uv: kv_b_proj's rows, head h's V rows at tile uv_first + h * uv_head_tiles)
+     into out[h * V ..].
+   q (H, nope + P), kv (R + P), rows (S, stride) float32; out (H * V). nope and R multiples of
+   32, V of 8. The int4 products are `q4_heads`'s (the same integers and sums); the float
+   attention's sums run in another order than PyTorch's. Returns -1 on a bad shape, -2 when
+   memory could not be had. */
+int q4_mla_decode(const float *q, const float *kv, const float *norm_w, float eps, const float *cos,
+                  const float *sin, int interleaved, float *rows, int64_t S, int64_t stride,
+                  const uint8_t *uk_w, const uint16_t *uk_s, const uint8_t *uv_w, const uint16_t *uv_s,
+                  int64_t uv_first, int64_t uv_head_tiles, int64_t H, int64_t nope, int64_t P, int64_t R,
+                  int64_t V, float scale, float *out, int threads, int path) {
+    if (nope % BLOCK || R % BLOCK || V % TILE || P % 2 || S < 1 || stride < R + P) return -1;
+    int chosen = path < 0 ? q4_best_path() : path;
+    tiles_fn run = tiles_for(chosen);
+    void (*scores_of)(const float *, int64_t, int64_t, const float *, int64_t, int64_t, float, float *) =
+        chosen >= 1 ? scores_avx2 : scores_plain;
+    void (*weigh)(const float *, int64_t, int64_t, const float *, int64_t, int64_t, float *) =
+        chosen >= 1 ? weigh_avx2 : weigh_plain;
+    void (*softmax)(float *, int64_t) = chosen >= 1 ? softmax_avx2 : softmax_plain;
+
+    float *row = rows + (S - 1) * stride;                    /* the new token's cache row */
+    float squares = 0.0f;
+    for (int64_t i = 0; i < R; i++) squares += kv[i] * kv[i];
+    float inverse = 1.0f / sqrtf(squares / (float)R + eps);
+    for (int64_t i = 0; i < R; i++) row[i] = kv[i] * inverse * norm_w[i];
+    rotate(kv + R, cos, sin, P, interleaved, row + R);
+
+    size_t query_bytes = activations_bytes(H, nope), latent_bytes = activations_bytes(H, R);
+    char *work = malloc(query_bytes + latent_bytes + sizeof(float) * (size_t)(H * nope + H * (R + P) + H * S + H * R));
+    if (!work) return -2;
+    activations qa = activations_at(work, H, nope), oa = activations_at(work + query_bytes, H, R);
+    float *q_nope = (float *)(work + query_bytes + latent_bytes);
+    float *q_full = q_nope + H * nope;                       /* (H, R + P): W_UK's query, then the rotated part */
+    float *scores = q_full + H * (R + P), *latent = scores + H * S;
+    for (int64_t h = 0; h < H; h++) memcpy(q_nope + h * nope, q + h * (nope + P), sizeof(float) * (size_t)nope);
+    quantize_rows(q_nope, H, nope, qa.q, qa.scale, qa.sum8);
+
+    int team = threads < 1 ? 1 : threads > H ? (int)H : threads;
+    int64_t blocks_nope = nope / BLOCK, blocks_r = R / BLOCK;
+    #pragma omp parallel for num_threads(team) schedule(static)
+    for (int t = 0; t < team; t++) {
+        int64_t h0 = H * t / team, h1 = H * (t + 1) / team;
+        for (int64_t h = h0; h < h1; h++) {
+            run(uk_w + h * (R / TILE) * blocks_nope * TILE_BLOCK, uk_s + h * (R / TILE) * blocks_nope * TILE, 0,
+                R / TILE, nope, qa.q + h * nope, qa.scale + h * blocks_nope, qa.sum8 + h * blocks_nope, 1,
+                q_full + h * (R + P), R);
+            rotate(q + h * (nope + P) + nope, cos, sin, P, interleaved, q_full + h * (R + P) + R);
+        }
+        scores_of(q_full + h0 * (R + P), h1 - h0, R + P, rows, stride, S, scale, scores + h0 * S);
+        for (int64_t h = h0; h < h1; h++) softmax(scores + h * S, S);
+        weigh(scores + h0 * S, h1 - h0, S, rows, stride, R, latent + h0 * R);
+        for (int64_t h = h0; h < h1; h++) {
+            quantize_rows(latent + h * R, 1, R, oa.q + h * R, oa.scale + h * blocks_r, oa.sum8 + h * blocks_r);
+            int64_t tile = uv_first + h * uv_head_tiles;
+            run(uv_w + tile * blocks_r * TILE_BLOCK, uv_s + tile * blocks_r * TILE, 0, V / TILE, R, oa.q + h * R,
+                oa.scale + h * blocks_r, oa.sum8 + h * blocks_r, 1, out + h * V, V);
+        }
     }
     free(work);
     return 0;

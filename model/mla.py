@@ -173,6 +173,10 @@ class MLA(nn.Module):
     ) -> torch.Tensor:
         T = x.shape[0]
         q, kv = self._project(x)                                          # (T, H*(nope + P)), (T, R + P)
+        if T == 1 and absorbed:
+            out = self._decode_int4(q, kv, cache, span)
+            if out is not None:
+                return self.o_proj(out)
         q = q.view(T, self.n_heads, -1).transpose(0, 1)                   # (H, T, nope + P)
         q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
         q_pe = apply_rotary(q_pe, span.cos, span.sin, self.interleaved)
@@ -199,6 +203,25 @@ class MLA(nn.Module):
         if self.q_lora:
             q = self.q_b_proj(self.q_a_layernorm(q))
         return q, kv
+
+    def _decode_int4(self, q: torch.Tensor, kv: torch.Tensor, cache: torch.Tensor, span: Span) -> torch.Tensor | None:
+        """One new token with int4 absorbed weights (decode): the cache row, the attention and
+        W_UK / W_UV in one kernel call (model/int4.py `q4_mla_decode`), where PyTorch runs some
+        twenty operations a layer. None where it does not apply: other weights or dtypes, a
+        compiled step, no kernel."""
+        uk = self._uk_t_q4
+        if (uk is None or torch.compiler.is_compiling() or cache.dtype != torch.float32 or q.dtype != torch.float32
+                or cache.stride(-1) != 1):
+            return None
+        from .int4 import TILE, Int4Linear, q4_mla_decode
+
+        kv_b = self.kv_b_proj
+        assert isinstance(kv_b, Int4Linear), "refresh_weights sets _uk_t_q4 for an int4 kv_b_proj only"
+        rows = cache[self.layer]                                          # (S, R + P): the new row is the last
+        return q4_mla_decode(q.contiguous(), kv.contiguous(), self.kv_a_layernorm.weight.detach(),
+                             self.kv_a_layernorm.eps, span.cos[0], span.sin[0], self.interleaved, rows, uk,
+                             (kv_b.weight, kv_b.scale), self.nope_dim // TILE, (self.nope_dim + self.v_dim) // TILE,
+                             (self.n_heads, self.nope_dim, self.rope_dim, self.rank, self.v_dim), self.scale)
 
     def _attend_absorbed(self, q_nope, q_pe, rows, mask) -> torch.Tensor:
         """Few new tokens (decode, short prefills): scores (H, T, S) are small, and two plain

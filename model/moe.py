@@ -155,6 +155,10 @@ class MoE(nn.Module):
                                             device=self.gate.weight.device).unsqueeze(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            y = self._decode_routed(x)
+            if y is not None:
+                return y
         weights, idx = self.gate(x)                                       # (T, k) each
         weights = weights.to(x.dtype)
         if self._shared_ids is not None:                                  # (T, k + shared)
@@ -169,6 +173,17 @@ class MoE(nn.Module):
         if self.shared is not None:
             y = y + self.shared(x)
         return y
+
+    def _decode_routed(self, x: torch.Tensor) -> torch.Tensor | None:
+        """One token, experts that take their router into the same kernel call (4 bits: model/int4.py
+        `run_routed`) and the shared experts folded among them: the whole feed-forward in one call.
+        None where it does not apply (another router, a compiled step, no kernel)."""
+        run_routed = getattr(self.experts, "run_routed", None)
+        a, router = self.gate.args, self.gate.weight
+        if (run_routed is None or self.shared is not None or a.scoring_func != "softmax" or a.topk_method != "greedy"
+                or router.dtype != torch.float32 or torch.compiler.is_compiling()):
+            return None
+        return run_routed(x, router.detach(), self.k, a.norm_topk_prob, a.routed_scaling_factor)
 
     def _grouped(self, x, weights, idx) -> torch.Tensor:
         """Sort (token, expert) pairs by expert; one matrix product per chosen expert."""

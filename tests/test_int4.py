@@ -152,7 +152,8 @@ def test_the_shared_experts_ride_in_the_routed_experts_call(checkpoint, tmp_path
     tiles and blocks of its 4 bits) and every token lists them with gate 1: a decode step's
     whole feed-forward is one kernel call. The model computes what it did with the shared MLP
     apart — prefill (the grouped path) and decode (the kernel), within the rounding of silu's
-    floats — and counts the same parameters."""
+    floats — and counts the same parameters. (With the shared MLP apart the router runs in
+    PyTorch, and the routed experts alone in the kernel.)"""
     from model.loader import load_model, read_args
     from model.moe import MoE
     from tiny_models import save_checkpoint
@@ -187,12 +188,15 @@ def test_the_shared_experts_ride_in_the_routed_experts_call(checkpoint, tmp_path
             monkeypatch.setattr(int4, "_loaded", [Counting()])
             steps.append(model(ids[n:n + 1], cache[:, : n + 1], absorbed=True))
             monkeypatch.setattr(int4, "_loaded", [lib])
-        return prefill, torch.cat(steps), [c for c in calls if c in ("q4_moe", "q4_matmul")]
+        return prefill, torch.cat(steps), [c for c in calls if c in ("q4_moe", "q4_moe_routed", "q4_matmul")]
 
     (folded_prefill, folded_steps, folded_calls), (apart_prefill, apart_steps, apart_calls) = run(folded), run(apart)
     for ours, theirs in ((folded_prefill, apart_prefill), (folded_steps, apart_steps)):
         assert ((ours - theirs).norm() / theirs.norm()).item() < 1e-3
-    assert folded_calls.count("q4_moe") == len(moes)
+    args = moes[0].gate.args                    # a softmax router choosing greedily rides in it too
+    one_call = "q4_moe_routed" if (args.scoring_func, args.topk_method) == ("softmax", "greedy") else "q4_moe"
+    assert folded_calls.count(one_call) == len(moes)
+    assert apart_calls.count("q4_moe") == len(moes)
     assert len(apart_calls) - len(folded_calls) == 2 * len(moes)   # the shared MLP's two products
 
 
@@ -330,3 +334,62 @@ def test_int4_is_refused_on_a_gpu_with_one_sentence():
 
     with pytest.raises(OptionError, match="int4 runs on the CPU only"):
         RuntimeConfig(quantize="int4", device="cuda")
+
+
+@pytest.mark.parametrize("interleaved, threads", [(True, 2), (False, 1)])
+def test_a_decode_steps_layer_is_two_kernel_calls_with_the_pytorch_operations_logits(monkeypatch, request,
+                                                                                   interleaved, threads):
+    """On an int4 model a decode token's layer is two kernel calls: its attention (the cache
+    row, W_UK, the scores, softmax, the weighted latents, W_UV: `q4_mla_decode`) and its
+    feed-forward with the router (`run_routed`: the scores, the k best, the routed and shared
+    experts). On every path this CPU has they give the cache rows and logits of the PyTorch
+    operations they replace, to float32's rounding (the int4 products are the same integers;
+    float sums run in another order), with either rope layout, a thread's heads in blocks of 4
+    (1 thread) or one by one (2 threads, the bundled model's 4 heads), over several tokens of
+    context and over a single one."""
+    from model.engine import Engine
+    from model.int4 import Int4Experts
+    from model.params import RuntimeConfig
+
+    request.addfinalizer(lambda previous=torch.get_num_threads(): torch.set_num_threads(previous))
+    torch.set_num_threads(threads)
+    q4 = Engine.load(None, RuntimeConfig(quantize="int4", compile=False), warmup=False).model
+    for layer in q4.layers:
+        layer.attn.interleaved = interleaved
+    ids = torch.arange(300, 340)                                        # 40 tokens
+    calls = []
+    attention, feed_forward = int4.q4_mla_decode, Int4Experts.run_routed
+
+    def decode(context: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = q4.new_cache(context + 2)
+        if context:
+            q4(ids[:context], cache[:, :context], absorbed=True)
+        first = q4(ids[context:context + 1], cache[:, :context + 1], absorbed=True)
+        second = q4(ids[context + 1:context + 2], cache[:, :context + 2], absorbed=True)
+        return torch.cat([first, second]), cache
+
+    def on(path):
+        def attend(*args, **kwargs):
+            calls.append("attention")
+            return attention(*args, **kwargs, path=path)
+
+        def route(*args, **kwargs):
+            calls.append("feed-forward")
+            return feed_forward(*args, **kwargs, path=path)
+        monkeypatch.setattr(int4, "q4_mla_decode", attend)
+        monkeypatch.setattr(Int4Experts, "run_routed", route)
+
+    monkeypatch.setattr(int4, "q4_mla_decode", lambda *args, **kwargs: None)
+    monkeypatch.setattr(Int4Experts, "run_routed", lambda *args, **kwargs: None)
+    reference = {n: decode(n) for n in (0, 37)}
+    moe_layers = sum(layer.ffn.__class__.__name__ == "MoE" for layer in q4.layers)
+    for path in [p for p in PATHS if PATHS[p] <= PATHS[best_path()]]:
+        on(path)
+        for n, (logits, cache) in reference.items():
+            calls.clear()
+            got, got_cache = decode(n)
+            assert calls.count("attention") == 2 * len(q4.layers)        # one call a layer and token
+            assert calls.count("feed-forward") == 2 * moe_layers > 0
+            assert torch.allclose(got_cache, cache, rtol=1e-5, atol=1e-5)
+            assert ((got - logits).norm() / logits.norm()).item() < 1e-4
+            assert torch.equal(got.argmax(-1), logits.argmax(-1))
