@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -202,7 +203,52 @@ def _load():
                                   + [ctypes.c_int64] * 7 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_int])
     lib.q4_mla_decode.restype = ctypes.c_int
     lib.q4_best_path.restype = ctypes.c_int
+    lib.q4_tune.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.q4_tune.restype = None
+    _tune(lib)
     return lib
+
+
+TUNING: dict = {}    # what _tune chose and measured (benchmarks report it)
+
+
+def _tune(lib) -> None:
+    """Choose by measurement which vector path products run on and whether they prefetch: on
+    one machine asking for blocks ahead made reads from memory faster, on another it does not
+    matter, and AVX-512 VNNI can read slower than AVX2 (an AMD EPYC, two threads: 25 against 32
+    GB/s) — the same integers and floats either way (the paths sum alike). A product over a weight four times the last-level cache
+    (at least 128 MB), each choice in turn, best of 3 rounds: ~0.1 s, once a process."""
+    best = lib.q4_best_path()
+    if best == 0:
+        return
+    cache = os.sysconf("SC_LEVEL3_CACHE_SIZE") if "SC_LEVEL3_CACHE_SIZE" in os.sysconf_names else 0
+    K = 2048
+    N = max(128 << 20, 4 * max(cache, 0)) // (K // 2 + K // 16) // TILE * TILE
+    packed_shape, scales_shape = q4_shapes(N, K)
+    packed = torch.full(packed_shape, 0x5A, dtype=torch.uint8)
+    scales = torch.full(scales_shape, 0.01, dtype=torch.float16)
+    x = torch.ones(1, K)
+    y = torch.empty(1, N)
+    work = torch.empty(K + 8 * (K // GROUP) + 4, dtype=torch.uint8)
+    choices = [(path, prefetch) for path in range(1, best + 1) for prefetch in (1, 0)]
+    seconds = dict.fromkeys(choices, float("inf"))
+    threads = torch.get_num_threads()
+    for _ in range(3):
+        for path, prefetch in choices:
+            lib.q4_tune(path, prefetch)
+            start = time.perf_counter()
+            lib.q4_matmul(x.data_ptr(), 1, K, packed.data_ptr(), scales.data_ptr(), N, y.data_ptr(), work.data_ptr(),
+                          threads, -1)
+            seconds[(path, prefetch)] = min(seconds[(path, prefetch)], time.perf_counter() - start)
+    path, prefetch = min(choices, key=seconds.__getitem__)
+    lib.q4_tune(path, prefetch)
+    weight_bytes = packed.numel() + 2 * scales.numel()
+    names = {v: k for k, v in PATHS.items()}
+    TUNING.update(path=names[path], prefetch=bool(prefetch), threads=threads,
+                  gbps={f"{names[p]}{'' if f else ' no prefetch'}": round(weight_bytes / t / 1e9, 1)
+                        for (p, f), t in seconds.items()})
+    log.info("int4 kernel: the %s path, %s (read GB/s: %s)", names[path],
+             "prefetching" if prefetch else "no prefetching", TUNING["gbps"])
 
 
 def _build() -> Path:

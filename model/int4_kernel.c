@@ -95,12 +95,16 @@ static void tiles_plain(const uint8_t *w, const uint16_t *ws, int64_t t0, int64_
 }
 
 /* -- the vector paths: one body, two dot products ----------------------------------------- */
-/* A tile's blocks are read in order, but the products between loads leave too few reads in
-   flight for the hardware prefetcher to keep up with memory: a token's weights come from DRAM,
-   and asking for the block 8 ahead (1 KB) took a thread from 9.9 to 12.4 GB/s and two from 18.9
-   to 23.3 (expert-sized products, 780 MB of weights; 27 GB/s is what summing a buffer reads). */
+/* A tile's blocks are read in order. On some machines the products between loads leave too few
+   reads in flight for the hardware prefetcher to keep up with memory, and asking for the block 8
+   ahead (1 KB) took a thread from 9.9 to 12.4 GB/s and two from 18.9 to 23.3 (expert-sized
+   products, 780 MB of weights; 27 GB/s is what summing a buffer read there); on others it makes
+   no difference (an AMD EPYC, two threads: 32.0 with, 32.9 GB/s without). So it is a setting,
+   `q4_tune`, which model/int4.py sets by measuring both. */
 #define PREFETCH_AHEAD (8 * TILE_BLOCK)
+static int prefetching = 1;
 static inline void prefetch_block(const uint8_t *block, const uint16_t *scales) {
+    if (!prefetching) return;
     _mm_prefetch((const char *)(block + PREFETCH_AHEAD), _MM_HINT_T0);
     _mm_prefetch((const char *)(block + PREFETCH_AHEAD + 64), _MM_HINT_T0);
     _mm_prefetch((const char *)(scales + 8 * TILE), _MM_HINT_T0);
@@ -237,7 +241,7 @@ static void tiles_vnni512(const uint8_t *w, const uint16_t *ws, int64_t t0, int6
 typedef void (*tiles_fn)(const uint8_t *, const uint16_t *, int64_t, int64_t, int64_t,
                          const int8_t *, const float *, const float *, int64_t, float *, int64_t);
 
-/* 2: AVX-512 VNNI, 1: AVX2, 0: plain C — what `q4_matmul` runs with `path` -1 (best available). */
+/* 2: AVX-512 VNNI, 1: AVX2, 0: plain C — the best path this CPU has. */
 int q4_best_path(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
@@ -247,8 +251,21 @@ int q4_best_path(void) {
     return 0;
 }
 
+/* What `path` -1 runs: the best path this CPU has, or the one `q4_tune` chose (a vector path
+   fewer registers wide can read memory faster: AVX-512 on a CPU that splits it in two halves). */
+static int tuned_path = -1;
+
+void q4_tune(int path, int prefetch) {
+    tuned_path = path;
+    prefetching = prefetch;
+}
+
+static int default_path(void) {
+    return tuned_path >= 0 ? tuned_path : q4_best_path();
+}
+
 static tiles_fn tiles_for(int path) {
-    int chosen = path < 0 ? q4_best_path() : path;
+    int chosen = path < 0 ? default_path() : path;
     return chosen == 2 ? tiles_vnni512 : chosen == 1 ? tiles_avx2 : tiles_plain;
 }
 
@@ -410,7 +427,7 @@ int q4_moe_routed(const float *x, int64_t D, const float *router, int64_t E, int
                   int64_t shared, const int64_t *w13_at, const int64_t *s13_at, const int64_t *w2_at,
                   const int64_t *s2_at, int64_t I, float *y, int threads, int path) {
     if (D % BLOCK || I % BLOCK || k < 1 || k > E) return -1;
-    int chosen_path = path < 0 ? q4_best_path() : path;
+    int chosen_path = path < 0 ? default_path() : path;
     float (*dot)(const float *, const float *, int64_t) = chosen_path >= 1 ? dot_avx2f : dot_plainf;
     char *work = malloc(moe_work_bytes(D, I, k + shared) + sizeof(float) * (size_t)(E + k + shared)
                         + sizeof(int64_t) * (size_t)(k + shared));
@@ -653,7 +670,7 @@ int q4_mla_decode(const float *q, const float *kv, const float *norm_w, float ep
                   int64_t uv_first, int64_t uv_head_tiles, int64_t H, int64_t nope, int64_t P, int64_t R,
                   int64_t V, float scale, float *out, int threads, int path) {
     if (nope % BLOCK || R % BLOCK || V % TILE || P % 2 || S < 1 || stride < R + P) return -1;
-    int chosen = path < 0 ? q4_best_path() : path;
+    int chosen = path < 0 ? default_path() : path;
     tiles_fn run = tiles_for(chosen);
     void (*scores_of)(const float *, int64_t, int64_t, const float *, int64_t, int64_t, float, float *) =
         chosen >= 1 ? scores_avx2 : scores_plain;
