@@ -213,7 +213,9 @@ TUNING: dict = {}    # what _tune chose and measured (benchmarks report it)
 
 
 def _tune(lib) -> None:
-    """Choose by measurement which vector path products run on and whether they prefetch: on
+    """Choose by measurement which vector path one-row products (decode's, read from memory) run
+    on and whether they prefetch — several rows (prefill) are bound by the arithmetic and keep
+    the best path the CPU has: on
     one machine asking for blocks ahead made reads from memory faster, on another it does not
     matter, and AVX-512 VNNI can read slower than AVX2 (an AMD EPYC, two threads: 25 against 32
     GB/s) — the same integers and floats either way (the paths sum alike). A product over a weight four times the last-level cache

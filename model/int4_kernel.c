@@ -251,8 +251,11 @@ int q4_best_path(void) {
     return 0;
 }
 
-/* What `path` -1 runs: the best path this CPU has, or the one `q4_tune` chose (a vector path
-   fewer registers wide can read memory faster: AVX-512 on a CPU that splits it in two halves). */
+/* What `path` -1 runs for one activation row (decode, where a product reads its weights from
+   memory): the best path this CPU has, or the one `q4_tune` chose — a narrower vector path can
+   read memory faster (AVX2 against AVX-512 on a CPU that splits it in two halves). Several rows
+   (prefill) are bound by the arithmetic, where the best path is the fastest: there the tuned
+   AVX2 path halved Lite's prefill. */
 static int tuned_path = -1;
 
 void q4_tune(int path, int prefetch) {
@@ -267,6 +270,11 @@ static int default_path(void) {
 static tiles_fn tiles_for(int path) {
     int chosen = path < 0 ? default_path() : path;
     return chosen == 2 ? tiles_vnni512 : chosen == 1 ? tiles_avx2 : tiles_plain;
+}
+
+/* The kernel for products of M activation rows (see default_path) */
+static tiles_fn tiles_for_rows(int path, int64_t M) {
+    return tiles_for(path < 0 && M > 1 ? q4_best_path() : path);
 }
 
 /* Quantized activations (M, K): 8-bit values, then per block its scale and 8 * its sum. */
@@ -305,7 +313,7 @@ int q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const uint
     if (K % BLOCK) return -1;
     activations a = activations_at(work, M, K);
     quantize_rows(x, M, K, a.q, a.scale, a.sum8);
-    product(a, M, K, w, ws, N, y, threads, tiles_for(path));
+    product(a, M, K, w, ws, N, y, threads, tiles_for_rows(path, M));
     return 0;
 }
 
@@ -474,7 +482,7 @@ int q4_moe_routed(const float *x, int64_t D, const float *router, int64_t E, int
 int q4_heads(const float *x, int64_t H, int64_t M, int64_t K, const uint8_t *w, const uint16_t *ws,
              int64_t first_tile, int64_t head_tiles, int64_t N, float *y, int threads, int path) {
     if (K % BLOCK || N % TILE) return -1;
-    tiles_fn run = tiles_for(path);
+    tiles_fn run = tiles_for_rows(path, M);
     int64_t blocks = K / BLOCK;
     void *work = malloc(activations_bytes(H * M, K));
     if (!work) return -2;

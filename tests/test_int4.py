@@ -396,23 +396,25 @@ def test_a_decode_steps_layer_is_two_kernel_calls_with_the_pytorch_operations_lo
 
 
 def test_the_kernel_chosen_by_measurement_computes_what_every_path_computes():
-    """Which vector path runs by default, and whether it prefetches, is chosen by timing them
-    when the kernel loads (AVX-512 VNNI reads slower than AVX2 on some CPUs). The choice only
-    changes the speed: every choice gives the same floats as each vector path forced."""
+    """Which vector path runs one-row products by default, and whether it prefetches, is chosen
+    by timing them when the kernel loads (AVX-512 VNNI reads slower than AVX2 on some CPUs). The
+    choice only changes the speed: every choice gives the same floats as each vector path forced,
+    for one row (decode) and several (prefill)."""
     lib = int4.kernel()
     if lib is None or best_path() == "plain":
         pytest.skip("no vector path on this CPU: nothing to choose")
     assert int4.TUNING["path"] in PATHS and set(int4.TUNING["gbps"]) >= {"avx2", "avx2 no prefetch"}
     torch.manual_seed(5)
-    x, w = torch.randn(3, 256), torch.randn(40, 256)
+    w = torch.randn(40, 256)
     packed, scales = quantize_q4(w)
-    forced = [q4_matmul(x, packed, scales, 40, path) for path in PATHS if 0 < PATHS[path] <= PATHS[best_path()]]
-    assert all(torch.equal(forced[0], y) for y in forced)
     chosen = (PATHS[int4.TUNING["path"]], int(int4.TUNING["prefetch"]))
-    try:
-        for path in range(1, PATHS[best_path()] + 1):
-            for prefetch in (0, 1):
-                lib.q4_tune(path, prefetch)
-                assert torch.equal(q4_matmul(x, packed, scales, 40), forced[0])
-    finally:
-        lib.q4_tune(*chosen)
+    for x in (torch.randn(1, 256), torch.randn(3, 256)):
+        forced = [q4_matmul(x, packed, scales, 40, path) for path in PATHS if 0 < PATHS[path] <= PATHS[best_path()]]
+        assert all(torch.equal(forced[0], y) for y in forced)
+        try:
+            for path in range(1, PATHS[best_path()] + 1):
+                for prefetch in (0, 1):
+                    lib.q4_tune(path, prefetch)
+                    assert torch.equal(q4_matmul(x, packed, scales, 40), forced[0])
+        finally:
+            lib.q4_tune(*chosen)
