@@ -318,11 +318,15 @@ class _ByteTokenizer:
 def bench_lite(layers: int | None, new_tokens: int = 16, quantize: str = "int8") -> dict:
     import psutil
 
+    from model import int4
+
     engine = lite_engine(layers, quantize)
     params = engine.model.parameter_count()
     prompt = list(range(100, 612))
     # warm: the first steps touch memory the freshly made weights have not been read from yet
     engine.generate(prompt[:64], SamplingParams(max_new_tokens=4, stop_token_ids=())).run()
+    if quantize == "int4":
+        int4.tune()   # as Engine.warmup does (the bench builds its engine without it)
     gen = engine.generate(prompt, SamplingParams(max_new_tokens=new_tokens, stop_token_ids=()))
     gen.run()
     rss = max(psutil.Process().memory_info().rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -333,6 +337,7 @@ def bench_lite(layers: int | None, new_tokens: int = 16, quantize: str = "int8")
         "resident_bytes": rss,
         "prefill_tok_s": gen.stats.prefilled_tokens / (gen.stats.prefill_ms / 1e3),
         "decode_tok_s": (gen.stats.generated_tokens - 1) / (gen.stats.decode_ms / 1e3),
+        **({"int4_kernel": dict(int4.TUNING)} if quantize == "int4" else {}),
     }
 
 

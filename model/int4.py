@@ -209,17 +209,20 @@ def _load():
     return lib
 
 
-TUNING: dict = {}    # what _tune chose and measured (benchmarks report it)
+TUNING: dict = {}    # what tune() chose and measured (benchmarks report it)
+_seconds: dict = {}  # (path, prefetch) -> the best time each choice took, over every tune()
 
 
 def _tune(lib) -> None:
     """Choose by measurement which vector path one-row products (decode's, read from memory) run
     on and whether they prefetch — several rows (prefill) are bound by the arithmetic and keep
-    the best path the CPU has: on
-    one machine asking for blocks ahead made reads from memory faster, on another it does not
-    matter, and AVX-512 VNNI can read slower than AVX2 (an AMD EPYC, two threads: 25 against 32
-    GB/s) — the same integers and floats either way (the paths sum alike). A product over a weight four times the last-level cache
-    (at least 128 MB), each choice in turn, best of 3 rounds: ~0.1 s, once a process."""
+    the best path the CPU has. On one machine asking for blocks ahead made reads from memory
+    faster, on another it does not matter, and AVX-512 VNNI can read slower than AVX2 (an AMD
+    EPYC, two threads: 25 against 32 GB/s); the same integers and floats either way (the paths
+    sum alike). A product over a weight four times the last-level cache (at least 128 MB), each
+    choice in turn, 3 rounds: ~0.1 s. Each choice keeps its best time over every call — the
+    kernel's load and the engine's warm-up (`tune`) — since a moment of busy memory (a model's
+    gigabytes just written) slows them all and blurs the difference."""
     best = lib.q4_best_path()
     if best == 0:
         return
@@ -233,24 +236,31 @@ def _tune(lib) -> None:
     y = torch.empty(1, N)
     work = torch.empty(K + 8 * (K // GROUP) + 4, dtype=torch.uint8)
     choices = [(path, prefetch) for path in range(1, best + 1) for prefetch in (1, 0)]
-    seconds = dict.fromkeys(choices, float("inf"))
     threads = torch.get_num_threads()
     for _ in range(3):
-        for path, prefetch in choices:
-            lib.q4_tune(path, prefetch)
+        for choice in choices:
+            lib.q4_tune(*choice)
             start = time.perf_counter()
             lib.q4_matmul(x.data_ptr(), 1, K, packed.data_ptr(), scales.data_ptr(), N, y.data_ptr(), work.data_ptr(),
                           threads, -1)
-            seconds[(path, prefetch)] = min(seconds[(path, prefetch)], time.perf_counter() - start)
-    path, prefetch = min(choices, key=seconds.__getitem__)
+            _seconds[choice] = min(_seconds.get(choice, float("inf")), time.perf_counter() - start)
+    path, prefetch = min(choices, key=_seconds.__getitem__)
     lib.q4_tune(path, prefetch)
     weight_bytes = packed.numel() + 2 * scales.numel()
     names = {v: k for k, v in PATHS.items()}
     TUNING.update(path=names[path], prefetch=bool(prefetch), threads=threads,
                   gbps={f"{names[p]}{'' if f else ' no prefetch'}": round(weight_bytes / t / 1e9, 1)
-                        for (p, f), t in seconds.items()})
+                        for (p, f), t in _seconds.items()})
     log.info("int4 kernel: the %s path, %s (read GB/s: %s)", names[path],
              "prefetching" if prefetch else "no prefetching", TUNING["gbps"])
+
+
+def tune() -> None:
+    """Measure the kernel's choices again (an engine calls it when its warm-up is done)."""
+    lib = kernel()
+    if lib is not None:
+        with _lock:
+            _tune(lib)
 
 
 def _build() -> Path:

@@ -135,6 +135,10 @@ class Engine:
             tokens = torch.zeros(4, dtype=torch.long, device=scratch.device)
             self.model(tokens, scratch[:, :4], absorbed=False)
             self.model(tokens[:1], scratch[:, :5], absorbed=True)
+            if self.runtime.quantize == "int4" and self.runtime.device == "cpu":
+                from ..int4 import tune
+
+                tune()   # the kernel's choice measured again, now that the weights are in place
         if self.runtime.compile and self.model_dir is not None and self._compiles():
             held = dataclasses.replace(self.runtime, max_context=self.context)   # the buffer the step reads
             self.forward.compile_in_background(self.model_dir, held, self.threads[1])
