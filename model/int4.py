@@ -171,6 +171,8 @@ def kernel():
     with _lock:
         if not _loaded:
             _loaded.append(_load())
+            if _loaded[0] is not None:
+                _tune(_loaded[0])      # its products call kernel(), which now answers
         return _loaded[0]
 
 
@@ -205,7 +207,6 @@ def _load():
     lib.q4_best_path.restype = ctypes.c_int
     lib.q4_tune.argtypes = [ctypes.c_int, ctypes.c_int]
     lib.q4_tune.restype = None
-    _tune(lib)
     return lib
 
 
@@ -233,22 +234,18 @@ def _tune(lib) -> None:
     packed = torch.full(packed_shape, 0x5A, dtype=torch.uint8)
     scales = torch.full(scales_shape, 0.01, dtype=torch.float16)
     x = torch.ones(1, K)
-    y = torch.empty(1, N)
-    work = torch.empty(K + 8 * (K // GROUP) + 4, dtype=torch.uint8)
     choices = [(path, prefetch) for path in range(1, best + 1) for prefetch in (1, 0)]
-    threads = torch.get_num_threads()
     for _ in range(3):
         for choice in choices:
             lib.q4_tune(*choice)
             start = time.perf_counter()
-            lib.q4_matmul(x.data_ptr(), 1, K, packed.data_ptr(), scales.data_ptr(), N, y.data_ptr(), work.data_ptr(),
-                          threads, -1)
+            q4_matmul(x, packed, scales, N)
             _seconds[choice] = min(_seconds.get(choice, float("inf")), time.perf_counter() - start)
     path, prefetch = min(choices, key=_seconds.__getitem__)
     lib.q4_tune(path, prefetch)
     weight_bytes = packed.numel() + 2 * scales.numel()
     names = {v: k for k, v in PATHS.items()}
-    TUNING.update(path=names[path], prefetch=bool(prefetch), threads=threads,
+    TUNING.update(path=names[path], prefetch=bool(prefetch), threads=torch.get_num_threads(),
                   gbps={f"{names[p]}{'' if f else ' no prefetch'}": round(weight_bytes / t / 1e9, 1)
                         for (p, f), t in _seconds.items()})
     log.info("int4 kernel: the %s path, %s (read GB/s: %s)", names[path],

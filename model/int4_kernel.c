@@ -364,6 +364,14 @@ static float dot_plainf(const float *a, const float *b, int64_t n) {
     return total;
 }
 
+/* p (S) -> softmax(p) in place, float32 (the router's scores; the attention's on the plain path) */
+static void softmax_plain(float *p, int64_t S) {
+    float peak = p[0], sum = 0.0f;
+    for (int64_t s = 1; s < S; s++) peak = fmaxf(peak, p[s]);
+    for (int64_t s = 0; s < S; s++) sum += (p[s] = expf(p[s] - peak));
+    for (int64_t s = 0; s < S; s++) p[s] /= sum;
+}
+
 /* One token's k experts (their numbers `chosen`, weights `gates`), into row (D): work holds
    its activations and the experts' intermediate values (`moe_work_bytes`). */
 static size_t moe_work_bytes(int64_t D, int64_t I, int64_t k) {
@@ -418,9 +426,10 @@ int q4_moe(const float *x, int64_t M, int64_t D, const int64_t *idx, const float
     if (D % BLOCK || I % BLOCK) return -1;
     char *work = malloc(moe_work_bytes(D, I, k));
     if (!work) return -2;
+    tiles_fn run = tiles_for(path);
     for (int64_t m = 0; m < M; m++)
         moe_token(x + m * D, D, idx + m * k, gates + m * k, k, w13_at, s13_at, w2_at, s2_at, I, y + m * D, work,
-                  threads, tiles_for(path));
+                  threads, run);
     free(work);
     return 0;
 }
@@ -446,10 +455,7 @@ int q4_moe_routed(const float *x, int64_t D, const float *router, int64_t E, int
     #pragma omp parallel for num_threads(team) schedule(static)
     for (int t = 0; t < team; t++)
         for (int64_t e = E * t / team; e < E * (t + 1) / team; e++) scores[e] = dot(router + e * D, x, D);
-    float peak = scores[0], sum = 0.0f;
-    for (int64_t e = 1; e < E; e++) peak = fmaxf(peak, scores[e]);
-    for (int64_t e = 0; e < E; e++) sum += (scores[e] = expf(scores[e] - peak));
-    for (int64_t e = 0; e < E; e++) scores[e] /= sum;
+    softmax_plain(scores, E);
     float picked = 0.0f;
     for (int64_t j = 0; j < k; j++) {                  /* greedy: the best not yet taken */
         int64_t best = -1;
@@ -593,15 +599,8 @@ static void weigh_avx2(const float *p, int64_t nh, int64_t S, const float *rows,
     }
 }
 
-/* p (S) -> softmax(p) in place, float32. The AVX2 path's exp: 2^n * e^r with r = x - n ln 2 in
-   [-ln 2 / 2, ln 2 / 2] and e^r by its Taylor polynomial to degree 7 (error below float32's
-   rounding); plain C takes expf. */
-static void softmax_plain(float *p, int64_t S) {
-    float peak = p[0], sum = 0.0f;
-    for (int64_t s = 1; s < S; s++) peak = fmaxf(peak, p[s]);
-    for (int64_t s = 0; s < S; s++) sum += (p[s] = expf(p[s] - peak));
-    for (int64_t s = 0; s < S; s++) p[s] /= sum;
-}
+/* softmax_plain's AVX2 form. Its exp: 2^n * e^r with r = x - n ln 2 in [-ln 2 / 2, ln 2 / 2]
+   and e^r by its Taylor polynomial to degree 7 (error below float32's rounding). */
 
 __attribute__((target("avx2,fma")))
 static inline __m256 exp_avx2(__m256 x) {     /* x <= 0 here (after the peak is taken off) */
